@@ -1,0 +1,198 @@
+//! The accept thread, and the overflow thread that turns away clients past the limit.
+//!
+//! **Owns** the `TcpListener`, the next connection id and the `JoinHandle` of every
+//! connection thread it spawned. **Woken** by the kernel when a client connects: a
+//! blocking `accept()`, no polling, so an idle server uses no CPU and a client is
+//! accepted at once. **Ends** when the drain sets the stop flag and connects to the
+//! listener itself to wake `accept()` (tiny_http's `unblock()`); dropping the listener
+//! then refuses new connections. It hands its `JoinHandle`s to the drain, which joins them.
+//!
+//! Each accepted client gets its own reader thread ([`crate::connection`]) at once, so
+//! a slow handshake never delays the next `accept()`. Past `max_connections` a client
+//! gets `503` from the single overflow thread instead, so a flood costs one thread, not
+//! one per client.
+//!
+//! Errors from `accept()` never end the thread. A connection aborted before we took it
+//! is skipped; running out of file descriptors (EMFILE, ENFILE) or memory is logged and
+//! backed off (10 ms, doubling to 1 s), since retrying at once would spin a core while
+//! nothing can change; the wait is on a channel so shutdown still interrupts it.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use log::{debug, warn};
+
+use crate::connection::{self, Shared, SlotGuard};
+use crate::handshake::{Status, http_response};
+
+/// Clients waiting for their `503` at once. The overflow thread answers each in well
+/// under a millisecond when the client sends its request promptly; past 64 waiting, a
+/// flood is simply dropped (the client sees a reset), which costs us nothing.
+pub(crate) const OVERFLOW_QUEUE: usize = 64;
+
+/// How long the overflow thread waits for a rejected client's request before answering.
+/// Reading it first avoids a RST that could destroy the `503` before the client reads it.
+const OVERFLOW_READ_WAIT: Duration = Duration::from_millis(100);
+
+/// First and largest pause after an `accept()` error such as EMFILE.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Prune finished `JoinHandle`s when the list doubles, so a long-running server that
+/// has seen millions of connections holds handles only for the live ones.
+const PRUNE_AT_LEAST: usize = 64;
+
+/// Everything the accept thread owns.
+pub(crate) struct Acceptor {
+    pub listener: TcpListener,
+    pub shared: Arc<Shared>,
+    pub stop: Arc<AtomicBool>,
+    /// Never sent on; disconnected by the drain to cut an error back-off short.
+    pub wake: Receiver<()>,
+    pub live: Arc<AtomicUsize>,
+    pub alive: Sender<()>,
+    pub overflow: Sender<TcpStream>,
+}
+
+/// What one `accept()` error calls for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AcceptError {
+    /// This one connection failed (aborted, interrupted): accept the next at once.
+    Skip,
+    /// The process or system is short of something (descriptors, memory): back off.
+    BackOff,
+}
+
+/// Classifies an `accept()` error. I/O-free.
+pub(crate) fn classify_accept_error(e: &io::Error) -> AcceptError {
+    match e.kind() {
+        io::ErrorKind::ConnectionAborted
+        | io::ErrorKind::ConnectionReset
+        | io::ErrorKind::Interrupted
+        | io::ErrorKind::WouldBlock => AcceptError::Skip,
+        _ => AcceptError::BackOff,
+    }
+}
+
+impl Acceptor {
+    /// Runs the accept loop until stopped; returns the connection threads' handles.
+    pub(crate) fn run(self) -> Vec<JoinHandle<()>> {
+        let mut handles: Vec<JoinHandle<()>> = Vec::new();
+        let mut prune_at = PRUNE_AT_LEAST;
+        let mut next_id: u64 = 0;
+        let mut backoff = ACCEPT_BACKOFF_MIN;
+        let config = &self.shared.config;
+        while !self.stop.load(Ordering::Acquire) {
+            let sock = match self.listener.accept() {
+                Ok((sock, _)) => sock,
+                Err(e) => {
+                    if classify_accept_error(&e) == AcceptError::BackOff {
+                        warn!("accept failed: {e}; retrying in {backoff:?}");
+                        // Returns at once when the drain disconnects `wake`.
+                        let _ = self.wake.recv_timeout(backoff);
+                        backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                    }
+                    continue;
+                }
+            };
+            backoff = ACCEPT_BACKOFF_MIN;
+            if self.stop.load(Ordering::Acquire) {
+                break; // the drain's wake-up connection, or a client just too late
+            }
+            if self.live.load(Ordering::Acquire) >= config.max_connections {
+                if let Err(TrySendError::Full(_)) = self.overflow.try_send(sock) {
+                    debug!("overflow queue full: dropping a connection past the limit");
+                }
+                continue;
+            }
+            self.live.fetch_add(1, Ordering::AcqRel);
+            let slot = SlotGuard {
+                live: self.live.clone(),
+                _alive: self.alive.clone(),
+            };
+            next_id += 1;
+            let id = next_id;
+            let shared = self.shared.clone();
+            let spawned = thread::Builder::new()
+                .name("wshub-reader".into())
+                .stack_size(config.thread_stack_size)
+                .spawn(move || connection::run(sock, id, shared, slot));
+            match spawned {
+                Ok(h) => handles.push(h),
+                // The closure (socket and slot) is dropped: the client sees the close.
+                Err(e) => warn!("cannot spawn a connection thread: {e}"),
+            }
+            if handles.len() >= prune_at {
+                handles.retain(|h| !h.is_finished());
+                prune_at = (handles.len() * 2).max(PRUNE_AT_LEAST);
+            }
+        }
+        handles
+    }
+}
+
+/// Runs the overflow thread: answers each client it is given with `503`. Ends when the
+/// accept thread (the only sender) is gone.
+pub(crate) fn run_overflow(rx: Receiver<TcpStream>) {
+    let response = http_response(Status::Unavailable, "too many connections\n");
+    for sock in rx {
+        let _ = sock.set_read_timeout(Some(OVERFLOW_READ_WAIT));
+        let _ = sock.set_write_timeout(Some(OVERFLOW_READ_WAIT));
+        let mut scratch = [0u8; 2048];
+        let _ = (&sock).read(&mut scratch);
+        if (&sock).write_all(&response).is_ok() {
+            let _ = sock.shutdown(Shutdown::Write);
+            let _ = (&sock).read(&mut scratch);
+        }
+    }
+}
+
+/// Wakes a thread blocked in `accept()` on `addr` by connecting to it, retrying until
+/// `accept_thread` has finished or `deadline` passes. Returns whether it finished.
+pub(crate) fn unblock(
+    addr: SocketAddr,
+    accept_thread: &JoinHandle<Vec<JoinHandle<()>>>,
+    deadline: Instant,
+) -> bool {
+    let target = match addr {
+        SocketAddr::V4(a) if a.ip().is_unspecified() => SocketAddr::from(([127, 0, 0, 1], a.port())),
+        SocketAddr::V6(a) if a.ip().is_unspecified() => {
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, a.port()))
+        }
+        other => other,
+    };
+    let pause = crossbeam_channel::never::<()>();
+    while !accept_thread.is_finished() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        // The connection itself is dropped at once; the accept thread sees the stop flag.
+        let _ = TcpStream::connect_timeout(&target, Duration::from_millis(200));
+        let _ = pause.recv_timeout(Duration::from_millis(5));
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aborted_connections_are_skipped() {
+        let e = io::Error::from(io::ErrorKind::ConnectionAborted);
+        assert_eq!(classify_accept_error(&e), AcceptError::Skip);
+    }
+
+    #[test]
+    fn descriptor_exhaustion_backs_off() {
+        let emfile = io::Error::from_raw_os_error(24);
+        assert_eq!(classify_accept_error(&emfile), AcceptError::BackOff);
+        let enfile = io::Error::from_raw_os_error(23);
+        assert_eq!(classify_accept_error(&enfile), AcceptError::BackOff);
+    }
+}

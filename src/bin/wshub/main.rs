@@ -1,0 +1,30 @@
+//! The `wshub` binary: `wshub serve` runs the server; see `--help`.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod serve;
+
+/// A blocking, thread-per-connection WebSocket server and client.
+#[derive(Parser, Debug)]
+#[command(name = "wshub", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the WebSocket server (/echo, /chat, /healthz) until SIGINT or SIGTERM.
+    Serve(serve::Args),
+}
+
+fn main() -> ExitCode {
+    // Logs go to stderr; RUST_LOG overrides the default level (info).
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve::run(args),
+    }
+}

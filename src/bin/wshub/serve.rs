@@ -1,0 +1,116 @@
+//! `wshub serve`: flags map one-to-one onto [`wshub::Config`]; this file adds nothing of
+//! its own but the signal handling.
+//!
+//! The main thread starts the server and then blocks in [`Server::wait`]. The ctrlc
+//! handler thread (SIGINT and SIGTERM) triggers the drain on the first signal and exits
+//! at once, with status 130, on the second.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use log::{error, info};
+use wshub::{Config, Server, parse_duration, parse_size};
+
+/// Flags of `wshub serve`. Defaults are [`wshub::Config::default`]'s.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Address to listen on; port 0 takes a free port (the log names it).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: SocketAddr,
+    /// Messages queued per client before it is disconnected as a slow consumer.
+    #[arg(long, default_value_t = wshub::DEFAULT_QUEUE_SIZE)]
+    queue_size: usize,
+    /// Time a client has to send its complete HTTP request (e.g. 5s).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    handshake_timeout: Duration,
+    /// Close a client that sends nothing, not even a pong, for this long.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    idle_timeout: Duration,
+    /// Ping every client this often; must be shorter than --idle-timeout.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    ping_interval: Duration,
+    /// Disconnect a client when a write to it blocks this long.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    write_timeout: Duration,
+    /// On shutdown, wait this long for clients to answer Close 1001.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    drain_timeout: Duration,
+    /// Connections beyond this get 503.
+    #[arg(long, default_value_t = wshub::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
+    /// Allowed Origin (repeatable). None given: any origin.
+    #[arg(long = "allowed-origin", value_name = "ORIGIN")]
+    allowed_origins: Vec<String>,
+    /// Largest message a client may send (e.g. 64KiB, 16MiB, or bytes).
+    #[arg(long, default_value = "1MiB", value_parser = parse_size)]
+    max_message_size: usize,
+    /// Largest frame a client may send (e.g. 64KiB, or bytes).
+    #[arg(long, default_value = "1MiB", value_parser = parse_size)]
+    max_frame_size: usize,
+    /// Messages per second one connection may send (default: no limit).
+    #[arg(long, value_name = "N")]
+    max_message_rate: Option<u32>,
+    /// Bytes read from a socket at a time, per connection.
+    #[arg(long, default_value = "4KiB", value_parser = parse_size)]
+    read_buffer_size: usize,
+    /// Stack size of each connection thread.
+    #[arg(long, default_value = "128KiB", value_parser = parse_size)]
+    thread_stack_size: usize,
+}
+
+impl Args {
+    fn into_config(self) -> Config {
+        let mut c = Config::default();
+        c.addr = self.addr;
+        c.queue_size = self.queue_size;
+        c.handshake_timeout = self.handshake_timeout;
+        c.idle_timeout = self.idle_timeout;
+        c.ping_interval = self.ping_interval;
+        c.write_timeout = self.write_timeout;
+        c.drain_timeout = self.drain_timeout;
+        c.max_connections = self.max_connections;
+        c.allowed_origins = self.allowed_origins;
+        c.max_message_size = self.max_message_size;
+        c.max_frame_size = self.max_frame_size;
+        c.max_message_rate = self.max_message_rate;
+        c.read_buffer_size = self.read_buffer_size;
+        c.thread_stack_size = self.thread_stack_size;
+        c
+    }
+}
+
+/// Runs the server until a signal, then drains. Exit 0 after a drain, 1 when the server
+/// cannot start.
+pub fn run(args: Args) -> ExitCode {
+    let server = match Server::start(args.into_config()) {
+        Ok(s) => s,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    info!("listening on {}", server.local_addr());
+    let handle = server.shutdown_handle();
+    let signals = AtomicUsize::new(0);
+    let installed = ctrlc::set_handler(move || {
+        if signals.fetch_add(1, Ordering::SeqCst) == 0 {
+            info!("shutting down: draining connections (signal again to exit at once)");
+            handle.shutdown();
+        } else {
+            eprintln!("second signal: exiting without draining");
+            std::process::exit(130);
+        }
+    });
+    if let Err(e) = installed {
+        error!("cannot install the signal handler: {e}");
+        return ExitCode::from(1);
+    }
+    let report = server.wait();
+    info!(
+        "drained {} connections in {:.2?}",
+        report.connections, report.elapsed
+    );
+    ExitCode::SUCCESS
+}

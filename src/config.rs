@@ -1,0 +1,313 @@
+//! Server configuration: one plain struct, conservative defaults, validated once.
+//!
+//! Owns nothing at run time. [`Config`] is built by the caller (or by the CLI, which
+//! maps each flag onto one field and adds nothing of its own), checked by
+//! [`Config::validate`] when the server starts, and then copied into each thread that
+//! needs it. Every timeout is its own named [`Duration`] (as ureq's `Timeouts` does) and
+//! every bound is a named constant below with the reason for its size.
+//!
+//! The parsers [`parse_duration`] and [`parse_size`] are shared by the CLI for the
+//! server and for the client, so `500ms`, `2s`, `1m`, `64KiB` read the same everywhere.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::error::ConfigError;
+
+/// Messages a client's outbound queue holds before the client counts as a slow consumer
+/// and is disconnected. 256 frames absorb a burst of broadcasts while the writer is
+/// momentarily behind, yet cap what one stalled reader can pin: 256 shared
+/// `Arc` handles (the frame bytes themselves are shared with every other recipient).
+pub const DEFAULT_QUEUE_SIZE: usize = 256;
+
+/// Concurrent connections (in handshake or open) before new ones get `503`. Ten
+/// thousand is what the benchmarks hold on a 2-core, 24 GiB box; each connection is two
+/// threads, so this also keeps the process far below a default `pid_max` of 32768.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+
+/// Largest message (after reassembly of fragments) a client may send. 1 MiB is plenty
+/// for chat-like traffic and bounds what one connection can make the server buffer.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 1 << 20;
+
+/// Largest single frame payload a client may send. tungstenite checks it from the frame
+/// header, before buffering the payload, so an announced 2^63-byte frame costs nothing.
+pub const DEFAULT_MAX_FRAME_SIZE: usize = 1 << 20;
+
+/// Bytes tungstenite reads from the socket at a time (its read buffer, allocated and
+/// zeroed per connection). tungstenite's own default is 128 KiB, which would be 1.25 GiB
+/// for ten thousand idle clients; 4 KiB fits a typical chat message in one `read` and
+/// costs one page per connection. Larger messages still work: the buffer grows for the
+/// frame being read and the extra `read` calls cost little next to the network.
+pub const DEFAULT_READ_BUFFER_SIZE: usize = 4 * 1024;
+
+/// Stack reserved for each connection thread. The default Rust stack is 2 MiB of address
+/// space; only touched pages cost memory, but 20 000 threads x 2 MiB is 40 GiB of
+/// reservations. 128 KiB is several times what the reader and writer use (measured with
+/// handlers that allocate on the heap as usual) and leaves room for a user handler's
+/// moderate recursion. Raise it with `--thread-stack-size` for handlers that need more.
+pub const DEFAULT_THREAD_STACK_SIZE: usize = 128 * 1024;
+
+/// Smallest stack we accept: below this, glibc's guard page and thread-local storage
+/// leave too little for tungstenite's parser.
+pub const MIN_THREAD_STACK_SIZE: usize = 32 * 1024;
+
+/// Largest HTTP request head (request line and headers) before the upgrade; longer
+/// gets `431`. 8 KiB is what common servers (nginx's default buffer) allow.
+pub const MAX_REQUEST_HEAD: usize = 8 * 1024;
+
+/// Most headers in a request head. Browsers send about 15; 64 leaves room for proxies.
+pub const MAX_REQUEST_HEADERS: usize = 64;
+
+/// Configuration of a [`Server`](crate::Server).
+///
+/// Build it with [`Config::default`] and set the fields you need; the server calls
+/// [`Config::validate`] once at start.
+///
+/// ```
+/// use std::time::Duration;
+/// let mut config = wshub::Config::default();
+/// config.addr = "127.0.0.1:0".parse().unwrap();
+/// config.idle_timeout = Duration::from_secs(60);
+/// config.ping_interval = Duration::from_secs(20);
+/// assert!(config.validate().is_ok());
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Config {
+    /// Address to listen on. Port 0 takes a free port; [`Server::local_addr`]
+    /// tells which. Default `127.0.0.1:8080` (loopback: exposing a server is a choice).
+    ///
+    /// [`Server::local_addr`]: crate::Server::local_addr
+    pub addr: SocketAddr,
+    /// Messages queued per client before it is disconnected as a slow consumer.
+    /// Default [`DEFAULT_QUEUE_SIZE`].
+    pub queue_size: usize,
+    /// Time a client has to send a complete HTTP request head. Default 5 s: a slowloris
+    /// client holds a thread for at most this long.
+    pub handshake_timeout: Duration,
+    /// A client that sends nothing at all (not even a pong) for this long is closed with
+    /// 1001. Default 30 s.
+    pub idle_timeout: Duration,
+    /// How often the server pings each client, so live but quiet clients are not idle.
+    /// Must be shorter than `idle_timeout`. Default 10 s.
+    pub ping_interval: Duration,
+    /// A write to a client blocked this long disconnects it. Default 5 s.
+    pub write_timeout: Duration,
+    /// How long a shutdown waits for clients to answer Close 1001 before forcing the
+    /// rest closed. Also the time a connection waits for the peer's Close reply after
+    /// sending its own. Default 10 s.
+    pub drain_timeout: Duration,
+    /// Connections (in handshake or open) beyond which new ones get `503`.
+    /// Default [`DEFAULT_MAX_CONNECTIONS`].
+    pub max_connections: usize,
+    /// Allowed `Origin` header values. Empty: any origin. Otherwise a handshake whose
+    /// `Origin` is missing from the list gets `403` (cross-site WebSocket hijacking).
+    pub allowed_origins: Vec<String>,
+    /// Largest message a client may send, in bytes; bigger gets Close 1009.
+    /// Default [`DEFAULT_MAX_MESSAGE_SIZE`].
+    pub max_message_size: usize,
+    /// Largest frame payload a client may send, in bytes; bigger gets Close 1009.
+    /// Default [`DEFAULT_MAX_FRAME_SIZE`]. Clamped to `max_message_size`.
+    pub max_frame_size: usize,
+    /// Messages per second one connection may send; over it gets Close 1008.
+    /// `None` (the default): no limit.
+    pub max_message_rate: Option<u32>,
+    /// Bytes read from a socket at a time. Default [`DEFAULT_READ_BUFFER_SIZE`].
+    pub read_buffer_size: usize,
+    /// Stack size of every connection thread. Default [`DEFAULT_THREAD_STACK_SIZE`].
+    pub thread_stack_size: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            queue_size: DEFAULT_QUEUE_SIZE,
+            handshake_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(30),
+            ping_interval: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(10),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            allowed_origins: Vec::new(),
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            max_frame_size: DEFAULT_MAX_FRAME_SIZE,
+            max_message_rate: None,
+            read_buffer_size: DEFAULT_READ_BUFFER_SIZE,
+            thread_stack_size: DEFAULT_THREAD_STACK_SIZE,
+        }
+    }
+}
+
+impl Config {
+    /// Checks the configuration once, before anything starts. Every rule here is one a
+    /// running server would otherwise break in a confusing way.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let nonzero = [
+            ("handshake timeout", self.handshake_timeout),
+            ("idle timeout", self.idle_timeout),
+            ("ping interval", self.ping_interval),
+            ("write timeout", self.write_timeout),
+            ("drain timeout", self.drain_timeout),
+        ];
+        for (name, d) in nonzero {
+            if d.is_zero() {
+                return Err(ConfigError::new(format!("{name} must be greater than zero")));
+            }
+        }
+        if self.ping_interval >= self.idle_timeout {
+            return Err(ConfigError::new(format!(
+                "ping interval ({:?}) must be shorter than the idle timeout ({:?}), \
+                 or quiet but live clients would be closed as idle",
+                self.ping_interval, self.idle_timeout
+            )));
+        }
+        if self.queue_size == 0 {
+            return Err(ConfigError::new("queue size must be at least 1"));
+        }
+        if self.max_connections == 0 {
+            return Err(ConfigError::new("max connections must be at least 1"));
+        }
+        if self.max_message_size == 0 || self.max_frame_size == 0 {
+            return Err(ConfigError::new(
+                "message and frame size limits must be at least 1 byte",
+            ));
+        }
+        if self.max_message_rate == Some(0) {
+            return Err(ConfigError::new("max message rate must be at least 1 per second"));
+        }
+        if self.read_buffer_size < 256 {
+            return Err(ConfigError::new("read buffer size must be at least 256 bytes"));
+        }
+        if self.thread_stack_size < MIN_THREAD_STACK_SIZE {
+            return Err(ConfigError::new(format!(
+                "thread stack size must be at least {} KiB",
+                MIN_THREAD_STACK_SIZE / 1024
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Parses a duration as the CLI writes it: `500ms`, `2s`, `1m`, `1h`, or a bare number
+/// of seconds (`30`). Fractions are allowed (`1.5s`).
+///
+/// ```
+/// use std::time::Duration;
+/// assert_eq!(wshub::parse_duration("500ms"), Ok(Duration::from_millis(500)));
+/// assert_eq!(wshub::parse_duration("2"), Ok(Duration::from_secs(2)));
+/// assert!(wshub::parse_duration("soon").is_err());
+/// ```
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let scale = match unit.trim() {
+        "" | "s" | "sec" | "secs" => 1.0,
+        "ms" => 0.001,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        other => {
+            return Err(format!(
+                "unknown duration unit {other:?} in {text:?} (use ms, s, m or h)"
+            ));
+        }
+    };
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {text:?} (examples: 500ms, 2s, 1m, 30)"))?;
+    Duration::try_from_secs_f64(value * scale).map_err(|_| format!("duration {text:?} is out of range"))
+}
+
+/// Parses a byte size as the CLI writes it: `64KiB`, `16MiB`, `1GiB`, `512B`, `64KB`
+/// (decimal) or a bare byte count.
+///
+/// ```
+/// assert_eq!(wshub::parse_size("64KiB"), Ok(65536));
+/// assert_eq!(wshub::parse_size("1000"), Ok(1000));
+/// assert!(wshub::parse_size("lots").is_err());
+/// ```
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "kb" => 1000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        _ => {
+            return Err(format!(
+                "unknown size unit in {text:?} (examples: 512, 64KiB, 16MiB)"
+            ));
+        }
+    };
+    let value: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid size {text:?} (examples: 512, 64KiB, 16MiB)"))?;
+    value
+        .checked_mul(scale)
+        .and_then(|v| usize::try_from(v).ok())
+        .ok_or_else(|| format!("size {text:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        assert!(Config::default().validate().is_ok());
+    }
+
+    #[test]
+    fn ping_interval_must_be_shorter_than_idle_timeout() {
+        let config = Config {
+            ping_interval: Duration::from_secs(30),
+            ..Config::default()
+        };
+        let err = config.validate().unwrap_err();
+        assert!(err.to_string().contains("ping interval"), "{err}");
+    }
+
+    #[test]
+    fn zero_timeouts_are_rejected() {
+        let config = Config {
+            write_timeout: Duration::ZERO,
+            ..Config::default()
+        };
+        assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn durations_parse_in_every_unit() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("5x").is_err());
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("1e999").is_err());
+    }
+
+    #[test]
+    fn sizes_parse_binary_and_decimal_units() {
+        assert_eq!(parse_size("64KiB"), Ok(64 * 1024));
+        assert_eq!(parse_size("16MiB"), Ok(16 << 20));
+        assert_eq!(parse_size("1gib"), Ok(1 << 30));
+        assert_eq!(parse_size("2kb"), Ok(2000));
+        assert_eq!(parse_size("123"), Ok(123));
+        assert!(parse_size("").is_err());
+        assert!(parse_size("1.5MiB").is_err());
+        assert!(parse_size("99999999999999999999").is_err());
+        assert!(parse_size("18446744073709551615GiB").is_err());
+    }
+}

@@ -1,0 +1,367 @@
+//! A connection's reader thread: handshake, then reading frames and running the handler.
+//!
+//! **Owns** one client socket's read side, its tungstenite `WebSocket` (the protocol
+//! state), its rate limiter and its writer thread's `JoinHandle`. Spawned by the accept
+//! thread, one per accepted client. **Woken** only by the socket: bytes, EOF, the socket
+//! read timeout (first the handshake deadline, then the idle timeout), or a `shutdown(2)`
+//! from the writer, the hub or the drain, which makes the blocked `read` return at once.
+//! **Ends** when the read side ends; it then tells the writer, joins it, leaves the hub,
+//! and gives its connection slot back. No thread outlives its connection.
+//!
+//! The steps: read the request head under the handshake deadline ([`crate::handshake`]
+//! decides the answer); on an upgrade, spawn the writer ([`crate::writer`]), register
+//! with the hub, and loop on tungstenite's blocking `read()`. tungstenite's automatic
+//! Pong and Close replies go through [`ReaderStream`]'s `Write`, which forwards them to the
+//! writer, the one thread that writes the socket.
+
+use std::borrow::Cow;
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Sender, bounded};
+use log::{debug, error, warn};
+use tungstenite::Message;
+use tungstenite::protocol::{Role, WebSocket, WebSocketConfig};
+
+use crate::close_policy::{self, GOING_AWAY, INTERNAL_ERROR, POLICY_VIOLATION, ReadEnd};
+use crate::config::{Config, MAX_REQUEST_HEAD};
+use crate::handler::{ConnParts, Connection, Handler, Routes};
+use crate::handshake::{self, Answer, Reject, Request, Status};
+use crate::hub::{Hub, HubMsg, PeerHandle};
+use crate::rate_limit::RateLimiter;
+use crate::registry::ConnId;
+use crate::writer::{self, CTRL_QUEUE, Ctrl, WriterEnd, WriterTimers};
+
+/// How long a finished connection keeps reading (and discarding) until the client closes
+/// its side. Closing a socket with unread bytes makes the kernel send RST, which can
+/// destroy our last response or Close frame before the client reads it; a short linger
+/// lets the client's FIN arrive first. One second covers any loopback or LAN peer.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
+
+/// Bytes read per `read` call while waiting for the request head.
+const HEAD_CHUNK: usize = 1024;
+
+/// What every connection thread shares, read-only.
+pub(crate) struct Shared {
+    pub config: Config,
+    pub routes: Routes,
+    pub hub: Hub,
+}
+
+/// Held by a connection thread for its whole life: gives the connection slot back and
+/// tells the drain this thread is done, when dropped.
+pub(crate) struct SlotGuard {
+    pub live: Arc<AtomicUsize>,
+    /// Never sent on; the drain waits for every clone to be dropped.
+    pub _alive: Sender<()>,
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        self.live.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The stream tungstenite runs over: reads from the socket, writes to the writer thread.
+struct ReaderStream {
+    sock: Arc<TcpStream>,
+    ctrl: Sender<Ctrl>,
+}
+
+impl Read for ReaderStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        (&*self.sock).read(buf)
+    }
+}
+
+impl Write for ReaderStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        // Blocks while the control channel is full; the writer always drains it or ends
+        // (write timeout), and its end disconnects the channel.
+        self.ctrl
+            .send(Ctrl::Raw(buf.to_vec()))
+            .map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Runs one connection from its first byte to its end. See the module docs.
+pub(crate) fn run(sock: TcpStream, id: ConnId, shared: Arc<Shared>, _slot: SlotGuard) {
+    let config = &shared.config;
+    // Small frames should leave at once: Nagle's delay would add up to 40 ms to an echo.
+    let _ = sock.set_nodelay(true);
+    let deadline = Instant::now() + config.handshake_timeout;
+    let (request, leftover) = match read_head(&sock, deadline) {
+        Ok(head) => head,
+        Err(HeadError::Reject(r)) => {
+            debug!("connection {id}: {} {}", r.status.code(), r.why);
+            return respond_and_close(&sock, &handshake::reject_response(&r), config);
+        }
+        Err(HeadError::Timeout) => {
+            debug!("connection {id}: no complete request within the handshake timeout");
+            let r = Reject {
+                status: Status::RequestTimeout,
+                why: "request head not received in time",
+            };
+            return respond_and_close(&sock, &handshake::reject_response(&r), config);
+        }
+        Err(HeadError::Gone) => return,
+    };
+    let endpoint = shared.routes.endpoint(request.path());
+    match handshake::answer(&request, endpoint, &config.allowed_origins) {
+        Answer::Health => respond_and_close(&sock, &handshake::http_response(Status::Ok, "ok"), config),
+        Answer::Reject(r) => {
+            debug!(
+                "connection {id}: {} {} for {}",
+                r.status.code(),
+                r.why,
+                request.path()
+            );
+            respond_and_close(&sock, &handshake::reject_response(&r), config)
+        }
+        Answer::Upgrade { accept } => {
+            let Some(handler) = shared.routes.get(request.path()) else {
+                return;
+            };
+            let _ = sock.set_write_timeout(Some(config.write_timeout));
+            if (&sock).write_all(&handshake::upgrade_response(&accept)).is_err() {
+                return;
+            }
+            serve(sock, id, request, leftover, handler, &shared);
+        }
+    }
+}
+
+enum HeadError {
+    Reject(Reject),
+    Timeout,
+    Gone,
+}
+
+/// Reads until a complete request head, the size limit or the deadline. Returns the
+/// request and the bytes that followed it.
+fn read_head(sock: &TcpStream, deadline: Instant) -> Result<(Request, Vec<u8>), HeadError> {
+    let mut buf = Vec::with_capacity(HEAD_CHUNK);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(HeadError::Timeout);
+        }
+        sock.set_read_timeout(Some(left)).map_err(|_| HeadError::Gone)?;
+        let start = buf.len();
+        let want = HEAD_CHUNK.min(MAX_REQUEST_HEAD - start);
+        buf.resize(start + want, 0);
+        let n = match (&*sock).read(&mut buf[start..]) {
+            Ok(0) => return Err(HeadError::Gone),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                return Err(HeadError::Timeout);
+            }
+            Err(_) => return Err(HeadError::Gone),
+        };
+        buf.truncate(start + n);
+        match handshake::parse_head(&buf) {
+            Ok(Some((request, used))) => return Ok((request, buf.split_off(used))),
+            Ok(None) => {}
+            Err(r) => return Err(HeadError::Reject(r)),
+        }
+    }
+}
+
+/// Sends a plain HTTP response, then closes without losing it to a RST.
+fn respond_and_close(sock: &TcpStream, response: &[u8], config: &Config) {
+    let _ = sock.set_write_timeout(Some(config.write_timeout));
+    if (&*sock).write_all(response).is_ok() {
+        let _ = sock.shutdown(std::net::Shutdown::Write);
+        linger(sock);
+    }
+}
+
+/// Reads and discards until the peer closes its side, for at most [`CLOSE_LINGER`].
+fn linger(sock: &TcpStream) {
+    let deadline = Instant::now() + CLOSE_LINGER;
+    let mut scratch = [0u8; 512];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || sock.set_read_timeout(Some(left)).is_err() {
+            return;
+        }
+        match (&*sock).read(&mut scratch) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// The WebSocket phase: writer thread, hub registration, read loop, orderly end.
+fn serve(
+    sock: TcpStream,
+    id: ConnId,
+    request: Request,
+    leftover: Vec<u8>,
+    handler: Arc<dyn Handler>,
+    shared: &Shared,
+) {
+    let config = &shared.config;
+    // RFC 6455 §5.1 and the idle timeout: a read that sees nothing for this long ends.
+    if sock.set_read_timeout(Some(config.idle_timeout)).is_err() {
+        return;
+    }
+    let sock = Arc::new(sock);
+    let (data_tx, data_rx) = bounded(config.queue_size);
+    let (ctrl_tx, ctrl_rx) = bounded(CTRL_QUEUE);
+    let timers = WriterTimers {
+        ping_interval: config.ping_interval,
+        close_timeout: config.drain_timeout,
+    };
+    let writer_sock = sock.clone();
+    let writer = thread::Builder::new()
+        .name("wshub-writer".into())
+        .stack_size(config.thread_stack_size)
+        .spawn(move || writer::run(writer_sock, data_rx, ctrl_rx, timers));
+    let writer = match writer {
+        Ok(w) => w,
+        Err(e) => {
+            warn!("connection {id}: cannot spawn its writer thread: {e}");
+            return;
+        }
+    };
+
+    let conn = Connection::new(ConnParts {
+        id,
+        request,
+        data: data_tx.clone(),
+        ctrl: ctrl_tx.clone(),
+        sock: sock.clone(),
+        hub: shared.hub.clone(),
+        write_timeout: config.write_timeout,
+    });
+    let registered = shared
+        .hub
+        .send(HubMsg::Register {
+            id,
+            topic: conn.topic().clone(),
+            peer: PeerHandle {
+                data: data_tx,
+                ctrl: ctrl_tx.clone(),
+                sock: sock.clone(),
+            },
+        })
+        .is_ok();
+
+    let ws_config = WebSocketConfig::default()
+        .read_buffer_size(config.read_buffer_size)
+        // Every frame tungstenite writes (a Pong, a Close reply) goes out at once.
+        .write_buffer_size(0)
+        .max_message_size(Some(config.max_message_size))
+        .max_frame_size(Some(config.max_frame_size.min(config.max_message_size)));
+    let stream = ReaderStream {
+        sock: sock.clone(),
+        ctrl: ctrl_tx.clone(),
+    };
+    let mut ws = WebSocket::from_partially_read(stream, leftover, Role::Server, Some(ws_config));
+
+    let end = if !registered {
+        // The hub has stopped: the server is going away.
+        ReadEnd::Fail {
+            code: GOING_AWAY,
+            reason: "server shutting down",
+        }
+    } else if let Err(why) = guarded(id, "on_open", || handler.on_open(&conn)) {
+        why
+    } else {
+        read_loop(id, &mut ws, &conn, &*handler, config)
+    };
+
+    let close = match end {
+        ReadEnd::Done => None,
+        ReadEnd::Idle => Some((GOING_AWAY, "idle timeout")),
+        ReadEnd::Fail { code, reason } => Some((code, reason)),
+    };
+    if let Some((code, reason)) = close {
+        debug!("connection {id}: closing with {code} ({reason})");
+        let _ = ctrl_tx.send(Ctrl::Close {
+            code,
+            reason: Cow::Borrowed(reason),
+            drain: false,
+        });
+    }
+    let _ = ctrl_tx.send(Ctrl::Finish);
+    drop(ws);
+    drop(ctrl_tx);
+    let writer_end = writer.join().unwrap_or(WriterEnd::Cut);
+    let _ = shared.hub.send(HubMsg::Unregister(id));
+    let _ = guarded(id, "on_close", || handler.on_close(&conn));
+    drop(conn);
+    if writer_end == WriterEnd::Finished {
+        linger(&sock);
+    }
+    debug!("connection {id}: ended");
+}
+
+/// Reads messages until the read side ends, and says how it ended.
+fn read_loop(
+    id: ConnId,
+    ws: &mut WebSocket<ReaderStream>,
+    conn: &Connection,
+    handler: &dyn Handler,
+    config: &Config,
+) -> ReadEnd {
+    let mut limiter = config
+        .max_message_rate
+        .map(|r| RateLimiter::new(r, Instant::now()));
+    loop {
+        match ws.read() {
+            Ok(msg @ (Message::Text(_) | Message::Binary(_))) => {
+                if let Some(limiter) = limiter.as_mut() {
+                    if !limiter.allow(Instant::now()) {
+                        return ReadEnd::Fail {
+                            code: POLICY_VIOLATION,
+                            reason: "rate limit",
+                        };
+                    }
+                }
+                if let Err(end) = guarded(id, "on_message", || handler.on_message(conn, msg)) {
+                    return end;
+                }
+            }
+            // Pings are answered by tungstenite (through the writer); pongs only prove
+            // the client is alive, which the successful read already did. After a Close,
+            // the next read finishes the handshake and reports ConnectionClosed.
+            Ok(_) => {}
+            Err(e) => {
+                let end = close_policy::classify(&e);
+                if !matches!(end, ReadEnd::Done) {
+                    debug!("connection {id}: read ended: {e}");
+                }
+                return end;
+            }
+        }
+    }
+}
+
+/// Runs handler code, turning a panic into Close 1011 for this connection only.
+fn guarded(id: ConnId, what: &str, f: impl FnOnce()) -> Result<(), ReadEnd> {
+    catch_unwind(AssertUnwindSafe(f)).map_err(|panic| {
+        let text = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(non-string panic)".into());
+        error!("connection {id}: handler panicked in {what}: {text}");
+        ReadEnd::Fail {
+            code: INTERNAL_ERROR,
+            reason: "internal error",
+        }
+    })
+}

@@ -1,0 +1,282 @@
+//! What a route does with a connection: the [`Handler`] trait, the [`Connection`] handle
+//! handlers act through, the built-in [`Echo`] and [`Chat`] handlers, and the routing
+//! table.
+//!
+//! Owns no thread. A handler runs on the reader thread of the connection it serves, so
+//! it may block briefly (it delays only its own connection) and needs no locking for
+//! per-connection state. A [`Connection`] is `Clone + Send`: hand it to another thread to
+//! send to that client from there.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::net::{Shutdown, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::{SendTimeoutError, Sender};
+use tungstenite::Message;
+
+use crate::error::SendError;
+use crate::handshake::{Endpoint, Request};
+use crate::hub::Hub;
+use crate::registry::ConnId;
+use crate::wire::WireFrame;
+use crate::writer::Ctrl;
+
+/// Serves the connections on one path.
+///
+/// Any `Fn(&Connection, Message) + Send + Sync + 'static` closure is a handler that only
+/// reacts to messages:
+///
+/// ```no_run
+/// use wshub::{Config, Connection, Message, Server};
+/// let server = Server::builder(Config::default())
+///     .route("/shout", |conn: &Connection, msg: Message| {
+///         if let Message::Text(text) = msg {
+///             let _ = conn.send(Message::text(text.to_uppercase()));
+///         }
+///     })
+///     .start()
+///     .unwrap();
+/// ```
+///
+/// A panic in any method closes only this connection, with 1011, and is logged with the
+/// connection's id; the server and every other connection carry on.
+pub trait Handler: Send + Sync + 'static {
+    /// The upgrade is done and the connection is registered with the hub.
+    fn on_open(&self, conn: &Connection) {
+        let _ = conn;
+    }
+
+    /// A complete text or binary message arrived. (Pings, pongs and the close
+    /// handshake are handled for you.)
+    fn on_message(&self, conn: &Connection, msg: Message);
+
+    /// The connection has ended; nothing more can be sent to it.
+    fn on_close(&self, conn: &Connection) {
+        let _ = conn;
+    }
+}
+
+impl<F> Handler for F
+where
+    F: Fn(&Connection, Message) + Send + Sync + 'static,
+{
+    fn on_message(&self, conn: &Connection, msg: Message) {
+        self(conn, msg)
+    }
+}
+
+/// `/echo`: every text or binary message goes back to its sender unchanged.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Echo;
+
+impl Handler for Echo {
+    fn on_message(&self, conn: &Connection, msg: Message) {
+        // A failed send means the connection is closing; its reader will notice.
+        let _ = conn.send(msg);
+    }
+}
+
+/// `/chat`: every message is broadcast to every connection on the same path, the
+/// sender included, in one total order.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Chat;
+
+impl Handler for Chat {
+    fn on_message(&self, conn: &Connection, msg: Message) {
+        let _ = conn.broadcast(msg);
+    }
+}
+
+/// A handle on one open connection, given to its handler. Cheap to clone.
+#[derive(Clone)]
+pub struct Connection {
+    inner: Arc<ConnInner>,
+}
+
+struct ConnInner {
+    id: ConnId,
+    request: Request,
+    topic: Arc<str>,
+    data: Sender<WireFrame>,
+    ctrl: Sender<Ctrl>,
+    sock: Arc<TcpStream>,
+    hub: Hub,
+    write_timeout: Duration,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("id", &self.inner.id)
+            .field("path", &self.inner.request.path())
+            .finish()
+    }
+}
+
+/// The parts a connection thread hands to [`Connection::new`].
+pub(crate) struct ConnParts {
+    pub id: ConnId,
+    pub request: Request,
+    pub data: Sender<WireFrame>,
+    pub ctrl: Sender<Ctrl>,
+    pub sock: Arc<TcpStream>,
+    pub hub: Hub,
+    pub write_timeout: Duration,
+}
+
+impl Connection {
+    pub(crate) fn new(p: ConnParts) -> Connection {
+        let topic = Arc::from(p.request.path());
+        Connection {
+            inner: Arc::new(ConnInner {
+                id: p.id,
+                request: p.request,
+                topic,
+                data: p.data,
+                ctrl: p.ctrl,
+                sock: p.sock,
+                hub: p.hub,
+                write_timeout: p.write_timeout,
+            }),
+        }
+    }
+
+    /// This connection's id, unique for the life of the server (it appears in logs).
+    pub fn id(&self) -> u64 {
+        self.inner.id
+    }
+
+    /// The path the client connected to, which is also its broadcast topic.
+    pub fn path(&self) -> &str {
+        self.inner.request.path()
+    }
+
+    /// The client's upgrade request: path, query, headers.
+    pub fn request(&self) -> &Request {
+        &self.inner.request
+    }
+
+    pub(crate) fn topic(&self) -> &Arc<str> {
+        &self.inner.topic
+    }
+
+    /// Queues `msg` for this client. Waits while the client's queue is full, for at most
+    /// the write timeout; if it is still full then, the client is not reading, the
+    /// connection is cut and [`SendError::SlowConsumer`] returned. A `Close` message
+    /// starts the close handshake, as [`Connection::close`] does.
+    pub fn send(&self, msg: Message) -> Result<(), SendError> {
+        if let Message::Close(frame) = msg {
+            let (code, reason) = frame
+                .map(|f| (u16::from(f.code), f.reason.to_string()))
+                .unwrap_or((crate::close_policy::NORMAL, String::new()));
+            return self.close(code, &reason);
+        }
+        let Some(frame) = WireFrame::from_message(msg) else {
+            return Ok(());
+        };
+        match self.inner.data.send_timeout(frame, self.inner.write_timeout) {
+            Ok(()) => Ok(()),
+            Err(SendTimeoutError::Timeout(_)) => {
+                self.cut();
+                Err(SendError::SlowConsumer)
+            }
+            Err(SendTimeoutError::Disconnected(_)) => Err(SendError::Closed),
+        }
+    }
+
+    /// Broadcasts `msg` to every connection on this connection's path, itself included.
+    pub fn broadcast(&self, msg: Message) -> Result<(), SendError> {
+        self.inner.hub.broadcast_to(self.inner.topic.clone(), msg)
+    }
+
+    /// Starts the close handshake with `code` and `reason`, after everything already
+    /// queued for the client has been sent.
+    pub fn close(&self, code: u16, reason: &str) -> Result<(), SendError> {
+        let msg = Ctrl::Close {
+            code,
+            reason: Cow::Owned(reason.to_owned()),
+            drain: true,
+        };
+        match self.inner.ctrl.send_timeout(msg, self.inner.write_timeout) {
+            Ok(()) => Ok(()),
+            Err(SendTimeoutError::Timeout(_)) => {
+                self.cut();
+                Err(SendError::SlowConsumer)
+            }
+            Err(SendTimeoutError::Disconnected(_)) => Err(SendError::Closed),
+        }
+    }
+
+    /// The hub, for broadcasting to other paths.
+    pub fn hub(&self) -> &Hub {
+        &self.inner.hub
+    }
+
+    /// Cuts the connection at once (no Close frame): both directions shut, which wakes
+    /// its reader and writer.
+    pub(crate) fn cut(&self) {
+        let _ = self.inner.sock.shutdown(Shutdown::Both);
+    }
+}
+
+/// The health-check path, answered with `200 ok` without an upgrade.
+pub const HEALTH_PATH: &str = "/healthz";
+
+/// Path to handler. Starts with `/echo` and `/chat`; the builder adds or replaces.
+#[derive(Clone)]
+pub(crate) struct Routes {
+    map: HashMap<String, Arc<dyn Handler>>,
+}
+
+impl Default for Routes {
+    fn default() -> Self {
+        let mut routes = Routes { map: HashMap::new() };
+        routes.insert("/echo", Arc::new(Echo));
+        routes.insert("/chat", Arc::new(Chat));
+        routes
+    }
+}
+
+impl Routes {
+    pub(crate) fn insert(&mut self, path: &str, handler: Arc<dyn Handler>) {
+        self.map.insert(path.to_owned(), handler);
+    }
+
+    pub(crate) fn endpoint(&self, path: &str) -> Endpoint {
+        if self.map.contains_key(path) {
+            Endpoint::WebSocket
+        } else if path == HEALTH_PATH {
+            Endpoint::Health
+        } else {
+            Endpoint::None
+        }
+    }
+
+    pub(crate) fn get(&self, path: &str) -> Option<Arc<dyn Handler>> {
+        self.map.get(path).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_routes_and_health() {
+        let routes = Routes::default();
+        assert_eq!(routes.endpoint("/echo"), Endpoint::WebSocket);
+        assert_eq!(routes.endpoint("/chat"), Endpoint::WebSocket);
+        assert_eq!(routes.endpoint("/healthz"), Endpoint::Health);
+        assert_eq!(routes.endpoint("/nope"), Endpoint::None);
+        assert_eq!(routes.endpoint("/echo/"), Endpoint::None);
+    }
+
+    #[test]
+    fn a_route_can_replace_healthz() {
+        let mut routes = Routes::default();
+        routes.insert("/healthz", Arc::new(Echo));
+        assert_eq!(routes.endpoint("/healthz"), Endpoint::WebSocket);
+    }
+}

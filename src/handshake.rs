@@ -1,0 +1,519 @@
+//! The HTTP side of a connection, before the upgrade: parsing the request head and
+//! deciding the answer. I/O-free: bytes in, a decision and response bytes out.
+//!
+//! Owns nothing and runs on whichever connection thread calls it; the socket reading
+//! (with the handshake deadline) lives in [`crate::connection`]. We read the request
+//! head ourselves instead of calling `tungstenite::accept`, because tungstenite drops a
+//! request that lacks the upgrade headers without writing any response, and a
+//! production server answers every request: `/healthz`, `404`, `426`, `403` and so on.
+//! Once the upgrade is agreed, the socket goes to tungstenite's protocol engine.
+//!
+//! RFC 6455 §4.2.1 lists what the opening handshake must carry; each check below
+//! quotes the rule it enforces.
+
+use std::fmt::Write as _;
+
+use crate::config::{MAX_REQUEST_HEAD, MAX_REQUEST_HEADERS};
+
+/// The parts of a client's HTTP request a handler may want: path, query and headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    method: String,
+    path: String,
+    query: Option<String>,
+    minor_version: u8,
+    headers: Vec<(String, String)>,
+}
+
+impl Request {
+    /// The request method (`GET` for every WebSocket connection).
+    pub fn method(&self) -> &str {
+        &self.method
+    }
+
+    /// The path, without the query string (`/chat`).
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// The query string without its `?`, if the request had one.
+    pub fn query(&self) -> Option<&str> {
+        self.query.as_deref()
+    }
+
+    /// The first value of a header, matched case-insensitively. Header values that
+    /// were not valid UTF-8 are kept with the invalid bytes replaced by U+FFFD.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Every header, in the order the client sent them.
+    pub fn headers(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.headers.iter().map(|(n, v)| (n.as_str(), v.as_str()))
+    }
+
+    /// Does a comma-separated header (such as `Connection`) carry `token`?
+    fn header_has_token(&self, name: &str, token: &str) -> bool {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .flat_map(|(_, v)| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    }
+}
+
+/// The HTTP statuses the server answers before (or instead of) an upgrade.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// `200 OK` (health check).
+    Ok,
+    /// `400 Bad Request`: not HTTP, or a malformed WebSocket handshake.
+    BadRequest,
+    /// `403 Forbidden`: the `Origin` is not on the allowlist.
+    Forbidden,
+    /// `404 Not Found`: no endpoint at that path.
+    NotFound,
+    /// `405 Method Not Allowed`: WebSocket endpoints take `GET` only.
+    MethodNotAllowed,
+    /// `408 Request Timeout`: the request head did not arrive within the handshake timeout.
+    RequestTimeout,
+    /// `426 Upgrade Required`: a plain request to a WebSocket endpoint, or a
+    /// `Sec-WebSocket-Version` other than 13.
+    UpgradeRequired,
+    /// `431 Request Header Fields Too Large`: the head is over [`MAX_REQUEST_HEAD`].
+    HeadersTooLarge,
+    /// `503 Service Unavailable`: the connection limit is reached.
+    Unavailable,
+}
+
+impl Status {
+    /// The numeric code.
+    pub fn code(self) -> u16 {
+        match self {
+            Status::Ok => 200,
+            Status::BadRequest => 400,
+            Status::Forbidden => 403,
+            Status::NotFound => 404,
+            Status::MethodNotAllowed => 405,
+            Status::RequestTimeout => 408,
+            Status::UpgradeRequired => 426,
+            Status::HeadersTooLarge => 431,
+            Status::Unavailable => 503,
+        }
+    }
+
+    fn reason(self) -> &'static str {
+        match self {
+            Status::Ok => "OK",
+            Status::BadRequest => "Bad Request",
+            Status::Forbidden => "Forbidden",
+            Status::NotFound => "Not Found",
+            Status::MethodNotAllowed => "Method Not Allowed",
+            Status::RequestTimeout => "Request Timeout",
+            Status::UpgradeRequired => "Upgrade Required",
+            Status::HeadersTooLarge => "Request Header Fields Too Large",
+            Status::Unavailable => "Service Unavailable",
+        }
+    }
+}
+
+/// A refusal: the status and a one-line explanation sent as the body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reject {
+    /// The status to answer with.
+    pub status: Status,
+    /// The body: why, in one line.
+    pub why: &'static str,
+}
+
+fn reject(status: Status, why: &'static str) -> Reject {
+    Reject { status, why }
+}
+
+/// Tries to parse a complete request head from the start of `buf`.
+///
+/// `Ok(None)`: incomplete, read more (unless `buf` is already over the limit, which is
+/// `431`). `Ok(Some((request, n)))`: the head is the first `n` bytes; anything after it
+/// is the client's first WebSocket bytes and must not be lost.
+pub fn parse_head(buf: &[u8]) -> Result<Option<(Request, usize)>, Reject> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_REQUEST_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let limit = &buf[..buf.len().min(MAX_REQUEST_HEAD)];
+    match req.parse(limit) {
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_REQUEST_HEAD => Err(reject(
+            Status::HeadersTooLarge,
+            "request head is larger than 8 KiB",
+        )),
+        Ok(httparse::Status::Partial) => Ok(None),
+        Ok(httparse::Status::Complete(n)) => {
+            let target = req.path.unwrap_or("/");
+            let (path, query) = match target.split_once('?') {
+                Some((p, q)) => (p, Some(q.to_owned())),
+                None => (target, None),
+            };
+            let request = Request {
+                method: req.method.unwrap_or("").to_owned(),
+                path: path.to_owned(),
+                query,
+                minor_version: req.version.unwrap_or(0),
+                headers: req
+                    .headers
+                    .iter()
+                    .map(|h| (h.name.to_owned(), String::from_utf8_lossy(h.value).into_owned()))
+                    .collect(),
+            };
+            Ok(Some((request, n)))
+        }
+        Err(httparse::Error::TooManyHeaders) => {
+            Err(reject(Status::HeadersTooLarge, "too many request headers"))
+        }
+        Err(_) => Err(reject(Status::BadRequest, "not a valid HTTP/1.1 request")),
+    }
+}
+
+/// What kind of endpoint a path is, as the router sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// A WebSocket endpoint (`/echo`, `/chat`, a user's route).
+    WebSocket,
+    /// The plain-HTTP health check.
+    Health,
+    /// Nothing here.
+    None,
+}
+
+/// The decision for a parsed request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// `200 ok`, no upgrade.
+    Health,
+    /// Upgrade: send `101` with this `Sec-WebSocket-Accept` value.
+    Upgrade {
+        /// The derived accept key.
+        accept: String,
+    },
+    /// Refuse with a status.
+    Reject(Reject),
+}
+
+/// Decides how to answer `request`, given what its path routes to and the `Origin`
+/// allowlist (empty: any origin).
+pub fn answer(request: &Request, endpoint: Endpoint, allowed_origins: &[String]) -> Answer {
+    let wants_upgrade = request.header("Upgrade").is_some()
+        || request.header("Sec-WebSocket-Key").is_some()
+        || request.header("Sec-WebSocket-Version").is_some();
+    match endpoint {
+        Endpoint::None => {
+            return Answer::Reject(reject(Status::NotFound, "no endpoint at this path"));
+        }
+        Endpoint::Health if !wants_upgrade => {
+            return if request.method == "GET" {
+                Answer::Health
+            } else {
+                Answer::Reject(reject(Status::MethodNotAllowed, "use GET"))
+            };
+        }
+        Endpoint::Health => {
+            return Answer::Reject(reject(Status::NotFound, "no WebSocket endpoint at this path"));
+        }
+        Endpoint::WebSocket => {}
+    }
+    // "The method of the request MUST be GET, and the HTTP version MUST be at least 1.1."
+    if request.method != "GET" {
+        return Answer::Reject(reject(Status::MethodNotAllowed, "WebSocket endpoints take GET"));
+    }
+    if !wants_upgrade {
+        return Answer::Reject(reject(
+            Status::UpgradeRequired,
+            "this is a WebSocket endpoint: send an upgrade request",
+        ));
+    }
+    if request.minor_version < 1 {
+        return Answer::Reject(reject(Status::BadRequest, "WebSocket needs HTTP/1.1"));
+    }
+    // "The request MUST contain a |Host| header field."
+    if request.header("Host").is_none() {
+        return Answer::Reject(reject(Status::BadRequest, "missing Host header"));
+    }
+    // "The request MUST contain an |Upgrade| header field whose value MUST include the
+    // "websocket" keyword." and "a |Connection| header field whose value MUST include
+    // the "Upgrade" token."
+    if !request.header_has_token("Upgrade", "websocket") {
+        return Answer::Reject(reject(Status::BadRequest, "Upgrade header must be websocket"));
+    }
+    if !request.header_has_token("Connection", "upgrade") {
+        return Answer::Reject(reject(
+            Status::BadRequest,
+            "Connection header must include Upgrade",
+        ));
+    }
+    // "The request MUST include a header field with the name |Sec-WebSocket-Version|.
+    // The value of this header field MUST be 13." §4.4: a server that does not speak
+    // the version answers with the versions it does speak.
+    match request.header("Sec-WebSocket-Version").map(str::trim) {
+        None => return Answer::Reject(reject(Status::BadRequest, "missing Sec-WebSocket-Version")),
+        Some("13") => {}
+        Some(_) => {
+            return Answer::Reject(reject(
+                Status::UpgradeRequired,
+                "unsupported Sec-WebSocket-Version: this server speaks 13",
+            ));
+        }
+    }
+    // "|Sec-WebSocket-Key| ... a base64-encoded value that, when decoded, is 16 bytes".
+    let key = match request.header("Sec-WebSocket-Key").map(str::trim) {
+        Some(k) if is_valid_key(k) => k,
+        Some(_) => return Answer::Reject(reject(Status::BadRequest, "malformed Sec-WebSocket-Key")),
+        None => return Answer::Reject(reject(Status::BadRequest, "missing Sec-WebSocket-Key")),
+    };
+    // Browsers always send Origin; checking it stops cross-site WebSocket hijacking.
+    if !allowed_origins.is_empty() {
+        let allowed = request
+            .header("Origin")
+            .is_some_and(|o| allowed_origins.iter().any(|a| a.eq_ignore_ascii_case(o.trim())));
+        if !allowed {
+            return Answer::Reject(reject(Status::Forbidden, "origin not allowed"));
+        }
+    }
+    Answer::Upgrade {
+        accept: tungstenite::handshake::derive_accept_key(key.as_bytes()),
+    }
+}
+
+/// 16 bytes in base64 are exactly 22 significant characters and `==`.
+fn is_valid_key(key: &str) -> bool {
+    let b = key.as_bytes();
+    b.len() == 24
+        && b[22..] == *b"=="
+        && b[..22].iter().all(|c| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/')
+        // The 22nd character carries only 2 data bits; the other 4 must be zero.
+        && matches!(b[21], b'A' | b'Q' | b'g' | b'w')
+}
+
+/// The `101 Switching Protocols` response for an agreed upgrade.
+pub fn upgrade_response(accept: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {accept}\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// A complete plain-HTTP response that closes the connection.
+pub fn http_response(status: Status, body: &str) -> Vec<u8> {
+    let mut out = String::with_capacity(160 + body.len());
+    let _ = write!(out, "HTTP/1.1 {} {}\r\n", status.code(), status.reason());
+    match status {
+        Status::UpgradeRequired => out.push_str("Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"),
+        Status::MethodNotAllowed => out.push_str("Allow: GET\r\n"),
+        Status::Unavailable => out.push_str("Retry-After: 1\r\n"),
+        _ => {}
+    }
+    let _ = write!(
+        out,
+        "Content-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    out.into_bytes()
+}
+
+/// The response for a refusal, the explanation as a one-line body.
+pub fn reject_response(r: &Reject) -> Vec<u8> {
+    http_response(r.status, &format!("{}\n", r.why))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+    fn upgrade_request(extra: &str) -> String {
+        format!(
+            "GET /chat?room=1 HTTP/1.1\r\nHost: example\r\nUpgrade: websocket\r\n\
+             Connection: keep-alive, Upgrade\r\nSec-WebSocket-Key: {KEY}\r\n\
+             Sec-WebSocket-Version: 13\r\n{extra}\r\n"
+        )
+    }
+
+    fn parse(text: &str) -> Request {
+        parse_head(text.as_bytes()).unwrap().unwrap().0
+    }
+
+    #[test]
+    fn rfc_sample_key_gets_rfc_sample_accept() {
+        let req = parse(&upgrade_request(""));
+        assert_eq!(req.path(), "/chat");
+        assert_eq!(req.query(), Some("room=1"));
+        assert_eq!(
+            answer(&req, Endpoint::WebSocket, &[]),
+            Answer::Upgrade {
+                accept: "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".into()
+            }
+        );
+    }
+
+    #[test]
+    fn incomplete_head_asks_for_more() {
+        assert_eq!(parse_head(b"GET / HTTP/1.1\r\nHost: x\r\n"), Ok(None));
+    }
+
+    #[test]
+    fn bytes_after_the_head_are_not_part_of_it() {
+        let text = upgrade_request("") + "\u{81}";
+        let (_, n) = parse_head(text.as_bytes()).unwrap().unwrap();
+        assert_eq!(n, text.len() - 2);
+    }
+
+    #[test]
+    fn oversized_head_is_431() {
+        let big = format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(MAX_REQUEST_HEAD));
+        assert_eq!(
+            parse_head(big.as_bytes()).unwrap_err().status,
+            Status::HeadersTooLarge
+        );
+    }
+
+    #[test]
+    fn too_many_headers_is_431() {
+        let many: String = (0..MAX_REQUEST_HEADERS + 1)
+            .map(|i| format!("X{i}: y\r\n"))
+            .collect();
+        let text = format!("GET / HTTP/1.1\r\n{many}\r\n");
+        assert_eq!(
+            parse_head(text.as_bytes()).unwrap_err().status,
+            Status::HeadersTooLarge
+        );
+    }
+
+    #[test]
+    fn garbage_is_400() {
+        assert_eq!(
+            parse_head(b"\x16\x03\x01\x02\x00").unwrap_err().status,
+            Status::BadRequest
+        );
+        assert_eq!(
+            parse_head(b"HELLO WORLD\r\n\r\n").unwrap_err().status,
+            Status::BadRequest
+        );
+    }
+
+    fn status_of(text: &str, endpoint: Endpoint, origins: &[String]) -> Option<Status> {
+        match answer(&parse(text), endpoint, origins) {
+            Answer::Reject(r) => Some(r.status),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn unknown_path_is_404() {
+        assert_eq!(
+            status_of(&upgrade_request(""), Endpoint::None, &[]),
+            Some(Status::NotFound)
+        );
+    }
+
+    #[test]
+    fn plain_get_on_websocket_endpoint_is_426() {
+        let text = "GET /echo HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert_eq!(
+            status_of(text, Endpoint::WebSocket, &[]),
+            Some(Status::UpgradeRequired)
+        );
+    }
+
+    #[test]
+    fn healthz_is_ok_without_upgrade() {
+        let req = parse("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(answer(&req, Endpoint::Health, &[]), Answer::Health);
+    }
+
+    #[test]
+    fn wrong_version_is_426_and_missing_is_400() {
+        let wrong = upgrade_request("").replace("Version: 13", "Version: 8");
+        assert_eq!(
+            status_of(&wrong, Endpoint::WebSocket, &[]),
+            Some(Status::UpgradeRequired)
+        );
+        let missing = upgrade_request("").replace("Sec-WebSocket-Version: 13\r\n", "");
+        assert_eq!(
+            status_of(&missing, Endpoint::WebSocket, &[]),
+            Some(Status::BadRequest)
+        );
+    }
+
+    #[test]
+    fn missing_or_malformed_key_is_400() {
+        let missing = upgrade_request("").replace(&format!("Sec-WebSocket-Key: {KEY}\r\n"), "");
+        assert_eq!(
+            status_of(&missing, Endpoint::WebSocket, &[]),
+            Some(Status::BadRequest)
+        );
+        for bad in [
+            "short==",
+            "dGhlIHNhbXBsZSBub25jZQ",
+            "dGhlIHNhbXBsZSBub25jZR==",
+            "dGhlIHNhbXBsZSBub25j!Q==",
+        ] {
+            let text = upgrade_request("").replace(KEY, bad);
+            assert_eq!(
+                status_of(&text, Endpoint::WebSocket, &[]),
+                Some(Status::BadRequest),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn upgrade_header_other_than_websocket_is_400() {
+        let text = upgrade_request("").replace("Upgrade: websocket", "Upgrade: h2c");
+        assert_eq!(
+            status_of(&text, Endpoint::WebSocket, &[]),
+            Some(Status::BadRequest)
+        );
+        let text = upgrade_request("").replace("keep-alive, Upgrade", "keep-alive");
+        assert_eq!(
+            status_of(&text, Endpoint::WebSocket, &[]),
+            Some(Status::BadRequest)
+        );
+    }
+
+    #[test]
+    fn non_get_is_405() {
+        let text = upgrade_request("").replacen("GET", "POST", 1);
+        assert_eq!(
+            status_of(&text, Endpoint::WebSocket, &[]),
+            Some(Status::MethodNotAllowed)
+        );
+    }
+
+    #[test]
+    fn origin_outside_allowlist_is_403() {
+        let allowed = vec!["https://good.example".to_string()];
+        let good = upgrade_request("Origin: https://good.example\r\n");
+        assert_eq!(status_of(&good, Endpoint::WebSocket, &allowed), None);
+        let bad = upgrade_request("Origin: https://evil.example\r\n");
+        assert_eq!(
+            status_of(&bad, Endpoint::WebSocket, &allowed),
+            Some(Status::Forbidden)
+        );
+        let none = upgrade_request("");
+        assert_eq!(
+            status_of(&none, Endpoint::WebSocket, &allowed),
+            Some(Status::Forbidden)
+        );
+        assert_eq!(status_of(&bad, Endpoint::WebSocket, &[]), None);
+    }
+
+    #[test]
+    fn responses_are_well_formed() {
+        let r = http_response(Status::UpgradeRequired, "x\n");
+        let text = String::from_utf8(r).unwrap();
+        assert!(text.starts_with("HTTP/1.1 426 Upgrade Required\r\n"));
+        assert!(text.contains("Sec-WebSocket-Version: 13\r\n"));
+        assert!(text.ends_with("Content-Length: 2\r\nConnection: close\r\n\r\nx\n"));
+    }
+}

@@ -1,0 +1,206 @@
+//! The hub thread: the one owner of the connection registry and of fan-out.
+//!
+//! **Owns** the [`Registry`] of open connections (no `Mutex`: no other thread can reach
+//! it). **Woken** by [`HubMsg`]s on its bounded inbox: register and unregister from
+//! connection threads, broadcasts from handlers and from the embedding program's own
+//! threads, and the shutdown steps. **Ends** on [`HubMsg::Stop`], which the shutdown
+//! sequence sends once every connection thread has ended, or when every sender is gone.
+//!
+//! The hub never blocks on a client. Each broadcast is offered to every member's bounded
+//! queue with `try_send`; a member whose queue is full is a slow consumer and is cut at
+//! once (its TCP window is full, so a Close frame would sit unread behind the queue)
+//! while everyone else carries on.
+//!
+//! # Ordering
+//!
+//! Every broadcast to a topic passes through this one thread, which offers it to every
+//! member before it looks at the next message, and each member's queue and writer are
+//! FIFO. So all members of a topic see broadcasts in one total order, and a connection's
+//! own messages in the order it sent them (its reader sends them to the hub in order).
+
+use std::borrow::Cow;
+use std::net::{Shutdown, TcpStream};
+use std::sync::Arc;
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use log::{debug, info, trace};
+use tungstenite::Message;
+
+use crate::close_policy::GOING_AWAY;
+use crate::error::SendError;
+use crate::registry::{ConnId, Offer, Peer, Registry};
+use crate::wire::WireFrame;
+use crate::writer::Ctrl;
+
+/// Messages the hub's inbox holds. When it is full, senders (readers relaying chat
+/// messages, the embedding program) wait: that is back-pressure from a hub that is
+/// momentarily behind, and the hub itself never waits on anyone, so it always drains.
+pub(crate) const HUB_QUEUE: usize = 4096;
+
+/// What the hub is told.
+pub(crate) enum HubMsg {
+    /// A connection finished its handshake and joins `topic`.
+    Register {
+        /// Its id.
+        id: ConnId,
+        /// The topic (its path).
+        topic: Arc<str>,
+        /// How to reach it.
+        peer: PeerHandle,
+    },
+    /// A connection ended.
+    Unregister(ConnId),
+    /// Send `frame` to every member of `topic`.
+    Broadcast {
+        /// The topic.
+        topic: Arc<str>,
+        /// The frame, encoded once.
+        frame: WireFrame,
+    },
+    /// Shutdown has begun: Close 1001 (after what is queued) to every connection, and to
+    /// every connection that registers from now on. Replies with the number closed.
+    Drain(Sender<usize>),
+    /// The drain deadline passed: cut every connection still registered, and any that
+    /// registers from now on.
+    Cut,
+    /// Every connection thread has ended: stop.
+    Stop,
+}
+
+/// The hub's handle on one connection: its two queues and its socket.
+pub(crate) struct PeerHandle {
+    /// The bounded data queue to the writer.
+    pub data: Sender<WireFrame>,
+    /// The control channel to the writer.
+    pub ctrl: Sender<Ctrl>,
+    /// The socket, only ever used to shut it down.
+    pub sock: Arc<TcpStream>,
+}
+
+impl Peer for PeerHandle {
+    fn offer(&self, frame: &WireFrame) -> Offer {
+        match self.data.try_send(frame.clone()) {
+            Ok(()) => Offer::Queued,
+            Err(TrySendError::Full(_)) => Offer::Full,
+            Err(TrySendError::Disconnected(_)) => Offer::Gone,
+        }
+    }
+}
+
+impl PeerHandle {
+    /// Asks for Close 1001 after everything queued; cuts the connection if even the
+    /// control channel is full (its writer is stuck on a client that does not read).
+    fn going_away(&self) {
+        let close = Ctrl::Close {
+            code: GOING_AWAY,
+            reason: Cow::Borrowed("server shutting down"),
+            drain: true,
+        };
+        if let Err(TrySendError::Full(_)) = self.ctrl.try_send(close) {
+            self.cut();
+        }
+    }
+
+    /// Cuts the connection: both directions shut, which wakes its reader and writer.
+    fn cut(&self) {
+        let _ = self.sock.shutdown(Shutdown::Both);
+    }
+}
+
+/// A handle for broadcasting through the hub from any thread. Cheap to clone.
+///
+/// ```no_run
+/// # let server = wshub::Server::start(wshub::Config::default()).unwrap();
+/// let hub = server.hub();
+/// std::thread::spawn(move || {
+///     hub.broadcast("/chat", wshub::Message::text("tick")).ok();
+/// });
+/// ```
+#[derive(Clone, Debug)]
+pub struct Hub {
+    tx: Sender<HubMsg>,
+}
+
+impl std::fmt::Debug for HubMsg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            HubMsg::Register { .. } => "Register",
+            HubMsg::Unregister(_) => "Unregister",
+            HubMsg::Broadcast { .. } => "Broadcast",
+            HubMsg::Drain(_) => "Drain",
+            HubMsg::Cut => "Cut",
+            HubMsg::Stop => "Stop",
+        })
+    }
+}
+
+impl Hub {
+    pub(crate) fn new(tx: Sender<HubMsg>) -> Hub {
+        Hub { tx }
+    }
+
+    /// Sends `msg` to every connection on `topic` (a route's path, such as `/chat`).
+    /// The message is encoded once, here, on the calling thread. Blocks only while the
+    /// hub's inbox is full. Fails with [`SendError::Closed`] once the server has stopped.
+    pub fn broadcast(&self, topic: &str, msg: Message) -> Result<(), SendError> {
+        self.broadcast_to(Arc::from(topic), msg)
+    }
+
+    pub(crate) fn broadcast_to(&self, topic: Arc<str>, msg: Message) -> Result<(), SendError> {
+        let Some(frame) = WireFrame::from_message(msg) else {
+            return Ok(());
+        };
+        self.send(HubMsg::Broadcast { topic, frame })
+    }
+
+    pub(crate) fn send(&self, msg: HubMsg) -> Result<(), SendError> {
+        self.tx.send(msg).map_err(|_| SendError::Closed)
+    }
+}
+
+/// Runs the hub loop until [`HubMsg::Stop`]. See the module docs.
+pub(crate) fn run(inbox: Receiver<HubMsg>) {
+    let mut registry: Registry<PeerHandle> = Registry::default();
+    let mut draining = false;
+    let mut cutting = false;
+    while let Ok(msg) = inbox.recv() {
+        match msg {
+            HubMsg::Register { id, topic, peer } => {
+                if cutting {
+                    peer.cut();
+                    continue;
+                }
+                if draining {
+                    peer.going_away();
+                }
+                registry.insert(id, &topic, peer);
+            }
+            HubMsg::Unregister(id) => {
+                registry.remove(id);
+            }
+            HubMsg::Broadcast { topic, frame } => {
+                let out = registry.broadcast(&topic, &frame);
+                trace!("broadcast on {topic} queued for {}", out.delivered);
+                for (id, peer) in out.slow {
+                    info!("connection {id}: slow consumer (queue full), disconnecting");
+                    peer.cut();
+                }
+            }
+            HubMsg::Drain(reply) => {
+                draining = true;
+                debug!("hub: closing {} connections with 1001", registry.len());
+                for (_, peer) in registry.iter() {
+                    peer.going_away();
+                }
+                let _ = reply.send(registry.len());
+            }
+            HubMsg::Cut => {
+                cutting = true;
+                for (_, peer) in registry.iter() {
+                    peer.cut();
+                }
+            }
+            HubMsg::Stop => break,
+        }
+    }
+}

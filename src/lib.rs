@@ -1,0 +1,166 @@
+//! # wshub: a blocking WebSocket server and client
+//!
+//! wshub serves WebSocket clients with plain OS threads: no async runtime, no polling.
+//! Each client has a reader thread blocked in a socket read and a writer thread blocked
+//! on its queue; one hub thread owns the registry of clients and fans broadcasts out;
+//! `crossbeam-channel` carries everything between them. It is meant to be run on a small
+//! box, embedded in an ordinary threaded program, and read.
+//!
+//! ## Who owns what
+//!
+//! ```text
+//!                        TcpListener
+//!                            |  accept() (blocking)
+//!                    +---------------+   past max_connections   +-----------------+
+//!                    | accept thread |------------------------->| overflow thread |-> 503
+//!                    +---------------+   bounded(64) sockets    +-----------------+
+//!                            | spawns one per client
+//!                            v
+//!   client ==bytes==> +---------------+  HubMsg (bounded 4096)    +------------+
+//!                     | reader thread |  Register / Broadcast /   | hub thread |
+//!                     |  handshake,   |  Unregister ------------> |  owns the  |
+//!                     |  tungstenite  |                           |  registry  |
+//!                     |  read(), your |  Ctrl (bounded 16):       +------------+
+//!                     |  Handler      |  Pong/Close replies,           | try_send,
+//!                     +---------------+  Close, Finish                 | never blocks
+//!                            |  |             |                        v
+//!                            |  +--- data ----|------> WireFrame queue (bounded 256)
+//!                            |   (echo, send) v              |
+//!                            |          +---------------+ <--+
+//!   client <==bytes======================| writer thread | the only thread that writes
+//!                            | spawns    | pings, Close  | the socket; knows whether a
+//!                            +---------->+---------------+ Close has gone out
+//!
+//!   shutdown (ctrlc / ShutdownHandle) -> drain: stop accept -> hub: Close 1001 to all
+//!   (after their queues) -> wait up to drain_timeout -> cut the rest -> join everything
+//! ```
+//!
+//! - The **accept thread** owns the listener; it blocks in `accept()` and spawns a
+//!   reader per client. Shutdown wakes it by connecting to it.
+//! - A **reader thread** owns one client's read side and protocol state. It reads the
+//!   HTTP request head itself ([`Request`], answering `/healthz`, `404`, `426`, `403`...),
+//!   then runs tungstenite's `read()` with the idle timeout as the socket timeout, and
+//!   calls your [`Handler`] for each message.
+//! - A **writer thread** owns one client's write side. It is fed by a bounded data queue
+//!   and a small control channel, and is the only thread that writes that socket, so
+//!   frames never interleave and a broadcast reaches an idle client at once.
+//! - The **hub thread** owns the registry. A broadcast is encoded once and offered to
+//!   every member's queue with `try_send`: a full queue marks a slow consumer, which is
+//!   cut while everyone else carries on.
+//!
+//! Each of those lives in a module of its own name: `accept`, `connection`, `writer`,
+//! `hub`, `shutdown`; the I/O-free rules they apply sit in `handshake`, `registry`,
+//! `close_policy`, `rate_limit` and `wire`, each with unit tests and no sockets.
+//!
+//! ## Why threads
+//!
+//! A blocked thread costs its stack pages and a kernel task, and nothing else: it uses
+//! no CPU until the kernel wakes it. With 128 KiB stacks and 4 KiB read buffers, ten
+//! thousand idle clients fit in a few hundred MiB (see the README's benchmarks), and the
+//! code reads top to bottom. The price is two threads per client: `max_connections`
+//! keeps that bounded, and an async server still wins past about 15 000 connections
+//! (Linux's default `pid_max` is 32768).
+//!
+//! ## Tutorial: embed a server
+//!
+//! Start a server on a free port, talk to it, and shut it down:
+//!
+//! ```
+//! use wshub::{Config, Message, Server};
+//!
+//! let mut config = Config::default();
+//! config.addr = "127.0.0.1:0".parse().unwrap(); // port 0: any free port
+//! let server = Server::start(config).expect("start");
+//! let url = format!("ws://{}/echo", server.local_addr());
+//!
+//! // Any WebSocket client will do; tungstenite's blocking one is at hand.
+//! let (mut ws, _) = tungstenite::connect(url.as_str()).expect("connect");
+//! ws.send(Message::text("hello")).unwrap();
+//! assert_eq!(ws.read().unwrap(), Message::text("hello"));
+//!
+//! // Drain on another thread: everything queued goes out, then Close 1001, and the
+//! // drain waits for the client's reply (tungstenite sends it while we read).
+//! let drain = std::thread::spawn(move || server.shutdown());
+//! loop {
+//!     match ws.read() {
+//!         Ok(Message::Close(Some(frame))) => assert_eq!(u16::from(frame.code), 1001),
+//!         Ok(_) => {}
+//!         Err(_) => break, // the server closed the connection after the handshake
+//!     }
+//! }
+//! drop(ws);
+//! let report = drain.join().unwrap();
+//! assert_eq!(report.connections, 1);
+//! ```
+//!
+//! Add your own route with a [`Handler`] (any `Fn(&Connection, Message)` closure is
+//! one), and broadcast from your own threads through the [`Hub`]:
+//!
+//! ```
+//! use wshub::{Config, Connection, Message, Server};
+//!
+//! let mut config = Config::default();
+//! config.addr = "127.0.0.1:0".parse().unwrap();
+//! let server = Server::builder(config)
+//!     .route("/news", |conn: &Connection, msg: Message| {
+//!         // Runs on this connection's reader thread: reply to the sender only.
+//!         let _ = conn.send(msg);
+//!     })
+//!     .start()
+//!     .expect("start");
+//!
+//! let url = format!("ws://{}/news", server.local_addr());
+//! let (mut ws, _) = tungstenite::connect(url.as_str()).expect("connect");
+//! ws.send(Message::text("ping")).unwrap();
+//! assert_eq!(ws.read().unwrap(), Message::text("ping")); // registered by now
+//!
+//! let hub = server.hub();
+//! std::thread::spawn(move || hub.broadcast("/news", Message::text("extra!")))
+//!     .join()
+//!     .unwrap()
+//!     .unwrap();
+//! assert_eq!(ws.read().unwrap(), Message::text("extra!"));
+//! drop(ws); // the client leaves; its connection ends on its own
+//! server.shutdown();
+//! ```
+//!
+//! To stop from a signal or another thread, keep a [`ShutdownHandle`] and call
+//! [`Server::wait`] on the thread that should do the draining; `examples/embed.rs` is a
+//! complete program.
+
+#![deny(missing_docs)]
+
+mod accept;
+pub mod close_policy;
+mod config;
+mod connection;
+mod error;
+mod handler;
+mod handshake;
+mod hub;
+mod rate_limit;
+mod registry;
+mod server;
+mod shutdown;
+mod wire;
+mod writer;
+
+pub use config::{
+    Config, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_FRAME_SIZE, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_QUEUE_SIZE,
+    DEFAULT_READ_BUFFER_SIZE, DEFAULT_THREAD_STACK_SIZE, MAX_REQUEST_HEAD, MIN_THREAD_STACK_SIZE,
+    parse_duration, parse_size,
+};
+pub use error::{ConfigError, Error, SendError};
+pub use handler::{Chat, Connection, Echo, HEALTH_PATH, Handler};
+pub use handshake::Request;
+pub use hub::Hub;
+pub use server::{Server, ServerBuilder};
+pub use shutdown::{DrainReport, ShutdownHandle};
+pub use tungstenite::Message;
+
+/// The request-head parser and handshake decision, exposed for the fuzz targets only.
+/// Not part of the stable API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::handshake::{Answer, Endpoint, Reject, Status, answer, parse_head};
+}

@@ -1,0 +1,191 @@
+//! Starting a server, and the handle an embedding program keeps.
+//!
+//! **Owns** nothing that runs: [`Server::start`] binds the listener and spawns the hub,
+//! accept and overflow threads, then returns at once. The [`Server`] value holds their
+//! handles until [`Server::wait`] or [`Server::shutdown`] hands them to the drain
+//! ([`crate::shutdown`]). Dropping a `Server` drains it too, so no thread outlives it.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread;
+
+use crossbeam_channel::{Receiver, Sender, bounded};
+
+use crate::accept::{self, Acceptor};
+use crate::config::Config;
+use crate::connection::Shared;
+use crate::error::Error;
+use crate::handler::{Handler, Routes};
+use crate::hub::{self, HUB_QUEUE, Hub};
+use crate::shutdown::{self, DrainReport, Running, ShutdownHandle};
+
+/// Adds routes before starting a [`Server`]. Built-in routes: `/echo`, `/chat`, and the
+/// plain-HTTP `/healthz`.
+pub struct ServerBuilder {
+    config: Config,
+    routes: Routes,
+}
+
+impl ServerBuilder {
+    /// Serves WebSocket connections on `path` (exact match, no query) with `handler`,
+    /// replacing any route already there. Connections on `path` form one broadcast
+    /// topic named `path`.
+    pub fn route(mut self, path: &str, handler: impl Handler) -> ServerBuilder {
+        self.routes.insert(path, Arc::new(handler));
+        self
+    }
+
+    /// Validates the configuration, binds, starts the threads and returns at once.
+    pub fn start(self) -> Result<Server, Error> {
+        let ServerBuilder { config, routes } = self;
+        config.validate()?;
+        let listener = TcpListener::bind(config.addr).map_err(|source| Error::Bind {
+            addr: config.addr,
+            source,
+        })?;
+        let local_addr = listener.local_addr().map_err(|source| Error::Bind {
+            addr: config.addr,
+            source,
+        })?;
+
+        let (hub_tx, hub_rx) = bounded(HUB_QUEUE);
+        let hub = Hub::new(hub_tx);
+        let hub_thread = spawn("wshub-hub", move || hub::run(hub_rx))?;
+
+        let (overflow_tx, overflow_rx) = bounded(accept::OVERFLOW_QUEUE);
+        let overflow = spawn("wshub-overflow", move || accept::run_overflow(overflow_rx))?;
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let (wake_tx, wake_rx) = bounded(0);
+        let (alive_tx, alive_rx) = bounded(0);
+        let live = Arc::new(AtomicUsize::new(0));
+        let drain_timeout = config.drain_timeout;
+        let handshake_timeout = config.handshake_timeout;
+        let acceptor = Acceptor {
+            listener,
+            shared: Arc::new(Shared {
+                config,
+                routes,
+                hub: hub.clone(),
+            }),
+            stop: stop.clone(),
+            wake: wake_rx,
+            live: live.clone(),
+            alive: alive_tx,
+            overflow: overflow_tx,
+        };
+        let accept = spawn("wshub-accept", move || acceptor.run())?;
+
+        let (trigger_tx, trigger_rx) = bounded(1);
+        Ok(Server {
+            local_addr,
+            hub: hub.clone(),
+            live,
+            trigger_tx,
+            trigger_rx,
+            running: Some(Running {
+                local_addr,
+                stop,
+                wake: wake_tx,
+                accept,
+                overflow,
+                hub,
+                hub_thread,
+                alive: alive_rx,
+                drain_timeout,
+                handshake_timeout,
+            }),
+        })
+    }
+}
+
+fn spawn<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<thread::JoinHandle<T>, Error> {
+    thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .map_err(Error::Spawn)
+}
+
+/// A running WebSocket server. See the [crate docs](crate) for a tutorial.
+pub struct Server {
+    local_addr: SocketAddr,
+    hub: Hub,
+    live: Arc<AtomicUsize>,
+    trigger_tx: Sender<()>,
+    trigger_rx: Receiver<()>,
+    running: Option<Running>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("local_addr", &self.local_addr)
+            .finish()
+    }
+}
+
+impl Server {
+    /// Starts a server with the built-in routes. Shorthand for
+    /// `Server::builder(config).start()`.
+    pub fn start(config: Config) -> Result<Server, Error> {
+        Server::builder(config).start()
+    }
+
+    /// A builder, to add routes before starting.
+    pub fn builder(config: Config) -> ServerBuilder {
+        ServerBuilder {
+            config,
+            routes: Routes::default(),
+        }
+    }
+
+    /// The address the server listens on (with the real port when port 0 was asked).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// A handle for broadcasting from any thread.
+    pub fn hub(&self) -> Hub {
+        self.hub.clone()
+    }
+
+    /// Connections open or in their handshake right now.
+    pub fn connections(&self) -> usize {
+        self.live.load(Ordering::Acquire)
+    }
+
+    /// A handle that starts the shutdown from another thread or a signal handler.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle::new(self.trigger_tx.clone())
+    }
+
+    /// Blocks until a [`ShutdownHandle`] asks for shutdown, then drains and stops.
+    pub fn wait(mut self) -> DrainReport {
+        let _ = self.trigger_rx.recv();
+        self.drain()
+    }
+
+    /// Drains and stops now: stop accepting, send every client what is queued for it and
+    /// then Close 1001, wait for their replies up to the drain timeout, cut the rest,
+    /// join every thread.
+    pub fn shutdown(mut self) -> DrainReport {
+        self.drain()
+    }
+
+    fn drain(&mut self) -> DrainReport {
+        // `running` is only taken here and in `drop`, and both consume the server.
+        self.running.take().map(shutdown::drain).unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(r) = self.running.take() {
+            shutdown::drain(r);
+        }
+    }
+}

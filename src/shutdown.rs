@@ -1,0 +1,148 @@
+//! Drain-then-exit: the shutdown sequence, and the handle that starts it.
+//!
+//! **Owns** the server's thread handles once shutdown begins. It runs on the thread
+//! that calls [`Server::wait`](crate::Server::wait) or
+//! [`Server::shutdown`](crate::Server::shutdown) (in `wshub serve`, the main thread,
+//! woken by the ctrlc handler through a [`ShutdownHandle`]). **Ends** when every thread
+//! the server started has been joined, or, for connection threads stuck in user code,
+//! given up on after a bounded wait.
+//!
+//! The steps, in order:
+//! 1. **Stop accepting.** Set the stop flag, wake `accept()` by connecting to ourselves,
+//!    join the accept thread; the listener is dropped, so new connections are refused.
+//! 2. **Close everyone, after what is queued.** The hub sends each writer a Close 1001
+//!    that first flushes that client's queue. Broadcasts sent before shutdown began are
+//!    ahead of it in the hub's inbox, so no queued message is lost.
+//! 3. **Wait for the close handshakes**, up to the drain timeout. A connection ends when
+//!    its client answers the Close (or its writer gives up on it).
+//! 4. **Cut the rest.** Past the deadline the hub shuts down every remaining socket,
+//!    which wakes any blocked read or write at once.
+//! 5. **Join** every connection thread, then stop and join the hub.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, bounded};
+use log::{debug, warn};
+
+use crate::accept;
+use crate::hub::{Hub, HubMsg};
+
+/// After the cut, how long beyond the handshake timeout to wait for connection threads
+/// before giving up on them (only a handler stuck in user code can take that long).
+const AFTER_CUT_GRACE: Duration = Duration::from_secs(2);
+
+/// Starts a server's shutdown from any thread (or a signal handler's thread).
+/// Cheap to clone; triggering twice is harmless.
+#[derive(Clone, Debug)]
+pub struct ShutdownHandle {
+    tx: Sender<()>,
+}
+
+impl ShutdownHandle {
+    pub(crate) fn new(tx: Sender<()>) -> ShutdownHandle {
+        ShutdownHandle { tx }
+    }
+
+    /// Asks the server to drain and stop. Returns at once; the thread in
+    /// [`Server::wait`](crate::Server::wait) does the work.
+    pub fn shutdown(&self) {
+        match self.tx.try_send(()) {
+            Ok(()) | Err(TrySendError::Full(())) | Err(TrySendError::Disconnected(())) => {}
+        }
+    }
+}
+
+/// What a drain did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DrainReport {
+    /// Connections open when the drain began; each was sent Close 1001.
+    pub connections: usize,
+    /// Whether some connections were still open at the drain deadline and were cut.
+    pub cut: bool,
+    /// Connection threads still running when the drain gave up on them (a handler stuck
+    /// in user code); 0 in every normal shutdown.
+    pub abandoned_threads: usize,
+    /// From the start of the drain until every thread was joined.
+    pub elapsed: Duration,
+}
+
+/// The running server's threads and channels, handed to [`drain`].
+pub(crate) struct Running {
+    pub local_addr: SocketAddr,
+    pub stop: Arc<AtomicBool>,
+    pub wake: Sender<()>,
+    pub accept: JoinHandle<Vec<JoinHandle<()>>>,
+    pub overflow: JoinHandle<()>,
+    pub hub: Hub,
+    pub hub_thread: JoinHandle<()>,
+    pub alive: Receiver<()>,
+    pub drain_timeout: Duration,
+    pub handshake_timeout: Duration,
+}
+
+/// Runs the shutdown sequence. See the module docs.
+pub(crate) fn drain(r: Running) -> DrainReport {
+    let start = Instant::now();
+    let deadline = start + r.drain_timeout;
+
+    // 1. Stop accepting.
+    r.stop.store(true, Ordering::Release);
+    drop(r.wake);
+    let mut handles = Vec::new();
+    if accept::unblock(r.local_addr, &r.accept, deadline) {
+        handles = r.accept.join().unwrap_or_default();
+    } else {
+        warn!("the accept thread did not wake up before the drain deadline");
+    }
+    let _ = r.overflow.join();
+
+    // 2. Close 1001 to every connection, after what is queued for it.
+    let (reply_tx, reply_rx) = bounded(1);
+    let connections = match r.hub.send(HubMsg::Drain(reply_tx)) {
+        Ok(()) => reply_rx.recv().unwrap_or(0),
+        Err(_) => 0,
+    };
+    debug!("draining {connections} connections");
+
+    // 3. Wait for the close handshakes. Nobody sends on `alive`: it disconnects when the
+    // last connection thread drops its slot.
+    let mut cut = false;
+    let mut all_done = matches!(
+        r.alive.recv_deadline(deadline),
+        Err(RecvTimeoutError::Disconnected)
+    );
+
+    // 4. Cut the rest, and wait for their threads to notice.
+    if !all_done {
+        cut = true;
+        let _ = r.hub.send(HubMsg::Cut);
+        let grace = Instant::now() + r.handshake_timeout + AFTER_CUT_GRACE;
+        all_done = matches!(r.alive.recv_deadline(grace), Err(RecvTimeoutError::Disconnected));
+    }
+
+    // 5. Join.
+    let mut abandoned_threads = 0;
+    for h in handles {
+        if all_done || h.is_finished() {
+            let _ = h.join();
+        } else {
+            abandoned_threads += 1;
+        }
+    }
+    if abandoned_threads > 0 {
+        warn!("{abandoned_threads} connection threads did not end; not waiting for them");
+    }
+    let _ = r.hub.send(HubMsg::Stop);
+    let _ = r.hub_thread.join();
+    DrainReport {
+        connections,
+        cut,
+        abandoned_threads,
+        elapsed: start.elapsed(),
+    }
+}

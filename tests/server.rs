@@ -1,0 +1,395 @@
+//! The server's behaviour over real loopback sockets: echo, chat ordering, slow
+//! consumers, timeouts, the single-writer rules, and drain-then-exit.
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use support::*;
+use tungstenite::Message;
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+#[test]
+fn echo_returns_text_and_binary_unchanged() {
+    watchdog(LIMIT, || {
+        let server = start(test_config());
+        let mut ws = connect(server.local_addr(), "/echo");
+        let big_text = "x".repeat(512 * 1024);
+        let big_binary: Vec<u8> = (0..512 * 1024).map(|i| (i % 251) as u8).collect();
+        let cases = [
+            Message::text("hello"),
+            Message::text(""),
+            Message::binary(Vec::new()),
+            Message::binary(vec![0u8, 1, 2, 255]),
+            Message::text(big_text),
+            Message::binary(big_binary),
+        ];
+        for msg in cases {
+            ws.send(msg.clone()).unwrap();
+            assert_eq!(next_data(&mut ws), msg);
+        }
+    });
+}
+
+#[test]
+fn chat_broadcast_has_one_total_order_and_per_sender_order() {
+    const CLIENTS: usize = 6;
+    const EACH: usize = 40;
+    watchdog(LIMIT, || {
+        let server = start(test_config());
+        let addr = server.local_addr();
+        let mut clients: Vec<Client> = (0..CLIENTS).map(|_| connect(addr, "/chat")).collect();
+        // Every client is registered once its own probe comes back to it.
+        for (i, ws) in clients.iter_mut().enumerate() {
+            ws.send(Message::text(format!("probe{i}"))).unwrap();
+            while next_data(ws) != Message::text(format!("probe{i}")) {}
+        }
+        // Drain the other clients' probes so each log starts clean.
+        for (i, ws) in clients.iter_mut().enumerate() {
+            for _ in (i + 1)..CLIENTS {
+                next_data(ws);
+            }
+        }
+        let threads: Vec<_> = clients
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut ws)| {
+                thread::spawn(move || {
+                    // Closed loop: send message k+1 once message k has come back, so
+                    // every sender has one message in flight and all of them interleave.
+                    let mut log = Vec::new();
+                    let mut sent = 1;
+                    ws.send(Message::text(format!("{i}:0"))).unwrap();
+                    while log.len() < CLIENTS * EACH {
+                        let text = next_data(&mut ws).into_text().unwrap().to_string();
+                        if text == format!("{i}:{}", sent - 1) && sent < EACH {
+                            ws.send(Message::text(format!("{i}:{sent}"))).unwrap();
+                            sent += 1;
+                        }
+                        log.push(text);
+                    }
+                    log
+                })
+            })
+            .collect();
+        let logs: Vec<Vec<String>> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        for log in &logs {
+            assert_eq!(log, &logs[0], "every client sees the same total order");
+        }
+        let mut next: HashMap<&str, usize> = HashMap::new();
+        for text in &logs[0] {
+            let (sender, k) = text.split_once(':').unwrap();
+            let expect = next.entry(sender).or_insert(0);
+            assert_eq!(k.parse::<usize>().unwrap(), *expect, "sender {sender} in order");
+            *expect += 1;
+        }
+        assert!(next.values().all(|n| *n == EACH));
+    });
+}
+
+#[test]
+fn slow_consumer_is_evicted_while_others_receive_every_message() {
+    watchdog(LIMIT, || {
+        let mut config = test_config();
+        config.queue_size = 16;
+        // If the hub ever waited on the slow client, the others would stall this long.
+        config.write_timeout = Duration::from_secs(60);
+        let server = start(config);
+        let addr = server.local_addr();
+        let mut slow = Raw::connect(addr, "/chat");
+        let mut good = connect(addr, "/chat");
+        good.send(Message::text("ready")).unwrap();
+        assert_eq!(next_data(&mut good), Message::text("ready"));
+
+        // The publisher sends message i+1 once the good client has message i, so the
+        // good client's queue never fills; the slow one never reads, so its socket
+        // buffers fill, then its queue, and the hub cuts it.
+        const COUNT: usize = 400;
+        let (ack_tx, ack_rx) = mpsc::channel();
+        let reader = thread::spawn(move || {
+            for i in 0..COUNT {
+                let Message::Binary(b) = next_data(&mut good) else {
+                    panic!("binary expected")
+                };
+                assert_eq!(b[0], (i % 256) as u8, "message {i} in order");
+                ack_tx.send(()).unwrap();
+            }
+            good
+        });
+        let hub = server.hub();
+        for i in 0..COUNT {
+            let mut p = vec![7u8; 64 * 1024];
+            p[0] = (i % 256) as u8;
+            hub.broadcast("/chat", Message::binary(p)).unwrap();
+            ack_rx
+                .recv_timeout(Duration::from_secs(5))
+                .expect("the good client keeps receiving");
+        }
+        let _good = reader.join().unwrap();
+        // 400 x 64 KiB is far more than socket buffers hold: the slow client was cut.
+        slow.sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        assert!(slow.closed_by_server());
+        assert_eq!(server.connections(), 1);
+    });
+}
+
+#[test]
+fn silent_peer_is_closed_by_idle_timeout_while_a_pinged_peer_stays() {
+    watchdog(LIMIT, || {
+        let mut config = test_config();
+        config.idle_timeout = Duration::from_millis(800);
+        config.ping_interval = Duration::from_millis(200);
+        let server = start(config);
+        let addr = server.local_addr();
+        let mut silent = Raw::connect(addr, "/echo");
+        let mut live = connect(addr, "/echo");
+        // The live client answers pings (tungstenite replies while reading) for three
+        // idle periods, while the silent one never answers anything.
+        let until = Instant::now() + Duration::from_millis(2400);
+        let mut pings = 0;
+        while Instant::now() < until {
+            if let Message::Ping(_) = live.read().unwrap() {
+                pings += 1;
+            }
+        }
+        assert!(pings >= 5, "pinged every 200 ms, got {pings}");
+        live.send(Message::text("still here")).unwrap();
+        assert_eq!(next_data(&mut live), Message::text("still here"));
+        assert_eq!(silent.read_close_code(), Some(1001));
+        assert!(silent.closed_by_server());
+    });
+}
+
+#[test]
+fn broadcast_reaches_an_idle_reader_at_once_not_after_a_read_timeout() {
+    watchdog(LIMIT, || {
+        let mut config = test_config();
+        config.idle_timeout = Duration::from_secs(60);
+        config.ping_interval = Duration::from_secs(30);
+        let server = start(config);
+        let mut ws = connect(server.local_addr(), "/chat");
+        ws.send(Message::text("joined")).unwrap();
+        assert_eq!(next_data(&mut ws), Message::text("joined"));
+        // The reader thread is now blocked in read() with a 60 s timeout.
+        let started = Instant::now();
+        server.hub().broadcast("/chat", Message::text("news")).unwrap();
+        assert_eq!(next_data(&mut ws), Message::text("news"));
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "took {:?}",
+            started.elapsed()
+        );
+    });
+}
+
+#[test]
+fn ping_during_a_broadcast_storm_gets_its_pong() {
+    watchdog(LIMIT, || {
+        let mut config = test_config();
+        config.queue_size = 1 << 20;
+        let server = start(config);
+        let mut ws = connect(server.local_addr(), "/chat");
+        ws.send(Message::text("joined")).unwrap();
+        assert_eq!(next_data(&mut ws), Message::text("joined"));
+        let storming = Arc::new(AtomicBool::new(true));
+        let hub = server.hub();
+        let flag = storming.clone();
+        let storm = thread::spawn(move || {
+            let mut sent = 0u64;
+            while flag.load(Ordering::Relaxed) && sent < 5_000_000 {
+                hub.broadcast("/chat", Message::text("storm")).unwrap();
+                sent += 1;
+            }
+            sent
+        });
+        // Let the storm get going, then ping in the middle of it.
+        for _ in 0..1000 {
+            next_data(&mut ws);
+        }
+        ws.send(Message::Ping(b"are you there".to_vec().into())).unwrap();
+        let mut during = 0u64;
+        loop {
+            match ws.read().unwrap() {
+                Message::Pong(p) if &p[..] == b"are you there" => break,
+                _ => during += 1,
+            }
+        }
+        assert!(
+            storming.load(Ordering::Relaxed),
+            "the pong came back during the storm"
+        );
+        storming.store(false, Ordering::Relaxed);
+        let sent = storm.join().unwrap();
+        assert!(
+            during < sent,
+            "pong overtook part of the queue ({during} of {sent})"
+        );
+    });
+}
+
+#[test]
+fn a_connection_never_sends_two_close_frames() {
+    watchdog(LIMIT, || {
+        let server = start(test_config());
+        let addr = server.local_addr();
+        // The client answers the server's Close 1001 with its own Close: tungstenite in
+        // the reader sees a "new" close and queues a reply, which the writer must drop.
+        let mut raw = Raw::connect(addr, "/echo");
+        let drain = thread::spawn(move || server.shutdown());
+        let mut closes = 0;
+        let mut codes = Vec::new();
+        while let Some((b0, payload)) = raw.read_frame() {
+            if b0 & 0x0F == 0x8 {
+                closes += 1;
+                codes.push(u16::from_be_bytes([payload[0], payload[1]]));
+                if closes == 1 {
+                    raw.send_frame(0x88, &payload[..2]);
+                }
+            }
+        }
+        assert_eq!(closes, 1, "exactly one Close frame on the wire");
+        assert_eq!(codes, [1001]);
+        let report = drain.join().unwrap();
+        assert_eq!(report.connections, 1);
+        assert!(!report.cut, "the close handshake completed before the deadline");
+    });
+}
+
+#[test]
+fn client_initiated_close_is_answered_once_with_its_code() {
+    watchdog(LIMIT, || {
+        let server = start(test_config());
+        let mut raw = Raw::connect(server.local_addr(), "/echo");
+        raw.send_frame(0x88, &[0x03, 0xE8, b'b', b'y', b'e']);
+        let mut closes = Vec::new();
+        while let Some((b0, payload)) = raw.read_frame() {
+            if b0 & 0x0F == 0x8 {
+                closes.push(payload);
+            }
+        }
+        assert_eq!(closes, vec![vec![0x03, 0xE8, b'b', b'y', b'e']]);
+    });
+}
+
+#[test]
+fn shutdown_delivers_queued_messages_before_close_1001() {
+    watchdog(LIMIT, || {
+        let server = start(test_config());
+        let mut ws = connect(server.local_addr(), "/chat");
+        ws.send(Message::text("joined")).unwrap();
+        assert_eq!(next_data(&mut ws), Message::text("joined"));
+        let hub = server.hub();
+        for i in 0..200 {
+            hub.broadcast("/chat", Message::text(format!("m{i}"))).unwrap();
+        }
+        let drain = thread::spawn(move || server.shutdown());
+        let mut got = Vec::new();
+        let close = loop {
+            match ws.read() {
+                Ok(Message::Text(t)) => got.push(t.to_string()),
+                Ok(Message::Close(frame)) => break frame,
+                Ok(_) => {}
+                Err(e) => panic!("connection ended without a Close: {e}"),
+            }
+        };
+        let expected: Vec<String> = (0..200).map(|i| format!("m{i}")).collect();
+        assert_eq!(got, expected, "every queued message, in order, before the Close");
+        assert_eq!(close.map(|f| u16::from(f.code)), Some(1001));
+        // Finish the handshake: tungstenite sends our reply on the next read.
+        while ws.read().is_ok() {}
+        let report = drain.join().unwrap();
+        assert_eq!(report.connections, 1);
+        assert!(!report.cut);
+    });
+}
+
+#[test]
+fn shutdown_ends_within_the_drain_timeout_when_clients_never_answer() {
+    watchdog(LIMIT, || {
+        let mut config = test_config();
+        config.drain_timeout = Duration::from_millis(500);
+        let server = start(config);
+        let addr = server.local_addr();
+        // Raw clients that never read and never answer the Close.
+        let _mute: Vec<Raw> = (0..5).map(|_| Raw::connect(addr, "/echo")).collect();
+        let (tx, rx) = mpsc::channel();
+        let started = Instant::now();
+        thread::spawn(move || tx.send(server.shutdown()).unwrap());
+        let report = rx.recv_timeout(Duration::from_secs(5)).expect("drain finishes");
+        assert_eq!(report.connections, 5);
+        assert!(report.elapsed < Duration::from_secs(3), "{:?}", report.elapsed);
+        assert!(started.elapsed() >= Duration::from_millis(500));
+        assert_eq!(report.abandoned_threads, 0);
+    });
+}
+
+#[test]
+fn new_connections_are_refused_once_shutdown_begins() {
+    watchdog(LIMIT, || {
+        let server = start(test_config());
+        let addr = server.local_addr();
+        server.shutdown();
+        assert!(std::net::TcpStream::connect(addr).is_err());
+    });
+}
+
+#[test]
+fn healthz_answers_200_ok_without_upgrade() {
+    watchdog(LIMIT, || {
+        let server = start(test_config());
+        let r = raw_exchange(server.local_addr(), b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(status_line(&r), "HTTP/1.1 200 OK");
+        assert!(r.ends_with("\r\n\r\nok"), "{r}");
+    });
+}
+
+#[test]
+fn unknown_path_is_404_before_the_upgrade() {
+    watchdog(LIMIT, || {
+        let server = start(test_config());
+        let r = raw_exchange(server.local_addr(), upgrade_request("/nope", "").as_bytes());
+        assert_eq!(status_line(&r), "HTTP/1.1 404 Not Found");
+    });
+}
+
+#[test]
+fn plain_get_on_a_websocket_endpoint_is_426() {
+    watchdog(LIMIT, || {
+        let server = start(test_config());
+        for path in ["/echo", "/chat"] {
+            let r = raw_exchange(
+                server.local_addr(),
+                format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+            );
+            assert_eq!(status_line(&r), "HTTP/1.1 426 Upgrade Required");
+        }
+    });
+}
+
+#[test]
+fn a_custom_route_runs_its_handler_and_can_broadcast_from_another_thread() {
+    watchdog(LIMIT, || {
+        let server = Server::builder(test_config())
+            .route("/upper", |conn: &wshub::Connection, msg: Message| {
+                if let Message::Text(t) = msg {
+                    conn.send(Message::text(t.to_uppercase())).unwrap();
+                }
+            })
+            .start()
+            .unwrap();
+        let mut ws = connect(server.local_addr(), "/upper");
+        ws.send(Message::text("shout")).unwrap();
+        assert_eq!(next_data(&mut ws), Message::text("SHOUT"));
+        let hub = server.hub();
+        thread::spawn(move || hub.broadcast("/upper", Message::text("from afar")).unwrap())
+            .join()
+            .unwrap();
+        assert_eq!(next_data(&mut ws), Message::text("from afar"));
+    });
+}

@@ -1,0 +1,213 @@
+//! Shared test helpers: servers on free ports, clients (tungstenite and raw bytes),
+//! a watchdog, and the process's thread count.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use tungstenite::stream::MaybeTlsStream;
+use tungstenite::{Message, WebSocket};
+
+pub use wshub::{Config, Server};
+
+/// Runs `body` on its own thread and fails the test if it takes longer than `limit`:
+/// a hang fails instead of stalling CI.
+pub fn watchdog<T: Send + 'static>(limit: Duration, body: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    let h = thread::spawn(move || {
+        let _ = tx.send(body());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(v) => {
+            let _ = h.join();
+            v
+        }
+        Err(mpsc::RecvTimeoutError::Disconnected) => match h.join() {
+            Err(panic) => std::panic::resume_unwind(panic),
+            Ok(()) => unreachable!("the body sent nothing but did not panic"),
+        },
+        Err(mpsc::RecvTimeoutError::Timeout) => panic!("watchdog: test body still running after {limit:?}"),
+    }
+}
+
+/// A config on a free loopback port, with short timeouts suited to tests.
+pub fn test_config() -> Config {
+    let mut c = Config::default();
+    c.addr = "127.0.0.1:0".parse().unwrap();
+    c.drain_timeout = Duration::from_secs(3);
+    c
+}
+
+pub fn start(config: Config) -> Server {
+    Server::start(config).expect("server starts")
+}
+
+pub type Client = WebSocket<MaybeTlsStream<TcpStream>>;
+
+/// A tungstenite client on `path`, with a read timeout so a lost message fails the test.
+pub fn connect(addr: SocketAddr, path: &str) -> Client {
+    let (ws, _) = tungstenite::connect(format!("ws://{addr}{path}")).expect("websocket connects");
+    if let MaybeTlsStream::Plain(s) = ws.get_ref() {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    }
+    ws
+}
+
+/// Reads until a text or binary message (skipping pings and pongs).
+pub fn next_data(ws: &mut Client) -> Message {
+    loop {
+        if let m @ (Message::Text(_) | Message::Binary(_)) = ws.read().expect("read") {
+            return m;
+        }
+    }
+}
+
+/// Number of threads in this process, from /proc.
+pub fn thread_count() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Waits (polling, bounded) until the thread count is back to `baseline`; returns the
+/// last count seen. Threads end asynchronously after their last message, so there is
+/// no event to wait on from outside the server.
+pub fn wait_for_threads(baseline: usize, limit: Duration) -> usize {
+    let deadline = Instant::now() + limit;
+    loop {
+        let n = thread_count();
+        if n <= baseline || Instant::now() >= deadline {
+            return n;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Sends raw bytes and returns everything the server answers until it closes.
+pub fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The status line of a raw response.
+pub fn status_line(response: &str) -> &str {
+    response.lines().next().unwrap_or("")
+}
+
+/// A valid upgrade request for `path`, with extra header lines.
+pub fn upgrade_request(path: &str, extra: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+    )
+}
+
+/// A raw client: the handshake done by hand, frames written and read as bytes, for
+/// cases a real client refuses to produce.
+pub struct Raw {
+    pub sock: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Raw {
+    /// Connects and upgrades on `path`; panics unless the answer is 101.
+    pub fn connect(addr: SocketAddr, path: &str) -> Raw {
+        let mut sock = TcpStream::connect(addr).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        sock.write_all(upgrade_request(path, "").as_bytes()).unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 1024];
+        let end = loop {
+            let n = sock.read(&mut chunk).expect("handshake response");
+            assert!(n > 0, "server closed during the handshake");
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        let rest = buf.split_off(end);
+        Raw { sock, buf: rest }
+    }
+
+    /// Writes one masked frame.
+    pub fn send_frame(&mut self, first_byte: u8, payload: &[u8]) {
+        self.sock.write_all(&client_frame(first_byte, payload)).unwrap();
+    }
+
+    /// Reads one server frame: (first byte, payload). `None` at EOF or reset.
+    pub fn read_frame(&mut self) -> Option<(u8, Vec<u8>)> {
+        loop {
+            if let Some((frame, used)) = parse_server_frame(&self.buf) {
+                self.buf.drain(..used);
+                return Some(frame);
+            }
+            let mut chunk = [0u8; 65536];
+            match self.sock.read(&mut chunk) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// Reads frames until a Close; returns its code. Skips pings and data.
+    pub fn read_close_code(&mut self) -> Option<u16> {
+        loop {
+            let (b0, payload) = self.read_frame()?;
+            if b0 & 0x0F == 0x8 {
+                return (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+            }
+        }
+    }
+
+    /// True when the server has closed the TCP connection (EOF or reset) after any
+    /// remaining frames.
+    pub fn closed_by_server(&mut self) -> bool {
+        while self.read_frame().is_some() {}
+        true
+    }
+}
+
+/// A masked client frame with the given first byte (FIN, RSV and opcode).
+pub fn client_frame(first_byte: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x12u8, 0x34, 0x56, 0x78];
+    let mut out = vec![first_byte];
+    let len = payload.len();
+    if len < 126 {
+        out.push(0x80 | len as u8);
+    } else if len <= 0xFFFF {
+        out.push(0x80 | 126);
+        out.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        out.push(0x80 | 127);
+        out.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    out
+}
+
+/// Parses one unmasked server frame from the front of `buf`.
+pub fn parse_server_frame(buf: &[u8]) -> Option<((u8, Vec<u8>), usize)> {
+    if buf.len() < 2 {
+        return None;
+    }
+    let (len, at) = match buf[1] & 0x7F {
+        126 if buf.len() >= 4 => (u16::from_be_bytes([buf[2], buf[3]]) as usize, 4),
+        127 if buf.len() >= 10 => (u64::from_be_bytes(buf[2..10].try_into().unwrap()) as usize, 10),
+        126 | 127 => return None,
+        n => (n as usize, 2),
+    };
+    if buf.len() < at + len {
+        return None;
+    }
+    Some(((buf[0], buf[at..at + len].to_vec()), at + len))
+}
