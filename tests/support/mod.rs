@@ -211,3 +211,87 @@ pub fn parse_server_frame(buf: &[u8]) -> Option<((u8, Vec<u8>), usize)> {
     }
     Some(((buf[0], buf[at..at + len].to_vec()), at + len))
 }
+
+/// A `wshub serve` child process, its address, and its stderr lines as they arrive.
+pub struct ServeProcess {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+    pub lines: mpsc::Receiver<String>,
+}
+
+impl ServeProcess {
+    /// Starts `wshub serve --addr 127.0.0.1:0 ARGS...` and waits for `listening on`.
+    pub fn start(args: &[&str]) -> ServeProcess {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_wshub"))
+            .arg("serve")
+            .args(["--addr", "127.0.0.1:0"])
+            .args(args)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("wshub starts");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let first = lines
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a first log line");
+        let addr = first
+            .split("listening on ")
+            .nth(1)
+            .unwrap_or_else(|| panic!("first line names the address: {first}"))
+            .trim()
+            .parse()
+            .unwrap();
+        ServeProcess { child, addr, lines }
+    }
+
+    /// Sends a signal to the child (by its PID).
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) with the PID of a child we started and have not reaped.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// Waits for a log line containing `needle`, for at most `limit`.
+    pub fn wait_for_line(&self, needle: &str, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("no log line containing {needle:?} within {limit:?}"),
+            }
+        }
+    }
+
+    /// Waits for the child to exit, for at most `limit`; kills it past that.
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                panic!("wshub did not exit within {limit:?}");
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

@@ -91,7 +91,6 @@ pub fn run(args: Args) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    info!("listening on {}", server.local_addr());
     let handle = server.shutdown_handle();
     let signals = AtomicUsize::new(0);
     let installed = ctrlc::set_handler(move || {
@@ -107,6 +106,9 @@ pub fn run(args: Args) -> ExitCode {
         error!("cannot install the signal handler: {e}");
         return ExitCode::from(1);
     }
+    // Logged only once the handler is in place, so a signal sent by whoever waits for
+    // this line always drains instead of killing the process.
+    info!("listening on {}", server.local_addr());
     let report = server.wait();
     info!(
         "drained {} connections in {:.2?}",

@@ -1,0 +1,132 @@
+//! `wshub serve` as a user runs it: flags, errors and exit codes, signals.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use support::*;
+use tungstenite::Message;
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+fn wshub(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_wshub"))
+        .args(args)
+        .output()
+        .expect("wshub runs")
+}
+
+#[test]
+fn help_and_version_work() {
+    let help = wshub(&["serve", "--help"]);
+    assert!(help.status.success());
+    let text = String::from_utf8_lossy(&help.stdout);
+    for flag in [
+        "--addr",
+        "--queue-size",
+        "--idle-timeout",
+        "--ping-interval",
+        "--write-timeout",
+        "--drain-timeout",
+    ] {
+        assert!(text.contains(flag), "--help lists {flag}");
+    }
+    let version = wshub(&["--version"]);
+    assert!(version.status.success());
+    assert!(String::from_utf8_lossy(&version.stdout).starts_with("wshub "));
+}
+
+#[test]
+fn a_bad_flag_prints_usage_and_exits_2() {
+    for args in [
+        &["serve", "--no-such-flag"][..],
+        &["serve", "--idle-timeout", "soon"],
+        &["serve", "--max-message-size", "lots"],
+        &["serve", "--addr", "not-an-address"],
+    ] {
+        let out = wshub(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.starts_with("error: "), "{args:?}: {err}");
+        assert!(err.contains("Usage") || err.contains("--help"), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn address_in_use_is_one_clear_line_and_exit_1() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = wshub(&["serve", "--addr", &addr]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&format!("cannot listen on {addr}: address already in use")),
+        "{err}"
+    );
+}
+
+#[test]
+fn ping_interval_not_shorter_than_idle_timeout_is_a_startup_error() {
+    let out = wshub(&[
+        "serve",
+        "--addr",
+        "127.0.0.1:0",
+        "--ping-interval",
+        "30s",
+        "--idle-timeout",
+        "30s",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ping interval"));
+}
+
+#[test]
+fn sigterm_drains_every_client_with_1001_and_exits_0() {
+    watchdog(LIMIT, || {
+        let mut server = ServeProcess::start(&[]);
+        let mut ws = connect(server.addr, "/echo");
+        ws.send(Message::text("hi")).unwrap();
+        assert_eq!(next_data(&mut ws), Message::text("hi"));
+        server.signal(libc::SIGTERM);
+        let close = loop {
+            match ws.read() {
+                Ok(Message::Close(frame)) => break frame,
+                Ok(_) => {}
+                Err(e) => panic!("no Close before the end: {e}"),
+            }
+        };
+        assert_eq!(close.map(|f| u16::from(f.code)), Some(1001));
+        while ws.read().is_ok() {}
+        drop(ws);
+        let line = server.wait_for_line("drained", Duration::from_secs(10));
+        assert!(line.contains("drained 1 connections in"), "{line}");
+        assert_eq!(server.wait_exit(Duration::from_secs(10)).code(), Some(0));
+    });
+}
+
+#[test]
+fn a_second_sigint_exits_at_once_without_draining() {
+    watchdog(LIMIT, || {
+        let mut server = ServeProcess::start(&["--drain-timeout", "60s"]);
+        // A client that never answers the Close keeps the drain waiting.
+        let _mute = Raw::connect(server.addr, "/echo");
+        server.signal(libc::SIGINT);
+        server.wait_for_line("shutting down", Duration::from_secs(10));
+        server.signal(libc::SIGINT);
+        let status = server.wait_exit(Duration::from_secs(5));
+        assert_eq!(status.code(), Some(130));
+    });
+}
+
+#[test]
+fn the_server_refuses_connections_after_it_exits() {
+    watchdog(LIMIT, || {
+        let mut server = ServeProcess::start(&[]);
+        let addr = server.addr;
+        server.signal(libc::SIGINT);
+        assert_eq!(server.wait_exit(Duration::from_secs(10)).code(), Some(0));
+        assert!(std::net::TcpStream::connect(addr).is_err());
+    });
+}
