@@ -33,6 +33,7 @@ use crate::config::{Config, MAX_REQUEST_HEAD};
 use crate::handler::{ConnParts, Connection, Handler, Routes};
 use crate::handshake::{self, Answer, Reject, Request, Status};
 use crate::hub::{Hub, HubMsg, PeerHandle};
+use crate::queue::outbound;
 use crate::rate_limit::RateLimiter;
 use crate::registry::ConnId;
 use crate::writer::{self, CTRL_QUEUE, Ctrl, WriterEnd, WriterTimers};
@@ -218,7 +219,7 @@ fn serve(
         return;
     }
     let sock = Arc::new(sock);
-    let (data_tx, data_rx) = bounded(config.queue_size);
+    let (data_tx, data_rx) = outbound(config.queue_size);
     let (ctrl_tx, ctrl_rx) = bounded(CTRL_QUEUE);
     let timers = WriterTimers {
         ping_interval: config.ping_interval,

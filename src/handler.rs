@@ -14,6 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_channel::{SendTimeoutError, Sender};
+
+use crate::queue::{OutboundTx, PushError};
 use tungstenite::Message;
 
 use crate::error::SendError;
@@ -99,7 +101,7 @@ struct ConnInner {
     id: ConnId,
     request: Request,
     topic: Arc<str>,
-    data: Sender<WireFrame>,
+    data: OutboundTx,
     ctrl: Sender<Ctrl>,
     sock: Arc<TcpStream>,
     hub: Hub,
@@ -119,7 +121,7 @@ impl std::fmt::Debug for Connection {
 pub(crate) struct ConnParts {
     pub id: ConnId,
     pub request: Request,
-    pub data: Sender<WireFrame>,
+    pub data: OutboundTx,
     pub ctrl: Sender<Ctrl>,
     pub sock: Arc<TcpStream>,
     pub hub: Hub,
@@ -176,13 +178,13 @@ impl Connection {
         let Some(frame) = WireFrame::from_message(msg) else {
             return Ok(());
         };
-        match self.inner.data.send_timeout(frame, self.inner.write_timeout) {
+        match self.inner.data.push_timeout(frame, self.inner.write_timeout) {
             Ok(()) => Ok(()),
-            Err(SendTimeoutError::Timeout(_)) => {
+            Err(PushError::Timeout) => {
                 self.cut();
                 Err(SendError::SlowConsumer)
             }
-            Err(SendTimeoutError::Disconnected(_)) => Err(SendError::Closed),
+            Err(PushError::Closed) => Err(SendError::Closed),
         }
     }
 

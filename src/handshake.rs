@@ -139,7 +139,9 @@ fn reject(status: Status, why: &'static str) -> Reject {
 /// `431`). `Ok(Some((request, n)))`: the head is the first `n` bytes; anything after it
 /// is the client's first WebSocket bytes and must not be lost.
 pub fn parse_head(buf: &[u8]) -> Result<Option<(Request, usize)>, Reject> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_REQUEST_HEADERS];
+    // On the heap, not the stack: 2 KiB of stack touched once per connection would stay
+    // resident in every reader thread for the connection's whole life.
+    let mut headers = vec![httparse::EMPTY_HEADER; MAX_REQUEST_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let limit = &buf[..buf.len().min(MAX_REQUEST_HEAD)];
     match req.parse(limit) {

@@ -23,6 +23,8 @@ use std::net::{Shutdown, TcpStream};
 use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
+
+use crate::queue::OutboundTx;
 use log::{debug, info, trace};
 use tungstenite::Message;
 
@@ -70,7 +72,7 @@ pub(crate) enum HubMsg {
 /// The hub's handle on one connection: its two queues and its socket.
 pub(crate) struct PeerHandle {
     /// The bounded data queue to the writer.
-    pub data: Sender<WireFrame>,
+    pub data: OutboundTx,
     /// The control channel to the writer.
     pub ctrl: Sender<Ctrl>,
     /// The socket, only ever used to shut it down.
@@ -79,11 +81,7 @@ pub(crate) struct PeerHandle {
 
 impl Peer for PeerHandle {
     fn offer(&self, frame: &WireFrame) -> Offer {
-        match self.data.try_send(frame.clone()) {
-            Ok(()) => Offer::Queued,
-            Err(TrySendError::Full(_)) => Offer::Full,
-            Err(TrySendError::Disconnected(_)) => Offer::Gone,
-        }
+        self.data.try_push(frame.clone())
     }
 }
 

@@ -138,6 +138,7 @@ mod error;
 mod handler;
 mod handshake;
 mod hub;
+mod queue;
 mod rate_limit;
 mod registry;
 mod server;

@@ -37,6 +37,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, TryRecvError, never, select_biased};
 
+use crate::queue::OutboundRx;
 use crate::wire::{WireFrame, contains_close};
 
 /// Frames gathered into one vectored write. 64 frames amortise the system call over a
@@ -94,14 +95,15 @@ struct Writer {
 /// Runs the writer loop until the connection ends. See the module docs.
 pub(crate) fn run(
     sock: Arc<TcpStream>,
-    data: Receiver<WireFrame>,
+    data: OutboundRx,
     ctrl: Receiver<Ctrl>,
     timers: WriterTimers,
 ) -> WriterEnd {
     let mut w = Writer {
         sock,
         close_sent: false,
-        batch: Vec::with_capacity(MAX_BATCH),
+        // Grows on first use: an idle connection's writer holds no batch memory.
+        batch: Vec::new(),
     };
     let end = w.serve(data, ctrl, timers);
     let how = match end {
@@ -116,17 +118,18 @@ pub(crate) fn run(
 impl Writer {
     fn serve(
         &mut self,
-        mut data: Receiver<WireFrame>,
+        queue: OutboundRx,
         ctrl: Receiver<Ctrl>,
         timers: WriterTimers,
     ) -> io::Result<WriterEnd> {
+        let mut data = queue.rx.clone();
         let mut next_ping = Instant::now() + timers.ping_interval;
         let mut close_deadline: Option<Instant> = None;
         loop {
             // Control first; `select_biased!` below keeps that order when both are ready.
             match ctrl.try_recv() {
                 Ok(msg) => {
-                    if self.on_ctrl(msg, &data, &mut close_deadline, timers)? {
+                    if self.on_ctrl(msg, &queue, &mut close_deadline, timers)? {
                         return Ok(WriterEnd::Finished);
                     }
                     continue;
@@ -139,14 +142,14 @@ impl Writer {
             select_biased! {
                 recv(ctrl) -> msg => match msg {
                     Ok(msg) => {
-                        if self.on_ctrl(msg, &data, &mut close_deadline, timers)? {
+                        if self.on_ctrl(msg, &queue, &mut close_deadline, timers)? {
                             return Ok(WriterEnd::Finished);
                         }
                     }
                     Err(_) => return Ok(WriterEnd::Finished),
                 },
                 recv(data) -> frame => match frame {
-                    Ok(frame) => self.write_data(frame, &data)?,
+                    Ok(frame) => self.write_data(frame, &queue)?,
                     // Every data sender is gone; keep serving control until Finish.
                     Err(_) => data = never(),
                 },
@@ -171,7 +174,7 @@ impl Writer {
     fn on_ctrl(
         &mut self,
         msg: Ctrl,
-        data: &Receiver<WireFrame>,
+        data: &OutboundRx,
         close_deadline: &mut Option<Instant>,
         timers: WriterTimers,
     ) -> io::Result<bool> {
@@ -192,16 +195,17 @@ impl Writer {
                         // keep the Close waiting forever.
                         let mut left = data.len();
                         while left > 0 {
-                            let Ok(first) = data.try_recv() else { break };
+                            let Ok(first) = data.rx.try_recv() else { break };
                             left -= 1;
                             self.batch.push(first);
                             while left > 0 && self.batch.len() < MAX_BATCH {
-                                let Ok(f) = data.try_recv() else { break };
+                                let Ok(f) = data.rx.try_recv() else { break };
                                 left -= 1;
                                 self.batch.push(f);
                             }
                             self.flush_batch()?;
                         }
+                        data.made_room();
                     }
                     self.write_frames(&[WireFrame::close(code, &reason)])?;
                     self.close_sent = true;
@@ -214,18 +218,20 @@ impl Writer {
     }
 
     /// Writes `first` and whatever else is already queued, up to a batch, in one call.
-    fn write_data(&mut self, first: WireFrame, data: &Receiver<WireFrame>) -> io::Result<()> {
+    fn write_data(&mut self, first: WireFrame, data: &OutboundRx) -> io::Result<()> {
         if self.close_sent {
             return Ok(());
         }
         self.batch.push(first);
         while self.batch.len() < MAX_BATCH {
-            match data.try_recv() {
+            match data.rx.try_recv() {
                 Ok(f) => self.batch.push(f),
                 Err(_) => break,
             }
         }
-        self.flush_batch()
+        let written = self.flush_batch();
+        data.made_room();
+        written
     }
 
     fn flush_batch(&mut self) -> io::Result<()> {
@@ -273,6 +279,7 @@ fn write_all(sock: &TcpStream, bytes: &[u8]) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::queue::outbound;
     use crossbeam_channel::bounded;
     use std::io::Read;
     use std::net::TcpListener;
@@ -293,11 +300,10 @@ mod tests {
     #[test]
     fn drain_close_flushes_queued_data_first_and_sends_one_close() {
         let (server, mut client) = pair();
-        let (dtx, drx) = bounded(8);
+        let (dtx, drx) = outbound(8);
         let (ctx, crx) = bounded(8);
         for i in 0..3u8 {
-            dtx.send(WireFrame::from_message(tungstenite::Message::binary(vec![i])).unwrap())
-                .unwrap();
+            dtx.try_push(WireFrame::from_message(tungstenite::Message::binary(vec![i])).unwrap());
         }
         ctx.send(Ctrl::Close {
             code: 1001,
@@ -323,7 +329,7 @@ mod tests {
     #[test]
     fn unanswered_close_is_cut_after_the_close_timeout() {
         let (server, _client) = pair();
-        let (_dtx, drx) = bounded::<WireFrame>(8);
+        let (_dtx, drx) = outbound(8);
         let (ctx, crx) = bounded(8);
         ctx.send(Ctrl::Close {
             code: 1001,

@@ -1,0 +1,168 @@
+//! A client's outbound queue: bounded in length, without memory reserved up front.
+//!
+//! Owns no thread. The sending half is held by the hub (for broadcasts) and by the
+//! connection's [`Connection`](crate::Connection) handles (for direct sends); the
+//! receiving half by the connection's writer thread.
+//!
+//! # Why not `crossbeam_channel::bounded`
+//!
+//! A bounded crossbeam channel allocates and initialises every slot when it is made:
+//! 256 frames of 56 bytes is 14 KiB per connection, which would be half of an idle
+//! connection's whole memory budget. An unbounded (list) channel allocates its blocks of
+//! 31 slots only while messages are in flight. So the queue is an unbounded channel whose
+//! length we check before each push:
+//! - the hub [`try_push`](OutboundTx::try_push)es: a full queue is a slow consumer, now;
+//! - a handler's send [`push_timeout`](OutboundTx::push_timeout)s: it waits for room,
+//!   woken by the writer through a one-slot `space` channel after each batch it writes.
+//!
+//! The bound is checked, then the push made, without a lock, so concurrent senders may
+//! overshoot it by one message each; there are at most a handful (the hub, the reader,
+//! threads the program gave a `Connection` to), so the bound holds to within a few.
+
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, bounded, unbounded};
+
+use crate::registry::Offer;
+use crate::wire::WireFrame;
+
+/// The senders' half. Cheap to clone.
+#[derive(Clone, Debug)]
+pub(crate) struct OutboundTx {
+    tx: Sender<WireFrame>,
+    space: Receiver<()>,
+    cap: usize,
+}
+
+/// The writer's half.
+#[derive(Debug)]
+pub(crate) struct OutboundRx {
+    /// The frames, in order.
+    pub rx: Receiver<WireFrame>,
+    space: Sender<()>,
+}
+
+/// Why [`OutboundTx::push_timeout`] failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PushError {
+    /// Still full when the timeout passed.
+    Timeout,
+    /// The writer is gone.
+    Closed,
+}
+
+/// A queue holding at most `cap` frames.
+pub(crate) fn outbound(cap: usize) -> (OutboundTx, OutboundRx) {
+    let (tx, rx) = unbounded();
+    let (space_tx, space_rx) = bounded(1);
+    (
+        OutboundTx {
+            tx,
+            space: space_rx,
+            cap,
+        },
+        OutboundRx { rx, space: space_tx },
+    )
+}
+
+impl OutboundTx {
+    /// Queues `frame` unless the queue is full. Never blocks.
+    pub(crate) fn try_push(&self, frame: WireFrame) -> Offer {
+        if self.tx.len() >= self.cap {
+            return Offer::Full;
+        }
+        match self.tx.send(frame) {
+            Ok(()) => Offer::Queued,
+            Err(_) => Offer::Gone,
+        }
+    }
+
+    /// Queues `frame`, waiting up to `timeout` for room.
+    pub(crate) fn push_timeout(&self, frame: WireFrame, timeout: Duration) -> Result<(), PushError> {
+        let deadline = Instant::now() + timeout;
+        while self.tx.len() >= self.cap {
+            match self.space.recv_deadline(deadline) {
+                Ok(()) => {}
+                Err(RecvTimeoutError::Timeout) => return Err(PushError::Timeout),
+                Err(RecvTimeoutError::Disconnected) => return Err(PushError::Closed),
+            }
+        }
+        self.tx.send(frame).map_err(|_| PushError::Closed)
+    }
+}
+
+impl OutboundRx {
+    /// Frames waiting now.
+    pub(crate) fn len(&self) -> usize {
+        self.rx.len()
+    }
+
+    /// Tells a waiting sender there may be room (after the writer took frames).
+    pub(crate) fn made_room(&self) {
+        match self.space.try_send(()) {
+            Ok(()) | Err(TrySendError::Full(())) | Err(TrySendError::Disconnected(())) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::thread;
+
+    fn frame() -> WireFrame {
+        WireFrame::from_message(tungstenite::Message::text("x")).unwrap()
+    }
+
+    #[test]
+    fn try_push_refuses_past_the_bound() {
+        let (tx, rx) = outbound(2);
+        assert_eq!(tx.try_push(frame()), Offer::Queued);
+        assert_eq!(tx.try_push(frame()), Offer::Queued);
+        assert_eq!(tx.try_push(frame()), Offer::Full);
+        rx.rx.recv().unwrap();
+        assert_eq!(tx.try_push(frame()), Offer::Queued);
+    }
+
+    #[test]
+    fn try_push_to_a_gone_writer_is_gone() {
+        let (tx, rx) = outbound(2);
+        drop(rx);
+        assert_eq!(tx.try_push(frame()), Offer::Gone);
+    }
+
+    #[test]
+    fn push_timeout_waits_for_room_made_by_the_writer() {
+        let (tx, rx) = outbound(1);
+        tx.try_push(frame());
+        let writer = thread::spawn(move || {
+            rx.rx.recv().unwrap();
+            rx.made_room();
+            rx
+        });
+        assert_eq!(tx.push_timeout(frame(), Duration::from_secs(10)), Ok(()));
+        let rx = writer.join().unwrap();
+        assert_eq!(rx.len(), 1);
+    }
+
+    #[test]
+    fn push_timeout_gives_up_on_a_queue_that_stays_full() {
+        let (tx, _rx) = outbound(1);
+        tx.try_push(frame());
+        assert_eq!(
+            tx.push_timeout(frame(), Duration::from_millis(20)),
+            Err(PushError::Timeout)
+        );
+    }
+
+    #[test]
+    fn push_timeout_to_a_gone_writer_is_closed() {
+        let (tx, rx) = outbound(1);
+        tx.try_push(frame());
+        drop(rx);
+        assert_eq!(
+            tx.push_timeout(frame(), Duration::from_secs(10)),
+            Err(PushError::Closed)
+        );
+    }
+}
