@@ -46,7 +46,12 @@ fn main() {
     let mut config = Config::default();
     config.addr = "127.0.0.1:0".parse().expect("a valid address");
     let server = Server::builder(config)
-        .route("/count", Counter { total: AtomicU64::new(0) })
+        .route(
+            "/count",
+            Counter {
+                total: AtomicU64::new(0),
+            },
+        )
         .start()
         .unwrap_or_else(|e| {
             eprintln!("cannot start: {e}");
@@ -65,7 +70,10 @@ fn main() {
                 Err(RecvTimeoutError::Timeout) => {}
                 _ => return,
             }
-            if hub.broadcast("/chat", Message::text(format!("tick {n}"))).is_err() {
+            if hub
+                .broadcast("/chat", Message::text(format!("tick {n}")))
+                .is_err()
+            {
                 return; // the server has stopped
             }
         }
@@ -77,7 +85,10 @@ fn main() {
         let report = server.wait();
         drop(stop_tx);
         let _ = ticker.join();
-        println!("drained {} connections in {:.2?}", report.connections, report.elapsed);
+        println!(
+            "drained {} connections in {:.2?}",
+            report.connections, report.elapsed
+        );
         return;
     }
 
@@ -109,5 +120,8 @@ fn main() {
     let report = drain.join().expect("drain thread");
     drop(stop_tx);
     let _ = ticker.join();
-    println!("drained {} connections in {:.2?}", report.connections, report.elapsed);
+    println!(
+        "drained {} connections in {:.2?}",
+        report.connections, report.elapsed
+    );
 }
