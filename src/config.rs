@@ -34,11 +34,13 @@ pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 1 << 20;
 pub const DEFAULT_MAX_FRAME_SIZE: usize = 1 << 20;
 
 /// Bytes tungstenite reads from the socket at a time (its read buffer, allocated and
-/// zeroed per connection). tungstenite's own default is 128 KiB, which would be 1.25 GiB
-/// for ten thousand idle clients; 4 KiB fits a typical chat message in one `read` and
-/// costs one page per connection. Larger messages still work: the buffer grows for the
-/// frame being read and the extra `read` calls cost little next to the network.
-pub const DEFAULT_READ_BUFFER_SIZE: usize = 4 * 1024;
+/// zeroed per connection, so it is resident even for an idle client). tungstenite's own
+/// default is 128 KiB, which would be 1.25 GiB for ten thousand idle clients. 1 KiB
+/// holds dozens of typical chat messages per `read`. The trade-off is larger messages:
+/// the buffer grows to hold the frame being read, but each `read` still asks for at most
+/// this much, so a 1 MiB message takes about a thousand `read` calls (around a
+/// millisecond). Raise it (`--read-buffer-size 64KiB`) for bulk transfer.
+pub const DEFAULT_READ_BUFFER_SIZE: usize = 1024;
 
 /// Stack reserved for each connection thread. The default Rust stack is 2 MiB of address
 /// space; only touched pages cost memory, but 20 000 threads x 2 MiB is 40 GiB of

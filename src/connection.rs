@@ -33,7 +33,7 @@ use crate::config::{Config, MAX_REQUEST_HEAD};
 use crate::handler::{ConnParts, Connection, Handler, Routes};
 use crate::handshake::{self, Answer, Reject, Request, Status};
 use crate::hub::{Hub, HubMsg, PeerHandle};
-use crate::queue::outbound;
+use crate::queue::{OutboundTx, outbound};
 use crate::rate_limit::RateLimiter;
 use crate::registry::ConnId;
 use crate::writer::{self, CTRL_QUEUE, Ctrl, WriterEnd, WriterTimers};
@@ -97,15 +97,70 @@ impl Write for ReaderStream {
 
 /// Runs one connection from its first byte to its end. See the module docs.
 pub(crate) fn run(sock: TcpStream, id: ConnId, shared: Arc<Shared>, _slot: SlotGuard) {
+    let Some(upgrade) = handshake_phase(&sock, id, &shared) else {
+        return;
+    };
+    let config = &shared.config;
+    // RFC 6455 §5.1 and the idle timeout: a read that sees nothing for this long ends.
+    if sock.set_read_timeout(Some(config.idle_timeout)).is_err() {
+        return;
+    }
+    let sock = Arc::new(sock);
+    // Spawned from this shallow frame rather than from `serve`: pthread_create is the
+    // deepest call a reader makes, and the pages it touches stay resident.
+    match spawn_writer(&sock, config) {
+        Ok(writer) => serve(sock, id, upgrade, writer, &shared),
+        Err(e) => warn!("connection {id}: cannot spawn its writer thread: {e}"),
+    }
+}
+
+/// The writer thread and the two channels that feed it.
+struct WriterLink {
+    thread: thread::JoinHandle<WriterEnd>,
+    data: OutboundTx,
+    ctrl: Sender<Ctrl>,
+}
+
+#[inline(never)]
+fn spawn_writer(sock: &Arc<TcpStream>, config: &Config) -> io::Result<WriterLink> {
+    let (data, data_rx) = outbound(config.queue_size);
+    let (ctrl, ctrl_rx) = bounded(CTRL_QUEUE);
+    let timers = WriterTimers {
+        ping_interval: config.ping_interval,
+        close_timeout: config.drain_timeout,
+    };
+    let writer_sock = sock.clone();
+    let thread = thread::Builder::new()
+        .name("wshub-writer".into())
+        .stack_size(config.thread_stack_size)
+        .spawn(move || writer::run(writer_sock, data_rx, ctrl_rx, timers))?;
+    Ok(WriterLink { thread, data, ctrl })
+}
+
+/// An agreed upgrade: what the WebSocket phase needs from the HTTP phase.
+struct Upgrade {
+    request: Request,
+    leftover: Vec<u8>,
+    handler: Arc<dyn Handler>,
+}
+
+/// Reads the request head and answers it; `Some` when the connection was upgraded.
+///
+/// Kept out of line, as are [`serve`] and [`read_loop`]: every page of stack a thread
+/// touches stays resident for its life, so the HTTP phase's frames must not sit on top
+/// of the WebSocket phase's for ten thousand idle readers.
+#[inline(never)]
+fn handshake_phase(sock: &TcpStream, id: ConnId, shared: &Shared) -> Option<Upgrade> {
     let config = &shared.config;
     // Small frames should leave at once: Nagle's delay would add up to 40 ms to an echo.
     let _ = sock.set_nodelay(true);
     let deadline = Instant::now() + config.handshake_timeout;
-    let (request, leftover) = match read_head(&sock, deadline) {
+    let (request, leftover) = match read_head(sock, deadline) {
         Ok(head) => head,
         Err(HeadError::Reject(r)) => {
             debug!("connection {id}: {} {}", r.status.code(), r.why);
-            return respond_and_close(&sock, &handshake::reject_response(&r), config);
+            respond_and_close(sock, &handshake::reject_response(&r), config);
+            return None;
         }
         Err(HeadError::Timeout) => {
             debug!("connection {id}: no complete request within the handshake timeout");
@@ -113,13 +168,17 @@ pub(crate) fn run(sock: TcpStream, id: ConnId, shared: Arc<Shared>, _slot: SlotG
                 status: Status::RequestTimeout,
                 why: "request head not received in time",
             };
-            return respond_and_close(&sock, &handshake::reject_response(&r), config);
+            respond_and_close(sock, &handshake::reject_response(&r), config);
+            return None;
         }
-        Err(HeadError::Gone) => return,
+        Err(HeadError::Gone) => return None,
     };
     let endpoint = shared.routes.endpoint(request.path());
     match handshake::answer(&request, endpoint, &config.allowed_origins) {
-        Answer::Health => respond_and_close(&sock, &handshake::http_response(Status::Ok, "ok"), config),
+        Answer::Health => {
+            respond_and_close(sock, &handshake::http_response(Status::Ok, "ok"), config);
+            None
+        }
         Answer::Reject(r) => {
             debug!(
                 "connection {id}: {} {} for {}",
@@ -127,17 +186,18 @@ pub(crate) fn run(sock: TcpStream, id: ConnId, shared: Arc<Shared>, _slot: SlotG
                 r.why,
                 request.path()
             );
-            respond_and_close(&sock, &handshake::reject_response(&r), config)
+            respond_and_close(sock, &handshake::reject_response(&r), config);
+            None
         }
         Answer::Upgrade { accept } => {
-            let Some(handler) = shared.routes.get(request.path()) else {
-                return;
-            };
+            let handler = shared.routes.get(request.path())?;
             let _ = sock.set_write_timeout(Some(config.write_timeout));
-            if (&sock).write_all(&handshake::upgrade_response(&accept)).is_err() {
-                return;
-            }
-            serve(sock, id, request, leftover, handler, &shared);
+            (&*sock).write_all(&handshake::upgrade_response(&accept)).ok()?;
+            Some(Upgrade {
+                request,
+                leftover,
+                handler,
+            })
         }
     }
 }
@@ -205,38 +265,19 @@ fn linger(sock: &TcpStream) {
 }
 
 /// The WebSocket phase: writer thread, hub registration, read loop, orderly end.
-fn serve(
-    sock: TcpStream,
-    id: ConnId,
-    request: Request,
-    leftover: Vec<u8>,
-    handler: Arc<dyn Handler>,
-    shared: &Shared,
-) {
+#[inline(never)]
+fn serve(sock: Arc<TcpStream>, id: ConnId, upgrade: Upgrade, writer: WriterLink, shared: &Shared) {
+    let Upgrade {
+        request,
+        leftover,
+        handler,
+    } = upgrade;
+    let WriterLink {
+        thread: writer,
+        data: data_tx,
+        ctrl: ctrl_tx,
+    } = writer;
     let config = &shared.config;
-    // RFC 6455 §5.1 and the idle timeout: a read that sees nothing for this long ends.
-    if sock.set_read_timeout(Some(config.idle_timeout)).is_err() {
-        return;
-    }
-    let sock = Arc::new(sock);
-    let (data_tx, data_rx) = outbound(config.queue_size);
-    let (ctrl_tx, ctrl_rx) = bounded(CTRL_QUEUE);
-    let timers = WriterTimers {
-        ping_interval: config.ping_interval,
-        close_timeout: config.drain_timeout,
-    };
-    let writer_sock = sock.clone();
-    let writer = thread::Builder::new()
-        .name("wshub-writer".into())
-        .stack_size(config.thread_stack_size)
-        .spawn(move || writer::run(writer_sock, data_rx, ctrl_rx, timers));
-    let writer = match writer {
-        Ok(w) => w,
-        Err(e) => {
-            warn!("connection {id}: cannot spawn its writer thread: {e}");
-            return;
-        }
-    };
 
     let conn = Connection::new(ConnParts {
         id,
@@ -311,6 +352,7 @@ fn serve(
 }
 
 /// Reads messages until the read side ends, and says how it ended.
+#[inline(never)]
 fn read_loop(
     id: ConnId,
     ws: &mut WebSocket<ReaderStream>,

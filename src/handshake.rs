@@ -16,49 +16,73 @@ use std::fmt::Write as _;
 use crate::config::{MAX_REQUEST_HEAD, MAX_REQUEST_HEADERS};
 
 /// The parts of a client's HTTP request a handler may want: path, query and headers.
+///
+/// Stored compactly, because every open connection keeps its request: all the text in
+/// one string, and each part as a span of it (two allocations instead of two per header).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
-    method: String,
-    path: String,
-    query: Option<String>,
+    text: Box<str>,
+    method: Span,
+    path: Span,
+    query: Option<Span>,
     minor_version: u8,
-    headers: Vec<(String, String)>,
+    headers: Box<[(Span, Span)]>,
+}
+
+/// A byte range of [`Request::text`]; a head is at most 8 KiB, so `u16` offsets suffice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Span(u16, u16);
+
+/// Builds a [`Request`]'s text, one part at a time.
+struct TextBuilder(String);
+
+impl TextBuilder {
+    fn push(&mut self, part: &[u8]) -> Span {
+        let start = self.0.len();
+        self.0.push_str(&String::from_utf8_lossy(part));
+        // Lossy replacement can grow a part (3 bytes per invalid byte); clamp rather than
+        // wrap, though an 8 KiB head cannot reach u16::MAX even so.
+        let clamp = |n: usize| u16::try_from(n).unwrap_or(u16::MAX);
+        Span(clamp(start), clamp(self.0.len()))
+    }
 }
 
 impl Request {
+    fn get(&self, span: Span) -> &str {
+        self.text.get(span.0 as usize..span.1 as usize).unwrap_or("")
+    }
+
     /// The request method (`GET` for every WebSocket connection).
     pub fn method(&self) -> &str {
-        &self.method
+        self.get(self.method)
     }
 
     /// The path, without the query string (`/chat`).
     pub fn path(&self) -> &str {
-        &self.path
+        self.get(self.path)
     }
 
     /// The query string without its `?`, if the request had one.
     pub fn query(&self) -> Option<&str> {
-        self.query.as_deref()
+        self.query.map(|q| self.get(q))
     }
 
     /// The first value of a header, matched case-insensitively. Header values that
     /// were not valid UTF-8 are kept with the invalid bytes replaced by U+FFFD.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
+        self.headers()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+            .map(|(_, v)| v)
     }
 
     /// Every header, in the order the client sent them.
     pub fn headers(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.headers.iter().map(|(n, v)| (n.as_str(), v.as_str()))
+        self.headers.iter().map(|(n, v)| (self.get(*n), self.get(*v)))
     }
 
     /// Does a comma-separated header (such as `Connection`) carry `token`?
     fn header_has_token(&self, name: &str, token: &str) -> bool {
-        self.headers
-            .iter()
+        self.headers()
             .filter(|(n, _)| n.eq_ignore_ascii_case(name))
             .flat_map(|(_, v)| v.split(','))
             .any(|t| t.trim().eq_ignore_ascii_case(token))
@@ -153,19 +177,25 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(Request, usize)>, Reject> {
         Ok(httparse::Status::Complete(n)) => {
             let target = req.path.unwrap_or("/");
             let (path, query) = match target.split_once('?') {
-                Some((p, q)) => (p, Some(q.to_owned())),
+                Some((p, q)) => (p, Some(q)),
                 None => (target, None),
             };
+            let mut text = TextBuilder(String::with_capacity(n));
+            let method = text.push(req.method.unwrap_or("").as_bytes());
+            let path = text.push(path.as_bytes());
+            let query = query.map(|q| text.push(q.as_bytes()));
+            let headers = req
+                .headers
+                .iter()
+                .map(|h| (text.push(h.name.as_bytes()), text.push(h.value)))
+                .collect();
             let request = Request {
-                method: req.method.unwrap_or("").to_owned(),
-                path: path.to_owned(),
+                text: text.0.into_boxed_str(),
+                method,
+                path,
                 query,
                 minor_version: req.version.unwrap_or(0),
-                headers: req
-                    .headers
-                    .iter()
-                    .map(|h| (h.name.to_owned(), String::from_utf8_lossy(h.value).into_owned()))
-                    .collect(),
+                headers,
             };
             Ok(Some((request, n)))
         }
@@ -212,7 +242,7 @@ pub fn answer(request: &Request, endpoint: Endpoint, allowed_origins: &[String])
             return Answer::Reject(reject(Status::NotFound, "no endpoint at this path"));
         }
         Endpoint::Health if !wants_upgrade => {
-            return if request.method == "GET" {
+            return if request.method() == "GET" {
                 Answer::Health
             } else {
                 Answer::Reject(reject(Status::MethodNotAllowed, "use GET"))
@@ -224,7 +254,7 @@ pub fn answer(request: &Request, endpoint: Endpoint, allowed_origins: &[String])
         Endpoint::WebSocket => {}
     }
     // "The method of the request MUST be GET, and the HTTP version MUST be at least 1.1."
-    if request.method != "GET" {
+    if request.method() != "GET" {
         return Answer::Reject(reject(Status::MethodNotAllowed, "WebSocket endpoints take GET"));
     }
     if !wants_upgrade {
@@ -356,6 +386,18 @@ mod tests {
                 accept: "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".into()
             }
         );
+    }
+
+    #[test]
+    fn headers_keep_order_and_non_utf8_values_are_replaced() {
+        let req = parse("GET / HTTP/1.1\r\nHost: a\r\nX-Bin: \u{e9}\r\nhost: b\r\n\r\n");
+        let all: Vec<_> = req.headers().collect();
+        assert_eq!(all, [("Host", "a"), ("X-Bin", "\u{e9}"), ("host", "b")]);
+        assert_eq!(req.header("HOST"), Some("a"));
+        let raw = b"GET /p?q HTTP/1.1\r\nX: \xff\r\n\r\n";
+        let (req, _) = parse_head(raw).unwrap().unwrap();
+        assert_eq!(req.header("x"), Some("\u{fffd}"));
+        assert_eq!((req.method(), req.path(), req.query()), ("GET", "/p", Some("q")));
     }
 
     #[test]

@@ -20,7 +20,7 @@
 //!                     | reader thread |  Register / Broadcast /   | hub thread |
 //!                     |  handshake,   |  Unregister ------------> |  owns the  |
 //!                     |  tungstenite  |                           |  registry  |
-//!                     |  read(), your |  Ctrl (bounded 16):       +------------+
+//!                     |  read(), your |  Ctrl (bounded 8):        +------------+
 //!                     |  Handler      |  Pong/Close replies,           | try_send,
 //!                     +---------------+  Close, Finish                 | never blocks
 //!                            |  |             |                        v
@@ -55,7 +55,7 @@
 //! ## Why threads
 //!
 //! A blocked thread costs its stack pages and a kernel task, and nothing else: it uses
-//! no CPU until the kernel wakes it. With 128 KiB stacks and 4 KiB read buffers, ten
+//! no CPU until the kernel wakes it. With 128 KiB stacks and 1 KiB read buffers, ten
 //! thousand idle clients fit in a few hundred MiB (see the README's benchmarks), and the
 //! code reads top to bottom. The price is two threads per client: `max_connections`
 //! keeps that bounded, and an async server still wins past about 15 000 connections
@@ -163,5 +163,6 @@ pub use tungstenite::Message;
 /// Not part of the stable API.
 #[doc(hidden)]
 pub mod fuzzing {
+    pub use crate::config::MAX_REQUEST_HEADERS;
     pub use crate::handshake::{Answer, Endpoint, Reject, Status, answer, parse_head};
 }

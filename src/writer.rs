@@ -45,9 +45,10 @@ use crate::wire::{WireFrame, contains_close};
 const MAX_BATCH: usize = 64;
 
 /// Messages the control channel holds. Control traffic is one Pong per client Ping plus
-/// at most a few Close/Finish messages; 16 absorbs a burst of pings, and a client that
-/// pings faster than it reads blocks its own reader instead of growing a queue.
-pub(crate) const CTRL_QUEUE: usize = 16;
+/// at most a few Close/Finish messages; 8 absorbs a burst of pings, and a client that
+/// pings faster than it reads blocks its own reader instead of growing a queue. (The
+/// channel's slots are allocated up front, so every slot costs each idle connection.)
+pub(crate) const CTRL_QUEUE: usize = 8;
 
 /// What the reader, the hub and handlers tell a writer besides data.
 #[derive(Debug)]

@@ -53,7 +53,7 @@ pub struct Args {
     #[arg(long, value_name = "N")]
     max_message_rate: Option<u32>,
     /// Bytes read from a socket at a time, per connection.
-    #[arg(long, default_value = "4KiB", value_parser = parse_size)]
+    #[arg(long, default_value = "1KiB", value_parser = parse_size)]
     read_buffer_size: usize,
     /// Stack size of each connection thread.
     #[arg(long, default_value = "128KiB", value_parser = parse_size)]
