@@ -29,6 +29,7 @@ use log::{debug, warn};
 
 use crate::connection::{self, Shared, SlotGuard};
 use crate::handshake::{Status, http_response};
+use crate::hub::HubMsg;
 
 /// Clients waiting for their `503` at once. The overflow thread answers each in well
 /// under a millisecond when the client sends its request promptly; past 64 waiting, a
@@ -117,6 +118,13 @@ impl Acceptor {
             };
             next_id += 1;
             let id = next_id;
+            let sock = Arc::new(sock);
+            // The hub learns of the socket now, so a drain can cut it even while its
+            // handshake is still under way.
+            let _ = self.shared.hub.send(HubMsg::Accepted {
+                id,
+                sock: sock.clone(),
+            });
             let shared = self.shared.clone();
             let spawned = thread::Builder::new()
                 .name("wshub-reader".into())
@@ -125,7 +133,10 @@ impl Acceptor {
             match spawned {
                 Ok(h) => handles.push(h),
                 // The closure (socket and slot) is dropped: the client sees the close.
-                Err(e) => warn!("cannot spawn a connection thread: {e}"),
+                Err(e) => {
+                    warn!("cannot spawn a connection thread: {e}");
+                    let _ = self.shared.hub.send(HubMsg::Unregister(id));
+                }
             }
             if handles.len() >= prune_at {
                 handles.retain(|h| !h.is_finished());

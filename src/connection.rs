@@ -96,21 +96,25 @@ impl Write for ReaderStream {
 }
 
 /// Runs one connection from its first byte to its end. See the module docs.
-pub(crate) fn run(sock: TcpStream, id: ConnId, shared: Arc<Shared>, _slot: SlotGuard) {
+pub(crate) fn run(sock: Arc<TcpStream>, id: ConnId, shared: Arc<Shared>, _slot: SlotGuard) {
     let Some(upgrade) = handshake_phase(&sock, id, &shared) else {
+        let _ = shared.hub.send(HubMsg::Unregister(id));
         return;
     };
     let config = &shared.config;
     // RFC 6455 §5.1 and the idle timeout: a read that sees nothing for this long ends.
     if sock.set_read_timeout(Some(config.idle_timeout)).is_err() {
+        let _ = shared.hub.send(HubMsg::Unregister(id));
         return;
     }
-    let sock = Arc::new(sock);
     // Spawned from this shallow frame rather than from `serve`: pthread_create is the
     // deepest call a reader makes, and the pages it touches stay resident.
     match spawn_writer(&sock, config) {
         Ok(writer) => serve(sock, id, upgrade, writer, &shared),
-        Err(e) => warn!("connection {id}: cannot spawn its writer thread: {e}"),
+        Err(e) => {
+            warn!("connection {id}: cannot spawn its writer thread: {e}");
+            let _ = shared.hub.send(HubMsg::Unregister(id));
+        }
     }
 }
 

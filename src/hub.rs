@@ -1,7 +1,8 @@
 //! The hub thread: the one owner of the connection registry and of fan-out.
 //!
 //! **Owns** the [`Registry`] of open connections (no `Mutex`: no other thread can reach
-//! it). **Woken** by [`HubMsg`]s on its bounded inbox: register and unregister from
+//! it), and the sockets of connections still in their handshake, so a drain can cut
+//! those too. **Woken** by [`HubMsg`]s on its bounded inbox: register and unregister from
 //! connection threads, broadcasts from handlers and from the embedding program's own
 //! threads, and the shutdown steps. **Ends** on [`HubMsg::Stop`], which the shutdown
 //! sequence sends once every connection thread has ended, or when every sender is gone.
@@ -19,6 +20,7 @@
 //! own messages in the order it sent them (its reader sends them to the hub in order).
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::net::{Shutdown, TcpStream};
 use std::sync::Arc;
 
@@ -41,6 +43,13 @@ pub(crate) const HUB_QUEUE: usize = 4096;
 
 /// What the hub is told.
 pub(crate) enum HubMsg {
+    /// The accept thread took a connection; its handshake is under way.
+    Accepted {
+        /// Its id.
+        id: ConnId,
+        /// Its socket, only ever used to shut it down.
+        sock: Arc<TcpStream>,
+    },
     /// A connection finished its handshake and joins `topic`.
     Register {
         /// Its id.
@@ -50,7 +59,7 @@ pub(crate) enum HubMsg {
         /// How to reach it.
         peer: PeerHandle,
     },
-    /// A connection ended.
+    /// A connection ended (with or without a handshake).
     Unregister(ConnId),
     /// Send `frame` to every member of `topic`.
     Broadcast {
@@ -122,6 +131,7 @@ pub struct Hub {
 impl std::fmt::Debug for HubMsg {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
+            HubMsg::Accepted { .. } => "Accepted",
             HubMsg::Register { .. } => "Register",
             HubMsg::Unregister(_) => "Unregister",
             HubMsg::Broadcast { .. } => "Broadcast",
@@ -159,11 +169,21 @@ impl Hub {
 /// Runs the hub loop until [`HubMsg::Stop`]. See the module docs.
 pub(crate) fn run(inbox: Receiver<HubMsg>) {
     let mut registry: Registry<PeerHandle> = Registry::default();
+    // Connections still in their HTTP handshake: only a drain's cut needs them.
+    let mut handshaking: HashMap<ConnId, Arc<TcpStream>> = HashMap::new();
     let mut draining = false;
     let mut cutting = false;
     while let Ok(msg) = inbox.recv() {
         match msg {
+            HubMsg::Accepted { id, sock } => {
+                if cutting {
+                    let _ = sock.shutdown(Shutdown::Both);
+                } else {
+                    handshaking.insert(id, sock);
+                }
+            }
             HubMsg::Register { id, topic, peer } => {
+                handshaking.remove(&id);
                 if cutting {
                     peer.cut();
                     continue;
@@ -174,6 +194,7 @@ pub(crate) fn run(inbox: Receiver<HubMsg>) {
                 registry.insert(id, &topic, peer);
             }
             HubMsg::Unregister(id) => {
+                handshaking.remove(&id);
                 registry.remove(id);
             }
             HubMsg::Broadcast { topic, frame } => {
@@ -196,6 +217,9 @@ pub(crate) fn run(inbox: Receiver<HubMsg>) {
                 cutting = true;
                 for (_, peer) in registry.iter() {
                     peer.cut();
+                }
+                for sock in handshaking.values() {
+                    let _ = sock.shutdown(Shutdown::Both);
                 }
             }
             HubMsg::Stop => break,

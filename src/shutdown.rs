@@ -96,10 +96,11 @@ pub(crate) fn drain(r: Running) -> DrainReport {
     let mut handles = Vec::new();
     if accept::unblock(r.local_addr, &r.accept, deadline) {
         handles = r.accept.join().unwrap_or_default();
+        // The overflow thread ends once the accept thread, its only sender, is gone.
+        let _ = r.overflow.join();
     } else {
         warn!("the accept thread did not wake up before the drain deadline");
     }
-    let _ = r.overflow.join();
 
     // 2. Close 1001 to every connection, after what is queued for it.
     let (reply_tx, reply_rx) = bounded(1);

@@ -330,6 +330,25 @@ fn shutdown_ends_within_the_drain_timeout_when_clients_never_answer() {
 }
 
 #[test]
+fn the_drain_deadline_also_cuts_connections_still_in_their_handshake() {
+    watchdog(LIMIT, || {
+        let mut config = test_config();
+        config.drain_timeout = Duration::from_millis(500);
+        config.handshake_timeout = Duration::from_secs(60);
+        let server = start(config);
+        let mut half = std::net::TcpStream::connect(server.local_addr()).unwrap();
+        std::io::Write::write_all(&mut half, b"GET /echo HTTP/1.1\r\n").unwrap();
+        // Make sure the server has taken the connection before the drain starts.
+        while server.connections() == 0 {
+            thread::yield_now();
+        }
+        let report = server.shutdown();
+        assert!(report.cut);
+        assert!(report.elapsed < Duration::from_secs(3), "{:?}", report.elapsed);
+    });
+}
+
+#[test]
 fn new_connections_are_refused_once_shutdown_begins() {
     watchdog(LIMIT, || {
         let server = start(test_config());
