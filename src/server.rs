@@ -48,6 +48,7 @@ impl ServerBuilder {
             addr: config.addr,
             source,
         })?;
+        widen_backlog(&listener);
 
         let (hub_tx, hub_rx) = bounded(HUB_QUEUE);
         let hub = Hub::new(hub_tx);
@@ -97,6 +98,27 @@ impl ServerBuilder {
                 handshake_timeout,
             }),
         })
+    }
+}
+
+/// Connections the kernel queues for `accept()`. std's `TcpListener::bind` asks for 128;
+/// when a restart brings every client back at once, the kernel drops SYNs past that and
+/// each dropped client waits a full second to retry. 4096 (the kernel clamps it to
+/// `net.core.somaxconn`) absorbs such a wave; the queue costs nothing while empty.
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// Calls listen(2) again with [`LISTEN_BACKLOG`]: on Linux, listening again on a
+/// listening socket just updates its backlog. Best effort: on failure std's 128 stays.
+fn widen_backlog(listener: &TcpListener) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: listen(2) on a file descriptor we own and that stays open for the call;
+    // it touches no memory of ours.
+    let rc = unsafe { libc::listen(listener.as_raw_fd(), LISTEN_BACKLOG) };
+    if rc != 0 {
+        log::debug!(
+            "could not widen the listen backlog: {}",
+            std::io::Error::last_os_error()
+        );
     }
 }
 
