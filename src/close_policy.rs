@@ -8,6 +8,8 @@ use std::io;
 
 use tungstenite::error::{CapacityError, Error, ProtocolError};
 
+use crate::utf8_guard;
+
 /// 1000: "a normal closure, meaning that the purpose for which the connection was
 /// established has been fulfilled."
 pub const NORMAL: u16 = 1000;
@@ -51,6 +53,8 @@ pub fn classify(err: &Error) -> ReadEnd {
         Error::Io(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
             ReadEnd::Idle
         }
+        // Our fail-fast check found invalid UTF-8 before tungstenite had the whole frame.
+        Error::Io(e) if utf8_guard::is_invalid_utf8(e) => fail(INVALID_DATA, "invalid UTF-8"),
         // Reset, broken pipe, our own shutdown(2) from the writer: nobody to tell.
         Error::Io(_) => ReadEnd::Done,
         Error::Utf8(_) => fail(INVALID_DATA, "invalid UTF-8"),
@@ -113,6 +117,13 @@ mod tests {
     #[test]
     fn invalid_utf8_is_1007() {
         assert_eq!(code(Error::Utf8("bad".into())), Some(INVALID_DATA));
+    }
+
+    #[test]
+    fn invalid_utf8_found_while_reading_is_1007_other_invalid_data_is_not() {
+        assert_eq!(code(Error::Io(utf8_guard::invalid_utf8())), Some(INVALID_DATA));
+        let other = io::Error::new(io::ErrorKind::InvalidData, "something else");
+        assert_eq!(classify(&Error::Io(other)), ReadEnd::Done);
     }
 
     #[test]

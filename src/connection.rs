@@ -36,6 +36,7 @@ use crate::hub::{Hub, HubMsg, PeerHandle};
 use crate::queue::{OutboundTx, outbound};
 use crate::rate_limit::RateLimiter;
 use crate::registry::ConnId;
+use crate::utf8_guard::Utf8Guard;
 use crate::writer::{self, CTRL_QUEUE, Ctrl, WriterEnd, WriterTimers};
 
 /// How long a finished connection keeps reading (and discarding) until the client closes
@@ -72,11 +73,15 @@ impl Drop for SlotGuard {
 struct ReaderStream {
     sock: Arc<TcpStream>,
     ctrl: Sender<Ctrl>,
+    /// Screens what is read for invalid UTF-8 in text messages (RFC 6455 §8.1).
+    utf8: Utf8Guard,
 }
 
 impl Read for ReaderStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        (&*self.sock).read(buf)
+        self.utf8.check()?;
+        let n = (&*self.sock).read(buf)?;
+        self.utf8.screen(&buf[..n])
     }
 }
 
@@ -311,9 +316,12 @@ fn serve(sock: Arc<TcpStream>, id: ConnId, upgrade: Upgrade, writer: WriterLink,
         .write_buffer_size(0)
         .max_message_size(Some(config.max_message_size))
         .max_frame_size(Some(config.max_frame_size.min(config.max_message_size)));
+    let mut utf8 = Utf8Guard::default();
+    let leftover = utf8.screen_vec(leftover);
     let stream = ReaderStream {
         sock: sock.clone(),
         ctrl: ctrl_tx.clone(),
+        utf8,
     };
     let mut ws = WebSocket::from_partially_read(stream, leftover, Role::Server, Some(ws_config));
 
@@ -336,10 +344,11 @@ fn serve(sock: Arc<TcpStream>, id: ConnId, upgrade: Upgrade, writer: WriterLink,
     };
     if let Some((code, reason)) = close {
         debug!("connection {id}: closing with {code} ({reason})");
+        // The writer sends what the handler queued before the failure ahead of the
+        // Close (Autobahn 5.15: the echo, then Close 1002).
         let _ = ctrl_tx.send(Ctrl::Close {
             code,
             reason: Cow::Borrowed(reason),
-            drain: false,
         });
     }
     let _ = ctrl_tx.send(Ctrl::Finish);

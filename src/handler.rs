@@ -199,7 +199,6 @@ impl Connection {
         let msg = Ctrl::Close {
             code,
             reason: Cow::Owned(reason.to_owned()),
-            drain: true,
         };
         match self.inner.ctrl.send_timeout(msg, self.inner.write_timeout) {
             Ok(()) => Ok(()),

@@ -101,7 +101,6 @@ impl PeerHandle {
         let close = Ctrl::Close {
             code: GOING_AWAY,
             reason: Cow::Borrowed("server shutting down"),
-            drain: true,
         };
         if let Err(TrySendError::Full(_)) = self.ctrl.try_send(close) {
             self.cut();

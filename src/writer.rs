@@ -20,8 +20,9 @@
 //! broadcast reaches an idle client as soon as the hub queues it.
 //!
 //! Control goes first: a Pong overtakes queued broadcasts (RFC 6455 §5.5.2: "It SHOULD
-//! respond with Pong frame as soon as is practical"), except that a graceful Close first
-//! flushes everything already queued, so a shutdown loses no message.
+//! respond with Pong frame as soon as is practical"), except that a Close, ours or
+//! tungstenite's reply to the peer's, first flushes everything already queued, so
+//! neither a shutdown nor a client's Close loses a message.
 //!
 //! # Close, exactly once
 //!
@@ -55,15 +56,13 @@ pub(crate) const CTRL_QUEUE: usize = 8;
 pub(crate) enum Ctrl {
     /// Bytes tungstenite wrote: complete Pong or Close frames.
     Raw(Vec<u8>),
-    /// Send Close with this code and reason, unless a Close has already gone out. With
-    /// `drain`, everything already in the data queue goes out first.
+    /// Send Close with this code and reason, after everything already in the data queue,
+    /// unless a Close has already gone out.
     Close {
         /// Close code.
         code: u16,
         /// Close reason.
         reason: Cow<'static, str>,
-        /// Flush the data queue before the Close.
-        drain: bool,
     },
     /// The reader has finished; shut the socket and end.
     Finish,
@@ -183,31 +182,20 @@ impl Writer {
             Ctrl::Raw(bytes) => {
                 if !self.close_sent {
                     let is_close = contains_close(&bytes);
+                    if is_close {
+                        // tungstenite answering the peer's Close: replies already queued
+                        // to the peer's earlier messages go out first.
+                        self.flush_queued(data)?;
+                    }
                     write_all(&self.sock, &bytes)?;
                     if is_close {
                         self.close_sent = true;
                     }
                 }
             }
-            Ctrl::Close { code, reason, drain } => {
+            Ctrl::Close { code, reason } => {
                 if !self.close_sent {
-                    if drain {
-                        // Only what is queued now: a hub still broadcasting must not
-                        // keep the Close waiting forever.
-                        let mut left = data.len();
-                        while left > 0 {
-                            let Ok(first) = data.rx.try_recv() else { break };
-                            left -= 1;
-                            self.batch.push(first);
-                            while left > 0 && self.batch.len() < MAX_BATCH {
-                                let Ok(f) = data.rx.try_recv() else { break };
-                                left -= 1;
-                                self.batch.push(f);
-                            }
-                            self.flush_batch()?;
-                        }
-                        data.made_room();
-                    }
+                    self.flush_queued(data)?;
                     self.write_frames(&[WireFrame::close(code, &reason)])?;
                     self.close_sent = true;
                     *close_deadline = Some(Instant::now() + timers.close_timeout);
@@ -216,6 +204,25 @@ impl Writer {
             Ctrl::Finish => return Ok(true),
         }
         Ok(false)
+    }
+
+    /// Writes what is queued now, ahead of a Close. Only what is queued now: a hub still
+    /// broadcasting must not keep the Close waiting forever.
+    fn flush_queued(&mut self, data: &OutboundRx) -> io::Result<()> {
+        let mut left = data.len();
+        while left > 0 {
+            let Ok(first) = data.rx.try_recv() else { break };
+            left -= 1;
+            self.batch.push(first);
+            while left > 0 && self.batch.len() < MAX_BATCH {
+                let Ok(f) = data.rx.try_recv() else { break };
+                left -= 1;
+                self.batch.push(f);
+            }
+            self.flush_batch()?;
+        }
+        data.made_room();
+        Ok(())
     }
 
     /// Writes `first` and whatever else is already queued, up to a batch, in one call.
@@ -309,14 +316,12 @@ mod tests {
         ctx.send(Ctrl::Close {
             code: 1001,
             reason: "bye".into(),
-            drain: true,
         })
         .unwrap();
         // A second Close, and tungstenite's reply Close, must both be dropped.
         ctx.send(Ctrl::Close {
             code: 1000,
             reason: "".into(),
-            drain: false,
         })
         .unwrap();
         ctx.send(Ctrl::Raw(vec![0x88, 0x02, 0x03, 0xe8])).unwrap();
@@ -328,6 +333,20 @@ mod tests {
     }
 
     #[test]
+    fn a_close_reply_from_tungstenite_goes_out_after_queued_data() {
+        let (server, mut client) = pair();
+        let (dtx, drx) = outbound(8);
+        let (ctx, crx) = bounded(8);
+        dtx.try_push(WireFrame::from_message(tungstenite::Message::text("echo")).unwrap());
+        ctx.send(Ctrl::Raw(vec![0x88, 0x02, 0x03, 0xe8])).unwrap();
+        ctx.send(Ctrl::Finish).unwrap();
+        assert_eq!(run(server, drx, crx, TIMERS), WriterEnd::Finished);
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"\x81\x04echo\x88\x02\x03\xe8");
+    }
+
+    #[test]
     fn unanswered_close_is_cut_after_the_close_timeout() {
         let (server, _client) = pair();
         let (_dtx, drx) = outbound(8);
@@ -335,7 +354,6 @@ mod tests {
         ctx.send(Ctrl::Close {
             code: 1001,
             reason: "".into(),
-            drain: false,
         })
         .unwrap();
         let timers = WriterTimers {

@@ -119,23 +119,7 @@ pub struct Raw {
 impl Raw {
     /// Connects and upgrades on `path`; panics unless the answer is 101.
     pub fn connect(addr: SocketAddr, path: &str) -> Raw {
-        let mut sock = TcpStream::connect(addr).unwrap();
-        sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        sock.write_all(upgrade_request(path, "").as_bytes()).unwrap();
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 1024];
-        let end = loop {
-            let n = sock.read(&mut chunk).expect("handshake response");
-            assert!(n > 0, "server closed during the handshake");
-            buf.extend_from_slice(&chunk[..n]);
-            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-        };
-        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-        let rest = buf.split_off(end);
-        Raw { sock, buf: rest }
+        raw_connect_with(addr, path, "")
     }
 
     /// Writes one masked frame.
@@ -293,5 +277,38 @@ impl Drop for ServeProcess {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+    }
+}
+
+/// Like [`Raw::connect`], with extra header lines in the upgrade request (an `Origin`,
+/// say); panics unless the answer is 101.
+pub fn raw_connect_with(addr: SocketAddr, path: &str, extra: &str) -> Raw {
+    let mut sock = TcpStream::connect(addr).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    sock.write_all(upgrade_request(path, extra).as_bytes()).unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    let end = loop {
+        let n = sock.read(&mut chunk).expect("handshake response");
+        assert!(n > 0, "server closed during the handshake");
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let rest = buf.split_off(end);
+    Raw { sock, buf: rest }
+}
+
+impl Raw {
+    /// Everything the server still sends until it closes the connection, frames not yet
+    /// parsed included: `Ok` on a clean end of stream (its FIN), `Err` on a reset or when
+    /// the stream does not end within the socket's read timeout.
+    pub fn rest_until_eof(&mut self) -> std::io::Result<Vec<u8>> {
+        let mut rest = std::mem::take(&mut self.buf);
+        self.sock.read_to_end(&mut rest)?;
+        Ok(rest)
     }
 }

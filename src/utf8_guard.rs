@@ -1,0 +1,754 @@
+//! Fails a text message on its first invalid UTF-8 byte, as the bytes arrive. I/O-free.
+//!
+//! RFC 6455 §8.1: "When an endpoint is to interpret a byte stream as UTF-8 but finds that
+//! the byte stream is not, in fact, a valid UTF-8 stream, that endpoint MUST _Fail the
+//! WebSocket Connection_." tungstenite checks a fragmented message frame by frame, but
+//! a single frame only once all of it has arrived: a client could send a 16 MiB text
+//! frame whose first bytes are already invalid, and we would wait for (and buffer) the
+//! rest. [`Utf8Guard`] sees the client's bytes first, as the reader thread reads them
+//! from the socket (`ReaderStream::read` in [`crate::connection`]): it follows the
+//! client's frame headers, unmasks the payload of text frames and of their
+//! continuations, and validates it incrementally, carrying an incomplete code point over
+//! to the next read or the next frame.
+//!
+//! **Owns** nothing but a few dozen bytes of state per connection, kept by the reader
+//! thread. It only ever withholds bytes: when a read's bytes turn out invalid, it passes
+//! on those before the offending byte (so tungstenite still reports any earlier protocol
+//! violation, and handles earlier complete messages, in stream order) and turns the next
+//! read into an [`io::Error`] that [`crate::close_policy::classify`] answers with Close
+//! 1007. Everything else (reserved bits, unmasked frames, bad opcodes, sizes, the
+//! reason of a Close) stays tungstenite's to check: on a frame header that breaks the
+//! protocol, or on a Close frame, the guard stops checking for good, since tungstenite
+//! fails or closes the connection at that frame.
+//!
+//! Cost: header bytes (2 to 14 per frame) are copied into a small array; other frames'
+//! payloads are skipped whole; text payload is unmasked into a stack buffer a few hundred
+//! bytes at a time and checked with `std::str::from_utf8`.
+
+use std::{error, fmt, io};
+
+/// Text payload bytes unmasked and checked per `from_utf8` call.
+const SCRATCH: usize = 256;
+
+/// The error [`Utf8Guard`] makes a read return; see [`is_invalid_utf8`].
+#[derive(Debug)]
+pub(crate) struct InvalidUtf8;
+
+impl fmt::Display for InvalidUtf8 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("invalid UTF-8 in a text message")
+    }
+}
+
+impl error::Error for InvalidUtf8 {}
+
+/// The `io::Error` for invalid UTF-8 in a text message.
+pub(crate) fn invalid_utf8() -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, InvalidUtf8)
+}
+
+/// True for the error made by [`invalid_utf8`].
+pub(crate) fn is_invalid_utf8(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::InvalidData && e.get_ref().is_some_and(|inner| inner.is::<InvalidUtf8>())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Reading a frame header into `head`.
+    Head,
+    /// `remaining` payload bytes of the current frame to go.
+    Payload,
+    /// Not checking any more: the client sent a Close, broke the protocol, or sent
+    /// invalid UTF-8.
+    Off,
+}
+
+/// Follows a client's frames and checks the UTF-8 of its text messages. See the module
+/// docs.
+#[derive(Debug)]
+pub(crate) struct Utf8Guard {
+    phase: Phase,
+    /// The current frame's header so far (2 to 14 bytes).
+    head: [u8; 14],
+    head_len: u8,
+    /// Payload bytes left in the current frame.
+    remaining: u64,
+    /// The mask key, rotated so that `mask[0]` applies to the next payload byte.
+    mask: [u8; 4],
+    /// The current frame's payload is text.
+    text: bool,
+    /// The current frame is the last of a text message.
+    ends_text: bool,
+    /// A fragmented message is in progress; `Some(true)` for text.
+    fragmented: Option<bool>,
+    /// The start of a code point whose other bytes have not arrived yet.
+    tail: [u8; 3],
+    tail_len: u8,
+    /// Invalid UTF-8 was found: every later read fails.
+    failed: bool,
+}
+
+impl Default for Utf8Guard {
+    fn default() -> Self {
+        Utf8Guard {
+            phase: Phase::Head,
+            head: [0; 14],
+            head_len: 0,
+            remaining: 0,
+            mask: [0; 4],
+            text: false,
+            ends_text: false,
+            fragmented: None,
+            tail: [0; 3],
+            tail_len: 0,
+            failed: false,
+        }
+    }
+}
+
+impl Utf8Guard {
+    /// The error to return instead of reading, once invalid UTF-8 has been found.
+    pub(crate) fn check(&self) -> io::Result<()> {
+        if self.failed { Err(invalid_utf8()) } else { Ok(()) }
+    }
+
+    /// Screens `bytes`, just read from the client: returns how many of them to pass on,
+    /// all of them unless they make a text message invalid. Then it is the bytes before
+    /// the offending one, and every later [`Self::check`] fails; if there are none, the
+    /// error itself. Empty `bytes` (end of stream) pass as `Ok(0)`.
+    pub(crate) fn screen(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.check()?;
+        match self.feed(bytes) {
+            Ok(()) => Ok(bytes.len()),
+            Err(0) => Err(invalid_utf8()),
+            Err(cut) => Ok(cut),
+        }
+    }
+
+    /// [`Self::screen`] for bytes already read (those after the request head): keeps
+    /// the ones to pass on; an error shows at the next [`Self::check`].
+    pub(crate) fn screen_vec(&mut self, mut bytes: Vec<u8>) -> Vec<u8> {
+        let keep = self.screen(&bytes).unwrap_or(0);
+        bytes.truncate(keep);
+        bytes
+    }
+
+    /// Follows `bytes`; on invalid UTF-8, fails and returns the offset of the byte that
+    /// must not reach tungstenite (one inside the offending frame, so that tungstenite
+    /// cannot complete that frame with the bytes before it).
+    fn feed(&mut self, bytes: &[u8]) -> Result<(), usize> {
+        let mut at = 0;
+        while at < bytes.len() {
+            match self.phase {
+                Phase::Off => return Ok(()),
+                Phase::Head => {
+                    let have = self.head_len as usize;
+                    let want = if have < 2 { 2 } else { header_len(self.head[1]) };
+                    let take = (want - have).min(bytes.len() - at);
+                    self.head[have..have + take].copy_from_slice(&bytes[at..at + take]);
+                    self.head_len += take as u8;
+                    at += take;
+                    if have + take < want {
+                        return Ok(());
+                    }
+                    if want == 2 {
+                        self.first_two_bytes();
+                    } else {
+                        self.start_payload();
+                        if self.remaining == 0 {
+                            // The header's last byte completes an empty frame.
+                            self.end_frame().map_err(|()| self.fail(at - 1))?;
+                        }
+                    }
+                }
+                Phase::Payload => {
+                    let take = self.remaining.min((bytes.len() - at) as u64) as usize;
+                    if self.text {
+                        self.check_text(&bytes[at..at + take])
+                            .map_err(|off| self.fail(at + off))?;
+                    }
+                    self.remaining -= take as u64;
+                    at += take;
+                    if self.remaining == 0 {
+                        // The frame's last byte completes it.
+                        self.end_frame().map_err(|()| self.fail(at - 1))?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn fail(&mut self, cut: usize) -> usize {
+        self.failed = true;
+        self.phase = Phase::Off;
+        cut
+    }
+
+    /// Decides from FIN, RSV, the opcode and the mask bit what the frame is to us.
+    fn first_two_bytes(&mut self) {
+        let [b0, b1] = [self.head[0], self.head[1]];
+        let fin = b0 & 0x80 != 0;
+        let len7 = b1 & 0x7F;
+        if b0 & 0x70 != 0 || b1 & 0x80 == 0 {
+            // Reserved bits (no extension is ever negotiated) or an unmasked frame.
+            self.phase = Phase::Off;
+            return;
+        }
+        self.ends_text = false;
+        match (b0 & 0x0F, self.fragmented) {
+            (0x0, Some(text)) => {
+                self.text = text;
+                if fin {
+                    self.fragmented = None;
+                    self.ends_text = text;
+                }
+            }
+            (op @ (0x1 | 0x2), None) => {
+                self.text = op == 0x1;
+                self.tail_len = 0;
+                if fin {
+                    self.ends_text = self.text;
+                } else {
+                    self.fragmented = Some(self.text);
+                }
+            }
+            (0x9 | 0xA, _) if fin && len7 <= 125 => self.text = false,
+            // Close (nothing after it is a message of ours to check), or a frame
+            // tungstenite rejects: a continuation with nothing to continue, a new
+            // message inside a fragmented one, a reserved opcode, a fragmented or
+            // oversized control frame.
+            _ => self.phase = Phase::Off,
+        }
+    }
+
+    /// The header is complete: take the payload length and the mask key.
+    fn start_payload(&mut self) {
+        let h = &self.head;
+        let (len, key_at) = match h[1] & 0x7F {
+            126 => (u64::from(u16::from_be_bytes([h[2], h[3]])), 4),
+            127 => (u64::from_be_bytes(h[2..10].try_into().expect("8 bytes")), 10),
+            n => (u64::from(n), 2),
+        };
+        if len >> 63 != 0 {
+            // RFC 6455 §5.2: "the most significant bit MUST be 0". tungstenite's size
+            // limit ends the connection here.
+            self.phase = Phase::Off;
+            return;
+        }
+        self.mask.copy_from_slice(&h[key_at..key_at + 4]);
+        self.remaining = len;
+        self.phase = Phase::Payload;
+    }
+
+    /// The frame is over; `Err` when it ends a text message in the middle of a code
+    /// point.
+    fn end_frame(&mut self) -> Result<(), ()> {
+        self.phase = Phase::Head;
+        self.head_len = 0;
+        if self.ends_text && self.tail_len != 0 {
+            Err(())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Unmasks and checks a piece of text payload; `Err(offset)` gives the offset in
+    /// `masked` where the invalid sequence starts (0 if it started in an earlier piece).
+    /// Kept out of line: only text payload touches its stack buffer.
+    #[inline(never)]
+    fn check_text(&mut self, masked: &[u8]) -> Result<(), usize> {
+        let mut scratch = [0u8; SCRATCH];
+        let mut done = 0;
+        while done < masked.len() {
+            let carried = self.tail_len as usize;
+            scratch[..carried].copy_from_slice(&self.tail[..carried]);
+            let take = (SCRATCH - carried).min(masked.len() - done);
+            unmask(
+                &mut scratch[carried..carried + take],
+                &masked[done..done + take],
+                self.mask,
+            );
+            self.mask.rotate_left(take % 4);
+            let piece = &scratch[..carried + take];
+            self.tail_len = 0;
+            if let Err(e) = std::str::from_utf8(piece) {
+                let valid = e.valid_up_to();
+                if e.error_len().is_some() {
+                    return Err(done + valid.saturating_sub(carried));
+                }
+                // A code point cut short by the end of the piece: at most 3 bytes.
+                let rest = &piece[valid..];
+                self.tail[..rest.len()].copy_from_slice(rest);
+                self.tail_len = rest.len() as u8;
+            }
+            done += take;
+        }
+        Ok(())
+    }
+}
+
+/// A client frame header's length, from its second byte (mask bit assumed set).
+fn header_len(b1: u8) -> usize {
+    let ext = match b1 & 0x7F {
+        126 => 2,
+        127 => 8,
+        _ => 0,
+    };
+    2 + ext + 4
+}
+
+/// `dst = src XOR mask`, with `mask[0]` for `src[0]`. Four bytes at a time.
+fn unmask(dst: &mut [u8], src: &[u8], mask: [u8; 4]) {
+    let mut d = dst.chunks_exact_mut(4);
+    let mut s = src.chunks_exact(4);
+    for (d4, s4) in (&mut d).zip(&mut s) {
+        for ((d1, s1), m) in d4.iter_mut().zip(s4).zip(mask) {
+            *d1 = s1 ^ m;
+        }
+    }
+    for (i, (d1, s1)) in d.into_remainder().iter_mut().zip(s.remainder()).enumerate() {
+        *d1 = s1 ^ mask[i];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+
+    /// A masked client frame: first byte (FIN, RSV, opcode), payload; `wide` forces the
+    /// 64-bit length form.
+    fn frame_with(first: u8, payload: &[u8], wide: bool) -> Vec<u8> {
+        let mut out = vec![first];
+        let len = payload.len();
+        if wide {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(len as u64).to_be_bytes());
+        } else if len < 126 {
+            out.push(0x80 | len as u8);
+        } else if len <= 0xFFFF {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+        } else {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+        out.extend_from_slice(&MASK);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
+        out
+    }
+
+    fn frame(first: u8, payload: &[u8]) -> Vec<u8> {
+        frame_with(first, payload, false)
+    }
+
+    const TEXT: u8 = 0x81;
+    const TEXT_START: u8 = 0x01;
+    const BINARY: u8 = 0x82;
+    const BINARY_START: u8 = 0x02;
+    const CONT: u8 = 0x00;
+    const CONT_END: u8 = 0x80;
+    const PING: u8 = 0x89;
+    const PONG: u8 = 0x8A;
+    const CLOSE: u8 = 0x88;
+
+    /// What feeding a stream in given pieces did.
+    #[derive(Debug, PartialEq, Eq)]
+    enum Outcome {
+        /// Every byte passed on.
+        Passed,
+        /// Failed: bytes passed on in all, and the index of the piece that failed.
+        Failed { passed: usize, piece: usize },
+    }
+
+    fn run(pieces: &[&[u8]]) -> Outcome {
+        let mut g = Utf8Guard::default();
+        let mut passed = 0;
+        for (i, p) in pieces.iter().enumerate() {
+            match g.screen(p) {
+                Ok(n) if n == p.len() => passed += n,
+                Ok(n) => {
+                    assert!(n < p.len());
+                    assert!(g.check().is_err(), "a short pass must leave the error pending");
+                    return Outcome::Failed {
+                        passed: passed + n,
+                        piece: i,
+                    };
+                }
+                Err(e) => {
+                    assert!(is_invalid_utf8(&e));
+                    return Outcome::Failed { passed, piece: i };
+                }
+            }
+        }
+        assert!(g.check().is_ok());
+        Outcome::Passed
+    }
+
+    fn whole(stream: &[u8]) -> Outcome {
+        run(&[stream])
+    }
+
+    fn byte_at_a_time(stream: &[u8]) -> Outcome {
+        let pieces: Vec<&[u8]> = stream.chunks(1).collect();
+        run(&pieces)
+    }
+
+    /// Feeds `stream` whole, a byte at a time, and split in two at every offset; all must
+    /// agree on pass or fail, and a failure must come at byte `bad` (the first byte that
+    /// proves the stream invalid) and pass on no byte from `bad` on.
+    fn assert_every_split(stream: &[u8], bad: Option<usize>) {
+        let check = |outcome: Outcome, piece_of_bad: &dyn Fn(usize) -> usize, how: &str| match (bad, outcome)
+        {
+            (None, Outcome::Passed) => {}
+            (Some(bad), Outcome::Failed { passed, piece }) => {
+                assert!(passed <= bad, "{how}: passed {passed} bytes, bad byte at {bad}");
+                assert_eq!(piece, piece_of_bad(bad), "{how}: failed late or early");
+            }
+            (bad, outcome) => panic!("{how}: expected failure at {bad:?}, got {outcome:?}"),
+        };
+        check(whole(stream), &|_| 0, "whole");
+        check(byte_at_a_time(stream), &|b| b, "byte at a time");
+        for split in 1..stream.len() {
+            let outcome = run(&[&stream[..split], &stream[split..]]);
+            check(
+                outcome,
+                &|b| usize::from(b >= split),
+                &format!("split at {split}"),
+            );
+        }
+    }
+
+    #[test]
+    fn valid_text_passes_however_it_is_cut() {
+        let s = frame(TEXT, "Hello-µ@ßöäüàá-UTF-8!! €𝄞 κόσμε".as_bytes());
+        assert_every_split(&s, None);
+        assert_eq!(whole(&frame(TEXT, b"")), Outcome::Passed);
+    }
+
+    #[test]
+    fn invalid_bytes_fail_before_the_rest_of_the_frame_arrives() {
+        // Autobahn 6.4.3: the frame's first chop ends in a sequence that no byte can
+        // complete (F4 90: above U+10FFFF); the rest of the frame has not arrived.
+        let payload = [
+            &[0xce, 0xba, 0xe1, 0xbd, 0xb9, 0xcf, 0x83, 0xce, 0xbc, 0xce, 0xb5][..],
+            &[0xf4, 0x90, 0x80, 0x80],
+            b"edited",
+        ]
+        .concat();
+        let s = frame(TEXT, &payload);
+        let first_chop = 6 + 11 + 2;
+        assert_eq!(
+            run(&[&s[..first_chop]]),
+            Outcome::Failed {
+                passed: 6 + 11,
+                piece: 0
+            }
+        );
+        assert_every_split(&s, Some(6 + 11 + 1));
+    }
+
+    #[test]
+    fn the_bytes_before_the_bad_one_are_passed_on_and_the_next_read_fails() {
+        let mut s = frame(TEXT, b"fine");
+        let bad = frame(TEXT, b"ab\xffcd");
+        s.extend_from_slice(&bad);
+        let mut g = Utf8Guard::default();
+        let n = g.screen(&s).unwrap();
+        assert_eq!(n, 10 + 6 + 2, "the first frame and the bad one's valid start");
+        assert!(is_invalid_utf8(&g.check().unwrap_err()));
+        // Nothing more is passed on.
+        assert!(is_invalid_utf8(&g.screen(b"x").unwrap_err()));
+    }
+
+    #[test]
+    fn invalid_byte_at_the_start_of_a_read_is_an_error_not_end_of_stream() {
+        let s = frame(TEXT, b"\xff");
+        let mut g = Utf8Guard::default();
+        assert_eq!(g.screen(&s[..6]).unwrap(), 6);
+        let e = g.screen(&s[6..]).unwrap_err();
+        assert!(is_invalid_utf8(&e));
+    }
+
+    #[test]
+    fn code_point_split_across_reads_and_across_frames() {
+        // "€" is E2 82 AC, "𝄞" is F0 9D 84 9E.
+        let mut s = frame(TEXT_START, b"a\xe2");
+        s.extend(frame(CONT, b"\x82"));
+        s.extend(frame(CONT, b"\xac\xf0\x9d\x84"));
+        s.extend(frame(CONT_END, b"\x9e z"));
+        assert_every_split(&s, None);
+    }
+
+    #[test]
+    fn bad_continuation_byte_in_the_next_frame_fails_there() {
+        let mut s = frame(TEXT_START, b"a\xe2\x82");
+        let second = s.len();
+        s.extend(frame(CONT_END, b"Xyz"));
+        assert_every_split(&s, Some(second + 6));
+    }
+
+    #[test]
+    fn control_frames_inside_a_fragmented_text_message_are_not_text() {
+        let mut s = frame(TEXT_START, b"caf\xc3");
+        s.extend(frame(PING, b"\xff\xfe not text"));
+        s.extend(frame(PONG, b"\xc3"));
+        s.extend(frame(CONT, b"\xa9 \xf0\x9f"));
+        s.extend(frame(PING, b""));
+        s.extend(frame(CONT_END, b"\x98\x80"));
+        assert_every_split(&s, None);
+        // The code point is still cut short at the end.
+        let mut t = frame(TEXT_START, b"caf\xc3");
+        t.extend(frame(PING, b"\xa9"));
+        let end = t.len();
+        t.extend(frame(CONT_END, b"!"));
+        assert_every_split(&t, Some(end + 6));
+    }
+
+    #[test]
+    fn message_ending_inside_a_code_point_fails_at_its_last_byte() {
+        let s = frame(TEXT, b"ab\xe2\x82");
+        assert_every_split(&s, Some(s.len() - 1));
+        // ... also when the last frame is empty: at the last byte of its header.
+        let mut t = frame(TEXT_START, b"ab\xe2\x82");
+        t.extend(frame(CONT_END, b""));
+        assert_every_split(&t, Some(t.len() - 1));
+    }
+
+    #[test]
+    fn binary_frames_are_not_checked() {
+        let junk = b"\xff\xfe\xc0\xaf\xed\xa0\x80\xe2";
+        assert_every_split(&frame(BINARY, junk), None);
+        let mut s = frame(BINARY_START, junk);
+        s.extend(frame(PING, b"p"));
+        s.extend(frame(CONT, junk));
+        s.extend(frame(CONT_END, junk));
+        assert_every_split(&s, None);
+    }
+
+    #[test]
+    fn each_text_message_is_checked_on_its_own_and_checking_stops_between() {
+        let mut s = frame(TEXT, b"one");
+        s.extend(frame(BINARY, b"\xff"));
+        s.extend(frame(TEXT_START, b"tw"));
+        s.extend(frame(CONT_END, b"o"));
+        s.extend(frame(BINARY, b"\xe2\x82"));
+        let third = s.len();
+        s.extend(frame(TEXT, b"\xac"));
+        assert_every_split(&s, Some(third + 6));
+    }
+
+    #[test]
+    fn overlong_encodings_and_surrogates_are_invalid() {
+        for bad in [
+            &b"\xc0\xaf"[..],
+            b"\xe0\x80\xaf",
+            b"\xed\xa0\x80",
+            b"\xf4\x90\x80\x80",
+            b"\xfe",
+        ] {
+            let mut payload = b"ok ".to_vec();
+            payload.extend_from_slice(bad);
+            let s = frame(TEXT, &payload);
+            assert!(matches!(whole(&s), Outcome::Failed { .. }), "{bad:x?}");
+            assert!(matches!(byte_at_a_time(&s), Outcome::Failed { .. }), "{bad:x?}");
+        }
+    }
+
+    #[test]
+    fn sixteen_bit_lengths() {
+        let mut payload = "é".repeat(150).into_bytes(); // 300 bytes
+        assert_every_split(&frame(TEXT, &payload), None);
+        payload[201] = b'x'; // the second byte of a two-byte sequence
+        assert_every_split(&frame(TEXT, &payload), Some(8 + 201));
+    }
+
+    #[test]
+    fn sixty_four_bit_lengths() {
+        let mut payload = "ab€".repeat(20_000).into_bytes(); // 100 000 bytes
+        let s = frame(TEXT, &payload);
+        assert_eq!(s[1] & 0x7F, 127);
+        assert_eq!(whole(&s), Outcome::Passed);
+        let pieces: Vec<&[u8]> = s.chunks(1021).collect();
+        assert_eq!(run(&pieces), Outcome::Passed);
+        // The 64-bit form for a short payload is accepted too.
+        assert_every_split(&frame_with(TEXT, "€uro".as_bytes(), true), None);
+        // A bad byte deep inside fails in the read that brings it.
+        payload[77_777] = 0xff;
+        let s = frame(TEXT, &payload);
+        let pieces: Vec<&[u8]> = s.chunks(1021).collect();
+        let at = 14 + 77_777;
+        assert_eq!(
+            run(&pieces),
+            Outcome::Failed {
+                passed: at,
+                piece: at / 1021
+            }
+        );
+    }
+
+    #[test]
+    fn checking_stops_at_a_close_frame() {
+        let mut s = frame(CLOSE, b"\x03\xe8");
+        s.extend(frame(TEXT, b"\xff"));
+        assert_every_split(&s, None);
+    }
+
+    #[test]
+    fn frames_tungstenite_rejects_stop_checking_without_a_false_alarm() {
+        let bad_text = frame(TEXT, b"\xff");
+        let mut unmasked = vec![TEXT, 1, 0xff];
+        unmasked.extend(&bad_text);
+        let mut rsv = frame(0xC1, b"\xff");
+        rsv.extend(&bad_text);
+        let mut orphan = frame(CONT_END, b"\xff");
+        orphan.extend(&bad_text);
+        let mut nested = frame(TEXT_START, b"a");
+        nested.extend(frame(TEXT, b"\xff"));
+        let mut reserved_op = frame(0x83, b"\xff");
+        reserved_op.extend(&bad_text);
+        let mut fragmented_ping = frame(0x09, b"\xff");
+        fragmented_ping.extend(&bad_text);
+        for s in [unmasked, rsv, orphan, nested, reserved_op, fragmented_ping] {
+            assert_eq!(whole(&s), Outcome::Passed, "{s:x?}");
+        }
+    }
+
+    #[test]
+    fn an_error_in_the_bytes_after_the_request_head_shows_at_the_first_read() {
+        let mut g = Utf8Guard::default();
+        let mut leftover = frame(TEXT, b"ok");
+        leftover.extend(frame(TEXT, b"x\xffyz"));
+        let kept = g.screen_vec(leftover);
+        assert_eq!(kept.len(), 8 + 7);
+        assert!(g.check().is_err());
+
+        let mut g = Utf8Guard::default();
+        assert_eq!(g.screen_vec(frame(TEXT, b"ok")).len(), 8);
+        assert!(g.check().is_ok());
+        assert_eq!(g.screen(&[]).unwrap(), 0, "end of stream passes through");
+    }
+
+    #[test]
+    fn unmask_matches_the_byte_wise_definition() {
+        let src: Vec<u8> = (0..=255u8).collect();
+        for len in 0..12 {
+            let mut dst = vec![0u8; len];
+            unmask(&mut dst, &src[..len], MASK);
+            let want: Vec<u8> = src[..len]
+                .iter()
+                .enumerate()
+                .map(|(i, b)| b ^ MASK[i % 4])
+                .collect();
+            assert_eq!(dst, want);
+        }
+    }
+
+    /// xorshift64*: deterministic pseudo-random numbers for the model test.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    /// Random text messages (valid, or with one corrupted byte), fragmented at random
+    /// with pings in between, read in random pieces: the guard fails exactly when
+    /// `std::str::from_utf8` rejects the message, and within the read that brings the
+    /// first byte after the message's longest valid prefix.
+    #[test]
+    fn agrees_with_from_utf8_on_random_messages() {
+        let alphabet = [
+            "a",
+            "~",
+            "ß",
+            "€",
+            "𝄞",
+            "κ",
+            "\u{7ff}",
+            "\u{800}",
+            "\u{ffff}",
+            "\u{10000}",
+        ];
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        for round in 0..3000 {
+            let mut text = Vec::new();
+            for _ in 0..rng.below(40) {
+                text.extend_from_slice(alphabet[rng.below(alphabet.len())].as_bytes());
+            }
+            if !text.is_empty() && rng.below(2) == 0 {
+                let i = rng.below(text.len());
+                text[i] = rng.next() as u8;
+            }
+            // Fragment it, with pings between fragments, and record where each payload
+            // byte lands in the stream.
+            let mut stream = frame(BINARY, b"\xff");
+            let mut offsets = Vec::new();
+            let mut rest = &text[..];
+            let mut first = true;
+            loop {
+                let n = if rest.is_empty() {
+                    0
+                } else {
+                    1 + rng.below(rest.len())
+                };
+                let (now, later) = rest.split_at(n);
+                let fin = later.is_empty();
+                let op = if first { 0x1 } else { 0x0 };
+                let f = frame(op | if fin { 0x80 } else { 0 }, now);
+                let payload_at = stream.len() + f.len() - now.len();
+                offsets.extend((0..now.len()).map(|i| payload_at + i));
+                stream.extend(f);
+                first = false;
+                rest = later;
+                if fin {
+                    break;
+                }
+                if rng.below(3) == 0 {
+                    stream.extend(frame(PING, b"\xc3"));
+                }
+            }
+            // The byte that proves the message invalid: the first that no valid UTF-8
+            // starts with what came before, or the message's last byte when it ends
+            // inside a code point.
+            let proof = (0..text.len())
+                .find(|&p| std::str::from_utf8(&text[..=p]).is_err_and(|e| e.error_len().is_some()));
+            let expect = match (std::str::from_utf8(&text), proof) {
+                (Ok(_), _) => None,
+                (Err(_), Some(p)) => Some(offsets[p]),
+                (Err(_), None) => Some(stream.len() - 1),
+            };
+            let mut pieces = Vec::new();
+            let mut left = &stream[..];
+            while !left.is_empty() {
+                let (p, l) = left.split_at(1 + rng.below(left.len().min(64)));
+                pieces.push(p);
+                left = l;
+            }
+            let outcome = run(&pieces);
+            match expect {
+                None => assert_eq!(outcome, Outcome::Passed, "round {round}: {text:x?}"),
+                Some(bad) => {
+                    let Outcome::Failed { passed, piece } = outcome else {
+                        panic!("round {round}: {text:x?} passed");
+                    };
+                    assert!(passed <= bad, "round {round}");
+                    let bad_piece_end = pieces[..=piece].iter().map(|p| p.len()).sum::<usize>();
+                    let bad_piece_start = bad_piece_end - pieces[piece].len();
+                    assert!(
+                        (bad_piece_start..bad_piece_end).contains(&bad),
+                        "round {round}: failed in the wrong read"
+                    );
+                }
+            }
+        }
+    }
+}
