@@ -132,6 +132,8 @@
 #![deny(missing_docs)]
 
 mod accept;
+pub mod backoff;
+pub mod client;
 pub mod close_policy;
 mod config;
 mod connection;

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod connect;
 mod serve;
 
 /// A blocking, thread-per-connection WebSocket server and client.
@@ -18,6 +19,8 @@ struct Cli {
 enum Command {
     /// Run the WebSocket server (/echo, /chat, /healthz) until SIGINT or SIGTERM.
     Serve(serve::Args),
+    /// Connect to a WebSocket server: stdin lines out as text, messages to stdout.
+    Connect(connect::Args),
 }
 
 fn main() -> ExitCode {
@@ -26,5 +29,6 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve::run(args),
+        Command::Connect(args) => connect::run(args),
     }
 }
