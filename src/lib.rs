@@ -128,6 +128,13 @@
 //! To stop from a signal or another thread, keep a [`ShutdownHandle`] and call
 //! [`Server::wait`] on the thread that should do the draining; `examples/embed.rs` is a
 //! complete program.
+//!
+//! ## The client
+//!
+//! [`client::Client`] is one blocking client connection built the same way (a reader
+//! thread, a writer thread that alone writes the socket); [`client::ReconnectingClient`]
+//! keeps a session going across disconnects with exponential backoff and jitter
+//! ([`backoff`]). `examples/client.rs` is a chat client; `wshub connect` is the CLI.
 
 #![deny(missing_docs)]
 
