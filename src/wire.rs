@@ -10,8 +10,12 @@
 //! RFC 6455 §5.1: "A server MUST NOT mask any frames that it sends to the client", so
 //! a server frame is exactly header + payload.
 
+use std::io::Cursor;
+
 use tungstenite::Bytes;
 use tungstenite::Message;
+use tungstenite::protocol::frame::FrameHeader;
+use tungstenite::protocol::frame::coding::{Control, OpCode};
 
 /// The largest frame header: 2 bytes, plus 8 for a 64-bit length (no mask key).
 const MAX_HEADER: usize = 10;
@@ -114,37 +118,30 @@ fn truncate_control(mut data: Bytes) -> Bytes {
     data
 }
 
-/// Does a run of complete unmasked frames, as tungstenite writes them, contain a Close?
+/// How many leading bytes of `bytes` to write: up to and including the first Close
+/// frame, if there is one (and then `true`), else all of them.
 ///
 /// tungstenite writes its automatic replies (Pong, and the Close that answers the
-/// peer's Close) through our stream; the writer uses this to learn that a Close went
-/// out, so it never sends a second one and nothing after it.
-pub(crate) fn contains_close(mut bytes: &[u8]) -> bool {
-    while bytes.len() >= 2 {
-        if bytes[0] & 0x0F == OP_CLOSE {
-            return true;
-        }
-        let masked = bytes[1] & 0x80 != 0;
-        let (len, mut at) = match bytes[1] & 0x7F {
-            126 if bytes.len() >= 4 => (u16::from_be_bytes([bytes[2], bytes[3]]) as u64, 4),
-            127 if bytes.len() >= 10 => {
-                let mut b = [0u8; 8];
-                b.copy_from_slice(&bytes[2..10]);
-                (u64::from_be_bytes(b), 10)
-            }
-            126 | 127 => return false,
-            n => (n as u64, 2),
+/// peer's Close) through our stream, as whole frames. The server's and the client's
+/// writers use this to learn that a Close went out, so they never send a second one and
+/// nothing after it. Bytes it cannot parse are passed on as they are.
+pub(crate) fn frames_through_close(bytes: &[u8]) -> (usize, bool) {
+    let mut pos = 0;
+    while pos < bytes.len() {
+        let mut cursor = Cursor::new(&bytes[pos..]);
+        let Ok(Some((header, len))) = FrameHeader::parse(&mut cursor) else {
+            return (bytes.len(), false);
         };
-        if masked {
-            at += 4;
+        let head = usize::try_from(cursor.position()).unwrap_or(usize::MAX);
+        let end = pos
+            .saturating_add(head)
+            .saturating_add(usize::try_from(len).unwrap_or(usize::MAX));
+        if header.opcode == OpCode::Control(Control::Close) {
+            return (end.min(bytes.len()), true);
         }
-        let end = (at as u64).saturating_add(len);
-        if end > bytes.len() as u64 {
-            return false;
-        }
-        bytes = &bytes[end as usize..];
+        pos = end;
     }
-    false
+    (bytes.len(), false)
 }
 
 #[cfg(test)]
@@ -197,12 +194,23 @@ mod tests {
     }
 
     #[test]
-    fn close_is_found_after_a_pong() {
+    fn writing_stops_after_the_first_close() {
         let pong = wire(&WireFrame::from_message(Message::Pong(Bytes::from_static(b"abc"))).unwrap());
         let close = wire(&WireFrame::close(1000, "bye"));
-        assert!(!contains_close(&pong));
-        assert!(contains_close(&close));
-        assert!(contains_close(&[pong.clone(), close].concat()));
-        assert!(!contains_close(&pong[..3]));
+        assert_eq!(frames_through_close(&pong), (pong.len(), false));
+        assert_eq!(frames_through_close(&close), (close.len(), true));
+        let all = [pong.clone(), close.clone(), pong.clone()].concat();
+        assert_eq!(frames_through_close(&all), (pong.len() + close.len(), true));
+        assert_eq!(frames_through_close(&[]), (0, false));
+        assert_eq!(frames_through_close(&pong[..1]), (1, false));
+    }
+
+    #[test]
+    fn masked_frames_are_measured_with_their_mask_key() {
+        // A masked Pong (as a client writes it), then a Close.
+        let masked_pong = [0x8A, 0x81, 1, 2, 3, 4, b'p' ^ 1];
+        let close = wire(&WireFrame::close(1000, ""));
+        let all = [&masked_pong[..], &close].concat();
+        assert_eq!(frames_through_close(&all), (all.len(), true));
     }
 }

@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, TryRecvError, never, select_biased};
 
 use crate::queue::OutboundRx;
-use crate::wire::{WireFrame, contains_close};
+use crate::wire::{WireFrame, frames_through_close};
 
 /// Frames gathered into one vectored write. 64 frames amortise the system call over a
 /// burst while keeping the `IoSlice` array (2 per frame) on the stack.
@@ -181,13 +181,13 @@ impl Writer {
         match msg {
             Ctrl::Raw(bytes) => {
                 if !self.close_sent {
-                    let is_close = contains_close(&bytes);
+                    let (upto, is_close) = frames_through_close(&bytes);
                     if is_close {
                         // tungstenite answering the peer's Close: replies already queued
                         // to the peer's earlier messages go out first.
                         self.flush_queued(data)?;
                     }
-                    write_all(&self.sock, &bytes)?;
+                    write_all(&self.sock, &bytes[..upto])?;
                     if is_close {
                         self.close_sent = true;
                     }

@@ -23,7 +23,7 @@
 //! tungstenite's reply to the server's, which it recognises in the bytes it is handed.
 //! After one, it writes nothing more.
 
-use std::io::{self, Cursor, Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -43,6 +43,8 @@ use tungstenite::protocol::frame::FrameHeader;
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 use tungstenite::protocol::{CloseFrame, WebSocket, WebSocketConfig};
 use tungstenite::{Error as WsError, Message};
+
+use crate::wire::frames_through_close;
 
 use super::{
     CTRL_QUEUE_SIZE, ClientConfig, ClientError, EVENT_QUEUE_SIZE, Event, THREAD_STACK_SIZE, WsUrl, after,
@@ -797,28 +799,6 @@ fn encode_frame(out: &mut Vec<u8>, header: &FrameHeader, payload: &[u8]) {
         Some(mask) => out.extend(payload.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m)),
         None => out.extend_from_slice(payload),
     }
-}
-
-/// How many leading bytes of `bytes` to write: up to and including the first Close
-/// frame, if there is one (and then `true`), else all of them. tungstenite hands over
-/// whole frames; anything it cannot parse is passed on as is.
-fn frames_through_close(bytes: &[u8]) -> (usize, bool) {
-    let mut pos = 0;
-    while pos < bytes.len() {
-        let mut cursor = Cursor::new(&bytes[pos..]);
-        let Ok(Some((header, len))) = FrameHeader::parse(&mut cursor) else {
-            return (bytes.len(), false);
-        };
-        let head = usize::try_from(cursor.position()).unwrap_or(usize::MAX);
-        let end = pos
-            .saturating_add(head)
-            .saturating_add(usize::try_from(len).unwrap_or(usize::MAX));
-        if header.opcode == OpCode::Control(Control::Close) {
-            return (end.min(bytes.len()), true);
-        }
-        pos = end;
-    }
-    (bytes.len(), false)
 }
 
 #[cfg(test)]

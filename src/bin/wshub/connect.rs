@@ -21,7 +21,7 @@ use std::fmt::Write as _;
 use std::io::{self, BufRead, Write};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::Duration;
 
@@ -113,15 +113,12 @@ pub fn run(args: Args) -> ExitCode {
     };
 
     let (interrupt_tx, interrupt) = bounded::<()>(1);
-    let signals = AtomicUsize::new(0);
-    let installed = ctrlc::set_handler(move || {
-        if signals.fetch_add(1, Ordering::SeqCst) == 0 {
+    let installed = crate::signals::on_signal(
+        move || {
             let _ = interrupt_tx.try_send(());
-        } else {
-            eprintln!("second signal: exiting without closing");
-            std::process::exit(130);
-        }
-    });
+        },
+        "closing",
+    );
     if let Err(e) = installed {
         eprintln!("error: cannot install the signal handler: {e}");
         return ExitCode::from(1);

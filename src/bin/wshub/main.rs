@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 mod connect;
 mod serve;
+mod signals;
 
 /// A blocking, thread-per-connection WebSocket server and client.
 #[derive(Parser, Debug)]

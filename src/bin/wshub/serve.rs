@@ -7,7 +7,6 @@
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use log::{error, info};
@@ -92,16 +91,13 @@ pub fn run(args: Args) -> ExitCode {
         }
     };
     let handle = server.shutdown_handle();
-    let signals = AtomicUsize::new(0);
-    let installed = ctrlc::set_handler(move || {
-        if signals.fetch_add(1, Ordering::SeqCst) == 0 {
+    let installed = crate::signals::on_signal(
+        move || {
             info!("shutting down: draining connections (signal again to exit at once)");
             handle.shutdown();
-        } else {
-            eprintln!("second signal: exiting without draining");
-            std::process::exit(130);
-        }
-    });
+        },
+        "draining",
+    );
     if let Err(e) = installed {
         error!("cannot install the signal handler: {e}");
         return ExitCode::from(1);
