@@ -92,11 +92,14 @@ impl Acceptor {
             let sock = match self.listener.accept() {
                 Ok((sock, _)) => sock,
                 Err(e) => {
-                    if classify_accept_error(&e) == AcceptError::BackOff {
-                        warn!("accept failed: {e}; retrying in {backoff:?}");
-                        // Returns at once when the drain disconnects `wake`.
-                        let _ = self.wake.recv_timeout(backoff);
-                        backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                    match classify_accept_error(&e) {
+                        AcceptError::Skip => debug!("accept failed: {e}; skipped"),
+                        AcceptError::BackOff => {
+                            warn!("accept failed: {e}; retrying in {backoff:?}");
+                            // Returns at once when the drain disconnects `wake`.
+                            let _ = self.wake.recv_timeout(backoff);
+                            backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                        }
                     }
                     continue;
                 }

@@ -36,7 +36,7 @@ use crate::hub::{Hub, HubMsg, PeerHandle};
 use crate::queue::{OutboundTx, outbound};
 use crate::rate_limit::RateLimiter;
 use crate::registry::ConnId;
-use crate::utf8_guard::Utf8Guard;
+use crate::utf8_guard::Screened;
 use crate::writer::{self, CTRL_QUEUE, Ctrl, WriterEnd, WriterTimers};
 
 /// How long a finished connection keeps reading (and discarding) until the client closes
@@ -70,18 +70,16 @@ impl Drop for SlotGuard {
 }
 
 /// The stream tungstenite runs over: reads from the socket, writes to the writer thread.
+/// tungstenite gets it wrapped in [`Screened`], which checks text messages for invalid
+/// UTF-8 as they arrive (RFC 6455 §8.1).
 struct ReaderStream {
     sock: Arc<TcpStream>,
     ctrl: Sender<Ctrl>,
-    /// Screens what is read for invalid UTF-8 in text messages (RFC 6455 §8.1).
-    utf8: Utf8Guard,
 }
 
 impl Read for ReaderStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.utf8.check()?;
-        let n = (&*self.sock).read(buf)?;
-        self.utf8.screen(&buf[..n])
+        (&*self.sock).read(buf)
     }
 }
 
@@ -316,13 +314,13 @@ fn serve(sock: Arc<TcpStream>, id: ConnId, upgrade: Upgrade, writer: WriterLink,
         .write_buffer_size(0)
         .max_message_size(Some(config.max_message_size))
         .max_frame_size(Some(config.max_frame_size.min(config.max_message_size)));
-    let mut utf8 = Utf8Guard::default();
-    let leftover = utf8.screen_vec(leftover);
-    let stream = ReaderStream {
-        sock: sock.clone(),
-        ctrl: ctrl_tx.clone(),
-        utf8,
-    };
+    let (stream, leftover) = Screened::new(
+        ReaderStream {
+            sock: sock.clone(),
+            ctrl: ctrl_tx.clone(),
+        },
+        leftover,
+    );
     let mut ws = WebSocket::from_partially_read(stream, leftover, Role::Server, Some(ws_config));
 
     let end = if !registered {
@@ -368,7 +366,7 @@ fn serve(sock: Arc<TcpStream>, id: ConnId, upgrade: Upgrade, writer: WriterLink,
 #[inline(never)]
 fn read_loop(
     id: ConnId,
-    ws: &mut WebSocket<ReaderStream>,
+    ws: &mut WebSocket<Screened<ReaderStream>>,
     conn: &Connection,
     handler: &dyn Handler,
     config: &Config,

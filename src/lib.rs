@@ -174,50 +174,7 @@ pub use tungstenite::Message;
 /// exposed for the fuzz targets (`fuzz/`) only. Not part of the stable API.
 #[doc(hidden)]
 pub mod fuzzing {
-    use std::io::{self, Read, Write};
-
     pub use crate::config::MAX_REQUEST_HEADERS;
     pub use crate::handshake::{Answer, Endpoint, Reject, Status, answer, parse_head};
-    use crate::utf8_guard::Utf8Guard;
-
-    /// A client byte stream screened as a reader thread screens its socket before
-    /// tungstenite reads it (`connection::ReaderStream`): invalid UTF-8 in a text
-    /// message ends the stream with the error `close_policy::classify` answers with 1007.
-    pub struct Screened<S> {
-        inner: S,
-        guard: Utf8Guard,
-    }
-
-    impl<S> Screened<S> {
-        /// Wraps `inner`, whose bytes follow `leftover` (those read with the request
-        /// head); returns the wrapper and what of `leftover` to hand tungstenite.
-        pub fn new(inner: S, leftover: Vec<u8>) -> (Screened<S>, Vec<u8>) {
-            let mut guard = Utf8Guard::default();
-            let leftover = guard.screen_vec(leftover);
-            (Screened { inner, guard }, leftover)
-        }
-
-        /// The wrapped stream.
-        pub fn get_ref(&self) -> &S {
-            &self.inner
-        }
-    }
-
-    impl<S: Read> Read for Screened<S> {
-        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            self.guard.check()?;
-            let n = self.inner.read(buf)?;
-            self.guard.screen(&buf[..n])
-        }
-    }
-
-    impl<S: Write> Write for Screened<S> {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.inner.write(buf)
-        }
-
-        fn flush(&mut self) -> io::Result<()> {
-            self.inner.flush()
-        }
-    }
+    pub use crate::utf8_guard::Screened;
 }

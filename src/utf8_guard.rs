@@ -25,6 +25,7 @@
 //! payloads are skipped whole; text payload is unmasked into a stack buffer a few hundred
 //! bytes at a time and checked with `std::str::from_utf8`.
 
+use std::io::{Read, Write};
 use std::{error, fmt, io};
 
 /// Text payload bytes unmasked and checked per `from_utf8` call.
@@ -309,6 +310,48 @@ fn unmask(dst: &mut [u8], src: &[u8], mask: [u8; 4]) {
     }
     for (i, (d1, s1)) in d.into_remainder().iter_mut().zip(s.remainder()).enumerate() {
         *d1 = s1 ^ mask[i];
+    }
+}
+
+/// A client byte stream screened before tungstenite reads it: invalid UTF-8 in a text
+/// message ends the stream with the error `close_policy::classify` answers with 1007.
+/// Writes pass through. Every reader thread reads its socket through one; the fuzz
+/// targets use it too.
+pub struct Screened<S> {
+    inner: S,
+    guard: Utf8Guard,
+}
+
+impl<S> Screened<S> {
+    /// Wraps `inner`, whose bytes follow `leftover` (those read with the request
+    /// head); returns the wrapper and what of `leftover` to hand tungstenite.
+    pub fn new(inner: S, leftover: Vec<u8>) -> (Screened<S>, Vec<u8>) {
+        let mut guard = Utf8Guard::default();
+        let leftover = guard.screen_vec(leftover);
+        (Screened { inner, guard }, leftover)
+    }
+
+    /// The wrapped stream.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S: Read> Read for Screened<S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.guard.check()?;
+        let n = self.inner.read(buf)?;
+        self.guard.screen(&buf[..n])
+    }
+}
+
+impl<S: Write> Write for Screened<S> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.inner.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
     }
 }
 
