@@ -140,6 +140,7 @@
 
 mod accept;
 pub mod backoff;
+mod capacity;
 pub mod client;
 pub mod close_policy;
 mod config;

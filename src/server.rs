@@ -11,8 +11,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
 
 use crossbeam_channel::{Receiver, Sender, bounded};
+use log::warn;
 
 use crate::accept::{self, Acceptor};
+use crate::capacity::{self, SystemLimits};
 use crate::config::Config;
 use crate::connection::Shared;
 use crate::error::Error;
@@ -38,7 +40,7 @@ impl ServerBuilder {
 
     /// Validates the configuration, binds, starts the threads and returns at once.
     pub fn start(self) -> Result<Server, Error> {
-        let ServerBuilder { config, routes } = self;
+        let ServerBuilder { mut config, routes } = self;
         config.validate()?;
         let listener = TcpListener::bind(config.addr).map_err(|source| Error::Bind {
             addr: config.addr,
@@ -49,6 +51,17 @@ impl ServerBuilder {
             source,
         })?;
         widen_backlog(&listener);
+        if let Some((ceiling, limit)) = capacity::ceiling(&SystemLimits::read()) {
+            if ceiling < config.max_connections {
+                warn!(
+                    "max connections lowered from {} to {}: {limit} leaves room for no more \
+                     (each connection needs 2 threads and 8 memory mappings)",
+                    config.max_connections,
+                    ceiling.max(1)
+                );
+                config.max_connections = ceiling.max(1);
+            }
+        }
 
         let (hub_tx, hub_rx) = bounded(HUB_QUEUE);
         let hub = Hub::new(hub_tx);

@@ -223,13 +223,19 @@ impl ServeProcess {
                 }
             }
         });
-        let first = lines
-            .recv_timeout(Duration::from_secs(10))
-            .expect("a first log line");
+        // Warnings (a lowered connection limit, say) may come first.
+        let first = loop {
+            let line = lines
+                .recv_timeout(Duration::from_secs(10))
+                .expect("a `listening on` line");
+            if line.contains("listening on ") {
+                break line;
+            }
+        };
         let addr = first
             .split("listening on ")
             .nth(1)
-            .unwrap_or_else(|| panic!("first line names the address: {first}"))
+            .unwrap_or_else(|| panic!("the line names the address: {first}"))
             .trim()
             .parse()
             .unwrap();
