@@ -37,7 +37,7 @@ use crate::queue::{OutboundTx, outbound};
 use crate::rate_limit::RateLimiter;
 use crate::registry::ConnId;
 use crate::utf8_guard::Screened;
-use crate::writer::{self, CTRL_QUEUE, Ctrl, WriterEnd, WriterTimers};
+use crate::writer::{self, CTRL_QUEUE, Ctrl, WriteSide, WriterEnd, WriterTimers};
 
 /// How long a finished connection keeps reading (and discarding) until the client closes
 /// its side. Closing a socket with unread bytes makes the kernel send RST, which can
@@ -121,11 +121,12 @@ pub(crate) fn run(sock: Arc<TcpStream>, id: ConnId, shared: Arc<Shared>, _slot: 
     }
 }
 
-/// The writer thread and the two channels that feed it.
+/// The writer thread, the two channels that feed it, and the write side it shares.
 struct WriterLink {
     thread: thread::JoinHandle<WriterEnd>,
     data: OutboundTx,
     ctrl: Sender<Ctrl>,
+    side: Arc<WriteSide>,
 }
 
 #[inline(never)]
@@ -136,12 +137,18 @@ fn spawn_writer(sock: &Arc<TcpStream>, config: &Config) -> io::Result<WriterLink
         ping_interval: config.ping_interval,
         close_timeout: config.drain_timeout,
     };
-    let writer_sock = sock.clone();
+    let side = Arc::new(WriteSide::new(sock.clone()));
+    let writer_side = side.clone();
     let thread = thread::Builder::new()
         .name("wshub-writer".into())
         .stack_size(config.thread_stack_size)
-        .spawn(move || writer::run(writer_sock, data_rx, ctrl_rx, timers))?;
-    Ok(WriterLink { thread, data, ctrl })
+        .spawn(move || writer::run(writer_side, data_rx, ctrl_rx, timers))?;
+    Ok(WriterLink {
+        thread,
+        data,
+        ctrl,
+        side,
+    })
 }
 
 /// An agreed upgrade: what the WebSocket phase needs from the HTTP phase.
@@ -283,6 +290,7 @@ fn serve(sock: Arc<TcpStream>, id: ConnId, upgrade: Upgrade, writer: WriterLink,
         thread: writer,
         data: data_tx,
         ctrl: ctrl_tx,
+        side,
     } = writer;
     let config = &shared.config;
 
@@ -303,7 +311,7 @@ fn serve(sock: Arc<TcpStream>, id: ConnId, upgrade: Upgrade, writer: WriterLink,
             peer: PeerHandle {
                 data: data_tx,
                 ctrl: ctrl_tx.clone(),
-                sock: sock.clone(),
+                write: side,
             },
         })
         .is_ok();

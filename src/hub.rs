@@ -7,16 +7,18 @@
 //! threads, and the shutdown steps. **Ends** on [`HubMsg::Stop`], which the shutdown
 //! sequence sends once every connection thread has ended, or when every sender is gone.
 //!
-//! The hub never blocks on a client. Each broadcast is offered to every member's bounded
-//! queue with `try_send`; a member whose queue is full is a slow consumer and is cut at
-//! once (its TCP window is full, so a Close frame would sit unread behind the queue)
-//! while everyone else carries on.
+//! The hub never blocks on a client. Each broadcast is offered to every member: written
+//! at once when that member's writer is idle and its socket has room (a non-blocking
+//! send under the connection's write lock, see [`crate::writer`]), else pushed on its
+//! bounded queue without waiting. A member whose queue is full is a slow consumer and is
+//! cut at once (its TCP window is full, so a Close frame would sit unread behind the
+//! queue) while everyone else carries on.
 //!
 //! # Ordering
 //!
 //! Every broadcast to a topic passes through this one thread, which offers it to every
-//! member before it looks at the next message, and each member's queue and writer are
-//! FIFO. So all members of a topic see broadcasts in one total order, and a connection's
+//! member before it looks at the next message, and each member's frames reach its
+//! socket in FIFO order (the fast path writes only when nothing is queued ahead). So all members of a topic see broadcasts in one total order, and a connection's
 //! own messages in the order it sent them (its reader sends them to the hub in order).
 
 use std::borrow::Cow;
@@ -34,7 +36,7 @@ use crate::close_policy::GOING_AWAY;
 use crate::error::SendError;
 use crate::registry::{ConnId, Offer, Peer, Registry};
 use crate::wire::WireFrame;
-use crate::writer::Ctrl;
+use crate::writer::{Ctrl, FastWrite, WriteSide};
 
 /// Messages the hub's inbox holds. When it is full, senders (readers relaying chat
 /// messages, the embedding program) wait: that is back-pressure from a hub that is
@@ -84,13 +86,24 @@ pub(crate) struct PeerHandle {
     pub data: OutboundTx,
     /// The control channel to the writer.
     pub ctrl: Sender<Ctrl>,
-    /// The socket, only ever used to shut it down.
-    pub sock: Arc<TcpStream>,
+    /// The socket's write side, for the fast path and to shut it down.
+    pub write: Arc<WriteSide>,
 }
 
 impl Peer for PeerHandle {
+    /// Writes at once when the connection's writer is idle (no wake-up, no queueing),
+    /// else queues for it.
     fn offer(&self, frame: &WireFrame) -> Offer {
-        self.data.try_push(frame.clone())
+        match self.write.try_write_now(frame, &self.data) {
+            FastWrite::Done => Offer::Queued,
+            FastWrite::Started => {
+                // A full control channel means the writer is about to wake anyway, and
+                // it finishes the started frame before anything else.
+                let _ = self.ctrl.try_send(Ctrl::Resume);
+                Offer::Queued
+            }
+            FastWrite::Later => self.data.try_push(frame.clone()),
+        }
     }
 }
 
@@ -109,7 +122,7 @@ impl PeerHandle {
 
     /// Cuts the connection: both directions shut, which wakes its reader and writer.
     fn cut(&self) {
-        let _ = self.sock.shutdown(Shutdown::Both);
+        let _ = self.write.sock.shutdown(Shutdown::Both);
     }
 }
 

@@ -21,15 +21,16 @@
 //!                     |  handshake,   |  Unregister ------------> |  owns the  |
 //!                     |  tungstenite  |                           |  registry  |
 //!                     |  read(), your |  Ctrl (bounded 8):        +------------+
-//!                     |  Handler      |  Pong/Close replies,           | try_send,
-//!                     +---------------+  Close, Finish                 | never blocks
-//!                            |  |             |                        v
+//!                     |  Handler      |  Pong/Close replies,           | never blocks:
+//!                     +---------------+  Close, Finish                 | writer idle? send
+//!                            |  |             |                        | now, else queue
 //!                            |  +--- data ----|------> WireFrame queue (bounded 256)
-//!                            |   (echo, send) v              |
-//!                            |          +---------------+ <--+
-//!   client <==bytes======================| writer thread | the only thread that writes
-//!                            | spawns    | pings, Close  | the socket; knows whether a
-//!                            +---------->+---------------+ Close has gone out
+//!                            |   (echo, send) v              |        |
+//!                            |          +---------------+ <--+        |
+//!   client <==bytes======================| writer thread |<-- write lock (one writer at
+//!                            | spawns    | blocking      |    a time; has a Close gone
+//!                            +---------->| writes, pings |    out?) ---+
+//!                                        +---------------+
 //!
 //!   shutdown (ctrlc / ShutdownHandle) -> drain: stop accept -> hub: Close 1001 to all
 //!   (after their queues) -> wait up to drain_timeout -> cut the rest -> join everything
@@ -41,12 +42,15 @@
 //!   HTTP request head itself ([`Request`], answering `/healthz`, `404`, `426`, `403`...),
 //!   then runs tungstenite's `read()` with the idle timeout as the socket timeout, and
 //!   calls your [`Handler`] for each message.
-//! - A **writer thread** owns one client's write side. It is fed by a bounded data queue
-//!   and a small control channel, and is the only thread that writes that socket, so
-//!   frames never interleave and a broadcast reaches an idle client at once.
+//! - A **writer thread** makes every blocking write to one client's socket. It is fed
+//!   by a bounded data queue and a small control channel (tungstenite's Pong and Close
+//!   replies come through it), so frames never interleave and a broadcast reaches an
+//!   idle client at once.
 //! - The **hub thread** owns the registry. A broadcast is encoded once and offered to
-//!   every member's queue with `try_send`: a full queue marks a slow consumer, which is
-//!   cut while everyone else carries on.
+//!   every member: written at once when the member's writer is idle and its socket has
+//!   room (a non-blocking send under the connection's write lock, so no thread is woken),
+//!   else queued without waiting. A full queue marks a slow consumer, which is cut while
+//!   everyone else carries on.
 //!
 //! Each of those lives in a module of its own name: `accept`, `connection`, `writer`,
 //! `hub`, `shutdown`; the I/O-free rules they apply sit in `handshake`, `registry`,

@@ -66,6 +66,11 @@ pub(crate) fn outbound(cap: usize) -> (OutboundTx, OutboundRx) {
 }
 
 impl OutboundTx {
+    /// Nothing is waiting to be written.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.tx.is_empty()
+    }
+
     /// Queues `frame` unless the queue is full. Never blocks.
     pub(crate) fn try_push(&self, frame: WireFrame) -> Offer {
         if self.tx.len() >= self.cap {

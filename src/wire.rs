@@ -106,6 +106,11 @@ impl WireFrame {
         &self.payload
     }
 
+    /// Header plus payload, in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.head_len as usize + self.payload.len()
+    }
+
     /// Is this a Close frame?
     #[cfg(test)]
     pub(crate) fn is_close(&self) -> bool {

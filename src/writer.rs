@@ -1,12 +1,13 @@
-//! A connection's writer thread: the only thread that ever writes to its socket.
+//! A connection's writer thread, and the write lock it shares with the hub.
 //!
-//! **Owns** the write side of one client socket and the one fact that matters for it:
-//! whether a Close frame has gone out. **Woken** by its two channels — the bounded data
-//! queue (broadcasts, a handler's sends) and the small control channel (tungstenite's
-//! automatic Pong and Close replies, a Close to send, "the reader is done") — and by its
-//! ping timer. **Ends** when the reader says it is done, when a write fails or blocks for
-//! the write timeout, or when the peer has not answered our Close within the drain
-//! timeout; it then shuts the socket down, which also wakes the reader.
+//! **Owns** the blocking writes to one client socket and, through [`WriteSide`], the one
+//! fact that matters for them: whether a Close frame has gone out. **Woken** by its two
+//! channels — the bounded data queue (broadcasts the hub could not write at once, a
+//! handler's sends) and the small control channel (tungstenite's automatic Pong and Close
+//! replies, a Close to send, "the reader is done") — and by its ping timer. **Ends** when
+//! the reader says it is done, when a write fails or blocks for the write timeout, or when
+//! the peer has not answered our Close within the drain timeout; it then shuts the socket
+//! down, which also wakes the reader.
 //!
 //! # Why a writer thread, and how tungstenite's replies get here
 //!
@@ -16,13 +17,29 @@
 //! could interleave with the Pong and Close replies tungstenite writes from the reader.
 //! So the reader's `WebSocket` runs over a stream whose `Read` is the socket and whose
 //! `Write` hands each chunk to this thread as [`Ctrl::Raw`]; this thread formats every
-//! other frame itself ([`WireFrame`]). One writer, whole frames, no interleaving, and a
-//! broadcast reaches an idle client as soon as the hub queues it.
+//! other frame itself ([`WireFrame`]). Whole frames, no interleaving, and a broadcast
+//! reaches an idle client at once.
 //!
 //! Control goes first: a Pong overtakes queued broadcasts (RFC 6455 §5.5.2: "It SHOULD
 //! respond with Pong frame as soon as is practical"), except that a Close, ours or
 //! tungstenite's reply to the peer's, first flushes everything already queued, so
 //! neither a shutdown nor a client's Close loses a message.
+//!
+//! # The hub's fast path, and the write lock
+//!
+//! Waking a thread costs more than writing a small frame: in the benchmarks, a broadcast
+//! to 1000 subscribers that woke 1000 writer threads spent most of the core on wake-ups
+//! and managed half the deliveries asked of it. So the hub may write a frame itself, but
+//! only when that cannot block or reorder anything: the writer is not writing (the hub
+//! *tries* the per-connection write lock, never waits for it), nothing is queued ahead of
+//! the frame, and the socket takes the whole frame at once (a non-blocking `sendmsg`).
+//! Otherwise the frame is queued as before. The writer thread takes the lock for every
+//! write it makes, and takes frames off the queue only while holding it, so "the queue
+//! is empty" under the lock means every earlier frame is on the wire. A frame the socket
+//! took only part of is left in the lock's state for the writer, which finishes it before
+//! anything else. Whoever holds the lock writes: one writer at a time, always whole
+//! frames, and all blocking writes (those that can wait up to the write timeout) stay on
+//! this thread.
 //!
 //! # Close, exactly once
 //!
@@ -33,12 +50,13 @@
 use std::borrow::Cow;
 use std::io::{self, IoSlice, Write};
 use std::net::{Shutdown, TcpStream};
-use std::sync::Arc;
+use std::os::fd::AsRawFd;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, TryRecvError, never, select_biased};
+use crossbeam_channel::{Receiver, Select, TryRecvError, never};
 
-use crate::queue::OutboundRx;
+use crate::queue::{OutboundRx, OutboundTx};
 use crate::wire::{WireFrame, frames_through_close};
 
 /// Frames gathered into one vectored write. 64 frames amortise the system call over a
@@ -64,6 +82,8 @@ pub(crate) enum Ctrl {
         /// Close reason.
         reason: Cow<'static, str>,
     },
+    /// The hub started a frame it could not finish without waiting: finish it.
+    Resume,
     /// The reader has finished; shut the socket and end.
     Finish,
 }
@@ -86,22 +106,100 @@ pub(crate) enum WriterEnd {
     Cut,
 }
 
-struct Writer {
-    sock: Arc<TcpStream>,
+/// The write side of one socket, shared by its writer thread and the hub. Whoever holds
+/// the lock writes, so frames never interleave; the writer thread takes it for every
+/// write it makes, the hub only ever tries it (see the module docs).
+pub(crate) struct WriteSide {
+    /// The socket (also used to shut it down).
+    pub sock: Arc<TcpStream>,
+    state: Mutex<WriteState>,
+}
+
+#[derive(Default)]
+struct WriteState {
+    /// A Close has gone out: nothing more may.
     close_sent: bool,
+    /// A frame the hub started but could not finish without waiting, and how many of its
+    /// bytes went out. The writer sends the rest before anything else.
+    pending: Option<(WireFrame, usize)>,
+}
+
+/// What the hub's attempt to write at once came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FastWrite {
+    /// Written whole (or dropped, after a Close, as the writer would have).
+    Done,
+    /// Partly written; the writer must be woken to finish it.
+    Started,
+    /// Not possible now (someone is writing, frames are queued, the socket is full):
+    /// queue it.
+    Later,
+}
+
+impl WriteSide {
+    pub(crate) fn new(sock: Arc<TcpStream>) -> WriteSide {
+        WriteSide {
+            sock,
+            state: Mutex::new(WriteState::default()),
+        }
+    }
+
+    /// Takes the lock for a blocking write, first finishing any frame the hub started.
+    /// Nothing panics while holding it, but a poisoned lock is still usable: its state
+    /// is two plain fields.
+    fn begin(&self) -> io::Result<MutexGuard<'_, WriteState>> {
+        let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((frame, sent)) = st.pending.take() {
+            write_rest(&self.sock, &frame, sent)?;
+        }
+        Ok(st)
+    }
+
+    /// The hub's fast path: writes `frame` now if nobody is writing, nothing is queued
+    /// ahead of it, and the socket takes it without waiting. Never blocks.
+    pub(crate) fn try_write_now(&self, frame: &WireFrame, queue: &OutboundTx) -> FastWrite {
+        if !queue.is_empty() {
+            return FastWrite::Later;
+        }
+        let mut st = match self.state.try_lock() {
+            Ok(st) => st,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => return FastWrite::Later,
+        };
+        if st.close_sent {
+            return FastWrite::Done;
+        }
+        // Checked again under the lock: the writer takes frames off the queue only while
+        // holding it, so an empty queue now means every earlier frame is on the wire.
+        if st.pending.is_some() || !queue.is_empty() {
+            return FastWrite::Later;
+        }
+        match send_now(&self.sock, frame) {
+            Ok(n) if n == frame.len() => FastWrite::Done,
+            Ok(n) if n > 0 => {
+                st.pending = Some((frame.clone(), n));
+                FastWrite::Started
+            }
+            // Full socket, or an error the writer will meet on its next write.
+            _ => FastWrite::Later,
+        }
+    }
+}
+
+struct Writer {
+    side: Arc<WriteSide>,
     batch: Vec<WireFrame>,
 }
 
 /// Runs the writer loop until the connection ends. See the module docs.
 pub(crate) fn run(
-    sock: Arc<TcpStream>,
+    side: Arc<WriteSide>,
     data: OutboundRx,
     ctrl: Receiver<Ctrl>,
     timers: WriterTimers,
 ) -> WriterEnd {
     let mut w = Writer {
-        sock,
-        close_sent: false,
+        side,
         // Grows on first use: an idle connection's writer holds no batch memory.
         batch: Vec::new(),
     };
@@ -111,7 +209,7 @@ pub(crate) fn run(
         _ => Shutdown::Both,
     };
     // The peer may already have closed; there is nothing to do about an error here.
-    let _ = w.sock.shutdown(how);
+    let _ = w.side.sock.shutdown(how);
     end.unwrap_or(WriterEnd::Cut)
 }
 
@@ -126,7 +224,7 @@ impl Writer {
         let mut next_ping = Instant::now() + timers.ping_interval;
         let mut close_deadline: Option<Instant> = None;
         loop {
-            // Control first; `select_biased!` below keeps that order when both are ready.
+            // Control first.
             match ctrl.try_recv() {
                 Ok(msg) => {
                     if self.on_ctrl(msg, &queue, &mut close_deadline, timers)? {
@@ -137,31 +235,32 @@ impl Writer {
                 Err(TryRecvError::Disconnected) => return Ok(WriterEnd::Finished),
                 Err(TryRecvError::Empty) => {}
             }
+            if !data.is_empty() {
+                self.write_queued(&queue)?;
+                continue;
+            }
             let wake = close_deadline.unwrap_or(next_ping);
             let timeout = wake.saturating_duration_since(Instant::now());
-            select_biased! {
-                recv(ctrl) -> msg => match msg {
-                    Ok(msg) => {
-                        if self.on_ctrl(msg, &queue, &mut close_deadline, timers)? {
-                            return Ok(WriterEnd::Finished);
-                        }
-                    }
-                    Err(_) => return Ok(WriterEnd::Finished),
-                },
-                recv(data) -> frame => match frame {
-                    Ok(frame) => self.write_data(frame, &queue)?,
-                    // Every data sender is gone; keep serving control until Finish.
-                    Err(_) => data = never(),
-                },
-                default(timeout) => {
+            // Wait until a channel is ready without taking anything off it: frames leave
+            // the queue only under the write lock (see `WriteSide::try_write_now`).
+            let mut ready = Select::new_biased();
+            ready.recv(&ctrl);
+            let data_index = ready.recv(&data);
+            match ready.ready_timeout(timeout) {
+                // Ready but empty: every data sender is gone; serve control until Finish.
+                Ok(i) if i == data_index && data.is_empty() => data = never(),
+                // Control or data: the top of the loop takes it.
+                Ok(_) => {}
+                Err(_) => {
                     if close_deadline.is_some_and(|d| Instant::now() >= d) {
                         // RFC 6455 §7.1.1: the server may close the TCP connection
                         // itself when the peer does not answer in time.
                         return Ok(WriterEnd::Cut);
                     }
                     if Instant::now() >= next_ping {
-                        if !self.close_sent {
-                            self.write_frames(&[WireFrame::ping()])?;
+                        let st = self.side.begin()?;
+                        if !st.close_sent {
+                            write_frames(&self.side.sock, &[WireFrame::ping()])?;
                         }
                         next_ping = Instant::now() + timers.ping_interval;
                     }
@@ -180,77 +279,76 @@ impl Writer {
     ) -> io::Result<bool> {
         match msg {
             Ctrl::Raw(bytes) => {
-                if !self.close_sent {
+                let mut st = self.side.begin()?;
+                if !st.close_sent {
                     let (upto, is_close) = frames_through_close(&bytes);
                     if is_close {
                         // tungstenite answering the peer's Close: replies already queued
                         // to the peer's earlier messages go out first.
-                        self.flush_queued(data)?;
+                        flush_queued(&self.side.sock, &mut self.batch, data)?;
                     }
-                    write_all(&self.sock, &bytes[..upto])?;
+                    (&*self.side.sock).write_all(&bytes[..upto])?;
                     if is_close {
-                        self.close_sent = true;
+                        st.close_sent = true;
                     }
                 }
             }
             Ctrl::Close { code, reason } => {
-                if !self.close_sent {
-                    self.flush_queued(data)?;
-                    self.write_frames(&[WireFrame::close(code, &reason)])?;
-                    self.close_sent = true;
+                let mut st = self.side.begin()?;
+                if !st.close_sent {
+                    flush_queued(&self.side.sock, &mut self.batch, data)?;
+                    write_frames(&self.side.sock, &[WireFrame::close(code, &reason)])?;
+                    st.close_sent = true;
                     *close_deadline = Some(Instant::now() + timers.close_timeout);
                 }
             }
+            // `begin` finishes the frame the hub started.
+            Ctrl::Resume => drop(self.side.begin()?),
             Ctrl::Finish => return Ok(true),
         }
         Ok(false)
     }
 
-    /// Writes what is queued now, ahead of a Close. Only what is queued now: a hub still
-    /// broadcasting must not keep the Close waiting forever.
-    fn flush_queued(&mut self, data: &OutboundRx) -> io::Result<()> {
-        let mut left = data.len();
-        while left > 0 {
-            let Ok(first) = data.rx.try_recv() else { break };
-            left -= 1;
-            self.batch.push(first);
-            while left > 0 && self.batch.len() < MAX_BATCH {
-                let Ok(f) = data.rx.try_recv() else { break };
-                left -= 1;
-                self.batch.push(f);
-            }
-            self.flush_batch()?;
-        }
-        data.made_room();
-        Ok(())
-    }
-
-    /// Writes `first` and whatever else is already queued, up to a batch, in one call.
-    fn write_data(&mut self, first: WireFrame, data: &OutboundRx) -> io::Result<()> {
-        if self.close_sent {
-            return Ok(());
-        }
-        self.batch.push(first);
+    /// Writes up to a batch of queued frames in one call, under the write lock; after a
+    /// Close they are dropped instead.
+    fn write_queued(&mut self, data: &OutboundRx) -> io::Result<()> {
+        let st = self.side.begin()?;
         while self.batch.len() < MAX_BATCH {
             match data.rx.try_recv() {
                 Ok(f) => self.batch.push(f),
                 Err(_) => break,
             }
         }
-        let written = self.flush_batch();
+        let written = if st.close_sent {
+            Ok(())
+        } else {
+            write_frames(&self.side.sock, &self.batch)
+        };
+        self.batch.clear();
         data.made_room();
         written
     }
+}
 
-    fn flush_batch(&mut self) -> io::Result<()> {
-        let result = write_frames(&self.sock, &self.batch);
-        self.batch.clear();
-        result
+/// Writes what is queued now, ahead of a Close; the caller holds the write lock. Only
+/// what is queued now: a hub still broadcasting must not keep the Close waiting forever.
+fn flush_queued(sock: &TcpStream, batch: &mut Vec<WireFrame>, data: &OutboundRx) -> io::Result<()> {
+    let mut left = data.len();
+    while left > 0 {
+        while left > 0 && batch.len() < MAX_BATCH {
+            let Ok(f) = data.rx.try_recv() else { break };
+            left -= 1;
+            batch.push(f);
+        }
+        if batch.is_empty() {
+            break;
+        }
+        let written = write_frames(sock, batch);
+        batch.clear();
+        written?;
     }
-
-    fn write_frames(&mut self, frames: &[WireFrame]) -> io::Result<()> {
-        write_frames(&self.sock, frames)
-    }
+    data.made_room();
+    Ok(())
 }
 
 /// Writes whole frames with vectored writes: headers and shared payloads go to the
@@ -267,21 +365,62 @@ fn write_frames(sock: &TcpStream, frames: &[WireFrame]) -> io::Result<()> {
                 n += 1;
             }
         }
-        let mut bufs = &mut slices[..n];
-        while !bufs.is_empty() {
-            match (&*sock).write_vectored(bufs) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(k) => IoSlice::advance_slices(&mut bufs, k),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
+        write_slices(sock, &mut slices[..n])?;
+    }
+    Ok(())
+}
+
+/// Writes the bytes of `frame` from offset `sent` on.
+fn write_rest(sock: &TcpStream, frame: &WireFrame, sent: usize) -> io::Result<()> {
+    let (head, payload) = (frame.head(), frame.payload());
+    let mut slices = if sent < head.len() {
+        [IoSlice::new(&head[sent..]), IoSlice::new(payload)]
+    } else {
+        [IoSlice::new(&payload[sent - head.len()..]), IoSlice::new(&[])]
+    };
+    write_slices(sock, &mut slices)
+}
+
+fn write_slices(sock: &TcpStream, mut bufs: &mut [IoSlice<'_>]) -> io::Result<()> {
+    while bufs.iter().any(|b| !b.is_empty()) {
+        match (&*sock).write_vectored(bufs) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(k) => IoSlice::advance_slices(&mut bufs, k),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
     Ok(())
 }
 
-fn write_all(sock: &TcpStream, bytes: &[u8]) -> io::Result<()> {
-    (&*sock).write_all(bytes)
+/// One non-blocking `sendmsg(2)` of a whole frame (header and payload as two iovecs).
+/// `MSG_DONTWAIT` makes this one call non-blocking without touching the socket's mode,
+/// which its reader thread relies on.
+fn send_now(sock: &TcpStream, frame: &WireFrame) -> io::Result<usize> {
+    let (head, payload) = (frame.head(), frame.payload());
+    let iov = [
+        libc::iovec {
+            iov_base: head.as_ptr() as *mut libc::c_void,
+            iov_len: head.len(),
+        },
+        libc::iovec {
+            iov_base: payload.as_ptr() as *mut libc::c_void,
+            iov_len: payload.len(),
+        },
+    ];
+    // SAFETY: a zeroed msghdr is valid (no name, no control data); we then point it at
+    // `iov`, which outlives the call, and sendmsg(2) only reads the buffers it names.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
+    msg.msg_iovlen = iov.len();
+    // SAFETY: the descriptor is open for the call (we hold the TcpStream) and `msg` is
+    // valid as above.
+    let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
 }
 
 #[cfg(test)]
@@ -292,12 +431,84 @@ mod tests {
     use std::io::Read;
     use std::net::TcpListener;
 
-    fn pair() -> (Arc<TcpStream>, TcpStream) {
+    fn pair() -> (Arc<WriteSide>, TcpStream) {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let (s, _) = l.accept().unwrap();
         c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        (Arc::new(s), c)
+        (Arc::new(WriteSide::new(Arc::new(s))), c)
+    }
+
+    fn text(t: &str) -> WireFrame {
+        WireFrame::from_message(tungstenite::Message::text(t)).unwrap()
+    }
+
+    fn read_exactly(client: &mut TcpStream, n: usize) -> Vec<u8> {
+        let mut got = vec![0u8; n];
+        client.read_exact(&mut got).unwrap();
+        got
+    }
+
+    #[test]
+    fn the_hub_writes_at_once_to_an_idle_connection() {
+        let (side, mut client) = pair();
+        let (dtx, _drx) = outbound(8);
+        assert_eq!(side.try_write_now(&text("now"), &dtx), FastWrite::Done);
+        assert_eq!(read_exactly(&mut client, 5), b"\x81\x03now");
+    }
+
+    #[test]
+    fn the_hub_queues_behind_frames_already_queued() {
+        let (side, _client) = pair();
+        let (dtx, _drx) = outbound(8);
+        dtx.try_push(text("first"));
+        assert_eq!(side.try_write_now(&text("second"), &dtx), FastWrite::Later);
+    }
+
+    #[test]
+    fn the_hub_waits_for_no_one_holding_the_write_lock() {
+        let (side, _client) = pair();
+        let (dtx, _drx) = outbound(8);
+        let held = side.begin().unwrap();
+        assert_eq!(side.try_write_now(&text("x"), &dtx), FastWrite::Later);
+        drop(held);
+    }
+
+    #[test]
+    fn nothing_goes_out_after_a_close_even_on_the_fast_path() {
+        let (side, mut client) = pair();
+        let (dtx, drx) = outbound(8);
+        let (ctx, crx) = bounded(8);
+        ctx.send(Ctrl::Close {
+            code: 1000,
+            reason: "".into(),
+        })
+        .unwrap();
+        ctx.send(Ctrl::Finish).unwrap();
+        assert_eq!(run(side.clone(), drx, crx, TIMERS), WriterEnd::Finished);
+        assert_eq!(side.try_write_now(&text("late"), &dtx), FastWrite::Done);
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"\x88\x02\x03\xe8");
+    }
+
+    #[test]
+    fn a_frame_the_hub_started_is_finished_before_anything_else() {
+        let (side, mut client) = pair();
+        let frame = text("hello");
+        // As if the hub's non-blocking send had taken only the first 3 bytes.
+        (&*side.sock)
+            .write_all(&[frame.head(), frame.payload()].concat()[..3])
+            .unwrap();
+        side.state.lock().unwrap().pending = Some((frame, 3));
+        let (_dtx, drx) = outbound(8);
+        let (ctx, crx) = bounded(8);
+        ctx.send(Ctrl::Raw(vec![0x8A, 0x00])).unwrap(); // a pong from tungstenite
+        ctx.send(Ctrl::Finish).unwrap();
+        assert_eq!(run(side, drx, crx, TIMERS), WriterEnd::Finished);
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"\x81\x05hello\x8a\x00");
     }
 
     const TIMERS: WriterTimers = WriterTimers {
