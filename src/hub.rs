@@ -43,6 +43,9 @@ use crate::writer::{Ctrl, FastWrite, WriteSide};
 /// momentarily behind, and the hub itself never waits on anyone, so it always drains.
 pub(crate) const HUB_QUEUE: usize = 4096;
 
+/// The reason sent with the drain's Close 1001.
+const GOING_AWAY_REASON: &str = "server shutting down";
+
 /// What the hub is told.
 pub(crate) enum HubMsg {
     /// The accept thread took a connection; its handshake is under way.
@@ -108,15 +111,26 @@ impl Peer for PeerHandle {
 }
 
 impl PeerHandle {
-    /// Asks for Close 1001 after everything queued; cuts the connection if even the
-    /// control channel is full (its writer is stuck on a client that does not read).
-    fn going_away(&self) {
-        let close = Ctrl::Close {
-            code: GOING_AWAY,
-            reason: Cow::Borrowed("server shutting down"),
-        };
-        if let Err(TrySendError::Full(_)) = self.ctrl.try_send(close) {
-            self.cut();
+    /// Sends `close` (a Close 1001) after everything queued: at once when nothing is
+    /// queued and the writer is idle, else through the writer. Cuts the connection if
+    /// even the control channel is full (its writer is stuck on a client that does not
+    /// read). A Close the hub wrote itself arms no timer in the writer; the drain's own
+    /// deadline cuts a client that never answers.
+    fn going_away(&self, close: &WireFrame) {
+        match self.write.try_write_now(close, &self.data) {
+            FastWrite::Done => {}
+            FastWrite::Started => {
+                let _ = self.ctrl.try_send(Ctrl::Resume);
+            }
+            FastWrite::Later => {
+                let close = Ctrl::Close {
+                    code: GOING_AWAY,
+                    reason: Cow::Borrowed(GOING_AWAY_REASON),
+                };
+                if let Err(TrySendError::Full(_)) = self.ctrl.try_send(close) {
+                    self.cut();
+                }
+            }
         }
     }
 
@@ -185,6 +199,8 @@ pub(crate) fn run(inbox: Receiver<HubMsg>) {
     let mut handshaking: HashMap<ConnId, Arc<TcpStream>> = HashMap::new();
     let mut draining = false;
     let mut cutting = false;
+    // Encoded once, for every connection the drain closes.
+    let going_away = WireFrame::close(GOING_AWAY, GOING_AWAY_REASON);
     while let Ok(msg) = inbox.recv() {
         match msg {
             HubMsg::Accepted { id, sock } => {
@@ -201,7 +217,7 @@ pub(crate) fn run(inbox: Receiver<HubMsg>) {
                     continue;
                 }
                 if draining {
-                    peer.going_away();
+                    peer.going_away(&going_away);
                 }
                 registry.insert(id, &topic, peer);
             }
@@ -221,7 +237,7 @@ pub(crate) fn run(inbox: Receiver<HubMsg>) {
                 draining = true;
                 debug!("hub: closing {} connections with 1001", registry.len());
                 for (_, peer) in registry.iter() {
-                    peer.going_away();
+                    peer.going_away(&going_away);
                 }
                 let _ = reply.send(registry.len());
             }

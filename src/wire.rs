@@ -112,7 +112,6 @@ impl WireFrame {
     }
 
     /// Is this a Close frame?
-    #[cfg(test)]
     pub(crate) fn is_close(&self) -> bool {
         self.head[0] & 0x0F == OP_CLOSE
     }

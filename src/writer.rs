@@ -174,15 +174,19 @@ impl WriteSide {
         if st.pending.is_some() || !queue.is_empty() {
             return FastWrite::Later;
         }
-        match send_now(&self.sock, frame) {
+        let written = match send_now(&self.sock, frame) {
             Ok(n) if n == frame.len() => FastWrite::Done,
             Ok(n) if n > 0 => {
                 st.pending = Some((frame.clone(), n));
                 FastWrite::Started
             }
             // Full socket, or an error the writer will meet on its next write.
-            _ => FastWrite::Later,
+            _ => return FastWrite::Later,
+        };
+        if frame.is_close() {
+            st.close_sent = true;
         }
+        written
     }
 }
 
@@ -455,6 +459,21 @@ mod tests {
         let (dtx, _drx) = outbound(8);
         assert_eq!(side.try_write_now(&text("now"), &dtx), FastWrite::Done);
         assert_eq!(read_exactly(&mut client, 5), b"\x81\x03now");
+    }
+
+    #[test]
+    fn a_close_the_hub_writes_is_the_last_frame() {
+        let (side, mut client) = pair();
+        let (dtx, _drx) = outbound(8);
+        assert_eq!(
+            side.try_write_now(&WireFrame::close(1001, ""), &dtx),
+            FastWrite::Done
+        );
+        assert_eq!(side.try_write_now(&text("after"), &dtx), FastWrite::Done);
+        side.sock.shutdown(Shutdown::Write).unwrap();
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"\x88\x02\x03\xe9");
     }
 
     #[test]
