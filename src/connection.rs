@@ -299,7 +299,7 @@ fn serve(sock: Arc<TcpStream>, id: ConnId, upgrade: Upgrade, writer: WriterLink,
         request,
         data: data_tx.clone(),
         ctrl: ctrl_tx.clone(),
-        sock: sock.clone(),
+        write: side.clone(),
         hub: shared.hub.clone(),
         write_timeout: config.write_timeout,
     });

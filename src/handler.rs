@@ -9,7 +9,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::net::{Shutdown, TcpStream};
+use std::net::Shutdown;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +23,7 @@ use crate::handshake::{Endpoint, Request};
 use crate::hub::Hub;
 use crate::registry::ConnId;
 use crate::wire::WireFrame;
-use crate::writer::Ctrl;
+use crate::writer::{Ctrl, FastWrite, WriteSide};
 
 /// Serves the connections on one path.
 ///
@@ -103,7 +103,7 @@ struct ConnInner {
     topic: Arc<str>,
     data: OutboundTx,
     ctrl: Sender<Ctrl>,
-    sock: Arc<TcpStream>,
+    write: Arc<WriteSide>,
     hub: Hub,
     write_timeout: Duration,
 }
@@ -123,7 +123,7 @@ pub(crate) struct ConnParts {
     pub request: Request,
     pub data: OutboundTx,
     pub ctrl: Sender<Ctrl>,
-    pub sock: Arc<TcpStream>,
+    pub write: Arc<WriteSide>,
     pub hub: Hub,
     pub write_timeout: Duration,
 }
@@ -138,7 +138,7 @@ impl Connection {
                 topic,
                 data: p.data,
                 ctrl: p.ctrl,
-                sock: p.sock,
+                write: p.write,
                 hub: p.hub,
                 write_timeout: p.write_timeout,
             }),
@@ -164,10 +164,12 @@ impl Connection {
         &self.inner.topic
     }
 
-    /// Queues `msg` for this client. Waits while the client's queue is full, for at most
-    /// the write timeout; if it is still full then, the client is not reading, the
-    /// connection is cut and [`SendError::SlowConsumer`] returned. A `Close` message
-    /// starts the close handshake, as [`Connection::close`] does.
+    /// Sends `msg` to this client: at once, from this thread, when the connection's writer
+    /// is idle and the socket has room (no thread is woken), else through its queue.
+    /// Waits while the queue is full, for at most the write timeout; if it is still full
+    /// then, the client is not reading, the connection is cut and
+    /// [`SendError::SlowConsumer`] returned. A `Close` message starts the close
+    /// handshake, as [`Connection::close`] does.
     pub fn send(&self, msg: Message) -> Result<(), SendError> {
         if let Message::Close(frame) = msg {
             let (code, reason) = frame
@@ -178,6 +180,19 @@ impl Connection {
         let Some(frame) = WireFrame::from_message(msg) else {
             return Ok(());
         };
+        match self
+            .inner
+            .write
+            .try_write_now(&frame, &self.inner.data, &self.inner.ctrl)
+        {
+            FastWrite::Done => return Ok(()),
+            FastWrite::Started => {
+                // The writer finishes the frame; a full control channel wakes it anyway.
+                let _ = self.inner.ctrl.try_send(Ctrl::Resume);
+                return Ok(());
+            }
+            FastWrite::Later => {}
+        }
         match self.inner.data.push_timeout(frame, self.inner.write_timeout) {
             Ok(()) => Ok(()),
             Err(PushError::Timeout) => {
@@ -218,7 +233,7 @@ impl Connection {
     /// Cuts the connection at once (no Close frame): both directions shut, which wakes
     /// its reader and writer.
     pub(crate) fn cut(&self) {
-        let _ = self.inner.sock.shutdown(Shutdown::Both);
+        let _ = self.inner.write.sock.shutdown(Shutdown::Both);
     }
 }
 

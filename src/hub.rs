@@ -97,7 +97,7 @@ impl Peer for PeerHandle {
     /// Writes at once when the connection's writer is idle (no wake-up, no queueing),
     /// else queues for it.
     fn offer(&self, frame: &WireFrame) -> Offer {
-        match self.write.try_write_now(frame, &self.data) {
+        match self.write.try_write_now(frame, &self.data, &self.ctrl) {
             FastWrite::Done => Offer::Queued,
             FastWrite::Started => {
                 // A full control channel means the writer is about to wake anyway, and
@@ -117,7 +117,7 @@ impl PeerHandle {
     /// read). A Close the hub wrote itself arms no timer in the writer; the drain's own
     /// deadline cuts a client that never answers.
     fn going_away(&self, close: &WireFrame) {
-        match self.write.try_write_now(close, &self.data) {
+        match self.write.try_write_now(close, &self.data, &self.ctrl) {
             FastWrite::Done => {}
             FastWrite::Started => {
                 let _ = self.ctrl.try_send(Ctrl::Resume);

@@ -29,13 +29,15 @@
 //!
 //! Waking a thread costs more than writing a small frame: in the benchmarks, a broadcast
 //! to 1000 subscribers that woke 1000 writer threads spent most of the core on wake-ups
-//! and managed half the deliveries asked of it. So the hub may write a frame itself, but
-//! only when that cannot block or reorder anything: the writer is not writing (the hub
-//! *tries* the per-connection write lock, never waits for it), nothing is queued ahead of
-//! the frame, and the socket takes the whole frame at once (a non-blocking `sendmsg`).
-//! Otherwise the frame is queued as before. The writer thread takes the lock for every
-//! write it makes, and takes frames off the queue only while holding it, so "the queue
-//! is empty" under the lock means every earlier frame is on the wire. A frame the socket
+//! and managed half the deliveries asked of it. So the hub (and a handler's
+//! [`Connection::send`](crate::Connection::send), for an echo) may write a frame itself,
+//! but only when that cannot block or reorder anything: the writer is not writing (the
+//! sender *tries* the per-connection write lock, never waits for it), nothing is queued
+//! ahead of the frame, data or control (a Pong waiting for the writer goes first), and the
+//! socket takes the whole frame at once (a non-blocking `sendmsg`). Otherwise the frame is
+//! queued as before. The writer thread takes the lock for every write it makes, and takes
+//! messages off both channels only while holding it, so "both channels are empty" under
+//! the lock means every earlier frame is on the wire. A frame the socket
 //! took only part of is left in the lock's state for the writer, which finishes it before
 //! anything else. Whoever holds the lock writes: one writer at a time, always whole
 //! frames, and all blocking writes (those that can wait up to the write timeout) stay on
@@ -54,7 +56,7 @@ use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Select, TryRecvError, never};
+use crossbeam_channel::{Receiver, Select, Sender, TryRecvError, never};
 
 use crate::queue::{OutboundRx, OutboundTx};
 use crate::wire::{WireFrame, frames_through_close};
@@ -155,10 +157,16 @@ impl WriteSide {
         Ok(st)
     }
 
-    /// The hub's fast path: writes `frame` now if nobody is writing, nothing is queued
-    /// ahead of it, and the socket takes it without waiting. Never blocks.
-    pub(crate) fn try_write_now(&self, frame: &WireFrame, queue: &OutboundTx) -> FastWrite {
-        if !queue.is_empty() {
+    /// The fast path: writes `frame` now if nobody is writing, nothing is queued ahead of
+    /// it (data or control: a Pong the reader queued goes first), and the socket takes it
+    /// without waiting. Never blocks.
+    pub(crate) fn try_write_now(
+        &self,
+        frame: &WireFrame,
+        queue: &OutboundTx,
+        ctrl: &Sender<Ctrl>,
+    ) -> FastWrite {
+        if !queue.is_empty() || !ctrl.is_empty() {
             return FastWrite::Later;
         }
         let mut st = match self.state.try_lock() {
@@ -169,9 +177,9 @@ impl WriteSide {
         if st.close_sent {
             return FastWrite::Done;
         }
-        // Checked again under the lock: the writer takes frames off the queue only while
-        // holding it, so an empty queue now means every earlier frame is on the wire.
-        if st.pending.is_some() || !queue.is_empty() {
+        // Checked again under the lock: the writer takes messages off both channels only
+        // while holding it, so empty channels now mean every earlier frame is on the wire.
+        if st.pending.is_some() || !queue.is_empty() || !ctrl.is_empty() {
             return FastWrite::Later;
         }
         let written = match send_now(&self.sock, frame) {
@@ -225,23 +233,29 @@ impl Writer {
         timers: WriterTimers,
     ) -> io::Result<WriterEnd> {
         let mut data = queue.rx.clone();
+        // Its own handle, so the lock guard does not borrow `self`.
+        let side = self.side.clone();
         let mut next_ping = Instant::now() + timers.ping_interval;
         let mut close_deadline: Option<Instant> = None;
         loop {
-            // Control first.
-            match ctrl.try_recv() {
-                Ok(msg) => {
-                    if self.on_ctrl(msg, &queue, &mut close_deadline, timers)? {
-                        return Ok(WriterEnd::Finished);
+            {
+                // Control first, then data; both taken off their channels only under the
+                // write lock (see `WriteSide::try_write_now`).
+                let mut st = side.begin()?;
+                match ctrl.try_recv() {
+                    Ok(msg) => {
+                        if self.on_ctrl(msg, &mut st, &queue, &mut close_deadline, timers)? {
+                            return Ok(WriterEnd::Finished);
+                        }
+                        continue;
                     }
+                    Err(TryRecvError::Disconnected) => return Ok(WriterEnd::Finished),
+                    Err(TryRecvError::Empty) => {}
+                }
+                if !data.is_empty() {
+                    self.write_queued(&st, &queue)?;
                     continue;
                 }
-                Err(TryRecvError::Disconnected) => return Ok(WriterEnd::Finished),
-                Err(TryRecvError::Empty) => {}
-            }
-            if !data.is_empty() {
-                self.write_queued(&queue)?;
-                continue;
             }
             let wake = close_deadline.unwrap_or(next_ping);
             let timeout = wake.saturating_duration_since(Instant::now());
@@ -277,13 +291,13 @@ impl Writer {
     fn on_ctrl(
         &mut self,
         msg: Ctrl,
+        st: &mut WriteState,
         data: &OutboundRx,
         close_deadline: &mut Option<Instant>,
         timers: WriterTimers,
     ) -> io::Result<bool> {
         match msg {
             Ctrl::Raw(bytes) => {
-                let mut st = self.side.begin()?;
                 if !st.close_sent {
                     let (upto, is_close) = frames_through_close(&bytes);
                     if is_close {
@@ -298,7 +312,6 @@ impl Writer {
                 }
             }
             Ctrl::Close { code, reason } => {
-                let mut st = self.side.begin()?;
                 if !st.close_sent {
                     flush_queued(&self.side.sock, &mut self.batch, data)?;
                     write_frames(&self.side.sock, &[WireFrame::close(code, &reason)])?;
@@ -306,17 +319,16 @@ impl Writer {
                     *close_deadline = Some(Instant::now() + timers.close_timeout);
                 }
             }
-            // `begin` finishes the frame the hub started.
-            Ctrl::Resume => drop(self.side.begin()?),
+            // The caller's `begin` finished the frame the hub started.
+            Ctrl::Resume => {}
             Ctrl::Finish => return Ok(true),
         }
         Ok(false)
     }
 
-    /// Writes up to a batch of queued frames in one call, under the write lock; after a
-    /// Close they are dropped instead.
-    fn write_queued(&mut self, data: &OutboundRx) -> io::Result<()> {
-        let st = self.side.begin()?;
+    /// Writes up to a batch of queued frames in one call; the caller holds the write
+    /// lock. After a Close they are dropped instead.
+    fn write_queued(&mut self, st: &WriteState, data: &OutboundRx) -> io::Result<()> {
         while self.batch.len() < MAX_BATCH {
             match data.rx.try_recv() {
                 Ok(f) => self.batch.push(f),
@@ -457,7 +469,10 @@ mod tests {
     fn the_hub_writes_at_once_to_an_idle_connection() {
         let (side, mut client) = pair();
         let (dtx, _drx) = outbound(8);
-        assert_eq!(side.try_write_now(&text("now"), &dtx), FastWrite::Done);
+        assert_eq!(
+            side.try_write_now(&text("now"), &dtx, &bounded(1).0),
+            FastWrite::Done
+        );
         assert_eq!(read_exactly(&mut client, 5), b"\x81\x03now");
     }
 
@@ -466,10 +481,13 @@ mod tests {
         let (side, mut client) = pair();
         let (dtx, _drx) = outbound(8);
         assert_eq!(
-            side.try_write_now(&WireFrame::close(1001, ""), &dtx),
+            side.try_write_now(&WireFrame::close(1001, ""), &dtx, &bounded(1).0),
             FastWrite::Done
         );
-        assert_eq!(side.try_write_now(&text("after"), &dtx), FastWrite::Done);
+        assert_eq!(
+            side.try_write_now(&text("after"), &dtx, &bounded(1).0),
+            FastWrite::Done
+        );
         side.sock.shutdown(Shutdown::Write).unwrap();
         let mut got = Vec::new();
         client.read_to_end(&mut got).unwrap();
@@ -477,11 +495,23 @@ mod tests {
     }
 
     #[test]
+    fn a_pong_waiting_for_the_writer_is_not_overtaken() {
+        let (side, _client) = pair();
+        let (dtx, _drx) = outbound(8);
+        let (ctx, _crx) = bounded(8);
+        ctx.send(Ctrl::Raw(vec![0x8A, 0x00])).unwrap();
+        assert_eq!(side.try_write_now(&text("echo"), &dtx, &ctx), FastWrite::Later);
+    }
+
+    #[test]
     fn the_hub_queues_behind_frames_already_queued() {
         let (side, _client) = pair();
         let (dtx, _drx) = outbound(8);
         dtx.try_push(text("first"));
-        assert_eq!(side.try_write_now(&text("second"), &dtx), FastWrite::Later);
+        assert_eq!(
+            side.try_write_now(&text("second"), &dtx, &bounded(1).0),
+            FastWrite::Later
+        );
     }
 
     #[test]
@@ -489,7 +519,10 @@ mod tests {
         let (side, _client) = pair();
         let (dtx, _drx) = outbound(8);
         let held = side.begin().unwrap();
-        assert_eq!(side.try_write_now(&text("x"), &dtx), FastWrite::Later);
+        assert_eq!(
+            side.try_write_now(&text("x"), &dtx, &bounded(1).0),
+            FastWrite::Later
+        );
         drop(held);
     }
 
@@ -505,7 +538,10 @@ mod tests {
         .unwrap();
         ctx.send(Ctrl::Finish).unwrap();
         assert_eq!(run(side.clone(), drx, crx, TIMERS), WriterEnd::Finished);
-        assert_eq!(side.try_write_now(&text("late"), &dtx), FastWrite::Done);
+        assert_eq!(
+            side.try_write_now(&text("late"), &dtx, &bounded(1).0),
+            FastWrite::Done
+        );
         let mut got = Vec::new();
         client.read_to_end(&mut got).unwrap();
         assert_eq!(got, b"\x88\x02\x03\xe8");
