@@ -12,7 +12,8 @@
 //! decides the answer); on an upgrade, spawn the writer ([`crate::writer`]), register
 //! with the hub, and loop on tungstenite's blocking `read()`. tungstenite's automatic
 //! Pong and Close replies go through [`ReaderStream`]'s `Write`, which forwards them to the
-//! writer, the one thread that writes the socket.
+//! writer thread; a handler's echo is written at once when the writer is idle, else queued
+//! for it (the write lock in [`crate::writer`] keeps one writer at a time).
 
 use std::borrow::Cow;
 use std::io::{self, Read, Write};
