@@ -56,7 +56,7 @@ use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Select, Sender, TryRecvError, never};
+use crossbeam_channel::{Receiver, Select, Sender, TryRecvError};
 
 use crate::queue::{OutboundRx, OutboundTx};
 use crate::wire::{WireFrame, frames_through_close};
@@ -232,7 +232,12 @@ impl Writer {
         ctrl: Receiver<Ctrl>,
         timers: WriterTimers,
     ) -> io::Result<WriterEnd> {
-        let mut data = queue.rx.clone();
+        let data = &queue.rx;
+        // Built once: waits until a channel is ready without taking anything off it, since
+        // frames leave the queue only under the write lock (see `WriteSide::try_write_now`).
+        let mut ready = Select::new_biased();
+        ready.recv(&ctrl);
+        let data_index = ready.recv(data);
         // Its own handle, so the lock guard does not borrow `self`.
         let side = self.side.clone();
         let mut next_ping = Instant::now() + timers.ping_interval;
@@ -259,14 +264,9 @@ impl Writer {
             }
             let wake = close_deadline.unwrap_or(next_ping);
             let timeout = wake.saturating_duration_since(Instant::now());
-            // Wait until a channel is ready without taking anything off it: frames leave
-            // the queue only under the write lock (see `WriteSide::try_write_now`).
-            let mut ready = Select::new_biased();
-            ready.recv(&ctrl);
-            let data_index = ready.recv(&data);
             match ready.ready_timeout(timeout) {
                 // Ready but empty: every data sender is gone; serve control until Finish.
-                Ok(i) if i == data_index && data.is_empty() => data = never(),
+                Ok(i) if i == data_index && data.is_empty() => ready.remove(data_index),
                 // Control or data: the top of the loop takes it.
                 Ok(_) => {}
                 Err(_) => {
