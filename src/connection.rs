@@ -135,7 +135,6 @@ fn spawn_writer(sock: &Arc<TcpStream>, config: &Config) -> io::Result<WriterLink
     let (data, data_rx) = outbound(config.queue_size);
     let (ctrl, ctrl_rx) = bounded(CTRL_QUEUE);
     let timers = WriterTimers {
-        ping_interval: config.ping_interval,
         close_timeout: config.drain_timeout,
     };
     let side = Arc::new(WriteSide::new(sock.clone()));

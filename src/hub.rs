@@ -1,10 +1,13 @@
 //! The hub thread: the one owner of the connection registry and of fan-out.
 //!
 //! **Owns** the [`Registry`] of open connections (no `Mutex`: no other thread can reach
-//! it), and the sockets of connections still in their handshake, so a drain can cut
-//! those too. **Woken** by [`HubMsg`]s on its bounded inbox: register and unregister from
-//! connection threads, broadcasts from handlers and from the embedding program's own
-//! threads, and the shutdown steps. **Ends** on [`HubMsg::Stop`], which the shutdown
+//! it), their keep-alive [`PingSchedule`], and the sockets of connections still in their
+//! handshake, so a drain can cut those too. **Woken** by [`HubMsg`]s on its bounded
+//! inbox (register and unregister from connection threads, broadcasts from handlers and
+//! from the embedding program's own threads, the shutdown steps) and by the next ping
+//! coming due: it pings every open connection once per `ping_interval`, through the same
+//! fast path as a broadcast, so no writer keeps a timer or wakes to ping (see
+//! [`crate::keepalive`]). **Ends** on [`HubMsg::Stop`], which the shutdown
 //! sequence sends once every connection thread has ended, or when every sender is gone.
 //!
 //! The hub never blocks on a client. Each broadcast is offered to every member: written
@@ -25,8 +28,9 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::{Shutdown, TcpStream};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 
 use crate::queue::OutboundTx;
 use log::{debug, info, trace};
@@ -34,6 +38,7 @@ use tungstenite::Message;
 
 use crate::close_policy::GOING_AWAY;
 use crate::error::SendError;
+use crate::keepalive::PingSchedule;
 use crate::registry::{ConnId, Offer, Peer, Registry};
 use crate::wire::WireFrame;
 use crate::writer::{Ctrl, FastWrite, WriteSide};
@@ -193,24 +198,37 @@ impl Hub {
 }
 
 /// Runs the hub loop until [`HubMsg::Stop`]. See the module docs.
-pub(crate) fn run(inbox: Receiver<HubMsg>) {
+pub(crate) fn run(inbox: Receiver<HubMsg>, ping_interval: Duration) {
     let mut registry: Registry<PeerHandle> = Registry::default();
+    let mut pings = PingSchedule::new(ping_interval);
     // Connections still in their HTTP handshake: only a drain's cut needs them.
     let mut handshaking: HashMap<ConnId, Arc<TcpStream>> = HashMap::new();
     let mut draining = false;
     let mut cutting = false;
-    // Encoded once, for every connection the drain closes.
+    // Encoded once each: every connection gets the same bytes.
     let going_away = WireFrame::close(GOING_AWAY, GOING_AWAY_REASON);
-    while let Ok(msg) = inbox.recv() {
+    let ping = WireFrame::ping();
+    loop {
+        // Sleep until a message arrives or the next ping is due; nothing else wakes us.
+        let next = match pings.next_due() {
+            Some(due) if !draining => inbox.recv_deadline(due),
+            _ => inbox.recv().map_err(|_| RecvTimeoutError::Disconnected),
+        };
+        let msg = match next {
+            Ok(msg) => Some(msg),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
         match msg {
-            HubMsg::Accepted { id, sock } => {
+            None => {}
+            Some(HubMsg::Accepted { id, sock }) => {
                 if cutting {
                     let _ = sock.shutdown(Shutdown::Both);
                 } else {
                     handshaking.insert(id, sock);
                 }
             }
-            HubMsg::Register { id, topic, peer } => {
+            Some(HubMsg::Register { id, topic, peer }) => {
                 handshaking.remove(&id);
                 if cutting {
                     peer.cut();
@@ -220,12 +238,15 @@ pub(crate) fn run(inbox: Receiver<HubMsg>) {
                     peer.going_away(&going_away);
                 }
                 registry.insert(id, &topic, peer);
+                pings.add(id, Instant::now());
             }
-            HubMsg::Unregister(id) => {
+            Some(HubMsg::Unregister(id)) => {
                 handshaking.remove(&id);
-                registry.remove(id);
+                if registry.remove(id).is_some() {
+                    pings.compact(registry.len(), |id| registry.contains(id));
+                }
             }
-            HubMsg::Broadcast { topic, frame } => {
+            Some(HubMsg::Broadcast { topic, frame }) => {
                 let out = registry.broadcast(&topic, &frame);
                 trace!("broadcast on {topic} queued for {}", out.delivered);
                 for (id, peer) in out.slow {
@@ -233,7 +254,7 @@ pub(crate) fn run(inbox: Receiver<HubMsg>) {
                     peer.cut();
                 }
             }
-            HubMsg::Drain(reply) => {
+            Some(HubMsg::Drain(reply)) => {
                 draining = true;
                 debug!("hub: closing {} connections with 1001", registry.len());
                 for (_, peer) in registry.iter() {
@@ -241,7 +262,7 @@ pub(crate) fn run(inbox: Receiver<HubMsg>) {
                 }
                 let _ = reply.send(registry.len());
             }
-            HubMsg::Cut => {
+            Some(HubMsg::Cut) => {
                 cutting = true;
                 for (_, peer) in registry.iter() {
                     peer.cut();
@@ -250,7 +271,20 @@ pub(crate) fn run(inbox: Receiver<HubMsg>) {
                     let _ = sock.shutdown(Shutdown::Both);
                 }
             }
-            HubMsg::Stop => break,
+            Some(HubMsg::Stop) => break,
+        }
+        // After a Close nothing more may be sent (RFC 6455 §5.5.1), pings included.
+        if !draining {
+            // A ping is offered like a broadcast: written at once by a non-blocking send
+            // when the writer is idle, else queued behind what is waiting. A full queue is
+            // left alone: the next broadcast or the write timeout deals with that client.
+            pings.ping_due(Instant::now(), |id| match registry.get(id) {
+                Some(peer) => {
+                    let _ = peer.offer(&ping);
+                    true
+                }
+                None => false,
+            });
         }
     }
 }

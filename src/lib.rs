@@ -155,6 +155,7 @@ mod error;
 mod handler;
 mod handshake;
 mod hub;
+mod keepalive;
 mod queue;
 mod rate_limit;
 mod registry;

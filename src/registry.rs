@@ -117,6 +117,17 @@ impl<P: Peer> Registry<P> {
         Broadcast { delivered, slow }
     }
 
+    /// The peer registered as `id`, if it is.
+    pub fn get(&self, id: ConnId) -> Option<&P> {
+        let (topic, at) = self.index.get(&id)?;
+        self.topics.get(topic)?.get(*at).map(|(_, peer)| peer)
+    }
+
+    /// Is `id` registered?
+    pub fn contains(&self, id: ConnId) -> bool {
+        self.index.contains_key(&id)
+    }
+
     /// Every registered connection.
     pub fn iter(&self) -> impl Iterator<Item = (ConnId, &P)> {
         self.topics.values().flatten().map(|(id, p)| (*id, p))
@@ -221,6 +232,18 @@ mod tests {
         }
         assert_eq!(r.len(), 0);
         assert_eq!(r.topic_len("/chat"), 0);
+    }
+
+    #[test]
+    fn get_finds_a_member_after_others_leave() {
+        let mut r = Registry::default();
+        for id in 0..4 {
+            r.insert(id, "/chat", Fake::with_capacity(id as usize + 1));
+        }
+        r.remove(1);
+        // id 3 was swapped into id 1's slot.
+        assert_eq!(r.get(3).map(|p| p.capacity), Some(4));
+        assert!(r.get(1).is_none() && !r.contains(1) && r.contains(3));
     }
 
     #[test]

@@ -65,7 +65,8 @@ impl ServerBuilder {
 
         let (hub_tx, hub_rx) = bounded(HUB_QUEUE);
         let hub = Hub::new(hub_tx);
-        let hub_thread = spawn("wshub-hub", move || hub::run(hub_rx))?;
+        let ping_interval = config.ping_interval;
+        let hub_thread = spawn("wshub-hub", move || hub::run(hub_rx, ping_interval))?;
 
         let (overflow_tx, overflow_rx) = bounded(accept::OVERFLOW_QUEUE);
         let overflow = spawn("wshub-overflow", move || accept::run_overflow(overflow_rx))?;

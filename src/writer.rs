@@ -4,7 +4,10 @@
 //! fact that matters for them: whether a Close frame has gone out. **Woken** by its two
 //! channels — the bounded data queue (broadcasts the hub could not write at once, a
 //! handler's sends) and the small control channel (tungstenite's automatic Pong and Close
-//! replies, a Close to send, "the reader is done") — and by its ping timer. **Ends** when
+//! replies, a Close to send, "the reader is done") — and by nothing else: it keeps no
+//! ping timer (the hub pings, see [`crate::keepalive`]), so an idle connection's writer
+//! sleeps until there is something to write. The one timer it arms is the wait for the
+//! peer's answer after it sent a Close. **Ends** when
 //! the reader says it is done, when a write fails or blocks for the write timeout, or when
 //! the peer has not answered our Close within the drain timeout; it then shuts the socket
 //! down, which also wakes the reader.
@@ -90,11 +93,9 @@ pub(crate) enum Ctrl {
     Finish,
 }
 
-/// The writer's timers.
+/// The writer's one timer.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct WriterTimers {
-    /// How often to ping.
-    pub ping_interval: Duration,
     /// How long to wait for the peer's Close after ours before cutting the connection.
     pub close_timeout: Duration,
 }
@@ -240,7 +241,6 @@ impl Writer {
         let data_index = ready.recv(data);
         // Its own handle, so the lock guard does not borrow `self`.
         let side = self.side.clone();
-        let mut next_ping = Instant::now() + timers.ping_interval;
         let mut close_deadline: Option<Instant> = None;
         loop {
             {
@@ -262,27 +262,18 @@ impl Writer {
                     continue;
                 }
             }
-            let wake = close_deadline.unwrap_or(next_ping);
-            let timeout = wake.saturating_duration_since(Instant::now());
-            match ready.ready_timeout(timeout) {
+            let woken = match close_deadline {
+                Some(deadline) => ready.ready_deadline(deadline).ok(),
+                None => Some(ready.ready()),
+            };
+            match woken {
                 // Ready but empty: every data sender is gone; serve control until Finish.
-                Ok(i) if i == data_index && data.is_empty() => ready.remove(data_index),
+                Some(i) if i == data_index && data.is_empty() => ready.remove(data_index),
                 // Control or data: the top of the loop takes it.
-                Ok(_) => {}
-                Err(_) => {
-                    if close_deadline.is_some_and(|d| Instant::now() >= d) {
-                        // RFC 6455 §7.1.1: the server may close the TCP connection
-                        // itself when the peer does not answer in time.
-                        return Ok(WriterEnd::Cut);
-                    }
-                    if Instant::now() >= next_ping {
-                        let st = self.side.begin()?;
-                        if !st.close_sent {
-                            write_frames(&self.side.sock, &[WireFrame::ping()])?;
-                        }
-                        next_ping = Instant::now() + timers.ping_interval;
-                    }
-                }
+                Some(_) => {}
+                // RFC 6455 §7.1.1: the server may close the TCP connection itself when
+                // the peer does not answer our Close in time.
+                None => return Ok(WriterEnd::Cut),
             }
         }
     }
@@ -567,7 +558,6 @@ mod tests {
     }
 
     const TIMERS: WriterTimers = WriterTimers {
-        ping_interval: Duration::from_secs(60),
         close_timeout: Duration::from_secs(5),
     };
 
@@ -624,7 +614,6 @@ mod tests {
         .unwrap();
         let timers = WriterTimers {
             close_timeout: Duration::from_millis(50),
-            ..TIMERS
         };
         assert_eq!(run(server, drx, crx, timers), WriterEnd::Cut);
     }

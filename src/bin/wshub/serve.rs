@@ -25,10 +25,10 @@ pub struct Args {
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     handshake_timeout: Duration,
     /// Close a client that sends nothing, not even a pong, for this long.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
     idle_timeout: Duration,
     /// Ping every client this often; must be shorter than --idle-timeout.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
     ping_interval: Duration,
     /// Disconnect a client when a write to it blocks this long.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
@@ -111,4 +111,24 @@ pub fn run(args: Args) -> ExitCode {
         report.connections, report.elapsed
     );
     ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    /// The CLI adds nothing of its own: with no flags it is `Config::default()`.
+    #[test]
+    fn flag_defaults_are_the_library_defaults() {
+        let from_flags = Cli::parse_from(["wshub"]).args.into_config();
+        assert_eq!(format!("{from_flags:?}"), format!("{:?}", Config::default()));
+    }
 }
