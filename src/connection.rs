@@ -316,21 +316,6 @@ fn serve(sock: Arc<TcpStream>, id: ConnId, upgrade: Upgrade, writer: WriterLink,
         })
         .is_ok();
 
-    let ws_config = WebSocketConfig::default()
-        .read_buffer_size(config.read_buffer_size)
-        // Every frame tungstenite writes (a Pong, a Close reply) goes out at once.
-        .write_buffer_size(0)
-        .max_message_size(Some(config.max_message_size))
-        .max_frame_size(Some(config.max_frame_size.min(config.max_message_size)));
-    let (stream, leftover) = Screened::new(
-        ReaderStream {
-            sock: sock.clone(),
-            ctrl: ctrl_tx.clone(),
-        },
-        leftover,
-    );
-    let mut ws = WebSocket::from_partially_read(stream, leftover, Role::Server, Some(ws_config));
-
     let end = if !registered {
         // The hub has stopped: the server is going away.
         ReadEnd::Fail {
@@ -340,6 +325,7 @@ fn serve(sock: Arc<TcpStream>, id: ConnId, upgrade: Upgrade, writer: WriterLink,
     } else if let Err(why) = guarded(id, "on_open", || handler.on_open(&conn)) {
         why
     } else {
+        let mut ws = open_websocket(&sock, &ctrl_tx, leftover, config);
         read_loop(id, &mut ws, &conn, &*handler, config)
     };
 
@@ -358,7 +344,6 @@ fn serve(sock: Arc<TcpStream>, id: ConnId, upgrade: Upgrade, writer: WriterLink,
         });
     }
     let _ = ctrl_tx.send(Ctrl::Finish);
-    drop(ws);
     drop(ctrl_tx);
     let writer_end = writer.join().unwrap_or(WriterEnd::Cut);
     let _ = shared.hub.send(HubMsg::Unregister(id));
@@ -368,6 +353,42 @@ fn serve(sock: Arc<TcpStream>, id: ConnId, upgrade: Upgrade, writer: WriterLink,
         linger(&sock);
     }
     debug!("connection {id}: ended");
+}
+
+/// tungstenite's protocol state for the WebSocket phase, on the heap.
+///
+/// Why a `Box`, built in a frame of its own: the reader's stack must stay within two
+/// pages for ten thousand idle readers to cost two pages each. glibc puts the thread's
+/// descriptor and TLS at the top of its stack (about 4.4 KiB here), leaving about 3.7 KiB
+/// for `run`, `serve`, the read loop and a `read` down into tungstenite; a 320-byte
+/// `WebSocket` and its construction's temporaries in `serve`'s frame pushed the deepest
+/// read just past the second page, which cost every connection another 4 KiB.
+#[inline(never)]
+fn open_websocket(
+    sock: &Arc<TcpStream>,
+    ctrl: &Sender<Ctrl>,
+    leftover: Vec<u8>,
+    config: &Config,
+) -> Box<WebSocket<Screened<ReaderStream>>> {
+    let ws_config = WebSocketConfig::default()
+        .read_buffer_size(config.read_buffer_size)
+        // Every frame tungstenite writes (a Pong, a Close reply) goes out at once.
+        .write_buffer_size(0)
+        .max_message_size(Some(config.max_message_size))
+        .max_frame_size(Some(config.max_frame_size.min(config.max_message_size)));
+    let (stream, leftover) = Screened::new(
+        ReaderStream {
+            sock: sock.clone(),
+            ctrl: ctrl.clone(),
+        },
+        leftover,
+    );
+    Box::new(WebSocket::from_partially_read(
+        stream,
+        leftover,
+        Role::Server,
+        Some(ws_config),
+    ))
 }
 
 /// Reads messages until the read side ends, and says how it ended.

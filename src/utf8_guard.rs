@@ -28,8 +28,11 @@
 use std::io::{Read, Write};
 use std::{error, fmt, io};
 
-/// Text payload bytes unmasked and checked per `from_utf8` call.
-const SCRATCH: usize = 256;
+/// Text payload bytes unmasked and checked per `from_utf8` call. A stack buffer on the
+/// deepest path a reader thread takes, so kept small: every reader's stack must fit in
+/// two pages (see `connection::open_websocket`), and 128 bytes per call costs a long
+/// message one extra loop turn per 128 bytes, nothing next to the `read` that brought it.
+const SCRATCH: usize = 128;
 
 /// The error [`Utf8Guard`] makes a read return; see [`is_invalid_utf8`].
 #[derive(Debug)]
@@ -270,7 +273,12 @@ impl Utf8Guard {
                 &masked[done..done + take],
                 self.mask,
             );
-            self.mask.rotate_left(take % 4);
+            // `[u8; 4]::rotate_left` would do, but it runs a general slice rotation with a
+            // stack buffer, deeper than this whole read path (see `connection::open_websocket`
+            // on why reader stack depth matters); as one big-endian word it is one instruction.
+            self.mask = u32::from_be_bytes(self.mask)
+                .rotate_left(8 * (take % 4) as u32)
+                .to_be_bytes();
             let piece = &scratch[..carried + take];
             self.tail_len = 0;
             if let Err(e) = std::str::from_utf8(piece) {
