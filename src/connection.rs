@@ -18,6 +18,7 @@
 use std::borrow::Cow;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
+use std::os::fd::AsRawFd;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -44,6 +45,7 @@ use crate::writer::{self, CTRL_QUEUE, Ctrl, WriteSide, WriterEnd, WriterTimers};
 /// its side. Closing a socket with unread bytes makes the kernel send RST, which can
 /// destroy our last response or Close frame before the client reads it; a short linger
 /// lets the client's FIN arrive first. One second covers any loopback or LAN peer.
+/// Skipped after a finished close handshake with nothing unread (see [`serve`]).
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
 
 /// Bytes read per `read` call while waiting for the request head.
@@ -74,18 +76,25 @@ impl Drop for SlotGuard {
 /// tungstenite gets it wrapped in [`Screened`], which checks text messages for invalid
 /// UTF-8 as they arrive (RFC 6455 §8.1).
 struct ReaderStream {
-    sock: Arc<TcpStream>,
+    side: Arc<WriteSide>,
     ctrl: Sender<Ctrl>,
 }
 
 impl Read for ReaderStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        (&*self.sock).read(buf)
+        (&*self.side.sock).read(buf)
     }
 }
 
 impl Write for ReaderStream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        // tungstenite does not know about a Close the hub or the writer sent, so it
+        // answers the client's reply to it with a Close of its own, which the writer would
+        // only drop (RFC 6455 §5.5.1: nothing after a Close). Dropping it here saves
+        // waking the writer for nothing: one wake-up per connection in a drain.
+        if self.side.has_sent_close() {
+            return Ok(buf.len());
+        }
         // Blocks while the control channel is full; the writer always drains it or ends
         // (write timeout), and its end disconnects the channel.
         self.ctrl
@@ -311,7 +320,7 @@ fn serve(sock: Arc<TcpStream>, id: ConnId, upgrade: Upgrade, writer: WriterLink,
             peer: PeerHandle {
                 data: data_tx,
                 ctrl: ctrl_tx.clone(),
-                write: side,
+                write: side.clone(),
             },
         })
         .is_ok();
@@ -325,10 +334,11 @@ fn serve(sock: Arc<TcpStream>, id: ConnId, upgrade: Upgrade, writer: WriterLink,
     } else if let Err(why) = guarded(id, "on_open", || handler.on_open(&conn)) {
         why
     } else {
-        let mut ws = open_websocket(&sock, &ctrl_tx, leftover, config);
+        let mut ws = open_websocket(&side, &ctrl_tx, leftover, config);
         read_loop(id, &mut ws, &conn, &*handler, config)
     };
 
+    let handshake_done = end == ReadEnd::Done;
     let close = match end {
         ReadEnd::Done => None,
         ReadEnd::Idle => Some((GOING_AWAY, "idle timeout")),
@@ -349,10 +359,31 @@ fn serve(sock: Arc<TcpStream>, id: ConnId, upgrade: Upgrade, writer: WriterLink,
     let _ = shared.hub.send(HubMsg::Unregister(id));
     let _ = guarded(id, "on_close", || handler.on_close(&conn));
     drop(conn);
-    if writer_end == WriterEnd::Finished {
+    // After a finished close handshake the client has sent its Close and must send
+    // nothing more (RFC 6455 §5.5.1), so closing cannot make the kernel answer unread
+    // bytes with an RST: end now, rather than a round trip later when its FIN comes. A
+    // connection that ended any other way, or a client still sending, gets the linger.
+    if writer_end == WriterEnd::Finished && !(handshake_done && nothing_unread(&sock)) {
         linger(&sock);
     }
     debug!("connection {id}: ended");
+}
+
+/// Nothing the client sent is waiting to be read (end of stream and errors count as
+/// nothing): a non-blocking peek, without touching the socket's blocking mode.
+fn nothing_unread(sock: &TcpStream) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: the descriptor is open for the call (we hold the TcpStream), and recv(2)
+    // writes at most 1 byte into `byte`, which outlives the call.
+    let n = unsafe {
+        libc::recv(
+            sock.as_raw_fd(),
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n <= 0
 }
 
 /// tungstenite's protocol state for the WebSocket phase, on the heap.
@@ -365,7 +396,7 @@ fn serve(sock: Arc<TcpStream>, id: ConnId, upgrade: Upgrade, writer: WriterLink,
 /// read just past the second page, which cost every connection another 4 KiB.
 #[inline(never)]
 fn open_websocket(
-    sock: &Arc<TcpStream>,
+    side: &Arc<WriteSide>,
     ctrl: &Sender<Ctrl>,
     leftover: Vec<u8>,
     config: &Config,
@@ -378,7 +409,7 @@ fn open_websocket(
         .max_frame_size(Some(config.max_frame_size.min(config.max_message_size)));
     let (stream, leftover) = Screened::new(
         ReaderStream {
-            sock: sock.clone(),
+            side: side.clone(),
             ctrl: ctrl.clone(),
         },
         leftover,

@@ -158,6 +158,17 @@ impl WriteSide {
         Ok(st)
     }
 
+    /// Whether a Close has gone out, when that can be known without waiting (a writer
+    /// in the middle of a write holds the lock: then `false`, and whatever the caller
+    /// queues is dropped by the writer instead).
+    pub(crate) fn has_sent_close(&self) -> bool {
+        match self.state.try_lock() {
+            Ok(st) => st.close_sent,
+            Err(TryLockError::Poisoned(p)) => p.into_inner().close_sent,
+            Err(TryLockError::WouldBlock) => false,
+        }
+    }
+
     /// The fast path: writes `frame` now if nobody is writing, nothing is queued ahead of
     /// it (data or control: a Pong the reader queued goes first), and the socket takes it
     /// without waiting. Never blocks.

@@ -278,6 +278,43 @@ fn client_initiated_close_is_answered_once_with_its_code() {
 }
 
 #[test]
+fn a_finished_close_handshake_frees_the_connection_without_waiting_for_the_clients_fin() {
+    watchdog(LIMIT, || {
+        let server = start(test_config());
+        let mut raw = Raw::connect(server.local_addr(), "/echo");
+        raw.send_frame(0x88, &[0x03, 0xE8]);
+        assert_eq!(raw.read_close_code(), Some(1000));
+        // We keep our socket open. With the close handshake done and nothing unread, the
+        // server has no reason to linger (up to 1 s) for our FIN: its threads end now.
+        let started = Instant::now();
+        while server.connections() > 0 {
+            assert!(
+                started.elapsed() < Duration::from_millis(500),
+                "the connection outlived its close handshake by {:?}",
+                started.elapsed()
+            );
+            thread::sleep(Duration::from_millis(5));
+        }
+        let rest = raw.rest_until_eof().expect("a clean FIN, not a reset");
+        assert!(rest.is_empty(), "bytes after the Close: {rest:x?}");
+    });
+}
+
+#[test]
+fn a_client_still_sending_after_an_error_close_gets_the_close_before_any_reset() {
+    watchdog(LIMIT, || {
+        let server = start(test_config());
+        let mut raw = Raw::connect(server.local_addr(), "/echo");
+        // An unmasked frame is a protocol error (RFC 6455 §5.1): Close 1002. The bytes
+        // after it are still unread when the server ends; it must linger, not reset.
+        let mut bad = vec![0x81, 0x02, b'h', b'i'];
+        bad.extend(std::iter::repeat_n(0x81u8, 4096));
+        std::io::Write::write_all(&mut raw.sock, &bad).unwrap();
+        assert_eq!(raw.read_close_code(), Some(1002));
+    });
+}
+
+#[test]
 fn shutdown_delivers_queued_messages_before_close_1001() {
     watchdog(LIMIT, || {
         let server = start(test_config());

@@ -26,7 +26,9 @@ enum Command {
 
 fn main() -> ExitCode {
     // Logs go to stderr; RUST_LOG overrides the default level (info).
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
+        .init();
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve::run(args),
