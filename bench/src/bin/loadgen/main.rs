@@ -40,6 +40,14 @@ struct Cli {
     /// Seconds one connect + handshake may take before it counts as failed.
     #[arg(long, default_value_t = 10.0)]
     connect_timeout: f64,
+    /// Keep the generator's thread busy polling instead of sleeping in epoll_wait. On
+    /// loopback the sender's system call runs the receiver's TCP receive path and wakes
+    /// the receiver (a cross-core interrupt, a VM exit here), all charged to the server's
+    /// core; on a real network that work happens on the client's machine. With this flag
+    /// the receiver is never asleep, so the server pays for its sends only. Reported
+    /// `loadgen_cpu_pct` is then 100 and says nothing about headroom.
+    #[arg(long)]
+    busy_poll: bool,
     #[command(subcommand)]
     mode: Mode,
 }
@@ -288,6 +296,15 @@ fn main() {
         .build()
         .expect("runtime");
     let out = rt.block_on(async {
+        if cli.busy_poll {
+            // Never idle, so the runtime never parks in epoll_wait: it polls with a zero
+            // timeout between tasks, and a server's send finds nobody to wake.
+            tokio::spawn(async {
+                loop {
+                    tokio::task::yield_now().await;
+                }
+            });
+        }
         match &cli.mode {
             Mode::Echo {
                 conns,
