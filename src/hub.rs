@@ -46,7 +46,13 @@ use crate::writer::{Ctrl, FastWrite, WriteSide};
 /// Messages the hub's inbox holds. When it is full, senders (readers relaying chat
 /// messages, the embedding program) wait: that is back-pressure from a hub that is
 /// momentarily behind, and the hub itself never waits on anyone, so it always drains.
-pub(crate) const HUB_QUEUE: usize = 4096;
+///
+/// Sized so that every connection of a full default server (ten thousand) can leave at
+/// once, as in a drain, without its reader waiting here: each sends one `Unregister`
+/// while the hub is still busy closing everyone. With 4096 slots, readers queued up
+/// behind a full inbox and a 10 000-connection drain took 0.2-0.4 s longer. The slots
+/// are allocated up front: 16 384 x 96 bytes, 1.5 MiB per server.
+pub(crate) const HUB_QUEUE: usize = 16384;
 
 /// The reason sent with the drain's Close 1001.
 const GOING_AWAY_REASON: &str = "server shutting down";

@@ -16,20 +16,21 @@
 //!                    +---------------+   bounded(64) sockets    +-----------------+
 //!                            | spawns one per client
 //!                            v
-//!   client ==bytes==> +---------------+  HubMsg (bounded 4096)    +------------+
+//!   client ==bytes==> +---------------+  HubMsg (bounded 16384)   +------------+
 //!                     | reader thread |  Register / Broadcast /   | hub thread |
 //!                     |  handshake,   |  Unregister ------------> |  owns the  |
-//!                     |  tungstenite  |                           |  registry  |
-//!                     |  read(), your |  Ctrl (bounded 8):        +------------+
-//!                     |  Handler      |  Pong/Close replies,           | never blocks:
-//!                     +---------------+  Close, Finish                 | writer idle? send
+//!                     |  tungstenite  |                           |  registry, |
+//!                     |  read(), your |  Ctrl (bounded 8):        |  pings all |
+//!                     |  Handler      |  Pong/Close replies,      +------------+
+//!                     +---------------+  Close, Finish                 | broadcasts, pings:
+//!                            |  |             |                        | writer idle? send
 //!                            |  |             |                        | now, else queue
 //!                            |  +--- data ----|------> WireFrame queue (bounded 256)
 //!                            |   (echo, send) v              |        |
 //!                            |          +---------------+ <--+        |
 //!   client <==bytes======================| writer thread |<-- write lock (one writer at
 //!                            | spawns    | blocking      |    a time; has a Close gone
-//!                            +---------->| writes, pings |    out?) ---+
+//!                            +---------->| writes        |    out?) ---+
 //!                                        +---------------+
 //!
 //!   shutdown (ctrlc / ShutdownHandle) -> drain: stop accept -> hub: Close 1001 to all
@@ -50,11 +51,13 @@
 //!   every member: written at once when the member's writer is idle and its socket has
 //!   room (a non-blocking send under the connection's write lock, so no thread is woken),
 //!   else queued without waiting. A full queue marks a slow consumer, which is cut while
-//!   everyone else carries on.
+//!   everyone else carries on. The hub also pings every connection once per
+//!   `ping_interval` the same way, so an idle connection's threads sleep until its client
+//!   sends something (its Pong, at the least).
 //!
 //! Each of those lives in a module of its own name: `accept`, `connection`, `writer`,
 //! `hub`, `shutdown`; the I/O-free rules they apply sit in `handshake`, `registry`,
-//! `close_policy`, `rate_limit`, `utf8_guard` and `wire`, each with unit tests and no
+//! `keepalive`, `close_policy`, `rate_limit`, `utf8_guard` and `wire`, each with unit tests and no
 //! sockets.
 //!
 //! ## Why threads
