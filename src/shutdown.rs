@@ -126,6 +126,8 @@ pub(crate) fn drain(r: Running) -> DrainReport {
         all_done = matches!(r.alive.recv_deadline(grace), Err(RecvTimeoutError::Disconnected));
     }
 
+    debug!("connections ended after {:.2?}", start.elapsed());
+
     // 5. Join.
     let mut abandoned_threads = 0;
     for h in handles {
@@ -140,6 +142,7 @@ pub(crate) fn drain(r: Running) -> DrainReport {
     }
     let _ = r.hub.send(HubMsg::Stop);
     let _ = r.hub_thread.join();
+    debug!("every thread joined after {:.2?}", start.elapsed());
     DrainReport {
         connections,
         cut,
