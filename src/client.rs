@@ -149,7 +149,7 @@ pub struct ClientConfig {
     pub ping_interval: Option<Duration>,
     /// Nothing at all received (not even a Pong) for this long ends the connection with
     /// [`ClientError::IdleTimeout`]. Must be longer than `ping_interval`. `None`: wait
-    /// forever. Default 60 s (the wshub server pings every 10 s).
+    /// forever. Default 60 s (three of its own ping intervals; the wshub server pings every 30 s).
     pub idle_timeout: Option<Duration>,
     /// `Origin` header for the handshake; servers with an allowlist check it.
     pub origin: Option<String>,
