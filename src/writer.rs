@@ -7,10 +7,10 @@
 //! replies, a Close to send, "the reader is done") — and by nothing else: it keeps no
 //! ping timer (the hub pings, see [`crate::keepalive`]), so an idle connection's writer
 //! sleeps until there is something to write. The one timer it arms is the wait for the
-//! peer's answer after it sent a Close. **Ends** when
-//! the reader says it is done, when a write fails or blocks for the write timeout, or when
-//! the peer has not answered our Close within the drain timeout; it then shuts the socket
-//! down, which also wakes the reader.
+//! peer's answer after it sent a Close. **Ends** when the reader says it is done, when a
+//! write fails or blocks for the write timeout, or when the peer has not answered our
+//! Close within the drain timeout; it then shuts the socket down, which also wakes the
+//! reader.
 //!
 //! # Why a writer thread, and how tungstenite's replies get here
 //!

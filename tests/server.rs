@@ -234,6 +234,50 @@ fn ping_during_a_broadcast_storm_gets_its_pong() {
 }
 
 #[test]
+fn the_hubs_pings_queue_in_order_for_a_client_that_is_not_reading() {
+    watchdog(LIMIT, || {
+        let mut config = test_config();
+        config.queue_size = 1000;
+        config.ping_interval = Duration::from_millis(100);
+        config.idle_timeout = Duration::from_secs(5);
+        let server = start(config);
+        let mut ws = connect(server.local_addr(), "/chat");
+        ws.send(Message::text("joined")).unwrap();
+        assert_eq!(next_data(&mut ws), Message::text("joined"));
+        // 100 x 64 KiB is more than the socket buffers hold while we do not read: the
+        // writer blocks and the rest queues, and so do the hub's pings (its non-blocking
+        // send only writes when nothing is queued).
+        let big = "b".repeat(64 * 1024);
+        let broadcast = |i: usize| {
+            let msg = format!("{i:03}{big}");
+            server.hub().broadcast("/chat", Message::text(msg)).unwrap();
+        };
+        (0..100).for_each(broadcast);
+        // Five ping intervals: the pings this test is about come due, behind message 99.
+        thread::sleep(Duration::from_millis(500));
+        (100..200).for_each(broadcast);
+        let mut pings_after = vec![0; 200];
+        let mut data = 0;
+        while data < 200 {
+            match ws.read().unwrap() {
+                Message::Text(t) => {
+                    assert_eq!(&t[..3], format!("{data:03}"), "broadcasts in order");
+                    data += 1;
+                }
+                Message::Ping(_) if data > 0 => pings_after[data - 1] += 1,
+                // A slow machine may ping before the first broadcast is sent.
+                Message::Ping(_) => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert!(
+            pings_after[99] >= 3,
+            "pinged every 100 ms during the 500 ms between messages 99 and 100: {pings_after:?}"
+        );
+    });
+}
+
+#[test]
 fn a_connection_never_sends_two_close_frames() {
     watchdog(LIMIT, || {
         let server = start(test_config());
