@@ -301,6 +301,7 @@ fn serve(sock: Arc<TcpStream>, id: ConnId, upgrade: Upgrade, writer: WriterLink,
         ctrl: ctrl_tx,
         side,
     } = writer;
+    let finish = FinishWriter(ctrl_tx.clone());
     let config = &shared.config;
 
     let conn = Connection::new(ConnParts {
@@ -353,7 +354,7 @@ fn serve(sock: Arc<TcpStream>, id: ConnId, upgrade: Upgrade, writer: WriterLink,
             reason: Cow::Borrowed(reason),
         });
     }
-    let _ = ctrl_tx.send(Ctrl::Finish);
+    drop(finish);
     drop(ctrl_tx);
     let writer_end = writer.join().unwrap_or(WriterEnd::Cut);
     let _ = shared.hub.send(HubMsg::Unregister(id));
@@ -367,6 +368,19 @@ fn serve(sock: Arc<TcpStream>, id: ConnId, upgrade: Upgrade, writer: WriterLink,
         linger(&sock);
     }
     debug!("connection {id}: ended");
+}
+
+/// Sends the writer its [`Ctrl::Finish`] when dropped: at the reader's orderly end, and
+/// also if the reader unwinds from a panic. The writer keeps no timer, so without this a
+/// writer whose reader died would wait for a `Finish` that never comes (a `Connection`
+/// the handler kept elsewhere holds its channel open).
+struct FinishWriter(Sender<Ctrl>);
+
+impl Drop for FinishWriter {
+    fn drop(&mut self) {
+        // Waits only while the control channel is full: the writer drains it or ends.
+        let _ = self.0.send(Ctrl::Finish);
+    }
 }
 
 /// Nothing the client sent is waiting to be read (end of stream and errors count as
