@@ -339,7 +339,7 @@ fn serve(sock: Arc<TcpStream>, id: ConnId, upgrade: Upgrade, writer: WriterLink,
         read_loop(id, &mut ws, &conn, &*handler, config)
     };
 
-    let handshake_done = end == ReadEnd::Done;
+    let close_handshake_done = end == ReadEnd::Done;
     let close = match end {
         ReadEnd::Done => None,
         ReadEnd::Idle => Some((GOING_AWAY, "idle timeout")),
@@ -364,7 +364,7 @@ fn serve(sock: Arc<TcpStream>, id: ConnId, upgrade: Upgrade, writer: WriterLink,
     // nothing more (RFC 6455 §5.5.1), so closing cannot make the kernel answer unread
     // bytes with an RST: end now, rather than a round trip later when its FIN comes. A
     // connection that ended any other way, or a client still sending, gets the linger.
-    if writer_end == WriterEnd::Finished && !(handshake_done && nothing_unread(&sock)) {
+    if writer_end == WriterEnd::Finished && !(close_handshake_done && nothing_unread(&sock)) {
         linger(&sock);
     }
     debug!("connection {id}: ended");
