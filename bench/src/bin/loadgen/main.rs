@@ -554,9 +554,10 @@ async fn broadcast(
                     s.last_recv = last;
                 }
             }
-            if !disconnected {
-                let _ = timeout(Duration::from_secs(2), ws.close(1000)).await;
-            }
+            // Closed only once every subscriber is done: a subscriber closing as soon as
+            // it has the last message would wake the server's reader for it while the
+            // server is still sending that message to the others.
+            (!disconnected).then_some(ws)
         }));
     }
     // Publisher: message k leaves at pub_start + k/rate (catching up if late); its own
@@ -599,13 +600,21 @@ async fn broadcast(
     // Keep reading the publisher's copies while the subscribers finish.
     let mut sub_tasks = futures_util::future::join_all(tasks);
     let mut pub_alive = pub_err.is_none();
+    let mut open_subs = Vec::new();
     loop {
         tokio::select! {
-            _ = &mut sub_tasks => break,
+            done = &mut sub_tasks => {
+                open_subs = done.into_iter().filter_map(|r| r.ok().flatten()).collect();
+                break;
+            }
             r = publisher.recv(), if pub_alive => if r.is_err() || matches!(r, Ok(Msg::Close(_))) { pub_alive = false },
             _ = sleep_until(deadline + Duration::from_secs(5)) => break,
         }
     }
+    futures_util::future::join_all(open_subs.into_iter().map(|mut ws| async move {
+        let _ = timeout(Duration::from_secs(2), ws.close(1000)).await;
+    }))
+    .await;
     if pub_alive {
         publisher.auto_pong = true;
         let _ = timeout(Duration::from_secs(2), publisher.close(1000)).await;
