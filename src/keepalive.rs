@@ -98,23 +98,24 @@ mod tests {
 
     const SEC: Duration = Duration::from_secs(1);
 
+    /// Pings what is due at `now`, every connection still open; who was pinged, in order.
+    fn ping_open(s: &mut PingSchedule, now: Instant) -> Vec<ConnId> {
+        let mut pinged = Vec::new();
+        s.ping_due(now, |id| {
+            pinged.push(id);
+            true
+        });
+        pinged
+    }
+
     #[test]
     fn a_connection_is_first_pinged_one_interval_after_it_registers() {
         let t0 = Instant::now();
         let mut s = PingSchedule::new(10 * SEC);
         s.add(1, t0);
         assert_eq!(s.next_due(), Some(t0 + 10 * SEC));
-        let mut pinged = Vec::new();
-        s.ping_due(t0 + 9 * SEC, |id| {
-            pinged.push(id);
-            true
-        });
-        assert!(pinged.is_empty());
-        s.ping_due(t0 + 10 * SEC, |id| {
-            pinged.push(id);
-            true
-        });
-        assert_eq!(pinged, [1]);
+        assert!(ping_open(&mut s, t0 + 9 * SEC).is_empty());
+        assert_eq!(ping_open(&mut s, t0 + 10 * SEC), [1]);
     }
 
     #[test]
@@ -123,7 +124,7 @@ mod tests {
         let mut s = PingSchedule::new(10 * SEC);
         s.add(1, t0);
         // The hub woke late: the next ping counts from when this one went out.
-        s.ping_due(t0 + 12 * SEC, |_| true);
+        ping_open(&mut s, t0 + 12 * SEC);
         assert_eq!(s.next_due(), Some(t0 + 22 * SEC));
     }
 
@@ -134,12 +135,7 @@ mod tests {
         for (id, at) in [(7, 0), (3, 1), (9, 2)] {
             s.add(id, t0 + at * SEC);
         }
-        let mut pinged = Vec::new();
-        s.ping_due(t0 + 11 * SEC, |id| {
-            pinged.push(id);
-            true
-        });
-        assert_eq!(pinged, [7, 3]);
+        assert_eq!(ping_open(&mut s, t0 + 11 * SEC), [7, 3]);
         assert_eq!(s.next_due(), Some(t0 + 12 * SEC));
     }
 
@@ -150,12 +146,7 @@ mod tests {
         s.add(1, t0);
         s.add(2, t0);
         s.ping_due(t0 + 10 * SEC, |id| id == 2);
-        let mut pinged = Vec::new();
-        s.ping_due(t0 + 40 * SEC, |id| {
-            pinged.push(id);
-            true
-        });
-        assert_eq!(pinged, [2]);
+        assert_eq!(ping_open(&mut s, t0 + 40 * SEC), [2]);
     }
 
     #[test]
@@ -179,11 +170,6 @@ mod tests {
         // ...past it, one pass keeps only the open ones, in order.
         s.compact(10, |id| id < 10);
         assert_eq!(s.len(), 10);
-        let mut pinged = Vec::new();
-        s.ping_due(t0 + 10 * SEC, |id| {
-            pinged.push(id);
-            true
-        });
-        assert_eq!(pinged, (0..10).collect::<Vec<_>>());
+        assert_eq!(ping_open(&mut s, t0 + 10 * SEC), (0..10).collect::<Vec<_>>());
     }
 }
