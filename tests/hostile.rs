@@ -11,11 +11,8 @@
 
 mod support;
 
-use std::io::{self, BufRead, Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::sync::{Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -799,71 +796,19 @@ fn handler_panic_closes_only_its_connection_with_1011() {
 
 /// A `wshub serve` child, optionally with a lowered descriptor limit; killed (by its
 /// PID) on drop, so a failing test leaves no process behind.
-struct ChildServer {
-    child: Child,
-    addr: SocketAddr,
-    lines: mpsc::Receiver<String>,
-}
+struct ChildServer(ServeProcess);
 
 impl ChildServer {
     fn start(nofile: Option<libc::rlim_t>, args: &[&str]) -> ChildServer {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_wshub"));
-        command
-            .arg("serve")
-            .args(["--addr", "127.0.0.1:0"])
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        if let Some(nofile) = nofile {
-            let mut limit = libc::rlimit {
-                rlim_cur: 0,
-                rlim_max: 0,
-            };
-            // SAFETY: getrlimit writes one rlimit through a valid pointer.
-            assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) }, 0);
-            limit.rlim_cur = nofile; // the soft limit; the hard one stays
-            // SAFETY: between fork and exec the closure only calls setrlimit(2), which
-            // is async-signal-safe, on a value computed before the fork.
-            unsafe {
-                command.pre_exec(move || {
-                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
-                        Ok(())
-                    } else {
-                        Err(io::Error::last_os_error())
-                    }
-                });
-            }
-        }
-        let mut child = command.spawn().expect("wshub starts");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        thread::spawn(move || {
-            for line in io::BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut server = ChildServer {
-            child,
-            addr: "0.0.0.0:0".parse().unwrap(),
-            lines,
-        };
-        let line = server.wait_for_line("listening on ", Duration::from_secs(10));
-        server.addr = line
-            .split("listening on ")
-            .nth(1)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
-        server
+        ChildServer(ServeProcess::start_with_nofile(nofile, args))
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.0.addr
     }
 
     fn pid(&self) -> u32 {
-        self.child.id()
+        self.0.child.id()
     }
 
     /// Running (not exited, not a zombie), read from /proc without reaping it.
@@ -874,15 +819,7 @@ impl ChildServer {
     }
 
     fn wait_for_line(&self, needle: &str, limit: Duration) -> String {
-        let deadline = Instant::now() + limit;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return line,
-                Ok(_) => {}
-                Err(_) => panic!("no log line containing {needle:?} within {limit:?}"),
-            }
-        }
+        self.0.wait_for_line(needle, limit)
     }
 
     /// User plus system CPU time the child has used so far.
@@ -905,24 +842,7 @@ impl ChildServer {
     }
 
     fn wait_for_threads(&self, baseline: usize, limit: Duration) -> usize {
-        let deadline = Instant::now() + limit;
-        loop {
-            let n = self.threads();
-            if n <= baseline || Instant::now() >= deadline {
-                return n;
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for ChildServer {
-    fn drop(&mut self) {
-        // Only the child this test started, by its PID.
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
+        wait_for_count(baseline, limit, || self.threads())
     }
 }
 
@@ -931,7 +851,7 @@ fn out_of_file_descriptors_is_logged_backed_off_and_survived() {
     let _serial = serial();
     watchdog(Duration::from_secs(45), || {
         let server = ChildServer::start(Some(32), &["--handshake-timeout", "30s"]);
-        let addr = server.addr;
+        let addr = server.addr();
         let own_baseline = settled_thread_count();
         let child_baseline = server.threads();
         // Connections that never send a request hold a descriptor each in the server
@@ -986,7 +906,7 @@ fn limit_flags_of_wshub_serve_are_enforced() {
                 "3",
             ],
         );
-        let addr = server.addr;
+        let addr = server.addr();
         let baseline = server.threads();
         let good = "Origin: https://good.example\r\n";
         let r = http_exchange(

@@ -76,9 +76,14 @@ pub fn thread_count() -> usize {
 /// last count seen. Threads end asynchronously after their last message, so there is
 /// no event to wait on from outside the server.
 pub fn wait_for_threads(baseline: usize, limit: Duration) -> usize {
+    wait_for_count(baseline, limit, thread_count)
+}
+
+/// Polls `count` (bounded) until it is at most `baseline`; returns the last value seen.
+pub fn wait_for_count(baseline: usize, limit: Duration, count: impl Fn() -> usize) -> usize {
     let deadline = Instant::now() + limit;
     loop {
-        let n = thread_count();
+        let n = count();
         if n <= baseline || Instant::now() >= deadline {
             return n;
         }
@@ -206,14 +211,46 @@ pub struct ServeProcess {
 impl ServeProcess {
     /// Starts `wshub serve --addr 127.0.0.1:0 ARGS...` and waits for `listening on`.
     pub fn start(args: &[&str]) -> ServeProcess {
+        ServeProcess::start_with_nofile(None, args)
+    }
+
+    /// As [`ServeProcess::start`], with the child's soft open-files limit set to `nofile`
+    /// (when given) before it runs.
+    pub fn start_with_nofile(nofile: Option<libc::rlim_t>, args: &[&str]) -> ServeProcess {
         use std::io::BufRead;
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_wshub"))
+        use std::os::unix::process::CommandExt;
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_wshub"));
+        command
             .arg("serve")
             .args(["--addr", "127.0.0.1:0"])
             .args(args)
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("wshub starts");
+            // The `listening on` line this waits for is an info line, whatever the
+            // caller's environment says.
+            .env("RUST_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        if let Some(nofile) = nofile {
+            let mut limit = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: getrlimit writes one rlimit through a valid pointer.
+            assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) }, 0);
+            limit.rlim_cur = nofile; // the soft limit; the hard one stays
+            // SAFETY: between fork and exec the closure only calls setrlimit(2), which
+            // is async-signal-safe, on a value computed before the fork.
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
+        let mut child = command.spawn().expect("wshub starts");
         let stderr = child.stderr.take().unwrap();
         let (tx, lines) = mpsc::channel();
         thread::spawn(move || {
