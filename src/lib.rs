@@ -147,45 +147,25 @@
 
 #![deny(missing_docs)]
 
-mod accept;
-pub mod backoff;
-mod capacity;
 pub mod client;
-pub mod close_policy;
-mod config;
-mod connection;
-mod error;
-mod handler;
-mod handshake;
-mod hub;
-mod keepalive;
-mod queue;
-mod rate_limit;
-mod registry;
-mod server;
-mod shutdown;
-mod utf8_guard;
-mod wire;
-mod writer;
+pub mod server;
+mod ws;
 
-pub use config::{
-    Config, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_FRAME_SIZE, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_QUEUE_SIZE,
-    DEFAULT_READ_BUFFER_SIZE, DEFAULT_THREAD_STACK_SIZE, MAX_REQUEST_HEAD, MIN_THREAD_STACK_SIZE,
-    parse_duration, parse_size,
+pub use server::{
+    Chat, Config, ConfigError, Connection, DrainReport, Echo, Error, HEALTH_PATH, Handler, Hub, SendError,
+    Server, ServerBuilder, ShutdownHandle,
 };
-pub use error::{ConfigError, Error, SendError};
-pub use handler::{Chat, Connection, Echo, HEALTH_PATH, Handler};
-pub use handshake::Request;
-pub use hub::Hub;
-pub use server::{Server, ServerBuilder};
-pub use shutdown::{DrainReport, ShutdownHandle};
 pub use tungstenite::Message;
+pub use ws::handshake::{MAX_REQUEST_HEAD, Request};
 
-/// The request-head parser, the handshake decision and the reader's UTF-8 screening,
+/// The request-head parser, the handshake decision, the close policy and the reader's
+/// UTF-8 screening,
 /// exposed for the fuzz targets (`fuzz/`) only. Not part of the stable API.
 #[doc(hidden)]
 pub mod fuzzing {
-    pub use crate::config::MAX_REQUEST_HEADERS;
-    pub use crate::handshake::{Answer, Endpoint, Reject, Status, answer, parse_head};
-    pub use crate::utf8_guard::Screened;
+    pub use crate::ws::close_policy;
+    pub use crate::ws::handshake::{
+        Answer, Endpoint, MAX_REQUEST_HEADERS, Reject, Status, answer, parse_head,
+    };
+    pub use crate::ws::utf8_guard::Screened;
 }

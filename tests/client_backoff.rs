@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use wshub::backoff::{Backoff, BackoffConfig};
+use wshub::client::backoff::{Backoff, BackoffConfig};
 
 fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s)

@@ -1,7 +1,7 @@
 //! Fuzzes what a client may send after the upgrade, through the server's read path:
 //! the reader's UTF-8 screening ([`wshub::fuzzing::Screened`]) under tungstenite's
 //! server-side `WebSocket`, with the configuration a wshub reader thread uses, reading
-//! from an in-memory socket, then [`wshub::close_policy::classify`] on the error that
+//! from an in-memory socket, then [`wshub::fuzzing::close_policy::classify`] on the error that
 //! ends it, as the reader thread does.
 //!
 //! The same bytes also go through tungstenite alone, and the two must agree: the same
@@ -27,7 +27,7 @@ use std::io::{self, Read, Write};
 use libfuzzer_sys::fuzz_target;
 use tungstenite::Message;
 use tungstenite::protocol::{Role, WebSocket, WebSocketConfig};
-use wshub::close_policy::{self, ReadEnd};
+use wshub::fuzzing::close_policy::{self, ReadEnd};
 use wshub::fuzzing::Screened;
 
 /// The client's side of the socket, in memory.

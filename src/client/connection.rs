@@ -44,7 +44,7 @@ use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 use tungstenite::protocol::{CloseFrame, WebSocket, WebSocketConfig};
 use tungstenite::{Error as WsError, Message};
 
-use crate::wire::frames_through_close;
+use crate::ws::wire::frames_through_close;
 
 use super::{
     CTRL_QUEUE_SIZE, ClientConfig, ClientError, EVENT_QUEUE_SIZE, Event, THREAD_STACK_SIZE, WsUrl, after,

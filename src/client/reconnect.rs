@@ -31,7 +31,7 @@ use super::connection::Client;
 use super::{
     ClientConfig, ClientError, EVENT_QUEUE_SIZE, Event, THREAD_STACK_SIZE, WsUrl, after, close_frame,
 };
-use crate::backoff::{Backoff, BackoffConfig};
+use crate::client::backoff::{Backoff, BackoffConfig};
 
 /// Configuration of a [`ReconnectingClient`]: the connection's, the backoff's, and when
 /// to give up.

@@ -25,13 +25,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::Duration;
 
+use crate::args::parse_duration;
 use crossbeam_channel::{Receiver, Sender, bounded, select};
 use wshub::Message;
-use wshub::backoff::BackoffConfig;
+use wshub::client::backoff::BackoffConfig;
 use wshub::client::{
     ClientConfig, ClientError, CloseFrame, Event, ReconnectConfig, ReconnectingClient, WsUrl,
 };
-use wshub::parse_duration;
 
 /// Flags of `wshub connect`.
 #[derive(clap::Args, Debug)]

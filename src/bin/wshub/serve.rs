@@ -10,7 +10,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use log::{error, info};
-use wshub::{Config, Server, parse_duration, parse_size};
+use wshub::{Config, Server};
+
+use crate::args::{parse_duration, parse_size};
 
 /// Flags of `wshub serve`. Defaults are [`wshub::Config::default`]'s.
 #[derive(clap::Args, Debug)]
@@ -19,7 +21,7 @@ pub struct Args {
     #[arg(long, default_value = "127.0.0.1:8080")]
     addr: SocketAddr,
     /// Messages queued per client before it is disconnected as a slow consumer.
-    #[arg(long, default_value_t = wshub::DEFAULT_QUEUE_SIZE)]
+    #[arg(long, default_value_t = 256)]
     queue_size: usize,
     /// Time a client has to send its complete HTTP request (e.g. 5s).
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
@@ -37,7 +39,7 @@ pub struct Args {
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     drain_timeout: Duration,
     /// Connections beyond this get 503.
-    #[arg(long, default_value_t = wshub::DEFAULT_MAX_CONNECTIONS)]
+    #[arg(long, default_value_t = 10_000)]
     max_connections: usize,
     /// Allowed Origin (repeatable). None given: any origin.
     #[arg(long = "allowed-origin", value_name = "ORIGIN")]

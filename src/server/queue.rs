@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, bounded, unbounded};
 
-use crate::registry::Offer;
-use crate::wire::WireFrame;
+use crate::server::registry::Offer;
+use crate::ws::wire::WireFrame;
 
 /// The senders' half. Cheap to clone.
 #[derive(Clone, Debug)]

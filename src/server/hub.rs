@@ -7,12 +7,12 @@
 //! from the embedding program's own threads, the shutdown steps) and by the next ping
 //! coming due: it pings every open connection once per `ping_interval`, through the same
 //! fast path as a broadcast, so no writer keeps a timer or wakes to ping (see
-//! [`crate::keepalive`]). **Ends** on [`HubMsg::Stop`], which the shutdown
+//! [`crate::ws::keepalive`]). **Ends** on [`HubMsg::Stop`], which the shutdown
 //! sequence sends once every connection thread has ended, or when every sender is gone.
 //!
 //! The hub never blocks on a client. Each broadcast is offered to every member: written
 //! at once when that member's writer is idle and its socket has room (a non-blocking
-//! send under the connection's write lock, see [`crate::writer`]), else pushed on its
+//! send under the connection's write lock, see [`crate::server::writer`]), else pushed on its
 //! bounded queue without waiting. A member whose queue is full is a slow consumer and is
 //! cut at once (its TCP window is full, so a Close frame would sit unread behind the
 //! queue) while everyone else carries on.
@@ -32,16 +32,16 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 
-use crate::queue::OutboundTx;
+use crate::server::queue::OutboundTx;
 use log::{debug, info, trace};
 use tungstenite::Message;
 
-use crate::close_policy::GOING_AWAY;
-use crate::error::SendError;
-use crate::keepalive::PingSchedule;
-use crate::registry::{ConnId, Offer, Peer, Registry};
-use crate::wire::WireFrame;
-use crate::writer::{Ctrl, FastWrite, WriteSide};
+use crate::server::error::SendError;
+use crate::server::registry::{ConnId, Offer, Peer, Registry};
+use crate::server::writer::{Ctrl, FastWrite, WriteSide};
+use crate::ws::close_policy::GOING_AWAY;
+use crate::ws::keepalive::PingSchedule;
+use crate::ws::wire::WireFrame;
 
 /// Messages the hub's inbox holds. When it is full, senders (readers relaying chat
 /// messages, the embedding program) wait: that is back-pressure from a hub that is

@@ -3,7 +3,7 @@
 //! **Owns** nothing that runs: [`Server::start`] binds the listener and spawns the hub,
 //! accept and overflow threads, then returns at once. The [`Server`] value holds their
 //! handles until [`Server::wait`] or [`Server::shutdown`] hands them to the drain
-//! ([`crate::shutdown`]). Dropping a `Server` drains it too, so no thread outlives it.
+//! ([`crate::server::shutdown`]). Dropping a `Server` drains it too, so no thread outlives it.
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -13,14 +13,14 @@ use std::thread;
 use crossbeam_channel::{Receiver, Sender, bounded};
 use log::warn;
 
-use crate::accept::{self, Acceptor};
-use crate::capacity::{self, SystemLimits};
-use crate::config::Config;
-use crate::connection::Shared;
-use crate::error::Error;
-use crate::handler::{Handler, Routes};
-use crate::hub::{self, HUB_QUEUE, Hub};
-use crate::shutdown::{self, DrainReport, Running, ShutdownHandle};
+use crate::server::accept::{self, Acceptor};
+use crate::server::capacity::{self, SystemLimits};
+use crate::server::config::Config;
+use crate::server::connection::Shared;
+use crate::server::error::Error;
+use crate::server::handler::{Handler, Routes};
+use crate::server::hub::{self, HUB_QUEUE, Hub};
+use crate::server::shutdown::{self, DrainReport, Running, ShutdownHandle};
 
 /// Adds routes before starting a [`Server`]. Built-in routes: `/echo`, `/chat`, and the
 /// plain-HTTP `/healthz`.

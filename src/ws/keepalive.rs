@@ -1,6 +1,6 @@
 //! The keep-alive schedule: when each open connection is next pinged. I/O-free.
 //!
-//! **Owned** by the hub thread, beside the [`Registry`](crate::registry::Registry); no
+//! **Owned** by the hub thread, beside the [`Registry`](crate::server::registry::Registry); no
 //! other thread sees it. The hub sleeps on its inbox until the earliest ping is due
 //! ([`PingSchedule::next_due`]), then pings every connection whose turn has come, each
 //! through the same non-blocking fast path as a broadcast.
@@ -28,7 +28,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use crate::registry::ConnId;
+use crate::ws::ConnId;
 
 /// Stale entries tolerated before a compaction is worth its pass, on top of the live
 /// count: keeps a small server from compacting after every departure.

@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, bounded};
 use log::{debug, warn};
 
-use crate::accept;
-use crate::hub::{Hub, HubMsg};
+use crate::server::accept;
+use crate::server::hub::{Hub, HubMsg};
 
 /// After the cut, how long beyond the handshake timeout to wait for connection threads
 /// before giving up on them (only a handler stuck in user code can take that long).

@@ -2,7 +2,7 @@
 //! deciding the answer. I/O-free: bytes in, a decision and response bytes out.
 //!
 //! Owns nothing and runs on whichever connection thread calls it; the socket reading
-//! (with the handshake deadline) lives in [`crate::connection`]. We read the request
+//! (with the handshake deadline) lives in [`crate::server::connection`]. We read the request
 //! head ourselves instead of calling `tungstenite::accept`, because tungstenite drops a
 //! request that lacks the upgrade headers without writing any response, and a
 //! production server answers every request: `/healthz`, `404`, `426`, `403` and so on.
@@ -13,7 +13,12 @@
 
 use std::fmt::Write as _;
 
-use crate::config::{MAX_REQUEST_HEAD, MAX_REQUEST_HEADERS};
+/// Largest HTTP request head (request line and headers) before the upgrade; longer
+/// gets `431`. 8 KiB is what common servers (nginx's default buffer) allow.
+pub const MAX_REQUEST_HEAD: usize = 8 * 1024;
+
+/// Most headers in a request head. Browsers send about 15; 64 leaves room for proxies.
+pub const MAX_REQUEST_HEADERS: usize = 64;
 
 /// The parts of a client's HTTP request a handler may want: path, query and headers.
 ///

@@ -6,7 +6,7 @@
 //! a single frame only once all of it has arrived: a client could send a 16 MiB text
 //! frame whose first bytes are already invalid, and we would wait for (and buffer) the
 //! rest. [`Utf8Guard`] sees the client's bytes first, as the reader thread reads them
-//! from the socket (`ReaderStream::read` in [`crate::connection`]): it follows the
+//! from the socket (`ReaderStream::read` in [`crate::server::connection`]): it follows the
 //! client's frame headers, unmasks the payload of text frames and of their
 //! continuations, and validates it incrementally, carrying an incomplete code point over
 //! to the next read or the next frame.
@@ -15,7 +15,7 @@
 //! thread. It only ever withholds bytes: when a read's bytes turn out invalid, it passes
 //! on those before the offending byte (so tungstenite still reports any earlier protocol
 //! violation, and handles earlier complete messages, in stream order) and turns the next
-//! read into an [`io::Error`] that [`crate::close_policy::classify`] answers with Close
+//! read into an [`io::Error`] that [`crate::ws::close_policy::classify`] answers with Close
 //! 1007. Everything else (reserved bits, unmasked frames, bad opcodes, sizes, the
 //! reason of a Close) stays tungstenite's to check: on a frame header that breaks the
 //! protocol, or on a Close frame, the guard stops checking for good, since tungstenite

@@ -5,7 +5,7 @@
 //! channels — the bounded data queue (broadcasts the hub could not write at once, a
 //! handler's sends) and the small control channel (tungstenite's automatic Pong and Close
 //! replies, a Close to send, "the reader is done") — and by nothing else: it keeps no
-//! ping timer (the hub pings, see [`crate::keepalive`]), so an idle connection's writer
+//! ping timer (the hub pings, see [`crate::ws::keepalive`]), so an idle connection's writer
 //! sleeps until there is something to write. The one timer it arms is the wait for the
 //! peer's answer after it sent a Close. **Ends** when the reader says it is done, when a
 //! write fails or blocks for the write timeout, or when the peer has not answered our
@@ -61,8 +61,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Select, Sender, TryRecvError};
 
-use crate::queue::{OutboundRx, OutboundTx};
-use crate::wire::{WireFrame, frames_through_close};
+use crate::server::queue::{OutboundRx, OutboundTx};
+use crate::ws::wire::{WireFrame, frames_through_close};
 
 /// Frames gathered into one vectored write. 64 frames amortise the system call over a
 /// burst while keeping the `IoSlice` array (2 per frame) on the stack.
@@ -444,7 +444,7 @@ fn send_now(sock: &TcpStream, frame: &WireFrame) -> io::Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::queue::outbound;
+    use crate::server::queue::outbound;
     use crossbeam_channel::bounded;
     use std::io::Read;
     use std::net::TcpListener;

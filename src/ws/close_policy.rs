@@ -8,7 +8,7 @@ use std::io;
 
 use tungstenite::error::{CapacityError, Error, ProtocolError};
 
-use crate::utf8_guard;
+use crate::ws::utf8_guard;
 
 /// 1000: "a normal closure, meaning that the purpose for which the connection was
 /// established has been fulfilled."

@@ -8,7 +8,7 @@
 //! lowered at start to what `vm.max_map_count` and the thread limits (`kernel.threads-max`,
 //! `kernel.pid_max`, `RLIMIT_NPROC`) allow, with a warning that names the limit; past it,
 //! clients get `503` instead of a crash. File descriptors are not counted here: running
-//! out of them is survived by design (`accept` backs off, see [`crate::accept`]).
+//! out of them is survived by design (`accept` backs off, see [`crate::server::accept`]).
 //!
 //! The arithmetic ([`ceiling`]) is I/O-free; [`SystemLimits::read`] is the thin shell.
 

@@ -7,7 +7,7 @@
 //! listener itself to wake `accept()` (tiny_http's `unblock()`); dropping the listener
 //! then refuses new connections. It hands its `JoinHandle`s to the drain, which joins them.
 //!
-//! Each accepted client gets its own reader thread ([`crate::connection`]) at once, so
+//! Each accepted client gets its own reader thread ([`crate::server::connection`]) at once, so
 //! a slow handshake never delays the next `accept()`. Past `max_connections` a client
 //! gets `503` from the single overflow thread instead, so a flood costs one thread, not
 //! one per client.
@@ -27,9 +27,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use log::{debug, warn};
 
-use crate::connection::{self, Shared, SlotGuard};
-use crate::handshake::{Status, http_response};
-use crate::hub::HubMsg;
+use crate::server::connection::{self, Shared, SlotGuard};
+use crate::server::hub::HubMsg;
+use crate::ws::handshake::{Status, http_response};
 
 /// Clients waiting for their `503` at once. The overflow thread answers each in well
 /// under a millisecond when the client sends its request promptly; past 64 waiting, a

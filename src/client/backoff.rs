@@ -28,7 +28,7 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use wshub::backoff::{Backoff, BackoffConfig};
+//! use wshub::client::backoff::{Backoff, BackoffConfig};
 //!
 //! let mut backoff = Backoff::with_seed(BackoffConfig::default(), 7);
 //! let first = backoff.next_delay();

@@ -19,7 +19,7 @@
 //!
 //! A [`ReconnectingClient`] adds a *supervisor thread* that connects, forwards the
 //! connection's events to you, and after a failure or a disconnect waits
-//! [`Backoff::next_delay`](crate::backoff::Backoff::next_delay) before the next attempt.
+//! [`Backoff::next_delay`](crate::client::backoff::Backoff::next_delay) before the next attempt.
 //! It waits on a channel with a timeout, never in `thread::sleep`, so
 //! [`ReconnectingClient::stop`] **wakes** it at once; it **ends** on stop, on
 //! [`ReconnectingClient::close`], or after giving up.
@@ -79,6 +79,7 @@ use std::time::Duration;
 use tungstenite::Message;
 pub use tungstenite::protocol::CloseFrame;
 
+pub mod backoff;
 mod connection;
 mod reconnect;
 mod url;

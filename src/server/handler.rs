@@ -15,15 +15,15 @@ use std::time::Duration;
 
 use crossbeam_channel::{SendTimeoutError, Sender};
 
-use crate::queue::{OutboundTx, PushError};
+use crate::server::queue::{OutboundTx, PushError};
 use tungstenite::Message;
 
-use crate::error::SendError;
-use crate::handshake::{Endpoint, Request};
-use crate::hub::Hub;
-use crate::registry::ConnId;
-use crate::wire::WireFrame;
-use crate::writer::{Ctrl, FastWrite, WriteSide};
+use crate::server::error::SendError;
+use crate::server::hub::Hub;
+use crate::server::registry::ConnId;
+use crate::server::writer::{Ctrl, FastWrite, WriteSide};
+use crate::ws::handshake::{Endpoint, Request};
+use crate::ws::wire::WireFrame;
 
 /// Serves the connections on one path.
 ///
@@ -174,7 +174,7 @@ impl Connection {
         if let Message::Close(frame) = msg {
             let (code, reason) = frame
                 .map(|f| (u16::from(f.code), f.reason.to_string()))
-                .unwrap_or((crate::close_policy::NORMAL, String::new()));
+                .unwrap_or((crate::ws::close_policy::NORMAL, String::new()));
             return self.close(code, &reason);
         }
         let Some(frame) = WireFrame::from_message(msg) else {

@@ -8,12 +8,12 @@
 //! **Ends** when the read side ends; it then tells the writer, joins it, leaves the hub,
 //! and gives its connection slot back. No thread outlives its connection.
 //!
-//! The steps: read the request head under the handshake deadline ([`crate::handshake`]
-//! decides the answer); on an upgrade, spawn the writer ([`crate::writer`]), register
+//! The steps: read the request head under the handshake deadline ([`crate::ws::handshake`]
+//! decides the answer); on an upgrade, spawn the writer ([`crate::server::writer`]), register
 //! with the hub, and loop on tungstenite's blocking `read()`. tungstenite's automatic
 //! Pong and Close replies go through [`ReaderStream`]'s `Write`, which forwards them to the
 //! writer thread; a handler's echo is written at once when the writer is idle, else queued
-//! for it (the write lock in [`crate::writer`] keeps one writer at a time).
+//! for it (the write lock in [`crate::server::writer`] keeps one writer at a time).
 
 use std::borrow::Cow;
 use std::io::{self, Read, Write};
@@ -30,16 +30,17 @@ use log::{debug, error, warn};
 use tungstenite::Message;
 use tungstenite::protocol::{Role, WebSocket, WebSocketConfig};
 
-use crate::close_policy::{self, GOING_AWAY, INTERNAL_ERROR, POLICY_VIOLATION, ReadEnd};
-use crate::config::{Config, MAX_REQUEST_HEAD};
-use crate::handler::{ConnParts, Connection, Handler, Routes};
-use crate::handshake::{self, Answer, Reject, Request, Status};
-use crate::hub::{Hub, HubMsg, PeerHandle};
-use crate::queue::{OutboundTx, outbound};
-use crate::rate_limit::RateLimiter;
-use crate::registry::ConnId;
-use crate::utf8_guard::Screened;
-use crate::writer::{self, CTRL_QUEUE, Ctrl, WriteSide, WriterEnd, WriterTimers};
+use crate::server::config::Config;
+use crate::server::handler::{ConnParts, Connection, Handler, Routes};
+use crate::server::hub::{Hub, HubMsg, PeerHandle};
+use crate::server::queue::{OutboundTx, outbound};
+use crate::server::registry::ConnId;
+use crate::server::writer::{self, CTRL_QUEUE, Ctrl, WriteSide, WriterEnd, WriterTimers};
+use crate::ws::close_policy::{self, GOING_AWAY, INTERNAL_ERROR, POLICY_VIOLATION, ReadEnd};
+use crate::ws::handshake::MAX_REQUEST_HEAD;
+use crate::ws::handshake::{self, Answer, Reject, Request, Status};
+use crate::ws::rate_limit::RateLimiter;
+use crate::ws::utf8_guard::Screened;
 
 /// How long a finished connection keeps reading (and discarding) until the client closes
 /// its side. Closing a socket with unread bytes makes the kernel send RST, which can

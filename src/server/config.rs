@@ -12,26 +12,26 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::error::ConfigError;
+use crate::server::error::ConfigError;
 
 /// Messages a client's outbound queue holds before the client counts as a slow consumer
 /// and is disconnected. 256 frames absorb a burst of broadcasts while the writer is
 /// momentarily behind, yet cap what one stalled reader can pin: 256 shared
 /// `Arc` handles (the frame bytes themselves are shared with every other recipient).
-pub const DEFAULT_QUEUE_SIZE: usize = 256;
+pub(crate) const DEFAULT_QUEUE_SIZE: usize = 256;
 
 /// Concurrent connections (in handshake or open) before new ones get `503`. Ten
 /// thousand is what the benchmarks hold on a 2-core, 24 GiB box; each connection is two
 /// threads, so this also keeps the process far below a default `pid_max` of 32768.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+pub(crate) const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 
 /// Largest message (after reassembly of fragments) a client may send. 1 MiB is plenty
 /// for chat-like traffic and bounds what one connection can make the server buffer.
-pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 1 << 20;
+pub(crate) const DEFAULT_MAX_MESSAGE_SIZE: usize = 1 << 20;
 
 /// Largest single frame payload a client may send. tungstenite checks it from the frame
 /// header, before buffering the payload, so an announced 2^63-byte frame costs nothing.
-pub const DEFAULT_MAX_FRAME_SIZE: usize = 1 << 20;
+pub(crate) const DEFAULT_MAX_FRAME_SIZE: usize = 1 << 20;
 
 /// Bytes tungstenite reads from the socket at a time (its read buffer, allocated and
 /// zeroed per connection, so it is resident even for an idle client). tungstenite's own
@@ -40,25 +40,18 @@ pub const DEFAULT_MAX_FRAME_SIZE: usize = 1 << 20;
 /// the buffer grows to hold the frame being read, but each `read` still asks for at most
 /// this much, so a 1 MiB message takes about a thousand `read` calls (around a
 /// millisecond). Raise it (`--read-buffer-size 64KiB`) for bulk transfer.
-pub const DEFAULT_READ_BUFFER_SIZE: usize = 1024;
+pub(crate) const DEFAULT_READ_BUFFER_SIZE: usize = 1024;
 
 /// Stack reserved for each connection thread. The default Rust stack is 2 MiB of address
 /// space; only touched pages cost memory, but 20 000 threads x 2 MiB is 40 GiB of
 /// reservations. 128 KiB is several times what the reader and writer use (measured with
 /// handlers that allocate on the heap as usual) and leaves room for a user handler's
 /// moderate recursion. Raise it with `--thread-stack-size` for handlers that need more.
-pub const DEFAULT_THREAD_STACK_SIZE: usize = 128 * 1024;
+pub(crate) const DEFAULT_THREAD_STACK_SIZE: usize = 128 * 1024;
 
 /// Smallest stack we accept: below this, glibc's guard page and thread-local storage
 /// leave too little for tungstenite's parser.
-pub const MIN_THREAD_STACK_SIZE: usize = 32 * 1024;
-
-/// Largest HTTP request head (request line and headers) before the upgrade; longer
-/// gets `431`. 8 KiB is what common servers (nginx's default buffer) allow.
-pub const MAX_REQUEST_HEAD: usize = 8 * 1024;
-
-/// Most headers in a request head. Browsers send about 15; 64 leaves room for proxies.
-pub const MAX_REQUEST_HEADERS: usize = 64;
+pub(crate) const MIN_THREAD_STACK_SIZE: usize = 32 * 1024;
 
 /// Configuration of a [`Server`](crate::Server).
 ///
@@ -200,76 +193,6 @@ impl Config {
     }
 }
 
-/// Parses a duration as the CLI writes it: `500ms`, `2s`, `1m`, `1h`, or a bare number
-/// of seconds (`30`). Fractions are allowed (`1.5s`).
-///
-/// ```
-/// use std::time::Duration;
-/// assert_eq!(wshub::parse_duration("500ms"), Ok(Duration::from_millis(500)));
-/// assert_eq!(wshub::parse_duration("2"), Ok(Duration::from_secs(2)));
-/// assert!(wshub::parse_duration("soon").is_err());
-/// ```
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    if num.is_empty() {
-        return Err(format!("invalid duration {text:?} (examples: 500ms, 2s, 1m, 30)"));
-    }
-    let scale = match unit.trim() {
-        "" | "s" | "sec" | "secs" => 1.0,
-        "ms" => 0.001,
-        "m" | "min" => 60.0,
-        "h" => 3600.0,
-        other => {
-            return Err(format!(
-                "unknown duration unit {other:?} in {text:?} (use ms, s, m or h)"
-            ));
-        }
-    };
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {text:?} (examples: 500ms, 2s, 1m, 30)"))?;
-    Duration::try_from_secs_f64(value * scale).map_err(|_| format!("duration {text:?} is out of range"))
-}
-
-/// Parses a byte size as the CLI writes it: `64KiB`, `16MiB`, `1GiB`, `512B`, `64KB`
-/// (decimal) or a bare byte count.
-///
-/// ```
-/// assert_eq!(wshub::parse_size("64KiB"), Ok(65536));
-/// assert_eq!(wshub::parse_size("1000"), Ok(1000));
-/// assert!(wshub::parse_size("lots").is_err());
-/// ```
-pub fn parse_size(text: &str) -> Result<usize, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kib" => 1 << 10,
-        "m" | "mib" => 1 << 20,
-        "g" | "gib" => 1 << 30,
-        "kb" => 1000,
-        "mb" => 1_000_000,
-        "gb" => 1_000_000_000,
-        _ => {
-            return Err(format!(
-                "unknown size unit in {text:?} (examples: 512, 64KiB, 16MiB)"
-            ));
-        }
-    };
-    let value: u64 = num
-        .parse()
-        .map_err(|_| format!("invalid size {text:?} (examples: 512, 64KiB, 16MiB)"))?;
-    value
-        .checked_mul(scale)
-        .and_then(|v| usize::try_from(v).ok())
-        .ok_or_else(|| format!("size {text:?} is too large"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -297,32 +220,5 @@ mod tests {
             ..Config::default()
         };
         assert!(config.validate().is_err());
-    }
-
-    #[test]
-    fn durations_parse_in_every_unit() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
-        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
-        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
-        assert!(parse_duration("").is_err());
-        assert!(parse_duration("5x").is_err());
-        assert!(parse_duration("-1s").is_err());
-        assert!(parse_duration("1e999").is_err());
-    }
-
-    #[test]
-    fn sizes_parse_binary_and_decimal_units() {
-        assert_eq!(parse_size("64KiB"), Ok(64 * 1024));
-        assert_eq!(parse_size("16MiB"), Ok(16 << 20));
-        assert_eq!(parse_size("1gib"), Ok(1 << 30));
-        assert_eq!(parse_size("2kb"), Ok(2000));
-        assert_eq!(parse_size("123"), Ok(123));
-        assert!(parse_size("").is_err());
-        assert!(parse_size("1.5MiB").is_err());
-        assert!(parse_size("99999999999999999999").is_err());
-        assert!(parse_size("18446744073709551615GiB").is_err());
     }
 }

@@ -11,10 +11,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::wire::WireFrame;
+use crate::ws::wire::WireFrame;
 
-/// A connection's id, unique for the life of a server.
-pub type ConnId = u64;
+pub use crate::ws::ConnId;
 
 /// A peer's answer to an offered frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

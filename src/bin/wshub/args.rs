@@ -1,0 +1,105 @@
+//! The CLI's value parsers: durations (`500ms`, `2s`) and byte sizes (`64KiB`), as the
+//! flags write them. They belong to the binary, not to the library's API.
+
+use std::time::Duration;
+
+/// Parses a duration as the CLI writes it: `500ms`, `2s`, `1m`, `1h`, or a bare number
+/// of seconds (`30`). Fractions are allowed (`1.5s`).
+///
+/// ```text
+/// assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+/// assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+/// assert!(parse_duration("soon").is_err());
+/// ```
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    if num.is_empty() {
+        return Err(format!("invalid duration {text:?} (examples: 500ms, 2s, 1m, 30)"));
+    }
+    let scale = match unit.trim() {
+        "" | "s" | "sec" | "secs" => 1.0,
+        "ms" => 0.001,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        other => {
+            return Err(format!(
+                "unknown duration unit {other:?} in {text:?} (use ms, s, m or h)"
+            ));
+        }
+    };
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {text:?} (examples: 500ms, 2s, 1m, 30)"))?;
+    Duration::try_from_secs_f64(value * scale).map_err(|_| format!("duration {text:?} is out of range"))
+}
+
+/// Parses a byte size as the CLI writes it: `64KiB`, `16MiB`, `1GiB`, `512B`, `64KB`
+/// (decimal) or a bare byte count.
+///
+/// ```text
+/// assert_eq!(parse_size("64KiB"), Ok(65536));
+/// assert_eq!(parse_size("1000"), Ok(1000));
+/// assert!(parse_size("lots").is_err());
+/// ```
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "kb" => 1000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        _ => {
+            return Err(format!(
+                "unknown size unit in {text:?} (examples: 512, 64KiB, 16MiB)"
+            ));
+        }
+    };
+    let value: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid size {text:?} (examples: 512, 64KiB, 16MiB)"))?;
+    value
+        .checked_mul(scale)
+        .and_then(|v| usize::try_from(v).ok())
+        .ok_or_else(|| format!("size {text:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_in_every_unit() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("5x").is_err());
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("1e999").is_err());
+    }
+
+    #[test]
+    fn sizes_parse_binary_and_decimal_units() {
+        assert_eq!(parse_size("64KiB"), Ok(64 * 1024));
+        assert_eq!(parse_size("16MiB"), Ok(16 << 20));
+        assert_eq!(parse_size("1gib"), Ok(1 << 30));
+        assert_eq!(parse_size("2kb"), Ok(2000));
+        assert_eq!(parse_size("123"), Ok(123));
+        assert!(parse_size("").is_err());
+        assert!(parse_size("1.5MiB").is_err());
+        assert!(parse_size("99999999999999999999").is_err());
+        assert!(parse_size("18446744073709551615GiB").is_err());
+    }
+}

@@ -1,0 +1,29 @@
+//! The server's threads and the state each one owns: the accept thread
+//! ([`accept`](self)), one reader per connection (`connection`), a writer per
+//! connection (`writer`, fed by `queue`), the hub (`hub`, owning the `registry`), and
+//! the drain (`shutdown`). `handler` is what a route does with a connection, `config`
+//! and `capacity` what the server may use, `start` puts it together.
+//!
+//! Every blocking call here has an exit: a socket timeout, a shutdown of the socket
+//! that wakes it, or a message on a channel. The rules these threads apply are I/O-free
+//! and live in [`crate::ws`].
+
+mod accept;
+mod capacity;
+mod config;
+mod connection;
+mod error;
+mod handler;
+mod hub;
+mod queue;
+mod registry;
+mod shutdown;
+mod start;
+mod writer;
+
+pub use config::Config;
+pub use error::{ConfigError, Error, SendError};
+pub use handler::{Chat, Connection, Echo, HEALTH_PATH, Handler};
+pub use hub::Hub;
+pub use shutdown::{DrainReport, ShutdownHandle};
+pub use start::{Server, ServerBuilder};
