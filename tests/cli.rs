@@ -68,7 +68,7 @@ fn address_in_use_is_one_clear_line_and_exit_1() {
 }
 
 #[test]
-fn ping_interval_not_shorter_than_idle_timeout_is_a_startup_error() {
+fn ping_interval_not_shorter_than_idle_timeout_is_a_usage_error() {
     let out = wshub(&[
         "serve",
         "--addr",
@@ -78,7 +78,7 @@ fn ping_interval_not_shorter_than_idle_timeout_is_a_startup_error() {
         "--idle-timeout",
         "30s",
     ]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("ping interval"));
 }
 

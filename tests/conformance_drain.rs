@@ -92,7 +92,7 @@ fn drain_1001_answered_by_the_client_then_the_server_closes_tcp_first() {
         let report = drain.join().unwrap();
         assert_eq!(report.connections, 1);
         assert!(
-            !report.cut,
+            report.cut == 0,
             "the handshake completed; nothing was cut at the deadline"
         );
     });
@@ -117,7 +117,7 @@ fn a_close_crossing_the_drain_1001_gets_exactly_one_close_and_a_clean_end() {
 
         let report = drain.join().unwrap();
         assert_eq!(report.connections, 1);
-        assert!(!report.cut);
+        assert_eq!(report.cut, 0);
     });
 }
 
@@ -155,7 +155,7 @@ fn closes_racing_the_drain_from_either_side_each_get_one_close_and_a_clean_end()
         }
         // Those whose Close arrived first had ended before the drain counted them.
         assert!(report.connections <= CLIENTS);
-        assert!(!report.cut);
+        assert_eq!(report.cut, 0);
     });
 }
 

@@ -65,6 +65,14 @@ pub fn ceiling(l: &SystemLimits) -> Option<(usize, &'static str)> {
     .map(|(n, name)| (usize::try_from(n).unwrap_or(usize::MAX), name))
 }
 
+/// One line on how to raise `limit` (a name [`ceiling`] returns), for the start-up log.
+pub fn how_to_raise(limit: &str) -> &'static str {
+    match limit {
+        "vm.max_map_count" => "for more, run `sysctl -w vm.max_map_count=262144` as root",
+        _ => "for more, raise `ulimit -u` or the sysctls kernel.pid_max and kernel.threads-max",
+    }
+}
+
 impl SystemLimits {
     /// Reads the limits from /proc and getrlimit(2). Anything unreadable is `None`.
     pub fn read() -> SystemLimits {

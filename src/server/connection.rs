@@ -200,7 +200,8 @@ fn handshake_phase(sock: &TcpStream, id: ConnId, shared: &Shared) -> Option<Upgr
     let endpoint = shared.routes.endpoint(request.path());
     match handshake::answer(&request, endpoint, &config.allowed_origins) {
         Answer::Health => {
-            respond_and_close(sock, &handshake::http_response(Status::Ok, "ok"), config);
+            let ok = handshake::http_response(Status::Ok, "ok");
+            respond_and_close(sock, &handshake::for_method(request.method(), ok), config);
             None
         }
         Answer::Reject(r) => {
@@ -210,7 +211,8 @@ fn handshake_phase(sock: &TcpStream, id: ConnId, shared: &Shared) -> Option<Upgr
                 r.why,
                 request.path()
             );
-            respond_and_close(sock, &handshake::reject_response(&r), config);
+            let refusal = handshake::reject_response(&r);
+            respond_and_close(sock, &handshake::for_method(request.method(), refusal), config);
             None
         }
         Answer::Upgrade { accept } => {

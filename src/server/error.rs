@@ -88,6 +88,10 @@ pub enum SendError {
     /// The connection's outbound queue stayed full for the whole write timeout: the client
     /// is not reading. The connection is being closed as a slow consumer. Fatal.
     SlowConsumer,
+    /// [`Hub::broadcast`](crate::Hub::broadcast) named a topic no route serves, so no
+    /// client could ever be on it. Fatal for that topic (routes are fixed at start); a
+    /// mistyped path is the usual cause.
+    NoSuchTopic,
 }
 
 impl fmt::Display for SendError {
@@ -95,6 +99,7 @@ impl fmt::Display for SendError {
         match self {
             SendError::Closed => f.write_str("connection is closed"),
             SendError::SlowConsumer => f.write_str("client is not reading (slow consumer)"),
+            SendError::NoSuchTopic => f.write_str("no route serves that topic, so nobody can be on it"),
         }
     }
 }

@@ -273,6 +273,16 @@ impl Routes {
     pub(crate) fn get(&self, path: &str) -> Option<Arc<dyn Handler>> {
         self.map.get(path).cloned()
     }
+
+    /// Removes every route, the built-in ones included.
+    pub(crate) fn clear(&mut self) {
+        self.map.clear();
+    }
+
+    /// The routes' paths.
+    pub(crate) fn paths(&self) -> Arc<[Box<str>]> {
+        self.map.keys().map(|p| Box::from(p.as_str())).collect()
+    }
 }
 
 #[cfg(test)]

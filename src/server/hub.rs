@@ -163,6 +163,8 @@ impl PeerHandle {
 #[derive(Clone, Debug)]
 pub struct Hub {
     tx: Sender<HubMsg>,
+    /// The routes' paths: the only topics a client can be on. Fixed at start.
+    topics: Arc<[Box<str>]>,
 }
 
 impl std::fmt::Debug for HubMsg {
@@ -180,14 +182,20 @@ impl std::fmt::Debug for HubMsg {
 }
 
 impl Hub {
-    pub(crate) fn new(tx: Sender<HubMsg>) -> Hub {
-        Hub { tx }
+    pub(crate) fn new(tx: Sender<HubMsg>, topics: Arc<[Box<str>]>) -> Hub {
+        Hub { tx, topics }
     }
 
     /// Sends `msg` to every connection on `topic` (a route's path, such as `/chat`).
     /// The message is encoded once, here, on the calling thread. Blocks only while the
-    /// hub's inbox is full. Fails with [`SendError::Closed`] once the server has stopped.
+    /// hub's inbox is full. Fails with [`SendError::NoSuchTopic`] when no route serves
+    /// `topic` (nobody could ever receive it), and with [`SendError::Closed`] once the
+    /// server has stopped. A topic that has a route but nobody on it right now is fine:
+    /// the message goes to nobody, as a broadcast to an empty room does.
     pub fn broadcast(&self, topic: &str, msg: Message) -> Result<(), SendError> {
+        if !self.topics.iter().any(|t| &**t == topic) {
+            return Err(SendError::NoSuchTopic);
+        }
         self.broadcast_to(Arc::from(topic), msg)
     }
 
@@ -203,8 +211,20 @@ impl Hub {
     }
 }
 
+/// What the hub did in a drain, returned when it stops.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct DrainTally {
+    /// Connections sent Close 1001: open when the drain began, or registered during it.
+    pub going_away: usize,
+    /// Of those, the ones still open at the drain deadline, and cut.
+    pub cut_open: usize,
+    /// Connections still in their HTTP handshake at the deadline, and cut.
+    pub cut_handshaking: usize,
+}
+
 /// Runs the hub loop until [`HubMsg::Stop`]. See the module docs.
-pub(crate) fn run(inbox: Receiver<HubMsg>, ping_interval: Duration) {
+pub(crate) fn run(inbox: Receiver<HubMsg>, ping_interval: Duration) -> DrainTally {
+    let mut tally = DrainTally::default();
     let mut registry: Registry<PeerHandle> = Registry::default();
     let mut pings = PingSchedule::new(ping_interval);
     // Connections still in their HTTP handshake: only a drain's cut needs them.
@@ -241,6 +261,7 @@ pub(crate) fn run(inbox: Receiver<HubMsg>, ping_interval: Duration) {
                     continue;
                 }
                 if draining {
+                    tally.going_away += 1;
                     peer.going_away(&going_away);
                 }
                 registry.insert(id, &topic, peer);
@@ -266,10 +287,13 @@ pub(crate) fn run(inbox: Receiver<HubMsg>, ping_interval: Duration) {
                 for (_, peer) in registry.iter() {
                     peer.going_away(&going_away);
                 }
+                tally.going_away += registry.len();
                 let _ = reply.send(registry.len());
             }
             Some(HubMsg::Cut) => {
                 cutting = true;
+                tally.cut_open = registry.len();
+                tally.cut_handshaking = handshaking.len();
                 for (_, peer) in registry.iter() {
                     peer.cut();
                 }
@@ -293,4 +317,5 @@ pub(crate) fn run(inbox: Receiver<HubMsg>, ping_interval: Duration) {
             });
         }
     }
+    tally
 }

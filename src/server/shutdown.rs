@@ -29,7 +29,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, bounde
 use log::{debug, warn};
 
 use crate::server::accept;
-use crate::server::hub::{Hub, HubMsg};
+use crate::server::hub::{DrainTally, Hub, HubMsg};
 
 /// After the cut, how long beyond the handshake timeout to wait for connection threads
 /// before giving up on them (only a handler stuck in user code can take that long).
@@ -62,8 +62,14 @@ impl ShutdownHandle {
 pub struct DrainReport {
     /// Connections open when the drain began; each was sent Close 1001.
     pub connections: usize,
-    /// Whether some connections were still open at the drain deadline and were cut.
-    pub cut: bool,
+    /// Connections that ended before the drain deadline: the client answered the Close
+    /// 1001 or went away. Counts the ones that registered during the drain too (they
+    /// are sent Close 1001 as well), so it can exceed `connections`.
+    pub closed: usize,
+    /// Connections still open at the drain deadline, and cut (no close handshake):
+    /// upgraded ones that never answered the Close 1001, and ones still in their HTTP
+    /// handshake.
+    pub cut: usize,
     /// Connection threads still running when the drain gave up on them (a handler stuck
     /// in user code); 0 in every normal shutdown.
     pub abandoned_threads: usize,
@@ -79,7 +85,7 @@ pub(crate) struct Running {
     pub accept: JoinHandle<Vec<JoinHandle<()>>>,
     pub overflow: JoinHandle<()>,
     pub hub: Hub,
-    pub hub_thread: JoinHandle<()>,
+    pub hub_thread: JoinHandle<DrainTally>,
     pub alive: Receiver<()>,
     pub drain_timeout: Duration,
     pub handshake_timeout: Duration,
@@ -112,7 +118,6 @@ pub(crate) fn drain(r: Running) -> DrainReport {
 
     // 3. Wait for the close handshakes. Nobody sends on `alive`: it disconnects when the
     // last connection thread drops its slot.
-    let mut cut = false;
     let mut all_done = matches!(
         r.alive.recv_deadline(deadline),
         Err(RecvTimeoutError::Disconnected)
@@ -120,7 +125,6 @@ pub(crate) fn drain(r: Running) -> DrainReport {
 
     // 4. Cut the rest, and wait for their threads to notice.
     if !all_done {
-        cut = true;
         let _ = r.hub.send(HubMsg::Cut);
         let grace = Instant::now() + r.handshake_timeout + AFTER_CUT_GRACE;
         all_done = matches!(r.alive.recv_deadline(grace), Err(RecvTimeoutError::Disconnected));
@@ -141,11 +145,12 @@ pub(crate) fn drain(r: Running) -> DrainReport {
         warn!("{abandoned_threads} connection threads did not end; not waiting for them");
     }
     let _ = r.hub.send(HubMsg::Stop);
-    let _ = r.hub_thread.join();
+    let tally = r.hub_thread.join().unwrap_or_default();
     debug!("every thread joined after {:.2?}", start.elapsed());
     DrainReport {
         connections,
-        cut,
+        closed: tally.going_away.saturating_sub(tally.cut_open),
+        cut: tally.cut_open + tally.cut_handshaking,
         abandoned_threads,
         elapsed: start.elapsed(),
     }

@@ -11,11 +11,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
 
 use crossbeam_channel::{Receiver, Sender, bounded};
-use log::warn;
+use log::{info, warn};
 
 use crate::server::accept::{self, Acceptor};
 use crate::server::capacity::{self, SystemLimits};
-use crate::server::config::Config;
+use crate::server::config::{Config, DEFAULT_MAX_CONNECTIONS};
 use crate::server::connection::Shared;
 use crate::server::error::Error;
 use crate::server::handler::{Handler, Routes};
@@ -23,7 +23,8 @@ use crate::server::hub::{self, HUB_QUEUE, Hub};
 use crate::server::shutdown::{self, DrainReport, Running, ShutdownHandle};
 
 /// Adds routes before starting a [`Server`]. Built-in routes: `/echo`, `/chat`, and the
-/// plain-HTTP `/healthz`.
+/// plain-HTTP `/healthz`; [`ServerBuilder::without_builtin_routes`] removes the
+/// WebSocket ones, for a program that serves only its own.
 pub struct ServerBuilder {
     config: Config,
     routes: Routes,
@@ -35,6 +36,29 @@ impl ServerBuilder {
     /// topic named `path`.
     pub fn route(mut self, path: &str, handler: impl Handler) -> ServerBuilder {
         self.routes.insert(path, Arc::new(handler));
+        self
+    }
+
+    /// Removes the built-in WebSocket routes (`/echo`, `/chat`), and any route added so
+    /// far, so the server serves only the routes added after this (and `/healthz`). An
+    /// embedding program calls it first, so that it does not expose a chat anyone can
+    /// broadcast on.
+    ///
+    /// ```
+    /// # use wshub::{Config, Connection, Message, Server};
+    /// let mut config = Config::default();
+    /// config.addr = "127.0.0.1:0".parse().unwrap();
+    /// let server = Server::builder(config)
+    ///     .without_builtin_routes()
+    ///     .route("/ticks", |_: &Connection, _: Message| {})
+    ///     .start()
+    ///     .unwrap();
+    /// let chat = format!("ws://{}/chat", server.local_addr());
+    /// assert!(tungstenite::connect(chat.as_str()).is_err()); // 404: no such route
+    /// # server.shutdown();
+    /// ```
+    pub fn without_builtin_routes(mut self) -> ServerBuilder {
+        self.routes.clear();
         self
     }
 
@@ -53,18 +77,25 @@ impl ServerBuilder {
         widen_backlog(&listener);
         if let Some((ceiling, limit)) = capacity::ceiling(&SystemLimits::read()) {
             if ceiling < config.max_connections {
-                warn!(
-                    "max connections lowered from {} to {}: {limit} leaves room for no more \
-                     (each connection needs 2 threads and 8 memory mappings)",
-                    config.max_connections,
-                    ceiling.max(1)
+                let ceiling = ceiling.max(1);
+                // On a stock kernel this is the normal case, not a fault: say it plainly.
+                // A warning is kept for a limit the user set above what the box allows.
+                let msg = format!(
+                    "serving at most {ceiling} connections: {limit} leaves room for no more \
+                     (each connection needs 2 threads and 8 memory mappings; {})",
+                    capacity::how_to_raise(limit)
                 );
-                config.max_connections = ceiling.max(1);
+                if config.max_connections == DEFAULT_MAX_CONNECTIONS {
+                    info!("{msg}");
+                } else {
+                    warn!("max connections lowered from {}: {msg}", config.max_connections);
+                }
+                config.max_connections = ceiling;
             }
         }
 
         let (hub_tx, hub_rx) = bounded(HUB_QUEUE);
-        let hub = Hub::new(hub_tx);
+        let hub = Hub::new(hub_tx, routes.paths());
         let ping_interval = config.ping_interval;
         let hub_thread = spawn("wshub-hub", move || hub::run(hub_rx, ping_interval))?;
 

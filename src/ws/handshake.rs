@@ -247,10 +247,11 @@ pub fn answer(request: &Request, endpoint: Endpoint, allowed_origins: &[String])
             return Answer::Reject(reject(Status::NotFound, "no endpoint at this path"));
         }
         Endpoint::Health if !wants_upgrade => {
-            return if request.method() == "GET" {
+            // Health checkers often use HEAD: it gets GET's answer without the body.
+            return if matches!(request.method(), "GET" | "HEAD") {
                 Answer::Health
             } else {
-                Answer::Reject(reject(Status::MethodNotAllowed, "use GET"))
+                Answer::Reject(reject(Status::MethodNotAllowed, "use GET or HEAD"))
             };
         }
         Endpoint::Health => {
@@ -355,6 +356,17 @@ pub fn http_response(status: Status, body: &str) -> Vec<u8> {
         body.len()
     );
     out.into_bytes()
+}
+
+/// `response` as it answers a request with `method`: a `HEAD` request gets the headers
+/// a `GET` would have (its `Content-Length` included) and no body (RFC 9110 §9.3.2).
+pub fn for_method(method: &str, mut response: Vec<u8>) -> Vec<u8> {
+    if method.eq_ignore_ascii_case("HEAD") {
+        if let Some(end) = response.windows(4).position(|w| w == b"\r\n\r\n") {
+            response.truncate(end + 4);
+        }
+    }
+    response
 }
 
 /// The response for a refusal, the explanation as a one-line body.
@@ -528,6 +540,24 @@ mod tests {
             status_of(&text, Endpoint::WebSocket, &[]),
             Some(Status::BadRequest)
         );
+    }
+
+    #[test]
+    fn head_healthz_is_answered_like_get() {
+        let req = parse("HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(answer(&req, Endpoint::Health, &[]), Answer::Health);
+    }
+
+    #[test]
+    fn a_head_response_keeps_the_headers_and_drops_the_body() {
+        let get = http_response(Status::Ok, "ok");
+        let head = for_method("HEAD", get.clone());
+        let text = String::from_utf8(head).unwrap();
+        assert!(
+            text.ends_with("Content-Length: 2\r\nConnection: close\r\n\r\n"),
+            "{text}"
+        );
+        assert_eq!(for_method("GET", get.clone()), get);
     }
 
     #[test]

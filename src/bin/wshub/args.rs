@@ -1,7 +1,28 @@
 //! The CLI's value parsers: durations (`500ms`, `2s`) and byte sizes (`64KiB`), as the
 //! flags write them. They belong to the binary, not to the library's API.
 
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
+
+/// Parses a listen address: `127.0.0.1:8080`, `[::1]:8080`, `0.0.0.0:8080`, or a host
+/// name with a port (`localhost:8080`), resolved now; the first address it resolves to
+/// is used. An error only when nothing resolves.
+pub fn parse_addr(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    if !text.contains(':') {
+        return Err(format!(
+            "{text:?} has no port (examples: 127.0.0.1:8080, localhost:8080)"
+        ));
+    }
+    let mut addrs = text
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {text:?}: {e}"))?;
+    addrs
+        .next()
+        .ok_or_else(|| format!("{text:?} resolves to no address"))
+}
 
 /// Parses a duration as the CLI writes it: `500ms`, `2s`, `1m`, `1h`, or a bare number
 /// of seconds (`30`). Fractions are allowed (`1.5s`).
@@ -75,6 +96,24 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_parse_as_ips_or_resolve_as_host_names() {
+        assert_eq!(
+            parse_addr("127.0.0.1:8080"),
+            Ok("127.0.0.1:8080".parse().unwrap())
+        );
+        assert_eq!(parse_addr("[::1]:8080"), Ok("[::1]:8080".parse().unwrap()));
+        assert_eq!(parse_addr("0.0.0.0:0"), Ok("0.0.0.0:0".parse().unwrap()));
+        let local = parse_addr("localhost:8080").expect("localhost resolves");
+        assert!(local.ip().is_loopback() && local.port() == 8080, "{local}");
+        assert!(parse_addr("localhost").unwrap_err().contains("no port"));
+        assert!(
+            parse_addr("no-such-host.invalid:80")
+                .unwrap_err()
+                .contains("cannot resolve")
+        );
+    }
 
     #[test]
     fn durations_parse_in_every_unit() {

@@ -12,7 +12,7 @@ mod signals;
 /// A blocking, thread-per-connection WebSocket server and client.
 #[derive(Parser, Debug)]
 #[command(name = "wshub", version, about, propagate_version = true)]
-struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
     command: Command,
 }

@@ -9,16 +9,17 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use log::{error, info};
+use log::{error, info, warn};
 use wshub::{Config, Server};
 
-use crate::args::{parse_duration, parse_size};
+use crate::args::{parse_addr, parse_duration, parse_size};
 
 /// Flags of `wshub serve`. Defaults are [`wshub::Config::default`]'s.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Address to listen on; port 0 takes a free port (the log names it).
-    #[arg(long, default_value = "127.0.0.1:8080")]
+    /// A host name is resolved at start (localhost:8080).
+    #[arg(long, default_value = "127.0.0.1:8080", value_parser = parse_addr)]
     addr: SocketAddr,
     /// Messages queued per client before it is disconnected as a slow consumer.
     #[arg(long, default_value_t = 256)]
@@ -83,9 +84,18 @@ impl Args {
 }
 
 /// Runs the server until a signal, then drains. Exit 0 after a drain, 1 when the server
-/// cannot start.
+/// cannot start, 2 (clap's usage error) for flags that can never work together.
 pub fn run(args: Args) -> ExitCode {
-    let server = match Server::start(args.into_config()) {
+    let config = args.into_config();
+    // Flags that can never work together are a usage error, reported as clap reports its
+    // own (exit 2), not a failure to start (exit 1).
+    if let Err(e) = config.validate() {
+        use clap::CommandFactory;
+        crate::Cli::command()
+            .error(clap::error::ErrorKind::ArgumentConflict, e)
+            .exit();
+    }
+    let server = match Server::start(config) {
         Ok(s) => s,
         Err(e) => {
             error!("{e}");
@@ -108,10 +118,21 @@ pub fn run(args: Args) -> ExitCode {
     // this line always drains instead of killing the process.
     info!("listening on {}", server.local_addr());
     let report = server.wait();
-    info!(
-        "drained {} connections in {:.2?}",
-        report.connections, report.elapsed
-    );
+    let how = match report.cut {
+        0 => format!("{} closed cleanly", report.closed),
+        cut => format!("{} closed cleanly, {cut} cut at the deadline", report.closed),
+    };
+    if report.cut > 0 {
+        warn!(
+            "drained {} connections in {:.2?}: {how}",
+            report.connections, report.elapsed
+        );
+    } else {
+        info!(
+            "drained {} connections in {:.2?}: {how}",
+            report.connections, report.elapsed
+        );
+    }
     ExitCode::SUCCESS
 }
 
