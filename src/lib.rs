@@ -146,6 +146,15 @@
 //! ([`backoff`]). `examples/client.rs` is a chat client; `wshub connect` is the CLI.
 
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+// Linux only: the write path uses `MSG_NOSIGNAL`, the capacity check reads `/proc`, and
+// the stack and memory-mapping arithmetic is glibc's and Linux's.
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "wshub runs on Linux only: it relies on MSG_NOSIGNAL sends, /proc and Linux's \
+     thread and memory-mapping limits"
+);
 
 pub mod client;
 pub mod server;

@@ -18,7 +18,6 @@
 use std::borrow::Cow;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
-use std::os::fd::AsRawFd;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -387,18 +386,9 @@ impl Drop for FinishWriter {
 /// Nothing the client sent is waiting to be read (end of stream and errors count as
 /// nothing): a non-blocking peek, without touching the socket's blocking mode.
 fn nothing_unread(sock: &TcpStream) -> bool {
-    let mut byte = 0u8;
-    // SAFETY: the descriptor is open for the call (we hold the TcpStream), and recv(2)
-    // writes at most 1 byte into `byte`, which outlives the call.
-    let n = unsafe {
-        libc::recv(
-            sock.as_raw_fd(),
-            (&mut byte as *mut u8).cast(),
-            1,
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
-    n <= 0
+    let mut byte = [std::mem::MaybeUninit::<u8>::uninit()];
+    let peeked = socket2::SockRef::from(sock).recv_with_flags(&mut byte, libc::MSG_PEEK | libc::MSG_DONTWAIT);
+    !matches!(peeked, Ok(n) if n > 0)
 }
 
 /// tungstenite's protocol state for the WebSocket phase, on the heap.

@@ -55,7 +55,6 @@
 use std::borrow::Cow;
 use std::io::{self, IoSlice, Write};
 use std::net::{Shutdown, TcpStream};
-use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::time::{Duration, Instant};
 
@@ -415,30 +414,8 @@ fn write_slices(sock: &TcpStream, mut bufs: &mut [IoSlice<'_>]) -> io::Result<()
 /// `MSG_DONTWAIT` makes this one call non-blocking without touching the socket's mode,
 /// which its reader thread relies on.
 fn send_now(sock: &TcpStream, frame: &WireFrame) -> io::Result<usize> {
-    let (head, payload) = (frame.head(), frame.payload());
-    let iov = [
-        libc::iovec {
-            iov_base: head.as_ptr() as *mut libc::c_void,
-            iov_len: head.len(),
-        },
-        libc::iovec {
-            iov_base: payload.as_ptr() as *mut libc::c_void,
-            iov_len: payload.len(),
-        },
-    ];
-    // SAFETY: a zeroed msghdr is valid (no name, no control data); we then point it at
-    // `iov`, which outlives the call, and sendmsg(2) only reads the buffers it names.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
-    msg.msg_iovlen = iov.len();
-    // SAFETY: the descriptor is open for the call (we hold the TcpStream) and `msg` is
-    // valid as above.
-    let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
+    let iov = [IoSlice::new(frame.head()), IoSlice::new(frame.payload())];
+    socket2::SockRef::from(sock).send_vectored_with_flags(&iov, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
 }
 
 #[cfg(test)]
