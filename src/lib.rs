@@ -158,6 +158,7 @@ compile_error!(
 
 pub mod client;
 pub mod server;
+mod sync;
 mod ws;
 
 pub use server::{

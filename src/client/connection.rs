@@ -120,9 +120,7 @@ struct Shared {
 
 impl Shared {
     fn writer_error(&self) -> MutexGuard<'_, Option<ClientError>> {
-        self.writer_error
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::sync::lock(&self.writer_error)
     }
 }
 

@@ -98,7 +98,7 @@ impl SystemLimits {
 
 /// The soft limit named `name` in a `/proc/<pid>/limits` text (`Max processes`, ...),
 /// `None` when unlimited, absent or unreadable. Reading the file rather than calling
-/// getrlimit(2) keeps this module free of `unsafe` and of a dependency for one call.
+/// getrlimit(2) keeps this module to safe code, with no dependency for one call.
 fn soft_limit(limits: &str, name: &str) -> Option<u64> {
     let line = limits.lines().find(|l| l.starts_with(name))?;
     line[name.len()..].split_whitespace().next()?.parse().ok()
