@@ -172,10 +172,8 @@ impl Connection {
     /// handshake, as [`Connection::close`] does.
     pub fn send(&self, msg: Message) -> Result<(), SendError> {
         if let Message::Close(frame) = msg {
-            let (code, reason) = frame
-                .map(|f| (u16::from(f.code), f.reason.to_string()))
-                .unwrap_or((crate::ws::close_policy::NORMAL, String::new()));
-            return self.close(code, &reason);
+            let (code, reason) = crate::ws::wire::close_parts(frame.as_ref());
+            return self.close(code, reason);
         }
         let Some(frame) = WireFrame::from_message(msg) else {
             return Ok(());
