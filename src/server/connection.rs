@@ -37,7 +37,7 @@ use crate::server::registry::ConnId;
 use crate::server::writer::{self, CTRL_QUEUE, Ctrl, WriteSide, WriterEnd, WriterTimers};
 use crate::ws::close_policy::{self, GOING_AWAY, INTERNAL_ERROR, POLICY_VIOLATION, ReadEnd};
 use crate::ws::handshake::MAX_REQUEST_HEAD;
-use crate::ws::handshake::{self, Answer, Reject, Request, Status};
+use crate::ws::handshake::{self, Answer, Reject, Request, StatusCode};
 use crate::ws::rate_limit::RateLimiter;
 use crate::ws::utf8_guard::Screened;
 
@@ -181,14 +181,14 @@ fn handshake_phase(sock: &TcpStream, id: ConnId, shared: &Shared) -> Option<Upgr
     let (request, leftover) = match read_head(sock, deadline) {
         Ok(head) => head,
         Err(HeadError::Reject(r)) => {
-            debug!("connection {id}: {} {}", r.status.code(), r.why);
+            debug!("connection {id}: {} {}", r.status.as_u16(), r.why);
             respond_and_close(sock, &handshake::reject_response(&r), config);
             return None;
         }
         Err(HeadError::Timeout) => {
             debug!("connection {id}: no complete request within the handshake timeout");
             let r = Reject {
-                status: Status::RequestTimeout,
+                status: StatusCode::REQUEST_TIMEOUT,
                 why: "request head not received in time",
             };
             respond_and_close(sock, &handshake::reject_response(&r), config);
@@ -199,13 +199,13 @@ fn handshake_phase(sock: &TcpStream, id: ConnId, shared: &Shared) -> Option<Upgr
     let endpoint = shared.routes.endpoint(request.path());
     match handshake::answer(&request, endpoint, &config.allowed_origins) {
         Answer::Health => {
-            respond_and_close(sock, &handshake::http_response(Status::Ok, "ok"), config);
+            respond_and_close(sock, &handshake::http_response(StatusCode::OK, "ok"), config);
             None
         }
         Answer::Reject(r) => {
             debug!(
                 "connection {id}: {} {} for {}",
-                r.status.code(),
+                r.status.as_u16(),
                 r.why,
                 request.path()
             );
