@@ -146,9 +146,19 @@
 //! ([`backoff`]). `examples/client.rs` is a chat client; `wshub connect` is the CLI.
 
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+// Linux only: the write path uses `MSG_NOSIGNAL`, the capacity check reads `/proc`, and
+// the stack and memory-mapping arithmetic is glibc's and Linux's.
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "wshub runs on Linux only: it relies on MSG_NOSIGNAL sends, /proc and Linux's \
+     thread and memory-mapping limits"
+);
 
 pub mod client;
 pub mod server;
+mod sync;
 mod ws;
 
 pub use server::{
@@ -165,7 +175,7 @@ pub use ws::handshake::{MAX_REQUEST_HEAD, Request};
 pub mod fuzzing {
     pub use crate::ws::close_policy;
     pub use crate::ws::handshake::{
-        Answer, Endpoint, MAX_REQUEST_HEADERS, Reject, Status, answer, parse_head,
+        Answer, Endpoint, MAX_REQUEST_HEADERS, Reject, StatusCode, answer, parse_head,
     };
     pub use crate::ws::utf8_guard::Screened;
 }

@@ -13,7 +13,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use wshub::MAX_REQUEST_HEAD;
-use wshub::fuzzing::{Answer, Endpoint, MAX_REQUEST_HEADERS, Status, answer, parse_head};
+use wshub::fuzzing::{Answer, Endpoint, MAX_REQUEST_HEADERS, StatusCode, answer, parse_head};
 
 const ALLOWED: &str = "https://good.example";
 
@@ -24,11 +24,11 @@ fuzz_target!(|data: &[u8]| {
             let seen = &data[..data.len().min(MAX_REQUEST_HEAD)];
             let lines = seen.iter().filter(|b| **b == b'\n').count();
             match r.status {
-                Status::HeadersTooLarge => assert!(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => assert!(
                     data.len() >= MAX_REQUEST_HEAD || lines > MAX_REQUEST_HEADERS,
                     "431 for a small head with {lines} lines"
                 ),
-                Status::BadRequest => {}
+                StatusCode::BAD_REQUEST => {}
                 other => panic!("the parser answered {other:?}"),
             }
         }
@@ -72,13 +72,13 @@ fn check_answer(request: &wshub::Request, endpoint: Endpoint, allowed: &[String]
             }
         }
         Answer::Reject(r) => {
-            assert_ne!(r.status, Status::Ok);
+            assert_ne!(r.status, StatusCode::OK);
             assert!(!r.why.is_empty() && !r.why.contains(['\r', '\n']));
             match endpoint {
-                Endpoint::None => assert_eq!(r.status, Status::NotFound),
+                Endpoint::None => assert_eq!(r.status, StatusCode::NOT_FOUND),
                 _ => assert!(!matches!(
                     r.status,
-                    Status::RequestTimeout | Status::HeadersTooLarge | Status::Unavailable
+                    StatusCode::REQUEST_TIMEOUT | StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE | StatusCode::SERVICE_UNAVAILABLE
                 )),
             }
         }

@@ -39,12 +39,12 @@ use tungstenite::client::IntoClientRequest;
 use tungstenite::handshake::HandshakeError;
 use tungstenite::handshake::client::Request;
 use tungstenite::http::{HeaderName, HeaderValue};
-use tungstenite::protocol::frame::FrameHeader;
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 use tungstenite::protocol::{CloseFrame, WebSocket, WebSocketConfig};
 use tungstenite::{Error as WsError, Message};
 
-use crate::ws::wire::frames_through_close;
+use crate::ws::close_policy::{self, PROTOCOL_ERROR, ReadEnd};
+use crate::ws::wire::{self, frames_through_close};
 
 use super::{
     CTRL_QUEUE_SIZE, ClientConfig, ClientError, EVENT_QUEUE_SIZE, Event, THREAD_STACK_SIZE, WsUrl, after,
@@ -120,9 +120,7 @@ struct Shared {
 
 impl Shared {
     fn writer_error(&self) -> MutexGuard<'_, Option<ClientError>> {
-        self.writer_error
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::sync::lock(&self.writer_error)
     }
 }
 
@@ -568,12 +566,11 @@ impl Reader {
                 Err(e) => {
                     // The server broke the protocol: fail the connection (RFC 6455 §7.1.7)
                     // with a Close that says why; the writer sends it and shuts down.
-                    let code = match &e {
-                        WsError::Capacity(_) => 1009,
-                        WsError::Utf8(_) => 1007,
-                        _ => 1002,
+                    let (code, reason) = match close_policy::classify(&e) {
+                        ReadEnd::Fail { code, reason } => (code, reason),
+                        _ => (PROTOCOL_ERROR, "protocol error"),
                     };
-                    let _ = ws.get_mut().write_all(&encode_close(code, "protocol error"));
+                    let _ = ws.get_mut().write_all(&encode_close(code, reason));
                     break Some(ClientError::Protocol(e));
                 }
             }
@@ -713,7 +710,8 @@ impl Writer {
             Message::Frame(frame) => {
                 let mut header = frame.header().clone();
                 header.mask = Some(mask);
-                self.encode(&header, frame.payload());
+                self.buf.clear();
+                wire::encode_with_header(&mut self.buf, &header, frame.payload());
                 self.flush_buf()
             }
             // `Client::send` routes Close to the close channel; nothing to do here.
@@ -722,25 +720,20 @@ impl Writer {
     }
 
     fn write_close(&mut self, frame: Option<CloseFrame>, mask: [u8; 4]) -> Result<(), ClientError> {
-        let payload = close_payload(frame.as_ref());
+        // A Close without a frame has an empty payload (RFC 6455 §5.5.1: the body is
+        // optional).
+        let payload = frame
+            .as_ref()
+            .map(|f| wire::close_payload(u16::from(f.code), &f.reason))
+            .unwrap_or_default();
         self.write_frame(OpCode::Control(Control::Close), &payload, mask)
     }
 
     fn write_frame(&mut self, opcode: OpCode, payload: &[u8], mask: [u8; 4]) -> Result<(), ClientError> {
-        let header = FrameHeader {
-            opcode,
-            mask: Some(mask),
-            ..FrameHeader::default()
-        };
-        self.encode(&header, payload);
-        self.flush_buf()
-    }
-
-    /// Header and masked payload into `self.buf` (RFC 6455 §5.3: every client frame is
-    /// masked).
-    fn encode(&mut self, header: &FrameHeader, payload: &[u8]) {
+        // RFC 6455 §5.3: every client frame is masked.
         self.buf.clear();
-        encode_frame(&mut self.buf, header, payload);
+        wire::encode_frame(&mut self.buf, opcode, Some(mask), payload);
+        self.flush_buf()
     }
 
     fn flush_buf(&mut self) -> Result<(), ClientError> {
@@ -764,76 +757,32 @@ impl Writer {
     }
 }
 
-/// A Close payload: the code, big-endian, then the reason; empty without a frame.
-fn close_payload(frame: Option<&CloseFrame>) -> Vec<u8> {
-    let mut payload = Vec::new();
-    if let Some(f) = frame {
-        payload.extend_from_slice(&u16::from(f.code).to_be_bytes());
-        payload.extend_from_slice(f.reason.as_bytes());
-    }
-    payload
-}
-
 /// A whole masked Close frame, as bytes (the reader hands these to the writer).
 fn encode_close(code: u16, reason: &str) -> Vec<u8> {
-    let frame = CloseFrame {
-        code: code.into(),
-        reason: reason.to_owned().into(),
-    };
-    let header = FrameHeader {
-        opcode: OpCode::Control(Control::Close),
-        mask: Some(rand::random()),
-        ..FrameHeader::default()
-    };
     let mut out = Vec::new();
-    encode_frame(&mut out, &header, &close_payload(Some(&frame)));
+    let payload = wire::close_payload(code, reason);
+    wire::encode_frame(
+        &mut out,
+        OpCode::Control(Control::Close),
+        Some(rand::random()),
+        &payload,
+    );
     out
-}
-
-/// Appends one frame to `out`: the header (with the mask key, if any), then the payload
-/// masked with it.
-fn encode_frame(out: &mut Vec<u8>, header: &FrameHeader, payload: &[u8]) {
-    // Formatting into a Vec cannot fail.
-    let _ = header.format(payload.len() as u64, out);
-    match header.mask {
-        Some(mask) => out.extend(payload.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m)),
-        None => out.extend_from_slice(payload),
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn frame(opcode: OpCode, payload: &[u8]) -> Vec<u8> {
-        let header = FrameHeader {
-            opcode,
-            mask: Some([1, 2, 3, 4]),
-            ..FrameHeader::default()
-        };
-        let mut out = Vec::new();
-        encode_frame(&mut out, &header, payload);
-        out
-    }
-
-    #[test]
-    fn frames_are_masked_and_round_trip() {
-        let bytes = frame(OpCode::Data(Data::Text), b"hello");
-        assert_eq!(bytes[0], 0x81);
-        assert_eq!(bytes[1], 0x80 | 5);
-        assert_eq!(&bytes[2..6], &[1, 2, 3, 4]);
-        assert_ne!(&bytes[6..], b"hello");
-        let unmasked: Vec<u8> = bytes[6..]
-            .iter()
-            .zip([1u8, 2, 3, 4].iter().cycle())
-            .map(|(b, m)| b ^ m)
-            .collect();
-        assert_eq!(unmasked, b"hello");
-    }
-
     #[test]
     fn the_writer_sees_a_close_among_the_replies() {
-        let pong = frame(OpCode::Control(Control::Pong), b"p");
+        let mut pong = Vec::new();
+        wire::encode_frame(
+            &mut pong,
+            OpCode::Control(Control::Pong),
+            Some([1, 2, 3, 4]),
+            b"p",
+        );
         let close = encode_close(1000, "bye");
         let mut both = pong.clone();
         both.extend_from_slice(&close);

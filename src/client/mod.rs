@@ -486,13 +486,9 @@ pub(crate) fn close_frame(code: u16, reason: &str) -> Result<CloseFrame, ClientE
     if !close_code_is_sendable(code) {
         return Err(ClientError::InvalidCloseCode(code));
     }
-    let mut end = reason.len().min(123);
-    while !reason.is_char_boundary(end) {
-        end -= 1;
-    }
     Ok(CloseFrame {
         code: code.into(),
-        reason: reason[..end].to_owned().into(),
+        reason: crate::ws::wire::cut_reason(reason).to_owned().into(),
     })
 }
 

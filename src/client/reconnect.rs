@@ -18,7 +18,7 @@
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -32,6 +32,7 @@ use super::{
     ClientConfig, ClientError, EVENT_QUEUE_SIZE, Event, THREAD_STACK_SIZE, WsUrl, after, close_frame,
 };
 use crate::client::backoff::{Backoff, BackoffConfig};
+use crate::sync::lock;
 
 /// Configuration of a [`ReconnectingClient`]: the connection's, the backoff's, and when
 /// to give up.
@@ -95,10 +96,6 @@ struct Shared {
     /// `close()`: close the open connection with this frame, deliver its last events,
     /// end without reconnecting.
     close: Mutex<Option<CloseFrame>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Shared {

@@ -1,4 +1,4 @@
-//! `ws://` URLs: parsed once, by hand, into host, port and path. I/O-free.
+//! `ws://` URLs: parsed once, by `http::Uri`, into host, port and path. I/O-free.
 //!
 //! Owns nothing at run time; runs on whichever thread parses. A URL is checked here,
 //! before any socket exists, so that a typo is one clear error (and exit 2 in the CLI)
@@ -7,6 +7,8 @@
 use std::fmt;
 use std::net::Ipv6Addr;
 use std::str::FromStr;
+
+use tungstenite::http::Uri;
 
 use super::ClientError;
 
@@ -78,62 +80,46 @@ impl FromStr for WsUrl {
     type Err = ClientError;
 
     fn from_str(text: &str) -> Result<WsUrl, ClientError> {
+        const EXPECTED: &str = "expected ws://HOST[:PORT][/PATH]";
         let invalid = |reason: &str| ClientError::InvalidUrl {
             url: text.to_owned(),
             reason: reason.to_owned(),
         };
         let t = text.trim();
-        let Some((scheme, rest)) = t.split_once("://") else {
-            return Err(invalid("expected ws://HOST[:PORT][/PATH]"));
+        // http::Uri drops a fragment without a word; RFC 6455 §3 forbids one.
+        if t.contains('#') {
+            return Err(invalid("a WebSocket URL may not have a fragment (#...)"));
+        }
+        let uri: Uri = t.parse().map_err(|e| {
+            invalid(&format!(
+                "{e}; {EXPECTED}, an IPv6 address in brackets, the path percent-encoded"
+            ))
+        })?;
+        let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
+            return Err(invalid(EXPECTED));
         };
+        if scheme.is_empty() {
+            return Err(invalid(EXPECTED));
+        }
         if !scheme.eq_ignore_ascii_case("ws") {
-            let valid_scheme = !scheme.is_empty()
-                && scheme
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
-            if !valid_scheme {
-                return Err(invalid("expected ws://HOST[:PORT][/PATH]"));
-            }
             return Err(ClientError::UnsupportedScheme {
                 scheme: scheme.to_owned(),
             });
         }
-        if rest.contains('#') {
-            return Err(invalid("a WebSocket URL may not have a fragment (#...)"));
-        }
-        let split = rest.find(['/', '?']).unwrap_or(rest.len());
-        let (authority, path) = rest.split_at(split);
-        if authority.contains('@') {
+        if authority.as_str().contains('@') {
             return Err(invalid(
                 "credentials in the URL (user@host) are not supported; send them in a header",
             ));
         }
-
-        let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
-            let Some((addr, after)) = bracketed.split_once(']') else {
-                return Err(invalid("an IPv6 address needs its closing ']'"));
-            };
-            if addr.parse::<Ipv6Addr>().is_err() {
-                return Err(invalid("the address in brackets is not an IPv6 address"));
-            }
-            let port = match after {
-                "" => None,
-                p => match p.strip_prefix(':') {
-                    Some(p) => Some(p),
-                    None => return Err(invalid("expected ':PORT' after the IPv6 address")),
-                },
-            };
-            (addr, port)
-        } else {
-            match authority.split_once(':') {
-                Some((_, p)) if p.contains(':') => {
-                    return Err(invalid(
-                        "an IPv6 address must be written in brackets: ws://[::1]:8080/",
-                    ));
+        let host = match authority.host().strip_prefix('[') {
+            Some(bracketed) => {
+                let addr = bracketed.strip_suffix(']').unwrap_or(bracketed);
+                if addr.parse::<Ipv6Addr>().is_err() {
+                    return Err(invalid("the address in brackets is not an IPv6 address"));
                 }
-                Some((h, p)) => (h, Some(p)),
-                None => (authority, None),
+                addr
             }
+            None => authority.host(),
         };
         if host.is_empty() {
             return Err(invalid("the host is missing"));
@@ -146,14 +132,16 @@ impl FromStr for WsUrl {
                 "the host may only contain letters, digits, '.', '-' and '_'",
             ));
         }
-        let port = match port {
-            None => 80,
-            Some(p) => match p.parse::<u16>() {
-                Ok(n) if n > 0 && p.bytes().all(|b| b.is_ascii_digit()) => n,
-                _ => return Err(invalid("the port must be a number from 1 to 65535")),
+        // http::Uri reads an unparsable port as none: check what follows the host.
+        let port = match &authority.as_str()[authority.host().len()..] {
+            "" => 80,
+            after => match after.strip_prefix(':').map(|p| (p, p.parse::<u16>())) {
+                Some((p, Ok(n))) if n > 0 && p.bytes().all(|b| b.is_ascii_digit()) => n,
+                Some(_) => return Err(invalid("the port must be a number from 1 to 65535")),
+                None => return Err(invalid("expected ':PORT' after the host")),
             },
         };
-        let path = match path {
+        let path = match uri.path_and_query().map_or("", |p| p.as_str()) {
             "" => "/".to_owned(),
             p if p.starts_with('?') => format!("/{p}"),
             p => p.to_owned(),
@@ -219,7 +207,7 @@ mod tests {
         for (url, says) in [
             ("", "expected ws://"),
             ("example.com:8080", "expected ws://"),
-            ("ws://", "host is missing"),
+            ("ws://", "expected ws://"),
             ("ws://:8080/", "host is missing"),
             ("ws://h:0/", "port"),
             ("ws://h:65536/", "port"),
@@ -229,8 +217,10 @@ mod tests {
             ("ws://user:pw@h/", "credentials"),
             ("ws://h/#frag", "fragment"),
             ("ws://h/a b", "percent-encode"),
+            ("ws://::1:8080/", "IPv6 address in brackets"),
             ("ws://h/é", "percent-encode"),
-            ("ws://h o/", "host may only"),
+            ("ws://h o/", "invalid uri character"),
+            ("ws://h.example!/", "host may only"),
             ("://h/", "expected ws://"),
         ] {
             let e = parse(url).unwrap_err();

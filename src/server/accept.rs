@@ -29,7 +29,7 @@ use log::{debug, warn};
 
 use crate::server::connection::{self, Shared, SlotGuard};
 use crate::server::hub::HubMsg;
-use crate::ws::handshake::{Status, http_response};
+use crate::ws::handshake::{StatusCode, http_response};
 
 /// Clients waiting for their `503` at once. The overflow thread answers each in well
 /// under a millisecond when the client sends its request promptly; past 64 waiting, a
@@ -153,7 +153,7 @@ impl Acceptor {
 /// Runs the overflow thread: answers each client it is given with `503`. Ends when the
 /// accept thread (the only sender) is gone.
 pub(crate) fn run_overflow(rx: Receiver<TcpStream>) {
-    let response = http_response(Status::Unavailable, "too many connections\n");
+    let response = http_response(StatusCode::SERVICE_UNAVAILABLE, "too many connections\n");
     for sock in rx {
         let _ = sock.set_read_timeout(Some(OVERFLOW_READ_WAIT));
         let _ = sock.set_write_timeout(Some(OVERFLOW_READ_WAIT));

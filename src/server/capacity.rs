@@ -74,7 +74,7 @@ pub fn how_to_raise(limit: &str) -> &'static str {
 }
 
 impl SystemLimits {
-    /// Reads the limits from /proc and getrlimit(2). Anything unreadable is `None`.
+    /// Reads the limits from /proc (`RLIMIT_NPROC` from `/proc/self/limits`). Anything unreadable is `None`.
     pub fn read() -> SystemLimits {
         let proc_u64 = |path: &str| fs::read_to_string(path).ok()?.trim().parse::<u64>().ok();
         let count_lines = |path: &str| {
@@ -88,7 +88,9 @@ impl SystemLimits {
         let max_threads = [
             proc_u64("/proc/sys/kernel/threads-max"),
             proc_u64("/proc/sys/kernel/pid_max"),
-            rlimit(libc::RLIMIT_NPROC),
+            fs::read_to_string("/proc/self/limits")
+                .ok()
+                .and_then(|l| soft_limit(&l, "Max processes")),
         ]
         .into_iter()
         .flatten()
@@ -102,15 +104,12 @@ impl SystemLimits {
     }
 }
 
-/// The soft limit of `resource`, `None` when unlimited or unreadable.
-fn rlimit(resource: libc::__rlimit_resource_t) -> Option<u64> {
-    let mut r = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit(2) writes one `rlimit` into the struct we pass and nothing else.
-    let rc = unsafe { libc::getrlimit(resource, &mut r) };
-    (rc == 0 && r.rlim_cur != libc::RLIM_INFINITY).then_some(r.rlim_cur)
+/// The soft limit named `name` in a `/proc/<pid>/limits` text (`Max processes`, ...),
+/// `None` when unlimited, absent or unreadable. Reading the file rather than calling
+/// getrlimit(2) keeps this module to safe code, with no dependency for one call.
+fn soft_limit(limits: &str, name: &str) -> Option<u64> {
+    let line = limits.lines().find(|l| l.starts_with(name))?;
+    line[name.len()..].split_whitespace().next()?.parse().ok()
 }
 
 #[cfg(test)]
@@ -156,6 +155,23 @@ mod tests {
             ..SystemLimits::default()
         };
         assert_eq!(ceiling(&l).map(|c| c.0), Some(0));
+    }
+
+    const LIMITS: &str = "Limit                     Soft Limit           Hard Limit           Units     \n\
+        Max cpu time              unlimited            unlimited            seconds   \n\
+        Max processes             4096                 63704                processes \n\
+        Max open files            1024                 1048576              files     \n";
+
+    #[test]
+    fn the_soft_process_limit_is_read_from_proc_limits() {
+        assert_eq!(soft_limit(LIMITS, "Max processes"), Some(4096));
+        assert_eq!(soft_limit(LIMITS, "Max open files"), Some(1024));
+    }
+
+    #[test]
+    fn an_unlimited_or_missing_limit_is_none() {
+        assert_eq!(soft_limit(LIMITS, "Max cpu time"), None);
+        assert_eq!(soft_limit(LIMITS, "Max locked memory"), None);
     }
 
     #[test]

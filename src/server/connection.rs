@@ -18,7 +18,6 @@
 use std::borrow::Cow;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
-use std::os::fd::AsRawFd;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -38,7 +37,7 @@ use crate::server::registry::ConnId;
 use crate::server::writer::{self, CTRL_QUEUE, Ctrl, WriteSide, WriterEnd, WriterTimers};
 use crate::ws::close_policy::{self, GOING_AWAY, INTERNAL_ERROR, POLICY_VIOLATION, ReadEnd};
 use crate::ws::handshake::MAX_REQUEST_HEAD;
-use crate::ws::handshake::{self, Answer, Reject, Request, Status};
+use crate::ws::handshake::{self, Answer, Reject, Request, StatusCode};
 use crate::ws::rate_limit::RateLimiter;
 use crate::ws::utf8_guard::Screened;
 
@@ -182,14 +181,14 @@ fn handshake_phase(sock: &TcpStream, id: ConnId, shared: &Shared) -> Option<Upgr
     let (request, leftover) = match read_head(sock, deadline) {
         Ok(head) => head,
         Err(HeadError::Reject(r)) => {
-            debug!("connection {id}: {} {}", r.status.code(), r.why);
+            debug!("connection {id}: {} {}", r.status.as_u16(), r.why);
             respond_and_close(sock, &handshake::reject_response(&r), config);
             return None;
         }
         Err(HeadError::Timeout) => {
             debug!("connection {id}: no complete request within the handshake timeout");
             let r = Reject {
-                status: Status::RequestTimeout,
+                status: StatusCode::REQUEST_TIMEOUT,
                 why: "request head not received in time",
             };
             respond_and_close(sock, &handshake::reject_response(&r), config);
@@ -200,14 +199,14 @@ fn handshake_phase(sock: &TcpStream, id: ConnId, shared: &Shared) -> Option<Upgr
     let endpoint = shared.routes.endpoint(request.path());
     match handshake::answer(&request, endpoint, &config.allowed_origins) {
         Answer::Health => {
-            let ok = handshake::http_response(Status::Ok, "ok");
+            let ok = handshake::http_response(StatusCode::OK, "ok");
             respond_and_close(sock, &handshake::for_method(request.method(), ok), config);
             None
         }
         Answer::Reject(r) => {
             debug!(
                 "connection {id}: {} {} for {}",
-                r.status.code(),
+                r.status.as_u16(),
                 r.why,
                 request.path()
             );
@@ -389,18 +388,9 @@ impl Drop for FinishWriter {
 /// Nothing the client sent is waiting to be read (end of stream and errors count as
 /// nothing): a non-blocking peek, without touching the socket's blocking mode.
 fn nothing_unread(sock: &TcpStream) -> bool {
-    let mut byte = 0u8;
-    // SAFETY: the descriptor is open for the call (we hold the TcpStream), and recv(2)
-    // writes at most 1 byte into `byte`, which outlives the call.
-    let n = unsafe {
-        libc::recv(
-            sock.as_raw_fd(),
-            (&mut byte as *mut u8).cast(),
-            1,
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
-    n <= 0
+    let mut byte = [std::mem::MaybeUninit::<u8>::uninit()];
+    let peeked = socket2::SockRef::from(sock).recv_with_flags(&mut byte, libc::MSG_PEEK | libc::MSG_DONTWAIT);
+    !matches!(peeked, Ok(n) if n > 0)
 }
 
 /// tungstenite's protocol state for the WebSocket phase, on the heap.

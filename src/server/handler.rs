@@ -21,7 +21,7 @@ use tungstenite::Message;
 use crate::server::error::SendError;
 use crate::server::hub::Hub;
 use crate::server::registry::ConnId;
-use crate::server::writer::{Ctrl, FastWrite, WriteSide};
+use crate::server::writer::{Ctrl, WriteSide};
 use crate::ws::handshake::{Endpoint, Request};
 use crate::ws::wire::WireFrame;
 
@@ -172,26 +172,18 @@ impl Connection {
     /// handshake, as [`Connection::close`] does.
     pub fn send(&self, msg: Message) -> Result<(), SendError> {
         if let Message::Close(frame) = msg {
-            let (code, reason) = frame
-                .map(|f| (u16::from(f.code), f.reason.to_string()))
-                .unwrap_or((crate::ws::close_policy::NORMAL, String::new()));
-            return self.close(code, &reason);
+            let (code, reason) = crate::ws::wire::close_parts(frame.as_ref());
+            return self.close(code, reason);
         }
         let Some(frame) = WireFrame::from_message(msg) else {
             return Ok(());
         };
-        match self
+        if self
             .inner
             .write
-            .try_write_now(&frame, &self.inner.data, &self.inner.ctrl)
+            .write_now(&frame, &self.inner.data, &self.inner.ctrl)
         {
-            FastWrite::Done => return Ok(()),
-            FastWrite::Started => {
-                // The writer finishes the frame; a full control channel wakes it anyway.
-                let _ = self.inner.ctrl.try_send(Ctrl::Resume);
-                return Ok(());
-            }
-            FastWrite::Later => {}
+            return Ok(());
         }
         match self.inner.data.push_timeout(frame, self.inner.write_timeout) {
             Ok(()) => Ok(()),

@@ -38,7 +38,7 @@ use tungstenite::Message;
 
 use crate::server::error::SendError;
 use crate::server::registry::{ConnId, Offer, Peer, Registry};
-use crate::server::writer::{Ctrl, FastWrite, WriteSide};
+use crate::server::writer::{Ctrl, WriteSide};
 use crate::ws::close_policy::GOING_AWAY;
 use crate::ws::keepalive::PingSchedule;
 use crate::ws::wire::WireFrame;
@@ -108,15 +108,10 @@ impl Peer for PeerHandle {
     /// Writes at once when the connection's writer is idle (no wake-up, no queueing),
     /// else queues for it.
     fn offer(&self, frame: &WireFrame) -> Offer {
-        match self.write.try_write_now(frame, &self.data, &self.ctrl) {
-            FastWrite::Done => Offer::Queued,
-            FastWrite::Started => {
-                // A full control channel means the writer is about to wake anyway, and
-                // it finishes the started frame before anything else.
-                let _ = self.ctrl.try_send(Ctrl::Resume);
-                Offer::Queued
-            }
-            FastWrite::Later => self.data.try_push(frame.clone()),
+        if self.write.write_now(frame, &self.data, &self.ctrl) {
+            Offer::Queued
+        } else {
+            self.data.try_push(frame.clone())
         }
     }
 }
@@ -128,20 +123,15 @@ impl PeerHandle {
     /// read). A Close the hub wrote itself arms no timer in the writer; the drain's own
     /// deadline cuts a client that never answers.
     fn going_away(&self, close: &WireFrame) {
-        match self.write.try_write_now(close, &self.data, &self.ctrl) {
-            FastWrite::Done => {}
-            FastWrite::Started => {
-                let _ = self.ctrl.try_send(Ctrl::Resume);
-            }
-            FastWrite::Later => {
-                let close = Ctrl::Close {
-                    code: GOING_AWAY,
-                    reason: Cow::Borrowed(GOING_AWAY_REASON),
-                };
-                if let Err(TrySendError::Full(_)) = self.ctrl.try_send(close) {
-                    self.cut();
-                }
-            }
+        if self.write.write_now(close, &self.data, &self.ctrl) {
+            return;
+        }
+        let close = Ctrl::Close {
+            code: GOING_AWAY,
+            reason: Cow::Borrowed(GOING_AWAY_REASON),
+        };
+        if let Err(TrySendError::Full(_)) = self.ctrl.try_send(close) {
+            self.cut();
         }
     }
 

@@ -155,15 +155,8 @@ const LISTEN_BACKLOG: i32 = 4096;
 /// Calls listen(2) again with [`LISTEN_BACKLOG`]: on Linux, listening again on a
 /// listening socket just updates its backlog. Best effort: on failure std's 128 stays.
 fn widen_backlog(listener: &TcpListener) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: listen(2) on a file descriptor we own and that stays open for the call;
-    // it touches no memory of ours.
-    let rc = unsafe { libc::listen(listener.as_raw_fd(), LISTEN_BACKLOG) };
-    if rc != 0 {
-        log::debug!(
-            "could not widen the listen backlog: {}",
-            std::io::Error::last_os_error()
-        );
+    if let Err(e) = socket2::SockRef::from(listener).listen(LISTEN_BACKLOG) {
+        log::debug!("could not widen the listen backlog: {e}");
     }
 }
 

@@ -55,13 +55,13 @@
 use std::borrow::Cow;
 use std::io::{self, IoSlice, Write};
 use std::net::{Shutdown, TcpStream};
-use std::os::fd::AsRawFd;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Select, Sender, TryRecvError};
 
 use crate::server::queue::{OutboundRx, OutboundTx};
+use crate::sync::{lock, try_lock};
 use crate::ws::wire::{WireFrame, frames_through_close};
 
 /// Frames gathered into one vectored write. 64 frames amortise the system call over a
@@ -129,7 +129,7 @@ struct WriteState {
 
 /// What the hub's attempt to write at once came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum FastWrite {
+enum FastWrite {
     /// Written whole (or dropped, after a Close, as the writer would have).
     Done,
     /// Partly written; the writer must be woken to finish it.
@@ -148,10 +148,8 @@ impl WriteSide {
     }
 
     /// Takes the lock for a blocking write, first finishing any frame the hub started.
-    /// Nothing panics while holding it, but a poisoned lock is still usable: its state
-    /// is two plain fields.
     fn begin(&self) -> io::Result<MutexGuard<'_, WriteState>> {
-        let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut st = lock(&self.state);
         if let Some((frame, sent)) = st.pending.take() {
             write_rest(&self.sock, &frame, sent)?;
         }
@@ -162,29 +160,34 @@ impl WriteSide {
     /// in the middle of a write holds the lock: then `false`, and whatever the caller
     /// queues is dropped by the writer instead).
     pub(crate) fn has_sent_close(&self) -> bool {
-        match self.state.try_lock() {
-            Ok(st) => st.close_sent,
-            Err(TryLockError::Poisoned(p)) => p.into_inner().close_sent,
-            Err(TryLockError::WouldBlock) => false,
+        try_lock(&self.state).is_some_and(|st| st.close_sent)
+    }
+
+    /// The fast path, for the hub and a handler's send alike: writes `frame` now if
+    /// [`WriteSide::try_write_now`] can, and hands a frame the socket took only in part
+    /// to the writer ([`Ctrl::Resume`]; a full control channel means the writer is about
+    /// to wake anyway, and it finishes the started frame before anything else). `false`:
+    /// nothing was written, the caller queues the frame.
+    pub(crate) fn write_now(&self, frame: &WireFrame, queue: &OutboundTx, ctrl: &Sender<Ctrl>) -> bool {
+        match self.try_write_now(frame, queue, ctrl) {
+            FastWrite::Done => true,
+            FastWrite::Started => {
+                let _ = ctrl.try_send(Ctrl::Resume);
+                true
+            }
+            FastWrite::Later => false,
         }
     }
 
-    /// The fast path: writes `frame` now if nobody is writing, nothing is queued ahead of
+    /// Writes `frame` now if nobody is writing, nothing is queued ahead of
     /// it (data or control: a Pong the reader queued goes first), and the socket takes it
     /// without waiting. Never blocks.
-    pub(crate) fn try_write_now(
-        &self,
-        frame: &WireFrame,
-        queue: &OutboundTx,
-        ctrl: &Sender<Ctrl>,
-    ) -> FastWrite {
+    fn try_write_now(&self, frame: &WireFrame, queue: &OutboundTx, ctrl: &Sender<Ctrl>) -> FastWrite {
         if !queue.is_empty() || !ctrl.is_empty() {
             return FastWrite::Later;
         }
-        let mut st = match self.state.try_lock() {
-            Ok(st) => st,
-            Err(TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(TryLockError::WouldBlock) => return FastWrite::Later,
+        let Some(mut st) = try_lock(&self.state) else {
+            return FastWrite::Later;
         };
         if st.close_sent {
             return FastWrite::Done;
@@ -269,7 +272,7 @@ impl Writer {
                     Err(TryRecvError::Empty) => {}
                 }
                 if !data.is_empty() {
-                    self.write_queued(&st, &queue)?;
+                    self.write_queued(MAX_BATCH, st.close_sent, &queue)?;
                     continue;
                 }
             }
@@ -305,7 +308,7 @@ impl Writer {
                     if is_close {
                         // tungstenite answering the peer's Close: replies already queued
                         // to the peer's earlier messages go out first.
-                        flush_queued(&self.side.sock, &mut self.batch, data)?;
+                        self.flush_queued(data)?;
                     }
                     (&*self.side.sock).write_all(&bytes[..upto])?;
                     if is_close {
@@ -315,7 +318,7 @@ impl Writer {
             }
             Ctrl::Close { code, reason } => {
                 if !st.close_sent {
-                    flush_queued(&self.side.sock, &mut self.batch, data)?;
+                    self.flush_queued(data)?;
                     write_frames(&self.side.sock, &[WireFrame::close(code, &reason)])?;
                     st.close_sent = true;
                     *close_deadline = Some(Instant::now() + timers.close_timeout);
@@ -328,45 +331,35 @@ impl Writer {
         Ok(false)
     }
 
-    /// Writes up to a batch of queued frames in one call; the caller holds the write
-    /// lock. After a Close they are dropped instead.
-    fn write_queued(&mut self, st: &WriteState, data: &OutboundRx) -> io::Result<()> {
-        while self.batch.len() < MAX_BATCH {
-            match data.rx.try_recv() {
-                Ok(f) => self.batch.push(f),
-                Err(_) => break,
+    /// Takes up to `most` queued frames off the queue and writes them, a batch per
+    /// vectored write; the caller holds the write lock. After a Close (`close_sent`) they
+    /// are taken and dropped instead.
+    fn write_queued(&mut self, most: usize, close_sent: bool, data: &OutboundRx) -> io::Result<()> {
+        let mut left = most;
+        let mut written = Ok(());
+        while left > 0 && written.is_ok() {
+            while left > 0 && self.batch.len() < MAX_BATCH {
+                let Ok(f) = data.rx.try_recv() else { break };
+                left -= 1;
+                self.batch.push(f);
             }
+            if self.batch.is_empty() {
+                break;
+            }
+            if !close_sent {
+                written = write_frames(&self.side.sock, &self.batch);
+            }
+            self.batch.clear();
         }
-        let written = if st.close_sent {
-            Ok(())
-        } else {
-            write_frames(&self.side.sock, &self.batch)
-        };
-        self.batch.clear();
         data.made_room();
         written
     }
-}
 
-/// Writes what is queued now, ahead of a Close; the caller holds the write lock. Only
-/// what is queued now: a hub still broadcasting must not keep the Close waiting forever.
-fn flush_queued(sock: &TcpStream, batch: &mut Vec<WireFrame>, data: &OutboundRx) -> io::Result<()> {
-    let mut left = data.len();
-    while left > 0 {
-        while left > 0 && batch.len() < MAX_BATCH {
-            let Ok(f) = data.rx.try_recv() else { break };
-            left -= 1;
-            batch.push(f);
-        }
-        if batch.is_empty() {
-            break;
-        }
-        let written = write_frames(sock, batch);
-        batch.clear();
-        written?;
+    /// Writes what is queued now, ahead of a Close; the caller holds the write lock. Only
+    /// what is queued now: a hub still broadcasting must not keep the Close waiting forever.
+    fn flush_queued(&mut self, data: &OutboundRx) -> io::Result<()> {
+        self.write_queued(data.len(), false, data)
     }
-    data.made_room();
-    Ok(())
 }
 
 /// Writes whole frames with vectored writes: headers and shared payloads go to the
@@ -415,30 +408,8 @@ fn write_slices(sock: &TcpStream, mut bufs: &mut [IoSlice<'_>]) -> io::Result<()
 /// `MSG_DONTWAIT` makes this one call non-blocking without touching the socket's mode,
 /// which its reader thread relies on.
 fn send_now(sock: &TcpStream, frame: &WireFrame) -> io::Result<usize> {
-    let (head, payload) = (frame.head(), frame.payload());
-    let iov = [
-        libc::iovec {
-            iov_base: head.as_ptr() as *mut libc::c_void,
-            iov_len: head.len(),
-        },
-        libc::iovec {
-            iov_base: payload.as_ptr() as *mut libc::c_void,
-            iov_len: payload.len(),
-        },
-    ];
-    // SAFETY: a zeroed msghdr is valid (no name, no control data); we then point it at
-    // `iov`, which outlives the call, and sendmsg(2) only reads the buffers it names.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
-    msg.msg_iovlen = iov.len();
-    // SAFETY: the descriptor is open for the call (we hold the TcpStream) and `msg` is
-    // valid as above.
-    let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
+    let iov = [IoSlice::new(frame.head()), IoSlice::new(frame.payload())];
+    socket2::SockRef::from(sock).send_vectored_with_flags(&iov, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
 }
 
 #[cfg(test)]

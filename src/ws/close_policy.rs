@@ -1,7 +1,7 @@
 //! Which Close code answers which failure. I/O-free.
 //!
-//! Owns nothing; called by a connection's reader thread when tungstenite's `read()`
-//! fails. tungstenite detects the violations but does not answer them with a Close
+//! Owns nothing; called by a server connection's reader thread, and by a client's, when
+//! tungstenite's `read()` fails. tungstenite detects the violations but does not answer them with a Close
 //! frame: turning each into the right code is ours. RFC 6455 §7.4.1 defines the codes.
 
 use std::io;

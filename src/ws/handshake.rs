@@ -94,71 +94,24 @@ impl Request {
     }
 }
 
-/// The HTTP statuses the server answers before (or instead of) an upgrade.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
-    /// `200 OK` (health check).
-    Ok,
-    /// `400 Bad Request`: not HTTP, or a malformed WebSocket handshake.
-    BadRequest,
-    /// `403 Forbidden`: the `Origin` is not on the allowlist.
-    Forbidden,
-    /// `404 Not Found`: no endpoint at that path.
-    NotFound,
-    /// `405 Method Not Allowed`: WebSocket endpoints take `GET` only.
-    MethodNotAllowed,
-    /// `408 Request Timeout`: the request head did not arrive within the handshake timeout.
-    RequestTimeout,
-    /// `426 Upgrade Required`: a plain request to a WebSocket endpoint, or a
-    /// `Sec-WebSocket-Version` other than 13.
-    UpgradeRequired,
-    /// `431 Request Header Fields Too Large`: the head is over [`MAX_REQUEST_HEAD`].
-    HeadersTooLarge,
-    /// `503 Service Unavailable`: the connection limit is reached.
-    Unavailable,
-}
-
-impl Status {
-    /// The numeric code.
-    pub fn code(self) -> u16 {
-        match self {
-            Status::Ok => 200,
-            Status::BadRequest => 400,
-            Status::Forbidden => 403,
-            Status::NotFound => 404,
-            Status::MethodNotAllowed => 405,
-            Status::RequestTimeout => 408,
-            Status::UpgradeRequired => 426,
-            Status::HeadersTooLarge => 431,
-            Status::Unavailable => 503,
-        }
-    }
-
-    fn reason(self) -> &'static str {
-        match self {
-            Status::Ok => "OK",
-            Status::BadRequest => "Bad Request",
-            Status::Forbidden => "Forbidden",
-            Status::NotFound => "Not Found",
-            Status::MethodNotAllowed => "Method Not Allowed",
-            Status::RequestTimeout => "Request Timeout",
-            Status::UpgradeRequired => "Upgrade Required",
-            Status::HeadersTooLarge => "Request Header Fields Too Large",
-            Status::Unavailable => "Service Unavailable",
-        }
-    }
-}
+/// The HTTP statuses this server answers with are `http`'s [`StatusCode`]s: `200` (health
+/// check), `400` (not HTTP, or a malformed handshake), `403` (`Origin` not allowed),
+/// `404` (no endpoint), `405` (WebSocket endpoints take `GET`), `408` (no request head
+/// within the handshake timeout), `426` (a plain request to a WebSocket endpoint, or a
+/// `Sec-WebSocket-Version` other than 13), `431` (head over [`MAX_REQUEST_HEAD`]) and
+/// `503` (connection limit reached).
+pub use tungstenite::http::StatusCode;
 
 /// A refusal: the status and a one-line explanation sent as the body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reject {
     /// The status to answer with.
-    pub status: Status,
+    pub status: StatusCode,
     /// The body: why, in one line.
     pub why: &'static str,
 }
 
-fn reject(status: Status, why: &'static str) -> Reject {
+fn reject(status: StatusCode, why: &'static str) -> Reject {
     Reject { status, why }
 }
 
@@ -175,7 +128,7 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(Request, usize)>, Reject> {
     let limit = &buf[..buf.len().min(MAX_REQUEST_HEAD)];
     match req.parse(limit) {
         Ok(httparse::Status::Partial) if buf.len() >= MAX_REQUEST_HEAD => Err(reject(
-            Status::HeadersTooLarge,
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "request head is larger than 8 KiB",
         )),
         Ok(httparse::Status::Partial) => Ok(None),
@@ -204,10 +157,11 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(Request, usize)>, Reject> {
             };
             Ok(Some((request, n)))
         }
-        Err(httparse::Error::TooManyHeaders) => {
-            Err(reject(Status::HeadersTooLarge, "too many request headers"))
-        }
-        Err(_) => Err(reject(Status::BadRequest, "not a valid HTTP/1.1 request")),
+        Err(httparse::Error::TooManyHeaders) => Err(reject(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "too many request headers",
+        )),
+        Err(_) => Err(reject(StatusCode::BAD_REQUEST, "not a valid HTTP/1.1 request")),
     }
 }
 
@@ -244,47 +198,56 @@ pub fn answer(request: &Request, endpoint: Endpoint, allowed_origins: &[String])
         || request.header("Sec-WebSocket-Version").is_some();
     match endpoint {
         Endpoint::None => {
-            return Answer::Reject(reject(Status::NotFound, "no endpoint at this path"));
+            return Answer::Reject(reject(StatusCode::NOT_FOUND, "no endpoint at this path"));
         }
         Endpoint::Health if !wants_upgrade => {
             // Health checkers often use HEAD: it gets GET's answer without the body.
             return if matches!(request.method(), "GET" | "HEAD") {
                 Answer::Health
             } else {
-                Answer::Reject(reject(Status::MethodNotAllowed, "use GET or HEAD"))
+                Answer::Reject(reject(StatusCode::METHOD_NOT_ALLOWED, "use GET or HEAD"))
             };
         }
         Endpoint::Health => {
-            return Answer::Reject(reject(Status::NotFound, "no WebSocket endpoint at this path"));
+            return Answer::Reject(reject(
+                StatusCode::NOT_FOUND,
+                "no WebSocket endpoint at this path",
+            ));
         }
         Endpoint::WebSocket => {}
     }
     // "The method of the request MUST be GET, and the HTTP version MUST be at least 1.1."
     if request.method() != "GET" {
-        return Answer::Reject(reject(Status::MethodNotAllowed, "WebSocket endpoints take GET"));
+        return Answer::Reject(reject(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "WebSocket endpoints take GET",
+        ));
     }
     if !wants_upgrade {
         return Answer::Reject(reject(
-            Status::UpgradeRequired,
+            StatusCode::UPGRADE_REQUIRED,
             "this is a WebSocket endpoint: send an upgrade request",
         ));
     }
     if request.minor_version < 1 {
-        return Answer::Reject(reject(Status::BadRequest, "WebSocket needs HTTP/1.1"));
+        return Answer::Reject(reject(StatusCode::BAD_REQUEST, "WebSocket needs HTTP/1.1"));
     }
     // "The request MUST contain a |Host| header field."
     if request.header("Host").is_none() {
-        return Answer::Reject(reject(Status::BadRequest, "missing Host header"));
+        return Answer::Reject(reject(StatusCode::BAD_REQUEST, "missing Host header"));
     }
     // "The request MUST contain an |Upgrade| header field whose value MUST include the
     // "websocket" keyword." and "a |Connection| header field whose value MUST include
     // the "Upgrade" token."
     if !request.header_has_token("Upgrade", "websocket") {
-        return Answer::Reject(reject(Status::BadRequest, "Upgrade header must be websocket"));
+        return Answer::Reject(reject(
+            StatusCode::BAD_REQUEST,
+            "Upgrade header must be websocket",
+        ));
     }
     if !request.header_has_token("Connection", "upgrade") {
         return Answer::Reject(reject(
-            Status::BadRequest,
+            StatusCode::BAD_REQUEST,
             "Connection header must include Upgrade",
         ));
     }
@@ -292,11 +255,11 @@ pub fn answer(request: &Request, endpoint: Endpoint, allowed_origins: &[String])
     // The value of this header field MUST be 13." §4.4: a server that does not speak
     // the version answers with the versions it does speak.
     match request.header("Sec-WebSocket-Version").map(str::trim) {
-        None => return Answer::Reject(reject(Status::BadRequest, "missing Sec-WebSocket-Version")),
+        None => return Answer::Reject(reject(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Version")),
         Some("13") => {}
         Some(_) => {
             return Answer::Reject(reject(
-                Status::UpgradeRequired,
+                StatusCode::UPGRADE_REQUIRED,
                 "unsupported Sec-WebSocket-Version: this server speaks 13",
             ));
         }
@@ -304,8 +267,8 @@ pub fn answer(request: &Request, endpoint: Endpoint, allowed_origins: &[String])
     // "|Sec-WebSocket-Key| ... a base64-encoded value that, when decoded, is 16 bytes".
     let key = match request.header("Sec-WebSocket-Key").map(str::trim) {
         Some(k) if is_valid_key(k) => k,
-        Some(_) => return Answer::Reject(reject(Status::BadRequest, "malformed Sec-WebSocket-Key")),
-        None => return Answer::Reject(reject(Status::BadRequest, "missing Sec-WebSocket-Key")),
+        Some(_) => return Answer::Reject(reject(StatusCode::BAD_REQUEST, "malformed Sec-WebSocket-Key")),
+        None => return Answer::Reject(reject(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key")),
     };
     // Browsers always send Origin; checking it stops cross-site WebSocket hijacking.
     if !allowed_origins.is_empty() {
@@ -313,7 +276,7 @@ pub fn answer(request: &Request, endpoint: Endpoint, allowed_origins: &[String])
             .header("Origin")
             .is_some_and(|o| allowed_origins.iter().any(|a| a.eq_ignore_ascii_case(o.trim())));
         if !allowed {
-            return Answer::Reject(reject(Status::Forbidden, "origin not allowed"));
+            return Answer::Reject(reject(StatusCode::FORBIDDEN, "origin not allowed"));
         }
     }
     Answer::Upgrade {
@@ -341,13 +304,18 @@ pub fn upgrade_response(accept: &str) -> Vec<u8> {
 }
 
 /// A complete plain-HTTP response that closes the connection.
-pub fn http_response(status: Status, body: &str) -> Vec<u8> {
+pub fn http_response(status: StatusCode, body: &str) -> Vec<u8> {
     let mut out = String::with_capacity(160 + body.len());
-    let _ = write!(out, "HTTP/1.1 {} {}\r\n", status.code(), status.reason());
+    let _ = write!(
+        out,
+        "HTTP/1.1 {} {}\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    );
     match status {
-        Status::UpgradeRequired => out.push_str("Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"),
-        Status::MethodNotAllowed => out.push_str("Allow: GET\r\n"),
-        Status::Unavailable => out.push_str("Retry-After: 1\r\n"),
+        StatusCode::UPGRADE_REQUIRED => out.push_str("Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"),
+        StatusCode::METHOD_NOT_ALLOWED => out.push_str("Allow: GET\r\n"),
+        StatusCode::SERVICE_UNAVAILABLE => out.push_str("Retry-After: 1\r\n"),
         _ => {}
     }
     let _ = write!(
@@ -434,7 +402,7 @@ mod tests {
         let big = format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(MAX_REQUEST_HEAD));
         assert_eq!(
             parse_head(big.as_bytes()).unwrap_err().status,
-            Status::HeadersTooLarge
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
         );
     }
 
@@ -446,7 +414,7 @@ mod tests {
         let text = format!("GET / HTTP/1.1\r\n{many}\r\n");
         assert_eq!(
             parse_head(text.as_bytes()).unwrap_err().status,
-            Status::HeadersTooLarge
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
         );
     }
 
@@ -454,15 +422,15 @@ mod tests {
     fn garbage_is_400() {
         assert_eq!(
             parse_head(b"\x16\x03\x01\x02\x00").unwrap_err().status,
-            Status::BadRequest
+            StatusCode::BAD_REQUEST
         );
         assert_eq!(
             parse_head(b"HELLO WORLD\r\n\r\n").unwrap_err().status,
-            Status::BadRequest
+            StatusCode::BAD_REQUEST
         );
     }
 
-    fn status_of(text: &str, endpoint: Endpoint, origins: &[String]) -> Option<Status> {
+    fn status_of(text: &str, endpoint: Endpoint, origins: &[String]) -> Option<StatusCode> {
         match answer(&parse(text), endpoint, origins) {
             Answer::Reject(r) => Some(r.status),
             _ => None,
@@ -473,7 +441,7 @@ mod tests {
     fn unknown_path_is_404() {
         assert_eq!(
             status_of(&upgrade_request(""), Endpoint::None, &[]),
-            Some(Status::NotFound)
+            Some(StatusCode::NOT_FOUND)
         );
     }
 
@@ -482,7 +450,7 @@ mod tests {
         let text = "GET /echo HTTP/1.1\r\nHost: x\r\n\r\n";
         assert_eq!(
             status_of(text, Endpoint::WebSocket, &[]),
-            Some(Status::UpgradeRequired)
+            Some(StatusCode::UPGRADE_REQUIRED)
         );
     }
 
@@ -497,12 +465,12 @@ mod tests {
         let wrong = upgrade_request("").replace("Version: 13", "Version: 8");
         assert_eq!(
             status_of(&wrong, Endpoint::WebSocket, &[]),
-            Some(Status::UpgradeRequired)
+            Some(StatusCode::UPGRADE_REQUIRED)
         );
         let missing = upgrade_request("").replace("Sec-WebSocket-Version: 13\r\n", "");
         assert_eq!(
             status_of(&missing, Endpoint::WebSocket, &[]),
-            Some(Status::BadRequest)
+            Some(StatusCode::BAD_REQUEST)
         );
     }
 
@@ -511,7 +479,7 @@ mod tests {
         let missing = upgrade_request("").replace(&format!("Sec-WebSocket-Key: {KEY}\r\n"), "");
         assert_eq!(
             status_of(&missing, Endpoint::WebSocket, &[]),
-            Some(Status::BadRequest)
+            Some(StatusCode::BAD_REQUEST)
         );
         for bad in [
             "short==",
@@ -522,7 +490,7 @@ mod tests {
             let text = upgrade_request("").replace(KEY, bad);
             assert_eq!(
                 status_of(&text, Endpoint::WebSocket, &[]),
-                Some(Status::BadRequest),
+                Some(StatusCode::BAD_REQUEST),
                 "{bad}"
             );
         }
@@ -533,12 +501,12 @@ mod tests {
         let text = upgrade_request("").replace("Upgrade: websocket", "Upgrade: h2c");
         assert_eq!(
             status_of(&text, Endpoint::WebSocket, &[]),
-            Some(Status::BadRequest)
+            Some(StatusCode::BAD_REQUEST)
         );
         let text = upgrade_request("").replace("keep-alive, Upgrade", "keep-alive");
         assert_eq!(
             status_of(&text, Endpoint::WebSocket, &[]),
-            Some(Status::BadRequest)
+            Some(StatusCode::BAD_REQUEST)
         );
     }
 
@@ -550,7 +518,7 @@ mod tests {
 
     #[test]
     fn a_head_response_keeps_the_headers_and_drops_the_body() {
-        let get = http_response(Status::Ok, "ok");
+        let get = http_response(StatusCode::OK, "ok");
         let head = for_method("HEAD", get.clone());
         let text = String::from_utf8(head).unwrap();
         assert!(
@@ -565,7 +533,7 @@ mod tests {
         let text = upgrade_request("").replacen("GET", "POST", 1);
         assert_eq!(
             status_of(&text, Endpoint::WebSocket, &[]),
-            Some(Status::MethodNotAllowed)
+            Some(StatusCode::METHOD_NOT_ALLOWED)
         );
     }
 
@@ -577,19 +545,19 @@ mod tests {
         let bad = upgrade_request("Origin: https://evil.example\r\n");
         assert_eq!(
             status_of(&bad, Endpoint::WebSocket, &allowed),
-            Some(Status::Forbidden)
+            Some(StatusCode::FORBIDDEN)
         );
         let none = upgrade_request("");
         assert_eq!(
             status_of(&none, Endpoint::WebSocket, &allowed),
-            Some(Status::Forbidden)
+            Some(StatusCode::FORBIDDEN)
         );
         assert_eq!(status_of(&bad, Endpoint::WebSocket, &[]), None);
     }
 
     #[test]
     fn responses_are_well_formed() {
-        let r = http_response(Status::UpgradeRequired, "x\n");
+        let r = http_response(StatusCode::UPGRADE_REQUIRED, "x\n");
         let text = String::from_utf8(r).unwrap();
         assert!(text.starts_with("HTTP/1.1 426 Upgrade Required\r\n"));
         assert!(text.contains("Sec-WebSocket-Version: 13\r\n"));

@@ -8,24 +8,26 @@
 //! to the kernel with one vectored write, so even an echo is never copied in user space.
 //!
 //! RFC 6455 §5.1: "A server MUST NOT mask any frames that it sends to the client", so
-//! a server frame is exactly header + payload.
+//! a server frame is exactly header + payload. The client's frames are masked
+//! ([`encode_frame`]). Both are laid out by one encoder, tungstenite's
+//! `FrameHeader::format`, here; and a Close payload is built, its reason cut to fit, by
+//! [`close_payload`] alone.
 
 use std::io::Cursor;
 
 use tungstenite::Bytes;
 use tungstenite::Message;
+use tungstenite::protocol::CloseFrame;
 use tungstenite::protocol::frame::FrameHeader;
-use tungstenite::protocol::frame::coding::{Control, OpCode};
+use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 
-/// The largest frame header: 2 bytes, plus 8 for a 64-bit length (no mask key).
+use crate::ws::close_policy::NORMAL;
+
+/// The largest unmasked frame header: 2 bytes, plus 8 for a 64-bit length.
 const MAX_HEADER: usize = 10;
 
-/// Opcodes of RFC 6455 §5.2.
-const OP_TEXT: u8 = 0x1;
-const OP_BINARY: u8 = 0x2;
-const OP_CLOSE: u8 = 0x8;
-const OP_PING: u8 = 0x9;
-const OP_PONG: u8 = 0xA;
+/// The largest control-frame payload (RFC 6455 §5.5).
+const MAX_CONTROL_PAYLOAD: usize = 125;
 
 /// One complete, unmasked server frame, ready for the socket.
 #[derive(Clone, Debug)]
@@ -36,23 +38,13 @@ pub(crate) struct WireFrame {
 }
 
 impl WireFrame {
-    /// A final (unfragmented) frame with `opcode` and `payload`.
-    fn new(opcode: u8, payload: Bytes) -> WireFrame {
+    /// A final (unfragmented), unmasked frame with `opcode` and `payload`.
+    fn new(opcode: OpCode, payload: Bytes) -> WireFrame {
         let mut head = [0u8; MAX_HEADER];
-        head[0] = 0x80 | opcode; // FIN set, RSV bits clear
-        let len = payload.len();
-        let head_len = if len < 126 {
-            head[1] = len as u8;
-            2
-        } else if let Ok(short) = u16::try_from(len) {
-            head[1] = 126;
-            head[2..4].copy_from_slice(&short.to_be_bytes());
-            4
-        } else {
-            head[1] = 127;
-            head[2..10].copy_from_slice(&(len as u64).to_be_bytes());
-            10
-        };
+        let mut out = &mut head[..];
+        // Cannot fail: an unmasked header is at most MAX_HEADER bytes.
+        let _ = final_header(opcode, None).format(payload.len() as u64, &mut out);
+        let head_len = (MAX_HEADER - out.len()) as u8;
         WireFrame {
             head,
             head_len,
@@ -64,16 +56,14 @@ impl WireFrame {
     /// server never sends.
     pub(crate) fn from_message(msg: Message) -> Option<WireFrame> {
         Some(match msg {
-            Message::Text(text) => WireFrame::new(OP_TEXT, Bytes::from(text)),
-            Message::Binary(data) => WireFrame::new(OP_BINARY, data),
+            Message::Text(text) => WireFrame::new(OpCode::Data(Data::Text), Bytes::from(text)),
+            Message::Binary(data) => WireFrame::new(OpCode::Data(Data::Binary), data),
             // Control frames carry at most 125 bytes (§5.5); longer payloads are cut.
-            Message::Ping(data) => WireFrame::new(OP_PING, truncate_control(data)),
-            Message::Pong(data) => WireFrame::new(OP_PONG, truncate_control(data)),
+            Message::Ping(data) => WireFrame::new(OpCode::Control(Control::Ping), truncate_control(data)),
+            Message::Pong(data) => WireFrame::new(OpCode::Control(Control::Pong), truncate_control(data)),
             Message::Close(frame) => {
-                let (code, reason) = frame
-                    .map(|f| (u16::from(f.code), f.reason.to_string()))
-                    .unwrap_or((1000, String::new()));
-                WireFrame::close(code, &reason)
+                let (code, reason) = close_parts(frame.as_ref());
+                WireFrame::close(code, reason)
             }
             Message::Frame(_) => return None,
         })
@@ -81,19 +71,15 @@ impl WireFrame {
 
     /// A Close frame with `code` and `reason` (cut to fit 125 bytes on a char boundary).
     pub(crate) fn close(code: u16, reason: &str) -> WireFrame {
-        let mut cut = reason.len().min(123);
-        while !reason.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        let mut payload = Vec::with_capacity(2 + cut);
-        payload.extend_from_slice(&code.to_be_bytes());
-        payload.extend_from_slice(&reason.as_bytes()[..cut]);
-        WireFrame::new(OP_CLOSE, Bytes::from(payload))
+        WireFrame::new(
+            OpCode::Control(Control::Close),
+            Bytes::from(close_payload(code, reason)),
+        )
     }
 
     /// An empty Ping.
     pub(crate) fn ping() -> WireFrame {
-        WireFrame::new(OP_PING, Bytes::new())
+        WireFrame::new(OpCode::Control(Control::Ping), Bytes::new())
     }
 
     /// The header bytes.
@@ -113,13 +99,64 @@ impl WireFrame {
 
     /// Is this a Close frame?
     pub(crate) fn is_close(&self) -> bool {
-        self.head[0] & 0x0F == OP_CLOSE
+        self.head[0] & 0x0F == u8::from(OpCode::Control(Control::Close))
     }
 }
 
 fn truncate_control(mut data: Bytes) -> Bytes {
-    data.truncate(125);
+    data.truncate(MAX_CONTROL_PAYLOAD);
     data
+}
+
+/// The header of a final frame with `opcode`, masked with `mask` if given.
+fn final_header(opcode: OpCode, mask: Option<[u8; 4]>) -> FrameHeader {
+    FrameHeader {
+        is_final: true,
+        opcode,
+        mask,
+        ..FrameHeader::default()
+    }
+}
+
+/// Appends one final frame to `out`: the header (with the mask key, if any), then the
+/// payload masked with it. The client's encoder (RFC 6455 §5.3: every client frame is
+/// masked); [`WireFrame`] lays out the server's with the same header code.
+pub(crate) fn encode_frame(out: &mut Vec<u8>, opcode: OpCode, mask: Option<[u8; 4]>, payload: &[u8]) {
+    encode_with_header(out, &final_header(opcode, mask), payload);
+}
+
+/// [`encode_frame`] with a header of the caller's (a `Message::Frame` sent as it is).
+pub(crate) fn encode_with_header(out: &mut Vec<u8>, header: &FrameHeader, payload: &[u8]) {
+    // Formatting into a Vec cannot fail.
+    let _ = header.format(payload.len() as u64, out);
+    match header.mask {
+        Some(mask) => out.extend(payload.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m)),
+        None => out.extend_from_slice(payload),
+    }
+}
+
+/// The longest prefix of `reason` that fits a Close frame beside its 2-byte code
+/// (125 bytes in all), cut at a character boundary so it stays valid UTF-8.
+pub(crate) fn cut_reason(reason: &str) -> &str {
+    let mut end = reason.len().min(MAX_CONTROL_PAYLOAD - 2);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    &reason[..end]
+}
+
+/// A Close frame's payload: `code`, big-endian, then the reason cut by [`cut_reason`].
+pub(crate) fn close_payload(code: u16, reason: &str) -> Vec<u8> {
+    let reason = cut_reason(reason);
+    let mut payload = Vec::with_capacity(2 + reason.len());
+    payload.extend_from_slice(&code.to_be_bytes());
+    payload.extend_from_slice(reason.as_bytes());
+    payload
+}
+
+/// The code and reason a Close message asks for; 1000 and no reason without a frame.
+pub(crate) fn close_parts(frame: Option<&CloseFrame>) -> (u16, &str) {
+    frame.map_or((NORMAL, ""), |f| (u16::from(f.code), f.reason.as_str()))
 }
 
 /// How many leading bytes of `bytes` to write: up to and including the first Close
@@ -195,6 +232,46 @@ mod tests {
         assert!(f.payload().len() <= 125);
         assert!(std::str::from_utf8(&f.payload()[2..]).is_ok());
         assert!(f.is_close());
+    }
+
+    #[test]
+    fn client_frames_are_masked_and_round_trip() {
+        let mut bytes = Vec::new();
+        encode_frame(&mut bytes, OpCode::Data(Data::Text), Some([1, 2, 3, 4]), b"hello");
+        assert_eq!(bytes[0], 0x81);
+        assert_eq!(bytes[1], 0x80 | 5);
+        assert_eq!(&bytes[2..6], &[1, 2, 3, 4]);
+        let unmasked: Vec<u8> = bytes[6..]
+            .iter()
+            .zip([1u8, 2, 3, 4].iter().cycle())
+            .map(|(b, m)| b ^ m)
+            .collect();
+        assert_eq!(unmasked, b"hello");
+    }
+
+    #[test]
+    fn an_unmasked_encoded_frame_is_the_server_frame() {
+        for len in [0usize, 125, 126, 65536] {
+            let payload = vec![3u8; len];
+            let mut bytes = Vec::new();
+            encode_frame(&mut bytes, OpCode::Data(Data::Binary), None, &payload);
+            let ours = WireFrame::from_message(Message::binary(payload)).unwrap();
+            assert_eq!(bytes, wire(&ours), "length {len}");
+        }
+    }
+
+    #[test]
+    fn a_reason_that_fits_is_kept_whole() {
+        assert_eq!(cut_reason("bye"), "bye");
+        assert_eq!(cut_reason(&"a".repeat(123)).len(), 123);
+        assert_eq!(cut_reason(&"a".repeat(124)).len(), 123);
+    }
+
+    #[test]
+    fn a_close_message_without_a_frame_is_a_normal_closure() {
+        assert_eq!(close_parts(None), (1000, ""));
+        let f = WireFrame::from_message(Message::Close(None)).unwrap();
+        assert_eq!(wire(&f), b"\x88\x02\x03\xe8");
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! The `wshub` binary: `wshub serve` runs the server; see `--help`.
 
+#![forbid(unsafe_code)]
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
