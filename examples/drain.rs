@@ -68,8 +68,8 @@ fn main() {
     polite.join().expect("polite client");
     drop(deaf);
     println!(
-        "drained {} connections in {:.1?}; some cut at the deadline: {}",
-        report.connections, report.elapsed, report.cut
+        "drained {} connections in {:.1?}: {} closed cleanly, {} cut at the deadline",
+        report.connections, report.elapsed, report.closed, report.cut
     );
     match TcpStream::connect(addr) {
         Ok(_) => println!("the port still accepts connections (it should not)"),

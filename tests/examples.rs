@@ -123,7 +123,7 @@ fn drain_delivers_queued_messages_before_1001_and_cuts_the_deaf_client() {
             "polite: news 3",
             "polite: Close 1001",
             "drained 2 connections in",
-            "some cut at the deadline: true",
+            "1 closed cleanly, 1 cut at the deadline",
             "new connections are refused",
         ],
     );
