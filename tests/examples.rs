@@ -1,7 +1,8 @@
 //! The guide's examples (`docs/guide.md`) run unattended to completion and show what
 //! they claim: each is run as its own process, with a deadline, and its output is
-//! checked line by line. `cargo test` builds the examples; when only this test target
-//! was built (`cargo test --test examples`), the missing example is built first.
+//! checked line by line. Each example is (re)built first with `cargo build --example`
+//! (a no-op after `cargo test`, which builds them), so `cargo test --test examples`
+//! never runs a stale one.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -19,17 +20,14 @@ fn example_binary(name: &str) -> PathBuf {
         .parent()
         .and_then(|deps| deps.parent())
         .expect("target/<profile>");
-    let bin = profile_dir.join("examples").join(name);
-    if !bin.exists() {
-        let mut build = Command::new(env!("CARGO"));
-        build.args(["build", "--example", name]);
-        if profile_dir.ends_with("release") {
-            build.arg("--release");
-        }
-        let status = build.status().expect("run cargo");
-        assert!(status.success(), "cargo build --example {name}: {status}");
+    let mut build = Command::new(env!("CARGO"));
+    build.args(["build", "--quiet", "--example", name]);
+    if profile_dir.ends_with("release") {
+        build.arg("--release");
     }
-    bin
+    let status = build.status().expect("run cargo");
+    assert!(status.success(), "cargo build --example {name}: {status}");
+    profile_dir.join("examples").join(name)
 }
 
 /// Runs an example to its end and returns its stdout; fails if it runs past [`LIMIT`]
