@@ -250,6 +250,10 @@ impl Store for MemoryStore {
         Ok(snap)
     }
 
+    fn is_empty(&self) -> bool {
+        self.channels.is_empty() && self.idempotency.is_empty()
+    }
+
     fn expire(&mut self, now: Instant) {
         self.idempotency.expire(now);
         self.channels.retain(|_, c| {

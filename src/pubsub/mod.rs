@@ -117,6 +117,10 @@ pub trait Store: Send {
 
     /// Drops what has expired by `now`: history, idempotency keys, idle channels.
     fn expire(&mut self, now: Instant);
+
+    /// Nothing is kept that could expire: no channel state, no idempotency key. The hub
+    /// sleeps without a sweep deadline then.
+    fn is_empty(&self) -> bool;
 }
 
 /// Every connection's subscriptions, in front of a [`Store`]. Owned by the hub thread.
@@ -250,6 +254,11 @@ impl<S: Store> Channels<S> {
     /// Drops what has expired by `now`.
     pub fn expire(&mut self, now: Instant) {
         self.store.expire(now);
+    }
+
+    /// Whether anything is kept that a sweep could expire.
+    pub fn has_state(&self) -> bool {
+        !self.store.is_empty()
     }
 
     /// How many channels `conn` is subscribed to.
