@@ -680,6 +680,10 @@ fn a_subscriber_that_does_not_read_is_cut_and_the_others_carry_on() {
         reader.ok(json!({"op":"sub","ch":"c"}));
         let mut stalled = Raw::connect(addr, "/ws");
         stalled.send_frame(0x81, br#"{"id":1,"op":"sub","ch":"c"}"#);
+        // Subscribed before anything is published (then it stops reading).
+        let (_, reply) = stalled.read_frame().expect("the sub reply");
+        let reply: Value = serde_json::from_slice(&reply).unwrap();
+        assert_eq!(offset(&reply["ok"]), 0, "{reply}");
         let mut p = Peer::connect(addr);
         // Far more than the stalled client's socket buffers and queue hold: the server
         // keeps at most 4 MiB in its send buffer and 4 frames in the queue.

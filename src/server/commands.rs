@@ -22,7 +22,7 @@ use std::time::Instant;
 use crossbeam_channel::Sender;
 use log::info;
 use serde_json::Value;
-use tungstenite::Bytes;
+use tungstenite::{Message, Utf8Bytes};
 
 use crate::pubsub::encode;
 use crate::pubsub::protocol::{Command, Empty, Reply, Request, StreamPosition};
@@ -114,7 +114,7 @@ impl Hubside<'_> {
     ) -> Result<StreamPosition, crate::pubsub::protocol::ErrorBody> {
         let published = self.channels.publish(ch, data, key, from, now)?;
         if let Some(publication) = &published.publication {
-            let frame = WireFrame::text(encode::push(publication));
+            let frame = text_frame(encode::push(publication));
             let mut dropped = Vec::new();
             for sub in self.channels.subscribers(ch) {
                 match self.registry.get(sub).map(|peer| peer.offer(&frame)) {
@@ -131,8 +131,8 @@ impl Hubside<'_> {
     }
 
     /// Offers `text` to `conn`; a full queue cuts it.
-    fn send(&mut self, conn: ConnId, text: Bytes) {
-        let frame = WireFrame::text(text);
+    fn send(&mut self, conn: ConnId, text: Utf8Bytes) {
+        let frame = text_frame(text);
         match self.registry.get(conn).map(|peer| peer.offer(&frame)) {
             Some(Offer::Queued) | None => {}
             Some(offer) => self.drop_conn(conn, offer),
@@ -149,4 +149,11 @@ impl Hubside<'_> {
             }
         }
     }
+}
+
+/// A text frame of shared text, without a copy.
+fn text_frame(text: Utf8Bytes) -> WireFrame {
+    // `from_message` is `None` only for `Message::Frame`, never for text; were it ever,
+    // an empty Ping would be sent instead, harmless to every client.
+    WireFrame::from_message(Message::Text(text)).unwrap_or_else(WireFrame::ping)
 }
