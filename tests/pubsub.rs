@@ -716,3 +716,25 @@ fn a_subscriber_that_does_not_read_is_cut_and_the_others_carry_on() {
         server.shutdown();
     });
 }
+
+#[test]
+fn hub_publish_to_a_new_channel_past_max_channels_is_refused_with_code_4() {
+    watchdog(LIMIT, || {
+        let server = server_with(|c| c.max_channels = 1);
+        let hub = server.hub();
+        // History keeps the first channel's state alive.
+        assert_eq!(hub.publish("a", json!(1)).unwrap().offset, 1);
+        match hub.publish("b", json!(1)) {
+            Err(wshub::PublishError::Rejected(e)) => {
+                assert_eq!(u16::from(e.code), 4, "{e:?}");
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        assert_eq!(
+            hub.publish("a", json!(2)).unwrap().offset,
+            2,
+            "the existing channel is unaffected"
+        );
+        server.shutdown();
+    });
+}
