@@ -22,9 +22,10 @@ use crate::server::handler::{Handler, Routes};
 use crate::server::hub::{self, HUB_QUEUE, Hub};
 use crate::server::shutdown::{self, DrainReport, Running, ShutdownHandle};
 
-/// Adds routes before starting a [`Server`]. Built-in routes: `/echo`, `/chat`, and the
-/// plain-HTTP `/healthz`; [`ServerBuilder::without_builtin_routes`] removes the
-/// WebSocket ones, for a program that serves only its own.
+/// Adds routes before starting a [`Server`]. Built-in routes: `/echo`, `/chat`, `/ws`
+/// (channels, protocol v1: see `docs/protocol.md`), and the plain-HTTP `/healthz`;
+/// [`ServerBuilder::without_builtin_routes`] removes the WebSocket ones, for a program
+/// that serves only its own (add `.route("/ws", wshub::Ws)` back to keep channels).
 pub struct ServerBuilder {
     config: Config,
     routes: Routes,
@@ -39,7 +40,7 @@ impl ServerBuilder {
         self
     }
 
-    /// Removes the built-in WebSocket routes (`/echo`, `/chat`), and any route added so
+    /// Removes the built-in WebSocket routes (`/echo`, `/chat`, `/ws`), and any route added so
     /// far, so the server serves only the routes added after this (and `/healthz`). An
     /// embedding program calls it first, so that it does not expose a chat anyone can
     /// broadcast on.
@@ -97,7 +98,8 @@ impl ServerBuilder {
         let (hub_tx, hub_rx) = bounded(HUB_QUEUE);
         let hub = Hub::new(hub_tx, routes.paths());
         let ping_interval = config.ping_interval;
-        let hub_thread = spawn("wshub-hub", move || hub::run(hub_rx, ping_interval))?;
+        let limits = config.channel_limits();
+        let hub_thread = spawn("wshub-hub", move || hub::run(hub_rx, ping_interval, limits))?;
 
         let (overflow_tx, overflow_rx) = bounded(accept::OVERFLOW_QUEUE);
         let overflow = spawn("wshub-overflow", move || accept::run_overflow(overflow_rx))?;
