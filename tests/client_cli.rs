@@ -276,18 +276,89 @@ fn no_reconnect_exits_1_when_it_cannot_connect() {
 }
 
 #[test]
-fn eof_while_waiting_to_reconnect_exits_0_at_once() {
+fn eof_before_any_connection_was_made_exits_1_at_once_with_one_clear_line() {
     watchdog(LIMIT, || {
         let url = format!("ws://{}/", closed_addr());
         let started = Instant::now();
         let out = wshub(&["connect", &url, "--backoff-initial", "30s"]); // stdin: /dev/null
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(0), "{stderr}");
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
         assert!(
             started.elapsed() < Duration::from_secs(5),
             "{:?}",
             started.elapsed()
         );
+        let giving_up: Vec<&str> = stderr.lines().filter(|l| l.starts_with("giving up")).collect();
+        assert_eq!(giving_up.len(), 1, "{stderr}");
+        assert!(
+            giving_up[0].contains("could not connect") && giving_up[0].contains("stdin has ended"),
+            "{stderr}"
+        );
+    });
+}
+
+#[test]
+fn piped_lines_that_can_never_be_sent_end_in_exit_1_instead_of_retrying_forever() {
+    watchdog(LIMIT, || {
+        // printf 'x\n' | wshub connect ws://127.0.0.1:<closed>/x (issue #18 item 6).
+        let url = format!("ws://{}/x", closed_addr());
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wshub"))
+            .args(["connect", &url, "--backoff-initial", "10ms"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(b"x\n").unwrap(); // then EOF
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("stdin has ended"), "{stderr}");
+    });
+}
+
+#[test]
+fn listen_keeps_retrying_after_eof_until_interrupted() {
+    watchdog(LIMIT, || {
+        let url = format!("ws://{}/", closed_addr());
+        let mut client = ConnectProcess::start(&[
+            &url,
+            "--listen",
+            "--backoff-initial",
+            "10ms",
+            "--backoff-max",
+            "20ms",
+        ]);
+        client.close_stdin();
+        // Well past the point where it would have given up without --listen.
+        for _ in 0..5 {
+            client.wait_stderr("reconnecting in ");
+        }
+        assert!(client.child.try_wait().unwrap().is_none(), "still running");
+        // SAFETY: kill(2) on the PID of a child we started and have not reaped.
+        unsafe { libc::kill(client.child.id() as i32, libc::SIGINT) };
+        client.wait_exit();
+    });
+}
+
+#[test]
+fn listen_keeps_printing_after_eof() {
+    watchdog(LIMIT, || {
+        let serve = ServeProcess::start(&[]);
+        let url = format!("ws://{}/chat", serve.addr);
+        let mut listener = ConnectProcess::start(&[&url, "--listen"]);
+        listener.wait_stderr("connected to");
+        listener.write_line("listener here");
+        assert_eq!(listener.next_stdout(), "listener here");
+        listener.close_stdin();
+
+        let mut talker = ConnectProcess::start(&[&url]);
+        talker.wait_stderr("connected to");
+        talker.write_line("after your EOF");
+        talker.close_stdin();
+        assert_eq!(talker.wait_exit().code(), Some(0));
+        assert_eq!(listener.next_stdout(), "after your EOF");
+        assert!(listener.child.try_wait().unwrap().is_none(), "still listening");
     });
 }
 
@@ -332,6 +403,7 @@ fn connect_help_lists_its_flags() {
         "--connect-timeout",
         "--backoff-initial",
         "--backoff-max",
+        "--listen",
     ] {
         assert!(text.contains(flag), "--help lists {flag}");
     }
