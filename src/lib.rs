@@ -148,6 +148,7 @@
 #![deny(missing_docs)]
 
 pub mod client;
+pub mod pubsub;
 pub mod server;
 mod ws;
 
