@@ -27,7 +27,9 @@ use crate::args::parse_duration;
 use crossbeam_channel::{Receiver, bounded};
 use wshub::Message;
 use wshub::client::backoff::BackoffConfig;
-use wshub::client::{ClientConfig, ClientError, CloseFrame, ReconnectConfig, WsUrl};
+use wshub::client::{ClientConfig, ClientError, CloseFrame, Event, ReconnectConfig, WsUrl};
+
+use input::Patience;
 
 mod input;
 mod raw;
@@ -144,13 +146,110 @@ fn start_failed(e: &ClientError) -> ExitCode {
     ExitCode::from(if e.is_fatal() { USAGE } else { 1 })
 }
 
-/// The line printed when [`input::Patience`] says there is nothing left to wait for.
-fn never_connected(url: &WsUrl, last_error: Option<&str>) -> String {
-    let why = last_error.map(|e| format!(" ({e})")).unwrap_or_default();
-    format!(
-        "giving up: could not connect to {url}{why}, and stdin has ended \
-         (--listen keeps trying)"
-    )
+/// The connection's story on stderr, shared by both modes, and the exit status it
+/// leads to.
+struct ConnectionLog {
+    url: WsUrl,
+    no_reconnect: bool,
+    /// Ctrl-C asked for the close.
+    interrupted: bool,
+    /// The last Disconnected was a clean close with 1000 (for `--no-reconnect`).
+    closed_normally: bool,
+    /// The last failure, for the giving-up line.
+    last_error: Option<String>,
+    gave_up: bool,
+    patience: Patience,
+}
+
+impl ConnectionLog {
+    fn new(url: WsUrl, args: &Args) -> Self {
+        ConnectionLog {
+            url,
+            no_reconnect: args.no_reconnect,
+            interrupted: false,
+            closed_normally: false,
+            last_error: None,
+            gave_up: false,
+            patience: Patience {
+                listen: args.listen,
+                ..Patience::default()
+            },
+        }
+    }
+
+    /// We asked for the close that may follow (Ctrl-C, or stdin ended without `--listen`).
+    fn closing(&self) -> bool {
+        self.interrupted || (self.patience.stdin_ended && !self.patience.listen)
+    }
+
+    /// Prints a connection event on stderr. (`Event::Message` is the mode's to print.)
+    fn on_event(&mut self, event: Event) {
+        match event {
+            Event::Connected => {
+                eprintln!("connected to {}", self.url);
+                self.patience.connected();
+            }
+            Event::Disconnected { close, error } => {
+                self.closed_normally =
+                    error.is_none() && close.as_ref().is_some_and(|f| u16::from(f.code) == 1000);
+                let closing = self.closing();
+                let why = describe_disconnect(close.as_ref(), error.as_ref(), closing);
+                if !closing {
+                    self.last_error = Some(why.clone());
+                }
+                eprintln!("disconnected: {why}");
+            }
+            Event::ConnectFailed { error, .. } => {
+                eprintln!("connection failed: {error}");
+                self.patience.attempt_failed();
+                self.last_error = Some(error.to_string());
+            }
+            Event::Reconnecting { attempt, delay } => {
+                eprintln!("reconnecting in {:.1}s (attempt {attempt})", delay.as_secs_f64());
+            }
+            Event::GaveUp { retries } => {
+                self.gave_up = true;
+                let why = self.last_error.take().unwrap_or_default();
+                if retries > 0 {
+                    eprintln!("giving up after {retries} failed attempts to reconnect: {why}");
+                } else if !self.no_reconnect {
+                    eprintln!("giving up: {why}");
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// `Some(1)`, after one clear line, when [`Patience`] says there is nothing left to
+    /// wait for.
+    fn exhausted(&self) -> Option<ExitCode> {
+        if !self.patience.exhausted() {
+            return None;
+        }
+        let why = self
+            .last_error
+            .as_deref()
+            .map(|e| format!(" ({e})"))
+            .unwrap_or_default();
+        eprintln!(
+            "giving up: could not connect to {}{why}, and stdin has ended (--listen keeps trying)",
+            self.url
+        );
+        Some(ExitCode::from(1))
+    }
+
+    /// The exit status once the session has ended: success for the close we asked for
+    /// (EOF, Ctrl-C) on a session that connected, or, without reconnecting, a server that
+    /// ended the session normally (1000).
+    fn exit_status(&self) -> ExitCode {
+        let asked = self.interrupted || self.patience.stdin_ended;
+        let normal_end = self.gave_up && self.no_reconnect && self.closed_normally;
+        if (asked && !self.gave_up && self.patience.ever_connected) || normal_end {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        }
+    }
 }
 
 /// `Name: value` into a pair. The library checks the name and value themselves.

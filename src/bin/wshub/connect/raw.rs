@@ -25,8 +25,8 @@ use crossbeam_channel::{Receiver, Sender, bounded, never, select};
 use wshub::Message;
 use wshub::client::{ClientError, Event, ReconnectConfig, ReconnectingClient, WsUrl};
 
-use super::input::{Input, Patience};
-use super::{Args, describe_disconnect, display_message, never_connected, start_failed};
+use super::input::Input;
+use super::{Args, ConnectionLog, display_message, start_failed};
 
 /// Runs raw mode until stdin ends, Ctrl-C, or the session gives up.
 pub fn run(
@@ -46,7 +46,10 @@ pub fn run(
         eprintln!("error: cannot start the sender thread: {e}");
         return ExitCode::from(1);
     }
-    let mut printer = Printer::new(url, args.no_reconnect, args.listen, connected_tx);
+    let mut printer = Printer {
+        log: ConnectionLog::new(url, args),
+        connected: connected_tx,
+    };
     let status = printer.run(&session, interrupt, &input.ended);
     session.stop(); // returns at once if the session has ended on its own
     status
@@ -101,39 +104,14 @@ fn send_when_connected(session: &ReconnectingClient, msg: Message, connected: &R
     }
 }
 
-/// The main thread's state: what to print, and how the session ended.
+/// The main thread's state: the connection's story, and the doorbell.
 struct Printer {
-    url: WsUrl,
-    no_reconnect: bool,
+    log: ConnectionLog,
     /// Rung on every `Connected`, for the sender thread.
     connected: Sender<()>,
-    /// Ctrl-C asked for the close.
-    interrupted: bool,
-    /// The last Disconnected was a clean close with 1000 (for `--no-reconnect`).
-    closed_normally: bool,
-    /// The last failure, for the giving-up line.
-    last_error: Option<String>,
-    gave_up: bool,
-    patience: Patience,
 }
 
 impl Printer {
-    fn new(url: WsUrl, no_reconnect: bool, listen: bool, connected: Sender<()>) -> Self {
-        Printer {
-            url,
-            no_reconnect,
-            connected,
-            interrupted: false,
-            closed_normally: false,
-            last_error: None,
-            gave_up: false,
-            patience: Patience {
-                listen,
-                ..Patience::default()
-            },
-        }
-    }
-
     fn run(
         &mut self,
         session: &ReconnectingClient,
@@ -145,82 +123,36 @@ impl Printer {
         loop {
             select! {
                 recv(session.events()) -> event => match event {
-                    Ok(event) => {
-                        let closing = self.interrupted || (self.patience.stdin_ended && !self.patience.listen);
-                        if self.on_event(event, closing, &mut stdout.lock()).is_err() {
-                            // stdout is gone (a closed pipe): nobody reads what arrives.
-                            return ExitCode::from(1);
+                    Ok(Event::Message(msg)) => {
+                        if let Some(line) = display_message(&msg) {
+                            let mut out = stdout.lock();
+                            if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+                                // stdout is gone (a closed pipe): nobody reads what arrives.
+                                return ExitCode::from(1);
+                            }
                         }
+                    }
+                    Ok(event) => {
+                        if matches!(event, Event::Connected) {
+                            let _ = self.connected.try_send(());
+                        }
+                        self.log.on_event(event);
                     }
                     Err(_) => break, // the session has ended
                 },
                 recv(interrupt) -> _ => {
-                    self.interrupted = true;
+                    self.log.interrupted = true;
                     let _ = session.close(1000, "");
                 }
                 recv(ended) -> _ => {
-                    self.patience.stdin_ended = true;
+                    self.log.patience.stdin_ended = true;
                     ended = never();
                 }
             }
-            if self.patience.exhausted() {
-                eprintln!("{}", never_connected(&self.url, self.last_error.as_deref()));
-                return ExitCode::from(1);
+            if let Some(status) = self.log.exhausted() {
+                return status;
             }
         }
-        // Success: the close we asked for (EOF, Ctrl-C) on a session that connected, or,
-        // without reconnecting, a server that ended the session normally (1000).
-        let asked = self.interrupted || self.patience.stdin_ended;
-        let normal_end = self.gave_up && self.no_reconnect && self.closed_normally;
-        if (asked && !self.gave_up && self.patience.ever_connected) || normal_end {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::from(1)
-        }
-    }
-
-    /// Prints one event; `closing`: we asked for the close that may follow.
-    fn on_event(&mut self, event: Event, closing: bool, out: &mut impl Write) -> io::Result<()> {
-        match event {
-            Event::Connected => {
-                eprintln!("connected to {}", self.url);
-                self.patience.connected();
-                let _ = self.connected.try_send(());
-            }
-            Event::Message(msg) => {
-                if let Some(line) = display_message(&msg) {
-                    writeln!(out, "{line}")?;
-                    out.flush()?;
-                }
-            }
-            Event::Disconnected { close, error } => {
-                self.closed_normally =
-                    error.is_none() && close.as_ref().is_some_and(|f| u16::from(f.code) == 1000);
-                let why = describe_disconnect(close.as_ref(), error.as_ref(), closing);
-                if !closing {
-                    self.last_error = Some(why.clone());
-                }
-                eprintln!("disconnected: {why}");
-            }
-            Event::ConnectFailed { error, .. } => {
-                eprintln!("connection failed: {error}");
-                self.patience.attempt_failed();
-                self.last_error = Some(error.to_string());
-            }
-            Event::Reconnecting { attempt, delay } => {
-                eprintln!("reconnecting in {:.1}s (attempt {attempt})", delay.as_secs_f64());
-            }
-            Event::GaveUp { retries } => {
-                self.gave_up = true;
-                let why = self.last_error.take().unwrap_or_default();
-                if retries > 0 {
-                    eprintln!("giving up after {retries} failed attempts to reconnect: {why}");
-                } else if !self.no_reconnect {
-                    eprintln!("giving up: {why}");
-                }
-            }
-            _ => {}
-        }
-        Ok(())
+        self.log.exit_status()
     }
 }
