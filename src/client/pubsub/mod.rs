@@ -443,7 +443,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// A fresh idempotency key: 128 random bits in hex.
-fn random_key() -> String {
+/// A fresh idempotency key, as [`ChannelClient::publish`] makes for each publication:
+/// 128 random bits in hex. Keep it to retry a [`publish_with_key`](ChannelClient::publish_with_key).
+pub fn random_key() -> String {
     format!("{:032x}", rand::rng().random::<u128>())
 }

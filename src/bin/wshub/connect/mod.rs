@@ -31,6 +31,7 @@ use wshub::client::{ClientConfig, ClientError, CloseFrame, Event, ReconnectConfi
 
 use input::Patience;
 
+mod channel;
 mod input;
 mod raw;
 
@@ -46,6 +47,17 @@ pub struct Args {
     /// Give up after N failed reconnection attempts in a row (default: never).
     #[arg(long, value_name = "N")]
     max_retries: Option<u32>,
+    /// Speak protocol v1 (the server's /ws): subscribe to this channel, publish each
+    /// stdin line to it as a JSON string, print each publication's data as a line of JSON.
+    #[arg(long, value_name = "NAME")]
+    channel: Option<String>,
+    /// With --channel: print each push whole, as the server sent it, instead of its data.
+    #[arg(long, requires = "channel")]
+    json: bool,
+    /// With --channel: how long to wait for a publication's ack before sending it again
+    /// (with the same idempotency key, so it is published once).
+    #[arg(long, default_value = "10s", value_parser = parse_duration, requires = "channel")]
+    publish_timeout: Duration,
     /// Keep the session open after stdin ends (until Ctrl-C), and keep trying to connect
     /// even if no connection was ever made.
     #[arg(long)]
@@ -100,7 +112,10 @@ pub fn run(args: Args) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    raw::run(url, config, &args, input, &interrupt)
+    match &args.channel {
+        Some(channel) => channel::run(url, config, &args, channel, input, &interrupt),
+        None => raw::run(url, config, &args, input, &interrupt),
+    }
 }
 
 /// The session's configuration from the flags; `Err` for a malformed header.
