@@ -22,8 +22,8 @@ use crate::server::handler::{Handler, Routes};
 use crate::server::hub::{self, HUB_QUEUE, Hub};
 use crate::server::shutdown::{self, DrainReport, Running, ShutdownHandle};
 
-/// Adds routes before starting a [`Server`]. Built-in routes: `/echo`, `/chat`, and the
-/// plain-HTTP `/healthz`.
+/// Adds routes before starting a [`Server`]. Built-in routes: `/echo`, `/chat`, `/ws`
+/// (channels, protocol v1: see `docs/protocol.md`), and the plain-HTTP `/healthz`.
 pub struct ServerBuilder {
     config: Config,
     routes: Routes,
@@ -66,7 +66,8 @@ impl ServerBuilder {
         let (hub_tx, hub_rx) = bounded(HUB_QUEUE);
         let hub = Hub::new(hub_tx);
         let ping_interval = config.ping_interval;
-        let hub_thread = spawn("wshub-hub", move || hub::run(hub_rx, ping_interval))?;
+        let limits = config.channel_limits();
+        let hub_thread = spawn("wshub-hub", move || hub::run(hub_rx, ping_interval, limits))?;
 
         let (overflow_tx, overflow_rx) = bounded(accept::OVERFLOW_QUEUE);
         let overflow = spawn("wshub-overflow", move || accept::run_overflow(overflow_rx))?;

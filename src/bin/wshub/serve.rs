@@ -59,6 +59,21 @@ pub struct Args {
     /// Stack size of each connection thread.
     #[arg(long, default_value = "128KiB", value_parser = parse_size)]
     thread_stack_size: usize,
+    /// Publications each /ws channel keeps for recovery (0: none).
+    #[arg(long, default_value_t = 100)]
+    history_size: usize,
+    /// How long a publication stays in a /ws channel's history.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    history_ttl: Duration,
+    /// How long a /ws pub's idempotency key is remembered.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    idempotency_window: Duration,
+    /// Channels one /ws connection may subscribe to.
+    #[arg(long, default_value_t = 128)]
+    max_subscriptions: usize,
+    /// /ws channels that may exist at once; sub or pub to a new one past it is error 4.
+    #[arg(long, default_value_t = 10_000)]
+    max_channels: usize,
 }
 
 impl Args {
@@ -78,6 +93,11 @@ impl Args {
         c.max_message_rate = self.max_message_rate;
         c.read_buffer_size = self.read_buffer_size;
         c.thread_stack_size = self.thread_stack_size;
+        c.history_size = self.history_size;
+        c.history_ttl = self.history_ttl;
+        c.idempotency_window = self.idempotency_window;
+        c.max_subscriptions = self.max_subscriptions;
+        c.max_channels = self.max_channels;
         c
     }
 }
