@@ -231,6 +231,8 @@ fn a_publish_whose_ack_is_lost_is_sent_again_with_its_key_and_published_once() {
         let publishing = thread::spawn(move || p.publish("once", json!("only once")));
         let (offset, data) = publications(&watcher, 1).remove(0);
         assert_eq!(data, json!("only once"));
+        thread::sleep(Duration::from_millis(50)); // an ack let through would be back by now
+        assert!(!publishing.is_finished(), "the ack was lost");
         proxy.cut();
         proxy.swallow(false);
 

@@ -11,6 +11,7 @@ use std::time::Duration;
 use client_support::{closed_addr, fast_reconnect};
 use serde_json::json;
 use support::{ServeProcess, thread_count, wait_for_threads, watchdog};
+use wshub::client::Event;
 use wshub::client::pubsub::{ChannelClient, ChannelConfig, ChannelEvent};
 
 #[test]
@@ -41,8 +42,14 @@ fn channel_client_threads_end_after_close_and_drop() {
         // Never connected: closed in a backoff wait.
         let mut waiting = config.clone();
         waiting.reconnect.backoff.initial = Duration::from_secs(30);
+        waiting.reconnect.backoff.max = Duration::from_secs(30);
         let idle = ChannelClient::start(&format!("ws://{}/ws", closed_addr()), waiting).unwrap();
         idle.subscribe("t").unwrap();
+        while let Ok(e) = idle.events().recv_timeout(Duration::from_secs(10)) {
+            if matches!(e, ChannelEvent::Connection(Event::Reconnecting { .. })) {
+                break;
+            }
+        }
         drop(idle);
 
         let left = wait_for_threads(baseline, Duration::from_secs(10));

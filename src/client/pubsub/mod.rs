@@ -30,7 +30,7 @@
 //!
 //! # Example
 //!
-//! ```no_run
+//! ```
 //! use std::time::Duration;
 //! use wshub::client::pubsub::{ChannelClient, ChannelConfig, ChannelEvent};
 //! # use wshub::{Config, Server};
