@@ -404,7 +404,114 @@ fn connect_help_lists_its_flags() {
         "--backoff-initial",
         "--backoff-max",
         "--listen",
+        "--channel",
+        "--json",
+        "--publish-timeout",
     ] {
         assert!(text.contains(flag), "--help lists {flag}");
     }
+}
+
+/// `wshub connect ws://ADDR/ws --channel NAME ARGS...`, piping `input` and closing stdin.
+fn channel_pipe(addr: std::net::SocketAddr, channel: &str, args: &[&str], input: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wshub"))
+        .args(["connect", &format!("ws://{addr}/ws"), "--channel", channel])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn channel_mode_publishes_stdin_lines_and_prints_each_publications_data_as_json() {
+    watchdog(LIMIT, || {
+        let serve = ServeProcess::start(&[]);
+        let url = format!("ws://{}/ws", serve.addr);
+        let listener = ConnectProcess::start(&[&url, "--channel", "news", "--listen"]);
+        listener.wait_stderr("subscribed to news");
+
+        let out = channel_pipe(serve.addr, "news", &[], "hello\nsay \"hi\"\n");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
+        // The publisher is subscribed too: its own lines come back before it exits.
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "\"hello\"\n\"say \\\"hi\\\"\"\n"
+        );
+        assert_eq!(listener.next_stdout(), "\"hello\"");
+        assert_eq!(listener.next_stdout(), "\"say \\\"hi\\\"\"");
+    });
+}
+
+#[test]
+fn channel_mode_json_prints_whole_pushes() {
+    watchdog(LIMIT, || {
+        let serve = ServeProcess::start(&[]);
+        let out = channel_pipe(serve.addr, "room:1", &["--json"], "x\n");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let push: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
+        assert_eq!(push["push"], "pub");
+        assert_eq!(push["ch"], "room:1");
+        assert_eq!(push["offset"], 1);
+        assert_eq!(push["data"], "x");
+        assert!(push["from"]["client"].is_string(), "{push}");
+    });
+}
+
+#[test]
+fn channel_mode_reports_an_unrecoverable_resume_after_a_server_restart_and_carries_on() {
+    watchdog(LIMIT, || {
+        let mut serve = ServeProcess::start(&[]);
+        let addr = serve.addr;
+        let url = format!("ws://{addr}/ws");
+        let mut listener = ConnectProcess::start(&[&url, "--channel", "news", "--backoff-initial", "50ms"]);
+        listener.wait_stderr("subscribed to news");
+        listener.write_line("before");
+        assert_eq!(listener.next_stdout(), "\"before\"");
+
+        serve.signal(libc::SIGTERM);
+        assert_eq!(serve.wait_exit(Duration::from_secs(10)).code(), Some(0));
+        listener.wait_stderr("reconnecting in ");
+        let serve = serve_on(addr);
+        let line = listener.wait_stderr("resubscribed to news");
+        assert!(line.contains("could not be recovered"), "{line}");
+
+        let out = channel_pipe(serve.addr, "news", &[], "after\n");
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(listener.next_stdout(), "\"after\"");
+        listener.close_stdin();
+        assert_eq!(listener.wait_exit().code(), Some(0));
+    });
+}
+
+#[test]
+fn channel_mode_with_piped_lines_and_no_server_exits_1_once_stdin_has_ended() {
+    watchdog(LIMIT, || {
+        let out = channel_pipe(closed_addr(), "news", &["--backoff-initial", "10ms"], "x\n");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains("could not connect") && stderr.contains("stdin has ended"),
+            "{stderr}"
+        );
+    });
+}
+
+#[test]
+fn channel_mode_refuses_a_bad_channel_name_with_exit_2() {
+    let out = wshub(&["connect", "ws://127.0.0.1:1/ws", "--channel", "no spaces"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("invalid channel"), "{stderr}");
 }
