@@ -42,6 +42,20 @@ fn connect_with_open_stdin(args: &[&str]) -> (std::process::ExitStatus, String) 
     (status, stderr)
 }
 
+/// `wshub connect ARGS...`, with `input` piped in and stdin then closed; waits for it.
+fn connect_piped(args: &[&str], input: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wshub"))
+        .arg("connect")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("wshub connect starts");
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap(); // then EOF
+    child.wait_with_output().unwrap()
+}
+
 /// A running `wshub connect`, with its stdout and stderr lines as they arrive.
 struct ConnectProcess {
     child: Child,
@@ -170,18 +184,9 @@ fn lines_piped_before_the_connection_is_up_are_all_sent() {
         // The server's Close reply follows every echo already queued, so nothing is lost
         // even though EOF (and our Close) comes right after the last line.
         let serve = ServeProcess::start(&[]);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wshub"))
-            .args(["connect", &format!("ws://{}/echo", serve.addr)])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdin = child.stdin.take().unwrap();
         let input: String = (0..200).map(|i| format!("line {i}\n")).collect();
-        stdin.write_all(input.as_bytes()).unwrap();
-        drop(stdin); // EOF right away, likely before the handshake is done
-        let out = child.wait_with_output().unwrap();
+        // EOF right away, likely before the handshake is done.
+        let out = connect_piped(&[&format!("ws://{}/echo", serve.addr)], &input);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(0), "{stderr}");
         assert_eq!(String::from_utf8_lossy(&out.stdout), input);
@@ -302,15 +307,7 @@ fn piped_lines_that_can_never_be_sent_end_in_exit_1_instead_of_retrying_forever(
     watchdog(LIMIT, || {
         // printf 'x\n' | wshub connect ws://127.0.0.1:<closed>/x (issue #18 item 6).
         let url = format!("ws://{}/x", closed_addr());
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wshub"))
-            .args(["connect", &url, "--backoff-initial", "10ms"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(b"x\n").unwrap(); // then EOF
-        let out = child.wait_with_output().unwrap();
+        let out = connect_piped(&[&url, "--backoff-initial", "10ms"], "x\n");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{stderr}");
         assert!(stderr.contains("stdin has ended"), "{stderr}");
@@ -352,11 +349,8 @@ fn listen_keeps_printing_after_eof() {
         assert_eq!(listener.next_stdout(), "listener here");
         listener.close_stdin();
 
-        let mut talker = ConnectProcess::start(&[&url]);
-        talker.wait_stderr("connected to");
-        talker.write_line("after your EOF");
-        talker.close_stdin();
-        assert_eq!(talker.wait_exit().code(), Some(0));
+        let talker = connect_piped(&[&url], "after your EOF\n");
+        assert_eq!(talker.status.code(), Some(0));
         assert_eq!(listener.next_stdout(), "after your EOF");
         assert!(listener.child.try_wait().unwrap().is_none(), "still listening");
     });
@@ -414,16 +408,10 @@ fn connect_help_lists_its_flags() {
 
 /// `wshub connect ws://ADDR/ws --channel NAME ARGS...`, piping `input` and closing stdin.
 fn channel_pipe(addr: std::net::SocketAddr, channel: &str, args: &[&str], input: &str) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wshub"))
-        .args(["connect", &format!("ws://{addr}/ws"), "--channel", channel])
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-    child.wait_with_output().unwrap()
+    let url = format!("ws://{addr}/ws");
+    let mut all = vec![url.as_str(), "--channel", channel];
+    all.extend_from_slice(args);
+    connect_piped(&all, input)
 }
 
 #[test]
