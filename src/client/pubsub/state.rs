@@ -33,6 +33,9 @@ use crate::pubsub::protocol::{
     Command, ErrorCode, Outcome, Publication, Push, Reply, Request, ServerFrame, Snapshot, StreamPosition,
 };
 
+/// Pushes kept for a subscription whose `sub` reply has not arrived yet.
+const EARLY_LIMIT: usize = 1024;
+
 /// What the protocol thread must do, in this order.
 #[derive(Debug)]
 pub(crate) enum Action<T> {
@@ -363,7 +366,19 @@ impl<T> State<T> {
     fn on_publication(&mut self, p: Publication, out: &mut Vec<Action<T>>) {
         match self.subs.get_mut(&p.ch) {
             None => {} // unsubscribed, or a late push after an unsub
-            Some(sub) if sub.pending.is_some() => sub.early.push_back(p),
+            Some(sub) if sub.pending.is_some() => {
+                // The server replies to a `sub` before any push that follows it, so
+                // this holds at most a few; a server that breaks that rule is not
+                // allowed to grow it without bound.
+                if sub.early.len() < EARLY_LIMIT {
+                    sub.early.push_back(p);
+                } else {
+                    warn!(
+                        "{}: pushes before the sub reply past {EARLY_LIMIT}: dropped",
+                        p.ch
+                    );
+                }
+            }
             Some(_) => self.deliver(p, out),
         }
     }
@@ -560,6 +575,17 @@ mod tests {
         let out = s.on_text(&sub_reply(&frames[0]["id"], "e1", 6, &[], None));
         assert!(subscribed(&out).is_some());
         assert_eq!(delivered(&out), [7]);
+    }
+
+    #[test]
+    fn recovered_true_in_another_epoch_is_taken_as_not_recovered() {
+        let mut s = subscribed_at(3);
+        s.disconnected();
+        let frames = sent(&s.connected());
+        let out = s.on_text(&sub_reply(&frames[0]["id"], "e9", 5, &[4, 5], Some(true)));
+        assert_eq!(subscribed(&out).unwrap().1, Some(false));
+        assert!(delivered(&out).is_empty());
+        assert_eq!(delivered(&s.on_text(&push("a", 6))), [6]);
     }
 
     #[test]
