@@ -186,6 +186,58 @@ fn a_cut_connection_resumes_with_every_missed_publication_exactly_once() {
 }
 
 #[test]
+fn a_subscriber_cut_repeatedly_while_publications_continue_gets_each_offset_once_in_order() {
+    watchdog(LIMIT, || {
+        const N: u64 = 300;
+        // History holds the whole stream, so however far the subscriber lags behind
+        // when it is cut, it can recover.
+        let mut config = test_config();
+        config.history_size = N as usize;
+        let server = start(config);
+        let proxy = Proxy::start(server.local_addr());
+        let sub = client(proxy.addr);
+        subscribe(&sub, "stream");
+        let publisher = client(server.local_addr());
+        // Paced, so that a cut finds the stream live rather than all of it queued here.
+        let publishing = thread::spawn(move || {
+            for i in 1..=N {
+                publisher.publish("stream", json!(i)).unwrap();
+                thread::sleep(Duration::from_millis(2));
+            }
+        });
+        let mut offsets = Vec::new();
+        let mut recoveries = 0;
+        while offsets.len() < N as usize {
+            match wait_for(&sub, "a publication or a resubscription", |e| {
+                matches!(
+                    e,
+                    ChannelEvent::Publication { .. } | ChannelEvent::Subscribed { .. }
+                )
+            }) {
+                ChannelEvent::Publication { publication, .. } => {
+                    assert_eq!(publication.data, json!(publication.offset));
+                    offsets.push(publication.offset);
+                    if offsets.len() % 75 == 0 {
+                        proxy.cut(); // mid-stream, no Close
+                    }
+                }
+                ChannelEvent::Subscribed { recovered, .. } => {
+                    assert_eq!(recovered, Some(true));
+                    recoveries += 1;
+                }
+                _ => unreachable!(),
+            }
+        }
+        publishing.join().unwrap();
+        assert_eq!(offsets, (1..=N).collect::<Vec<u64>>());
+        // Each cut is followed by a resubscription, though those after the last
+        // publication may not have happened yet.
+        assert!(recoveries >= 1, "resumed {recoveries} times");
+        assert_no_more_publications(&sub);
+    });
+}
+
+#[test]
 fn a_server_restart_resubscribes_with_since_and_reports_recovered_false() {
     watchdog(LIMIT, || {
         let mut config = test_config();
