@@ -129,7 +129,8 @@ pub enum ChannelEvent {
         recovered: Option<bool>,
     },
     /// The server refused a subscription (a bad channel name, too many subscriptions,
-    /// forbidden...). The subscription is dropped.
+    /// forbidden...). The subscription is dropped; when the error is not fatal
+    /// ([`ChannelError::is_fatal`]: code 6, unavailable), subscribe again later.
     SubscribeFailed {
         /// The channel.
         ch: String,

@@ -247,7 +247,9 @@ impl<T> State<T> {
                 self.on_unsub_push(ch, code, reason, &mut out)
             }
             Ok(ServerFrame::Reply(reply)) => self.on_reply(reply, &mut out),
-            // A push or reply this version does not know (a newer server), or garbage.
+            // A push of a kind this version does not know is ignored, as the protocol
+            // asks; anything else unreadable is worth a warning.
+            Err(e) if is_push(text) => log::debug!("ignoring an unknown push ({e}): {}", cut(text)),
             Err(e) => warn!(
                 "ignoring a frame this client does not understand ({e}): {}",
                 cut(text)
@@ -448,6 +450,11 @@ fn check_channel(ch: &str) -> Result<(), ChannelError> {
         ch: ch.to_owned(),
         reason,
     })
+}
+
+/// True for a JSON object with a `"push"` field.
+fn is_push(text: &str) -> bool {
+    serde_json::from_str::<serde_json::Map<String, Value>>(text).is_ok_and(|m| m.contains_key("push"))
 }
 
 /// The start of a frame, for a log line.
