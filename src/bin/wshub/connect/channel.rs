@@ -184,7 +184,7 @@ impl Printer {
                 break;
             }
         }
-        self.log.exit_status()
+        self.log.exit_status(stdin_ended)
     }
 
     /// The sender is done and what it published last has been printed (or it published

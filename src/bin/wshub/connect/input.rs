@@ -12,7 +12,7 @@
 use std::io::{self, BufRead};
 use std::thread;
 
-use crossbeam_channel::{Receiver, bounded};
+use crossbeam_channel::{Receiver, Sender, bounded};
 
 /// Lines read ahead of the sender. A piped input that fits entirely is known to have
 /// ended even before the first connection (see [`Patience`]); a longer one is read as
@@ -35,31 +35,38 @@ pub fn spawn() -> io::Result<Input> {
     thread::Builder::new()
         .name("stdin".into())
         .spawn(move || {
-            let _ended = ended_tx; // dropped when this thread ends: stdin has ended
-            let stdin = io::stdin();
-            let mut input = stdin.lock();
-            let mut buf = Vec::new();
-            loop {
-                buf.clear();
-                match input.read_until(b'\n', &mut buf) {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => {
-                        if buf.last() == Some(&b'\n') {
-                            buf.pop();
-                            if buf.last() == Some(&b'\r') {
-                                buf.pop();
-                            }
-                        }
-                        let line = String::from_utf8_lossy(&buf).into_owned();
-                        if lines_tx.send(line).is_err() {
-                            return; // the sender has gone
-                        }
-                    }
-                }
-            }
+            read_lines(&lines_tx);
+            // `ended` first: whoever sees the lines end can count on stdin having ended.
+            drop(ended_tx);
+            drop(lines_tx);
         })
         .map(drop)?;
     Ok(Input { lines, ended })
+}
+
+/// Reads stdin into `lines` until EOF, a read error, or the sender has gone.
+fn read_lines(lines: &Sender<String>) {
+    let stdin = io::stdin();
+    let mut input = stdin.lock();
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match input.read_until(b'\n', &mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {
+                if buf.last() == Some(&b'\n') {
+                    buf.pop();
+                    if buf.last() == Some(&b'\r') {
+                        buf.pop();
+                    }
+                }
+                let line = String::from_utf8_lossy(&buf).into_owned();
+                if lines.send(line).is_err() {
+                    return; // the sender has gone
+                }
+            }
+        }
+    }
 }
 
 /// When to stop retrying a connection that was never made (issue #18 item 6): once

@@ -24,7 +24,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::args::parse_duration;
-use crossbeam_channel::{Receiver, bounded};
+use crossbeam_channel::{Receiver, TryRecvError, bounded};
 use wshub::Message;
 use wshub::client::backoff::BackoffConfig;
 use wshub::client::{ClientConfig, ClientError, CloseFrame, Event, ReconnectConfig, WsUrl};
@@ -255,8 +255,13 @@ impl ConnectionLog {
 
     /// The exit status once the session has ended: success for the close we asked for
     /// (EOF, Ctrl-C) on a session that connected, or, without reconnecting, a server that
-    /// ended the session normally (1000).
-    fn exit_status(&self) -> ExitCode {
+    /// ended the session normally (1000). `stdin_ended` is looked at once more: the
+    /// session may have ended (on the close that EOF led to) before the main thread
+    /// took the end of stdin.
+    fn exit_status(&mut self, stdin_ended: &Receiver<()>) -> ExitCode {
+        if stdin_ended.try_recv() == Err(TryRecvError::Disconnected) {
+            self.patience.stdin_ended = true;
+        }
         let asked = self.interrupted || self.patience.stdin_ended;
         let normal_end = self.gave_up && self.no_reconnect && self.closed_normally;
         if (asked && !self.gave_up && self.patience.ever_connected) || normal_end {

@@ -153,6 +153,6 @@ impl Printer {
                 return status;
             }
         }
-        self.log.exit_status()
+        self.log.exit_status(stdin_ended)
     }
 }
