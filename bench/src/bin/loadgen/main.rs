@@ -94,47 +94,18 @@ enum Mode {
     /// N subscribers over C channels of /ws (protocol v1), one publisher at R
     /// publications/s in all; delivery latency, and loss counted by offsets.
     Pubsub {
-        #[arg(long, default_value_t = 1000)]
-        subs: usize,
-        #[arg(long, default_value_t = 10)]
-        channels: u64,
-        /// Publications per second, over all channels.
-        #[arg(long, default_value_t = 1000.0)]
-        rate: f64,
-        #[arg(long, default_value_t = 5.0)]
-        duration: f64,
-        #[arg(long, default_value_t = 1.0)]
-        settle: f64,
-        #[arg(long, default_value_t = 3.0)]
-        grace: f64,
-        #[arg(long, default_value_t = 64)]
-        size: usize,
-        #[arg(long, default_value = "/ws")]
-        path: String,
+        #[command(flatten)]
+        args: pubsub::Args,
     },
     /// As pubsub, and every subscriber is cut (RST) at once during publishing; each
     /// reconnects and resubscribes with `since`: time until all have recovered, loss
     /// and duplicates by offsets.
     Resume {
-        #[arg(long, default_value_t = 1000)]
-        subs: usize,
-        #[arg(long, default_value_t = 10)]
-        channels: u64,
-        #[arg(long, default_value_t = 1000.0)]
-        rate: f64,
-        #[arg(long, default_value_t = 5.0)]
-        duration: f64,
+        #[command(flatten)]
+        args: pubsub::Args,
         /// Seconds into publishing when every subscriber is cut.
         #[arg(long, default_value_t = 1.5)]
         cut_after: f64,
-        #[arg(long, default_value_t = 1.0)]
-        settle: f64,
-        #[arg(long, default_value_t = 5.0)]
-        grace: f64,
-        #[arg(long, default_value_t = 64)]
-        size: usize,
-        #[arg(long, default_value = "/ws")]
-        path: String,
     },
     /// N connections held open; the server's RSS, threads and CPU sampled from /proc.
     Idle {
@@ -368,51 +339,8 @@ fn main() {
                 size,
                 path,
             } => broadcast(&cli, *subs, *rate, *duration, *settle, *grace, *size, path).await,
-            Mode::Pubsub {
-                subs,
-                channels,
-                rate,
-                duration,
-                settle,
-                grace,
-                size,
-                path,
-            } => {
-                let p = pubsub::Params {
-                    subs: *subs,
-                    channels: *channels,
-                    rate: *rate,
-                    duration: *duration,
-                    settle: *settle,
-                    grace: *grace,
-                    size: *size,
-                    path,
-                };
-                pubsub::pubsub(&cli, p).await
-            }
-            Mode::Resume {
-                subs,
-                channels,
-                rate,
-                duration,
-                cut_after,
-                settle,
-                grace,
-                size,
-                path,
-            } => {
-                let p = pubsub::Params {
-                    subs: *subs,
-                    channels: *channels,
-                    rate: *rate,
-                    duration: *duration,
-                    settle: *settle,
-                    grace: *grace,
-                    size: *size,
-                    path,
-                };
-                pubsub::resume(&cli, p, *cut_after).await
-            }
+            Mode::Pubsub { args } => pubsub::pubsub(&cli, args).await,
+            Mode::Resume { args, cut_after } => pubsub::resume(&cli, args, *cut_after).await,
             Mode::Idle {
                 conns,
                 settle,

@@ -225,20 +225,34 @@ fn abort_on_drop(ws: &Ws) {
 }
 
 /// The parameters both scenarios share.
-pub struct Params<'a> {
-    pub subs: usize,
-    pub channels: u64,
-    pub rate: f64,
-    pub duration: f64,
-    pub settle: f64,
-    pub grace: f64,
-    pub size: usize,
-    pub path: &'a str,
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[arg(long, default_value_t = 1000)]
+    subs: usize,
+    #[arg(long, default_value_t = 10)]
+    channels: u64,
+    /// Publications per second, over all channels.
+    #[arg(long, default_value_t = 1000.0)]
+    rate: f64,
+    /// Seconds of publishing.
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+    /// Seconds between the last subscription and the first publication.
+    #[arg(long, default_value_t = 1.0)]
+    settle: f64,
+    /// Seconds after the last publication that subscribers keep waiting for it.
+    #[arg(long, default_value_t = 5.0)]
+    grace: f64,
+    /// Payload bytes of each publication's data.
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    #[arg(long, default_value = "/ws")]
+    path: String,
 }
 
 /// `pubsub`: N subscribers over C channels, one publisher at R publications/s in all.
 /// Every subscriber checks its offsets are contiguous from the `sub` reply's top.
-pub async fn pubsub(cli: &Cli, p: Params<'_>) -> Out {
+pub async fn pubsub(cli: &Cli, p: &Args) -> Out {
     run(cli, p, None).await
 }
 
@@ -246,13 +260,13 @@ pub async fn pubsub(cli: &Cli, p: Params<'_>) -> Out {
 /// connection is reset at once; each reconnects and subscribes with `since` = the last
 /// offset it received. Reports how long until every one has its `sub` reply back, how
 /// many were `recovered: false`, and loss or duplicates over the whole run.
-pub async fn resume(cli: &Cli, p: Params<'_>, cut_after: f64) -> Out {
+pub async fn resume(cli: &Cli, p: &Args, cut_after: f64) -> Out {
     run(cli, p, Some(cut_after)).await
 }
 
-async fn run(cli: &Cli, p: Params<'_>, cut_after: Option<f64>) -> Out {
+async fn run(cli: &Cli, p: &Args, cut_after: Option<f64>) -> Out {
     let mut out = Out::new(if cut_after.is_some() { "resume" } else { "pubsub" });
-    let ramp = open_many(cli, p.path, p.subs).await;
+    let ramp = open_many(cli, &p.path, p.subs).await;
     put_ramp(&mut out, p.subs, &ramp);
     let channels = p.channels.max(1);
     let total = (p.rate * p.duration).round().max(1.0) as u64;
@@ -268,7 +282,7 @@ async fn run(cli: &Cli, p: Params<'_>, cut_after: Option<f64>) -> Out {
     for (i, mut ws) in ramp.conns.into_iter().enumerate() {
         let (h, rec_h, tally, ready_tx) = (h.clone(), rec_h.clone(), tally.clone(), ready_tx.clone());
         let mut start_rx = start_rx.clone();
-        let (addr, path) = (cli.addr, p.path.to_owned());
+        let (addr, path) = (cli.addr, p.path.clone());
         let connect_to = Duration::from_secs_f64(cli.connect_timeout);
         let (duration, grace) = (p.duration, p.grace);
         tasks.push(tokio::spawn(async move {
@@ -361,6 +375,11 @@ async fn run(cli: &Cli, p: Params<'_>, cut_after: Option<f64>) -> Out {
                                     last = Some(now);
                                 }
                                 ws = Some(w);
+                                if recovered == Some(false) {
+                                    // Offsets of the new epoch say nothing about the
+                                    // old one: what was left counts as undelivered.
+                                    break;
+                                }
                             }
                             Err(e) => {
                                 eprintln!("loadgen: resubscribe {i}: {e}");
@@ -409,7 +428,7 @@ async fn run(cli: &Cli, p: Params<'_>, cut_after: Option<f64>) -> Out {
         }
     }
     out.kv("subscribed", subscribed).kv("channels", channels);
-    let mut publisher = match Ws::connect(cli.addr, p.path, 0).await {
+    let mut publisher = match Ws::connect(cli.addr, &p.path, 0).await {
         Ok(w) => w,
         Err(e) => {
             out.kv("error", format!("publisher: {e}"));
