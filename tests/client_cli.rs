@@ -42,6 +42,20 @@ fn connect_with_open_stdin(args: &[&str]) -> (std::process::ExitStatus, String) 
     (status, stderr)
 }
 
+/// `wshub connect ARGS...`, with `input` piped in and stdin then closed; waits for it.
+fn connect_piped(args: &[&str], input: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wshub"))
+        .arg("connect")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("wshub connect starts");
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap(); // then EOF
+    child.wait_with_output().unwrap()
+}
+
 /// A running `wshub connect`, with its stdout and stderr lines as they arrive.
 struct ConnectProcess {
     child: Child,
@@ -170,18 +184,9 @@ fn lines_piped_before_the_connection_is_up_are_all_sent() {
         // The server's Close reply follows every echo already queued, so nothing is lost
         // even though EOF (and our Close) comes right after the last line.
         let serve = ServeProcess::start(&[]);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wshub"))
-            .args(["connect", &format!("ws://{}/echo", serve.addr)])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdin = child.stdin.take().unwrap();
         let input: String = (0..200).map(|i| format!("line {i}\n")).collect();
-        stdin.write_all(input.as_bytes()).unwrap();
-        drop(stdin); // EOF right away, likely before the handshake is done
-        let out = child.wait_with_output().unwrap();
+        // EOF right away, likely before the handshake is done.
+        let out = connect_piped(&[&format!("ws://{}/echo", serve.addr)], &input);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(0), "{stderr}");
         assert_eq!(String::from_utf8_lossy(&out.stdout), input);
@@ -276,18 +281,78 @@ fn no_reconnect_exits_1_when_it_cannot_connect() {
 }
 
 #[test]
-fn eof_while_waiting_to_reconnect_exits_0_at_once() {
+fn eof_before_any_connection_was_made_exits_1_at_once_with_one_clear_line() {
     watchdog(LIMIT, || {
         let url = format!("ws://{}/", closed_addr());
         let started = Instant::now();
         let out = wshub(&["connect", &url, "--backoff-initial", "30s"]); // stdin: /dev/null
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(0), "{stderr}");
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
         assert!(
             started.elapsed() < Duration::from_secs(5),
             "{:?}",
             started.elapsed()
         );
+        let giving_up: Vec<&str> = stderr.lines().filter(|l| l.starts_with("giving up")).collect();
+        assert_eq!(giving_up.len(), 1, "{stderr}");
+        assert!(
+            giving_up[0].contains("could not connect") && giving_up[0].contains("stdin has ended"),
+            "{stderr}"
+        );
+    });
+}
+
+#[test]
+fn piped_lines_that_can_never_be_sent_end_in_exit_1_instead_of_retrying_forever() {
+    watchdog(LIMIT, || {
+        // printf 'x\n' | wshub connect ws://127.0.0.1:<closed>/x (issue #18 item 6).
+        let url = format!("ws://{}/x", closed_addr());
+        let out = connect_piped(&[&url, "--backoff-initial", "10ms"], "x\n");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("stdin has ended"), "{stderr}");
+    });
+}
+
+#[test]
+fn listen_keeps_retrying_after_eof_until_interrupted() {
+    watchdog(LIMIT, || {
+        let url = format!("ws://{}/", closed_addr());
+        let mut client = ConnectProcess::start(&[
+            &url,
+            "--listen",
+            "--backoff-initial",
+            "10ms",
+            "--backoff-max",
+            "20ms",
+        ]);
+        client.close_stdin();
+        // Well past the point where it would have given up without --listen.
+        for _ in 0..5 {
+            client.wait_stderr("reconnecting in ");
+        }
+        assert!(client.child.try_wait().unwrap().is_none(), "still running");
+        // SAFETY: kill(2) on the PID of a child we started and have not reaped.
+        unsafe { libc::kill(client.child.id() as i32, libc::SIGINT) };
+        client.wait_exit();
+    });
+}
+
+#[test]
+fn listen_keeps_printing_after_eof() {
+    watchdog(LIMIT, || {
+        let serve = ServeProcess::start(&[]);
+        let url = format!("ws://{}/chat", serve.addr);
+        let mut listener = ConnectProcess::start(&[&url, "--listen"]);
+        listener.wait_stderr("connected to");
+        listener.write_line("listener here");
+        assert_eq!(listener.next_stdout(), "listener here");
+        listener.close_stdin();
+
+        let talker = connect_piped(&[&url], "after your EOF\n");
+        assert_eq!(talker.status.code(), Some(0));
+        assert_eq!(listener.next_stdout(), "after your EOF");
+        assert!(listener.child.try_wait().unwrap().is_none(), "still listening");
     });
 }
 
@@ -332,7 +397,109 @@ fn connect_help_lists_its_flags() {
         "--connect-timeout",
         "--backoff-initial",
         "--backoff-max",
+        "--listen",
+        "--channel",
+        "--json",
+        "--publish-timeout",
     ] {
         assert!(text.contains(flag), "--help lists {flag}");
     }
+}
+
+/// `wshub connect ws://ADDR/ws --channel NAME ARGS...`, piping `input` and closing stdin.
+fn channel_pipe(addr: std::net::SocketAddr, channel: &str, args: &[&str], input: &str) -> Output {
+    let url = format!("ws://{addr}/ws");
+    let mut all = vec![url.as_str(), "--channel", channel];
+    all.extend_from_slice(args);
+    connect_piped(&all, input)
+}
+
+#[test]
+fn channel_mode_publishes_stdin_lines_and_prints_each_publications_data_as_json() {
+    watchdog(LIMIT, || {
+        let serve = ServeProcess::start(&[]);
+        let url = format!("ws://{}/ws", serve.addr);
+        let listener = ConnectProcess::start(&[&url, "--channel", "news", "--listen"]);
+        listener.wait_stderr("subscribed to news");
+
+        let out = channel_pipe(serve.addr, "news", &[], "hello\nsay \"hi\"\n");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
+        // The publisher is subscribed too: its own lines come back before it exits.
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "\"hello\"\n\"say \\\"hi\\\"\"\n"
+        );
+        assert_eq!(listener.next_stdout(), "\"hello\"");
+        assert_eq!(listener.next_stdout(), "\"say \\\"hi\\\"\"");
+    });
+}
+
+#[test]
+fn channel_mode_json_prints_whole_pushes() {
+    watchdog(LIMIT, || {
+        let serve = ServeProcess::start(&[]);
+        let out = channel_pipe(serve.addr, "room:1", &["--json"], "x\n");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let push: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
+        assert_eq!(push["push"], "pub");
+        assert_eq!(push["ch"], "room:1");
+        assert_eq!(push["offset"], 1);
+        assert_eq!(push["data"], "x");
+        assert!(push["from"]["client"].is_string(), "{push}");
+    });
+}
+
+#[test]
+fn channel_mode_reports_an_unrecoverable_resume_after_a_server_restart_and_carries_on() {
+    watchdog(LIMIT, || {
+        let mut serve = ServeProcess::start(&[]);
+        let addr = serve.addr;
+        let url = format!("ws://{addr}/ws");
+        let mut listener = ConnectProcess::start(&[&url, "--channel", "news", "--backoff-initial", "50ms"]);
+        listener.wait_stderr("subscribed to news");
+        listener.write_line("before");
+        assert_eq!(listener.next_stdout(), "\"before\"");
+
+        serve.signal(libc::SIGTERM);
+        assert_eq!(serve.wait_exit(Duration::from_secs(10)).code(), Some(0));
+        listener.wait_stderr("reconnecting in ");
+        let serve = serve_on(addr);
+        let line = listener.wait_stderr("resubscribed to news");
+        assert!(line.contains("could not be recovered"), "{line}");
+
+        let out = channel_pipe(serve.addr, "news", &[], "after\n");
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(listener.next_stdout(), "\"after\"");
+        listener.close_stdin();
+        assert_eq!(listener.wait_exit().code(), Some(0));
+    });
+}
+
+#[test]
+fn channel_mode_with_piped_lines_and_no_server_exits_1_once_stdin_has_ended() {
+    watchdog(LIMIT, || {
+        let out = channel_pipe(closed_addr(), "news", &["--backoff-initial", "10ms"], "x\n");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains("could not connect") && stderr.contains("stdin has ended"),
+            "{stderr}"
+        );
+    });
+}
+
+#[test]
+fn channel_mode_refuses_a_bad_channel_name_with_exit_2() {
+    let out = wshub(&["connect", "ws://127.0.0.1:1/ws", "--channel", "no spaces"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("invalid channel"), "{stderr}");
 }

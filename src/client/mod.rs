@@ -81,6 +81,7 @@ pub use tungstenite::protocol::CloseFrame;
 
 pub mod backoff;
 mod connection;
+pub mod pubsub;
 mod reconnect;
 mod url;
 

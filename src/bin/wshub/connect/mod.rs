@@ -1,37 +1,39 @@
-//! `wshub connect URL`: stdin lines out as text messages, received messages to stdout,
-//! connection events to stderr. Built on [`ReconnectingClient`].
+//! `wshub connect URL`: a WebSocket session from the terminal, built on
+//! [`ReconnectingClient`]. Two modes share the flags, stdin handling and exit rules:
 //!
-//! Threads: the **main thread** prints. It blocks in one `select!` over the session's
-//! events and the interrupt; either **wakes** it. It never sends, so it keeps draining
-//! events even while a send waits for room: a large piped file cannot wedge the client
-//! against a server that is blocked writing back to it. The **stdin thread** reads a line
-//! and sends it; while no connection is open it waits for the main thread's "connected"
-//! doorbell, so at most one line is read ahead and none is dropped. At EOF it asks the
-//! session to close with 1000 and ends. The **ctrlc handler thread** rings the interrupt
-//! once; on a second signal it exits the process at once with 130.
+//! - **raw** (`raw.rs`): stdin lines out as text messages, received messages to stdout;
+//! - **channel** (`--channel NAME`, `channel.rs`): protocol v1 on `/ws` through
+//!   [`wshub::client::pubsub`]: stdin lines are published as JSON strings, each
+//!   publication's `data` is printed as one line of JSON (`--json`: the whole push).
 //!
-//! Main **ends** when the session's event channel disconnects: after the close that EOF
-//! or Ctrl-C asked for (exit 0), or after the session gave up (exit 1; with
-//! `--no-reconnect`, exit 0 if the server closed normally with 1000).
+//! In both, connection events go to stderr; stdin is read by the stdin thread of
+//! [`input`]; the **main thread** prints events and never sends, so a large piped input
+//! cannot wedge the client against a server that is blocked writing back to it; a
+//! **sender thread** sends (or publishes) each line, waiting for a connection when
+//! there is none. The ctrlc handler thread rings the interrupt once; on a second signal
+//! it exits the process at once with 130.
 //!
-//! A line already handed to a connection that then dies is lost: delivery is at most
-//! once, as for any WebSocket client without acknowledgements.
+//! **Exit status.** 0 after the close that the end of stdin or Ctrl-C asked for (and,
+//! with `--no-reconnect`, after a server's normal close, 1000); 1 when the session gave
+//! up, or when stdin has ended before any connection could be made ([`input::Patience`]:
+//! retrying would achieve nothing; `--listen` keeps trying); 2 for a usage error.
+//! `--listen` also keeps the session open after stdin has ended, until Ctrl-C.
 
 use std::fmt::Write as _;
-use std::io::{self, BufRead, Write};
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread;
 use std::time::Duration;
 
 use crate::args::parse_duration;
-use crossbeam_channel::{Receiver, Sender, bounded, select};
+use crossbeam_channel::{Receiver, TryRecvError, bounded};
 use wshub::Message;
 use wshub::client::backoff::BackoffConfig;
-use wshub::client::{
-    ClientConfig, ClientError, CloseFrame, Event, ReconnectConfig, ReconnectingClient, WsUrl,
-};
+use wshub::client::{ClientConfig, ClientError, CloseFrame, Event, ReconnectConfig, WsUrl};
+
+use input::Patience;
+
+mod channel;
+mod input;
+mod raw;
 
 /// Flags of `wshub connect`.
 #[derive(clap::Args, Debug)]
@@ -45,6 +47,21 @@ pub struct Args {
     /// Give up after N failed reconnection attempts in a row (default: never).
     #[arg(long, value_name = "N")]
     max_retries: Option<u32>,
+    /// Speak protocol v1 (the server's /ws): subscribe to this channel, publish each
+    /// stdin line to it as a JSON string, print each publication's data as a line of JSON.
+    #[arg(long, value_name = "NAME")]
+    channel: Option<String>,
+    /// With --channel: print each push whole, as the server sent it, instead of its data.
+    #[arg(long, requires = "channel")]
+    json: bool,
+    /// With --channel: how long to wait for a publication's ack before sending it again
+    /// (with the same idempotency key, so it is published once).
+    #[arg(long, default_value = "10s", value_parser = parse_duration, requires = "channel")]
+    publish_timeout: Duration,
+    /// Keep the session open after stdin ends (until Ctrl-C), and keep trying to connect
+    /// even if no connection was ever made.
+    #[arg(long)]
+    listen: bool,
     /// Origin header to send with the handshake.
     #[arg(long)]
     origin: Option<String>,
@@ -74,19 +91,42 @@ pub fn run(args: Args) -> ExitCode {
             return ExitCode::from(USAGE);
         }
     };
+    let config = match session_config(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(USAGE);
+        }
+    };
+    let interrupt = match interrupt() {
+        Ok(rx) => rx,
+        Err(e) => {
+            eprintln!("error: cannot install the signal handler: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let input = match input::spawn() {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("error: cannot read stdin: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match &args.channel {
+        Some(channel) => channel::run(url, config, &args, channel, input, &interrupt),
+        None => raw::run(url, config, &args, input, &interrupt),
+    }
+}
+
+/// The session's configuration from the flags; `Err` for a malformed header.
+fn session_config(args: &Args) -> Result<ReconnectConfig, String> {
     let mut headers = Vec::new();
     for h in &args.headers {
-        match parse_header(h) {
-            Ok(pair) => headers.push(pair),
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::from(USAGE);
-            }
-        }
+        headers.push(parse_header(h)?);
     }
     let mut client = ClientConfig::default();
     client.connect_timeout = args.connect_timeout;
-    client.origin = args.origin;
+    client.origin = args.origin.clone();
     client.headers = headers;
     let mut backoff = BackoffConfig::default();
     backoff.initial = args.backoff_initial;
@@ -99,120 +139,33 @@ pub fn run(args: Args) -> ExitCode {
     } else {
         args.max_retries
     };
+    Ok(config)
+}
 
-    let session = match ReconnectingClient::start_url(url.clone(), config) {
-        Ok(s) => Arc::new(s),
-        Err(e) if e.is_fatal() => {
-            eprintln!("error: {e}");
-            return ExitCode::from(USAGE);
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(1);
-        }
-    };
-
+/// SIGINT and SIGTERM ring the returned doorbell (once; a second signal exits).
+fn interrupt() -> Result<Receiver<()>, ctrlc::Error> {
     let (interrupt_tx, interrupt) = bounded::<()>(1);
-    let installed = crate::signals::on_signal(
+    crate::signals::on_signal(
         move || {
             let _ = interrupt_tx.try_send(());
         },
         "closing",
-    );
-    if let Err(e) = installed {
-        eprintln!("error: cannot install the signal handler: {e}");
-        return ExitCode::from(1);
-    }
-
-    // Capacity 1: a doorbell; one pending ring is as good as many.
-    let (connected_tx, connected_rx) = bounded::<()>(1);
-    let eof = Arc::new(AtomicBool::new(false));
-    if let Err(e) = spawn_stdin_sender(session.clone(), connected_rx, eof.clone()) {
-        eprintln!("error: cannot read stdin: {e}");
-        return ExitCode::from(1);
-    }
-    let mut printer = Printer::new(url, args.no_reconnect, connected_tx);
-    let status = printer.run(&session, &interrupt, &eof);
-    session.stop(); // returns at once if the session has ended on its own
-    status
+    )?;
+    Ok(interrupt)
 }
 
-/// `Name: value` into a pair. The library checks the name and value themselves.
-fn parse_header(text: &str) -> Result<(String, String), String> {
-    match text.split_once(':') {
-        Some((name, value)) if !name.trim().is_empty() => {
-            Ok((name.trim().to_owned(), value.trim().to_owned()))
-        }
-        _ => Err(format!("invalid header {text:?}: expected 'Name: value'")),
-    }
+/// The exit status for a session start that failed: a usage error if it was the
+/// configuration's fault.
+fn start_failed(e: &ClientError) -> ExitCode {
+    eprintln!("error: {e}");
+    ExitCode::from(if e.is_fatal() { USAGE } else { 1 })
 }
 
-/// The stdin thread: each line is sent as one text message, waiting for a connection
-/// when there is none; at EOF (or a read error) it asks the session to close.
-fn spawn_stdin_sender(
-    session: Arc<ReconnectingClient>,
-    connected: Receiver<()>,
-    eof: Arc<AtomicBool>,
-) -> io::Result<()> {
-    let sender = move || {
-        let stdin = io::stdin();
-        let mut input = stdin.lock();
-        let mut buf = Vec::new();
-        loop {
-            buf.clear();
-            match input.read_until(b'\n', &mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    if buf.last() == Some(&b'\n') {
-                        buf.pop();
-                        if buf.last() == Some(&b'\r') {
-                            buf.pop();
-                        }
-                    }
-                    // A text message must be UTF-8: invalid bytes become U+FFFD.
-                    let line = String::from_utf8_lossy(&buf).into_owned();
-                    if !send_when_connected(&session, Message::text(line), &connected) {
-                        return; // the session has ended
-                    }
-                }
-            }
-        }
-        eof.store(true, Ordering::SeqCst);
-        // 1000 is always a valid code; this cannot fail.
-        let _ = session.close(1000, "");
-    };
-    // Not joined: at exit it may still be blocked reading a terminal.
-    thread::Builder::new()
-        .name("stdin".into())
-        .spawn(sender)
-        .map(drop)
-}
-
-/// Sends `msg`, waiting for the next connection while there is none. `false` once the
-/// session has ended (the doorbell's sender, held by the main thread, is gone).
-fn send_when_connected(session: &ReconnectingClient, msg: Message, connected: &Receiver<()>) -> bool {
-    loop {
-        match session.send(msg.clone()) {
-            Ok(()) => return true,
-            Err(ClientError::NotConnected) => {
-                if connected.recv().is_err() {
-                    return false;
-                }
-            }
-            Err(e) => {
-                eprintln!("cannot send: {e}");
-                return true;
-            }
-        }
-    }
-}
-
-/// The main thread's state: what to print, and how the session ended.
-struct Printer {
+/// The connection's story on stderr, shared by both modes, and the exit status it
+/// leads to.
+struct ConnectionLog {
     url: WsUrl,
     no_reconnect: bool,
-    /// Rung on every `Connected`, for the stdin thread.
-    connected: Sender<()>,
     /// Ctrl-C asked for the close.
     interrupted: bool,
     /// The last Disconnected was a clean close with 1000 (for `--no-reconnect`).
@@ -220,68 +173,41 @@ struct Printer {
     /// The last failure, for the giving-up line.
     last_error: Option<String>,
     gave_up: bool,
+    patience: Patience,
 }
 
-impl Printer {
-    fn new(url: WsUrl, no_reconnect: bool, connected: Sender<()>) -> Self {
-        Printer {
+impl ConnectionLog {
+    fn new(url: WsUrl, args: &Args) -> Self {
+        ConnectionLog {
             url,
-            no_reconnect,
-            connected,
+            no_reconnect: args.no_reconnect,
             interrupted: false,
             closed_normally: false,
             last_error: None,
             gave_up: false,
+            patience: Patience {
+                listen: args.listen,
+                ..Patience::default()
+            },
         }
     }
 
-    fn run(&mut self, session: &ReconnectingClient, interrupt: &Receiver<()>, eof: &AtomicBool) -> ExitCode {
-        let stdout = io::stdout();
-        loop {
-            select! {
-                recv(session.events()) -> event => match event {
-                    Ok(event) => {
-                        let closing = self.interrupted || eof.load(Ordering::SeqCst);
-                        if self.on_event(event, closing, &mut stdout.lock()).is_err() {
-                            // stdout is gone (a closed pipe): nobody reads what arrives.
-                            return ExitCode::from(1);
-                        }
-                    }
-                    Err(_) => break, // the session has ended
-                },
-                recv(interrupt) -> _ => {
-                    self.interrupted = true;
-                    let _ = session.close(1000, "");
-                }
-            }
-        }
-        // Success: the close we asked for (EOF, Ctrl-C), or, without reconnecting, a
-        // server that ended the session normally (1000).
-        let asked = self.interrupted || eof.load(Ordering::SeqCst);
-        let normal_end = self.gave_up && self.no_reconnect && self.closed_normally;
-        if (asked && !self.gave_up) || normal_end {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::from(1)
-        }
+    /// We asked for the close that may follow (Ctrl-C, or stdin ended without `--listen`).
+    fn closing(&self) -> bool {
+        self.interrupted || (self.patience.stdin_ended && !self.patience.listen)
     }
 
-    /// Prints one event; `closing`: we asked for the close that may follow.
-    fn on_event(&mut self, event: Event, closing: bool, out: &mut impl Write) -> io::Result<()> {
+    /// Prints a connection event on stderr. (`Event::Message` is the mode's to print.)
+    fn on_event(&mut self, event: Event) {
         match event {
             Event::Connected => {
                 eprintln!("connected to {}", self.url);
-                let _ = self.connected.try_send(());
-            }
-            Event::Message(msg) => {
-                if let Some(line) = display_message(&msg) {
-                    writeln!(out, "{line}")?;
-                    out.flush()?;
-                }
+                self.patience.connected();
             }
             Event::Disconnected { close, error } => {
                 self.closed_normally =
                     error.is_none() && close.as_ref().is_some_and(|f| u16::from(f.code) == 1000);
+                let closing = self.closing();
                 let why = describe_disconnect(close.as_ref(), error.as_ref(), closing);
                 if !closing {
                     self.last_error = Some(why.clone());
@@ -290,6 +216,7 @@ impl Printer {
             }
             Event::ConnectFailed { error, .. } => {
                 eprintln!("connection failed: {error}");
+                self.patience.attempt_failed();
                 self.last_error = Some(error.to_string());
             }
             Event::Reconnecting { attempt, delay } => {
@@ -306,7 +233,52 @@ impl Printer {
             }
             _ => {}
         }
-        Ok(())
+    }
+
+    /// `Some(1)`, after one clear line, when [`Patience`] says there is nothing left to
+    /// wait for.
+    fn exhausted(&self) -> Option<ExitCode> {
+        if !self.patience.exhausted() {
+            return None;
+        }
+        let why = self
+            .last_error
+            .as_deref()
+            .map(|e| format!(" ({e})"))
+            .unwrap_or_default();
+        eprintln!(
+            "giving up: could not connect to {}{why}, and stdin has ended (--listen keeps trying)",
+            self.url
+        );
+        Some(ExitCode::from(1))
+    }
+
+    /// The exit status once the session has ended: success for the close we asked for
+    /// (EOF, Ctrl-C) on a session that connected, or, without reconnecting, a server that
+    /// ended the session normally (1000). `stdin_ended` is looked at once more: the
+    /// session may have ended (on the close that EOF led to) before the main thread
+    /// took the end of stdin.
+    fn exit_status(&mut self, stdin_ended: &Receiver<()>) -> ExitCode {
+        if stdin_ended.try_recv() == Err(TryRecvError::Disconnected) {
+            self.patience.stdin_ended = true;
+        }
+        let asked = self.interrupted || self.patience.stdin_ended;
+        let normal_end = self.gave_up && self.no_reconnect && self.closed_normally;
+        if (asked && !self.gave_up && self.patience.ever_connected) || normal_end {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `Name: value` into a pair. The library checks the name and value themselves.
+fn parse_header(text: &str) -> Result<(String, String), String> {
+    match text.split_once(':') {
+        Some((name, value)) if !name.trim().is_empty() => {
+            Ok((name.trim().to_owned(), value.trim().to_owned()))
+        }
+        _ => Err(format!("invalid header {text:?}: expected 'Name: value'")),
     }
 }
 
