@@ -142,7 +142,7 @@ fn main() {
     let tick = "x".repeat(64 * 1024);
     for n in 0..MESSAGES {
         let _ = hub_tx.send(HubMsg::Broadcast(Message::text(format!("tick {n} {tick}"))));
-        thread::sleep(Duration::from_millis(1)); // a steady producer, not a burst
+        thread::sleep(Duration::from_millis(2)); // a steady producer, not a burst
     }
     hub_tx.send(HubMsg::Broadcast(Message::text("done"))).unwrap();
     counters.into_iter().for_each(|c| c.join().unwrap());
