@@ -272,10 +272,12 @@ fn more_missed_than_the_history_size_is_not_recovered() {
         let addr = server.local_addr();
         let mut sub = Peer::connect(addr);
         let snap = sub.ok(json!({"op":"sub","ch":"c"}));
-        sub.cut();
+        // Keep the channel alive with a second subscriber, subscribed before the first is
+        // cut (a channel with neither subscribers nor history ends, and a new one gets a
+        // new epoch): only history is in question here.
         let mut p = Peer::connect(addr);
-        // Keep the channel alive with a second subscriber: only history is in question.
         p.ok(json!({"op":"sub","ch":"c"}));
+        sub.cut();
         for n in 0..6 {
             p.ok(json!({"op":"pub","ch":"c","data":n}));
         }
