@@ -165,7 +165,7 @@ pub use ws::handshake::{MAX_REQUEST_HEAD, Request};
 pub mod fuzzing {
     pub use crate::ws::close_policy;
     pub use crate::ws::handshake::{
-        Answer, Endpoint, MAX_REQUEST_HEADERS, Reject, Status, answer, parse_head,
+        Answer, Endpoint, MAX_REQUEST_HEADERS, Reject, Resource, Status, answer, parse_head,
     };
     pub use crate::ws::utf8_guard::Screened;
 }

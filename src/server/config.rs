@@ -120,6 +120,15 @@ pub struct Config {
     pub read_buffer_size: usize,
     /// Stack size of every connection thread. Default [`DEFAULT_THREAD_STACK_SIZE`].
     pub thread_stack_size: usize,
+    /// Serve the demo page at `GET /`. Default `true`. (`GET /wshub.js`, the browser
+    /// client, is served either way.)
+    pub demo: bool,
+    /// Serve `GET /metrics` (Prometheus text). Default `true`. The counters run either
+    /// way; this only decides whether the listener shows them.
+    pub metrics: bool,
+    /// The key `POST /api/publish` requires (`Authorization: apikey KEY`). `None` (the
+    /// default): the publish API is off and its path is `404`.
+    pub api_key: Option<String>,
 }
 
 impl Default for Config {
@@ -139,6 +148,9 @@ impl Default for Config {
             max_message_rate: None,
             read_buffer_size: DEFAULT_READ_BUFFER_SIZE,
             thread_stack_size: DEFAULT_THREAD_STACK_SIZE,
+            demo: true,
+            metrics: true,
+            api_key: None,
         }
     }
 }
@@ -182,6 +194,15 @@ impl Config {
         }
         if self.read_buffer_size < 256 {
             return Err(ConfigError::new("read buffer size must be at least 256 bytes"));
+        }
+        if self
+            .api_key
+            .as_deref()
+            .is_some_and(|k| k.is_empty() || k.contains(char::is_whitespace))
+        {
+            return Err(ConfigError::new(
+                "the API key must be non-empty and have no whitespace",
+            ));
         }
         if self.thread_stack_size < MIN_THREAD_STACK_SIZE {
             return Err(ConfigError::new(format!(

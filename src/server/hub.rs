@@ -37,6 +37,7 @@ use log::{debug, info, trace};
 use tungstenite::Message;
 
 use crate::server::error::SendError;
+use crate::server::metrics::Metrics;
 use crate::server::registry::{ConnId, Offer, Peer, Registry};
 use crate::server::writer::{Ctrl, FastWrite, WriteSide};
 use crate::ws::close_policy::GOING_AWAY;
@@ -163,6 +164,7 @@ impl PeerHandle {
 #[derive(Clone, Debug)]
 pub struct Hub {
     tx: Sender<HubMsg>,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for HubMsg {
@@ -180,8 +182,18 @@ impl std::fmt::Debug for HubMsg {
 }
 
 impl Hub {
-    pub(crate) fn new(tx: Sender<HubMsg>) -> Hub {
-        Hub { tx }
+    pub(crate) fn new(tx: Sender<HubMsg>, metrics: Arc<Metrics>) -> Hub {
+        Hub { tx, metrics }
+    }
+
+    /// The server's counters, for the threads that count.
+    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Messages waiting in the hub's inbox now.
+    pub(crate) fn inbox_depth(&self) -> usize {
+        self.tx.len()
     }
 
     /// Sends `msg` to every connection on `topic` (a route's path, such as `/chat`).
@@ -204,7 +216,7 @@ impl Hub {
 }
 
 /// Runs the hub loop until [`HubMsg::Stop`]. See the module docs.
-pub(crate) fn run(inbox: Receiver<HubMsg>, ping_interval: Duration) {
+pub(crate) fn run(inbox: Receiver<HubMsg>, ping_interval: Duration, metrics: Arc<Metrics>) {
     let mut registry: Registry<PeerHandle> = Registry::default();
     let mut pings = PingSchedule::new(ping_interval);
     // Connections still in their HTTP handshake: only a drain's cut needs them.
@@ -253,7 +265,14 @@ pub(crate) fn run(inbox: Receiver<HubMsg>, ping_interval: Duration) {
                 }
             }
             Some(HubMsg::Broadcast { topic, frame }) => {
+                let started = Instant::now();
                 let out = registry.broadcast(&topic, &frame);
+                metrics.broadcast(
+                    started.elapsed(),
+                    out.delivered,
+                    frame.payload().len(),
+                    out.slow.len(),
+                );
                 trace!("broadcast on {topic} queued for {}", out.delivered);
                 for (id, peer) in out.slow {
                     info!("connection {id}: slow consumer (queue full), disconnecting");

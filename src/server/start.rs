@@ -20,6 +20,7 @@ use crate::server::connection::Shared;
 use crate::server::error::Error;
 use crate::server::handler::{Handler, Routes};
 use crate::server::hub::{self, HUB_QUEUE, Hub};
+use crate::server::metrics::Metrics;
 use crate::server::shutdown::{self, DrainReport, Running, ShutdownHandle};
 
 /// Adds routes before starting a [`Server`]. Built-in routes: `/echo`, `/chat`, and the
@@ -63,13 +64,18 @@ impl ServerBuilder {
             }
         }
 
+        let metrics = Arc::new(Metrics::default());
         let (hub_tx, hub_rx) = bounded(HUB_QUEUE);
-        let hub = Hub::new(hub_tx);
+        let hub = Hub::new(hub_tx, metrics.clone());
         let ping_interval = config.ping_interval;
-        let hub_thread = spawn("wshub-hub", move || hub::run(hub_rx, ping_interval))?;
+        let hub_metrics = metrics.clone();
+        let hub_thread = spawn("wshub-hub", move || hub::run(hub_rx, ping_interval, hub_metrics))?;
 
         let (overflow_tx, overflow_rx) = bounded(accept::OVERFLOW_QUEUE);
-        let overflow = spawn("wshub-overflow", move || accept::run_overflow(overflow_rx))?;
+        let overflow_metrics = metrics.clone();
+        let overflow = spawn("wshub-overflow", move || {
+            accept::run_overflow(overflow_rx, &overflow_metrics)
+        })?;
 
         let stop = Arc::new(AtomicBool::new(false));
         let (wake_tx, wake_rx) = bounded(0);
@@ -83,6 +89,7 @@ impl ServerBuilder {
                 config,
                 routes,
                 hub: hub.clone(),
+                metrics,
             }),
             stop: stop.clone(),
             wake: wake_rx,

@@ -101,14 +101,21 @@ pub enum Status {
     Ok,
     /// `400 Bad Request`: not HTTP, or a malformed WebSocket handshake.
     BadRequest,
+    /// `401 Unauthorized`: the publish API's key is missing or wrong.
+    Unauthorized,
     /// `403 Forbidden`: the `Origin` is not on the allowlist.
     Forbidden,
     /// `404 Not Found`: no endpoint at that path.
     NotFound,
     /// `405 Method Not Allowed`: WebSocket endpoints take `GET` only.
     MethodNotAllowed,
-    /// `408 Request Timeout`: the request head did not arrive within the handshake timeout.
+    /// `408 Request Timeout`: the request head (or a request body) did not arrive within
+    /// the handshake timeout.
     RequestTimeout,
+    /// `411 Length Required`: a request body without a `Content-Length`.
+    LengthRequired,
+    /// `413 Content Too Large`: a request body over the message size limit.
+    ContentTooLarge,
     /// `426 Upgrade Required`: a plain request to a WebSocket endpoint, or a
     /// `Sec-WebSocket-Version` other than 13.
     UpgradeRequired,
@@ -124,10 +131,13 @@ impl Status {
         match self {
             Status::Ok => 200,
             Status::BadRequest => 400,
+            Status::Unauthorized => 401,
             Status::Forbidden => 403,
             Status::NotFound => 404,
             Status::MethodNotAllowed => 405,
             Status::RequestTimeout => 408,
+            Status::LengthRequired => 411,
+            Status::ContentTooLarge => 413,
             Status::UpgradeRequired => 426,
             Status::HeadersTooLarge => 431,
             Status::Unavailable => 503,
@@ -138,10 +148,13 @@ impl Status {
         match self {
             Status::Ok => "OK",
             Status::BadRequest => "Bad Request",
+            Status::Unauthorized => "Unauthorized",
             Status::Forbidden => "Forbidden",
             Status::NotFound => "Not Found",
             Status::MethodNotAllowed => "Method Not Allowed",
             Status::RequestTimeout => "Request Timeout",
+            Status::LengthRequired => "Length Required",
+            Status::ContentTooLarge => "Content Too Large",
             Status::UpgradeRequired => "Upgrade Required",
             Status::HeadersTooLarge => "Request Header Fields Too Large",
             Status::Unavailable => "Service Unavailable",
@@ -156,10 +169,17 @@ pub struct Reject {
     pub status: Status,
     /// The body: why, in one line.
     pub why: &'static str,
+    /// The methods the path takes, sent as `Allow` with a `405` (and ignored otherwise).
+    pub allow: &'static str,
 }
 
-fn reject(status: Status, why: &'static str) -> Reject {
-    Reject { status, why }
+/// A refusal with `why` as its body (and `Allow: GET` should it be a `405`).
+pub fn reject(status: Status, why: &'static str) -> Reject {
+    Reject {
+        status,
+        why,
+        allow: "GET",
+    }
 }
 
 /// Tries to parse a complete request head from the start of `buf`.
@@ -218,8 +238,34 @@ pub enum Endpoint {
     WebSocket,
     /// The plain-HTTP health check.
     Health,
+    /// A plain-HTTP resource served before any upgrade: a page, a script, the metrics,
+    /// the publish API.
+    Resource(Resource),
     /// Nothing here.
     None,
+}
+
+/// The plain-HTTP resources the server answers itself, besides `/healthz`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resource {
+    /// `GET /`: the demo page.
+    Demo,
+    /// `GET /wshub.js`: the browser client for protocol v1.
+    Script,
+    /// `GET /metrics`: Prometheus text.
+    Metrics,
+    /// `POST /api/publish`: publish without a WebSocket.
+    Publish,
+}
+
+impl Resource {
+    /// The methods it takes, as an `Allow` header lists them.
+    pub fn allow(self) -> &'static str {
+        match self {
+            Resource::Publish => "POST",
+            _ => "GET, HEAD",
+        }
+    }
 }
 
 /// The decision for a parsed request.
@@ -227,6 +273,14 @@ pub enum Endpoint {
 pub enum Answer {
     /// `200 ok`, no upgrade.
     Health,
+    /// Serve a plain-HTTP resource, no upgrade; `head`: the request was `HEAD`, so the
+    /// response carries the headers of a `GET` and no body.
+    Resource {
+        /// What to serve.
+        resource: Resource,
+        /// Headers only.
+        head: bool,
+    },
     /// Upgrade: send `101` with this `Sec-WebSocket-Accept` value.
     Upgrade {
         /// The derived accept key.
@@ -246,15 +300,33 @@ pub fn answer(request: &Request, endpoint: Endpoint, allowed_origins: &[String])
         Endpoint::None => {
             return Answer::Reject(reject(Status::NotFound, "no endpoint at this path"));
         }
-        Endpoint::Health if !wants_upgrade => {
+        Endpoint::Health | Endpoint::Resource(_) if wants_upgrade => {
+            return Answer::Reject(reject(Status::NotFound, "no WebSocket endpoint at this path"));
+        }
+        Endpoint::Health => {
             return if request.method() == "GET" {
                 Answer::Health
             } else {
                 Answer::Reject(reject(Status::MethodNotAllowed, "use GET"))
             };
         }
-        Endpoint::Health => {
-            return Answer::Reject(reject(Status::NotFound, "no WebSocket endpoint at this path"));
+        Endpoint::Resource(resource) => {
+            let method = request.method();
+            let allowed = match resource {
+                Resource::Publish => method == "POST",
+                _ => method == "GET" || method == "HEAD",
+            };
+            return if allowed {
+                Answer::Resource {
+                    resource,
+                    head: method == "HEAD",
+                }
+            } else {
+                Answer::Reject(Reject {
+                    allow: resource.allow(),
+                    ..reject(Status::MethodNotAllowed, "method not allowed at this path")
+                })
+            };
         }
         Endpoint::WebSocket => {}
     }
@@ -341,25 +413,79 @@ pub fn upgrade_response(accept: &str) -> Vec<u8> {
 
 /// A complete plain-HTTP response that closes the connection.
 pub fn http_response(status: Status, body: &str) -> Vec<u8> {
-    let mut out = String::with_capacity(160 + body.len());
-    let _ = write!(out, "HTTP/1.1 {} {}\r\n", status.code(), status.reason());
-    match status {
-        Status::UpgradeRequired => out.push_str("Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"),
-        Status::MethodNotAllowed => out.push_str("Allow: GET\r\n"),
-        Status::Unavailable => out.push_str("Retry-After: 1\r\n"),
-        _ => {}
-    }
-    let _ = write!(
-        out,
-        "Content-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    out.into_bytes()
+    let extra = match status {
+        Status::MethodNotAllowed => "Allow: GET\r\n",
+        _ => "",
+    };
+    response(status, extra, &Content::text(body.as_bytes()), false)
 }
 
 /// The response for a refusal, the explanation as a one-line body.
 pub fn reject_response(r: &Reject) -> Vec<u8> {
-    http_response(r.status, &format!("{}\n", r.why))
+    let allow;
+    let extra = match r.status {
+        Status::MethodNotAllowed => {
+            allow = format!("Allow: {}\r\n", r.allow);
+            allow.as_str()
+        }
+        _ => "",
+    };
+    response(
+        r.status,
+        extra,
+        &Content::text(format!("{}\n", r.why).as_bytes()),
+        false,
+    )
+}
+
+/// A response body and how a client should treat it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Content<'a> {
+    /// The `Content-Type`.
+    pub content_type: &'a str,
+    /// The `Cache-Control`.
+    pub cache_control: &'a str,
+    /// The body.
+    pub body: &'a [u8],
+}
+
+impl<'a> Content<'a> {
+    /// A plain-text answer that no cache keeps.
+    pub fn text(body: &'a [u8]) -> Content<'a> {
+        Content {
+            content_type: "text/plain; charset=utf-8",
+            cache_control: "no-store",
+            body,
+        }
+    }
+}
+
+/// A complete plain-HTTP response that closes the connection: the status line, the
+/// headers each status needs (`Upgrade` with 426, `Retry-After` with 503), `extra`
+/// header lines (each ending in CRLF), then `content`; `head`: headers only, with the
+/// `Content-Length` the body would have (RFC 9110 §9.3.2).
+pub fn response(status: Status, extra: &str, content: &Content<'_>, head: bool) -> Vec<u8> {
+    let mut out = String::with_capacity(200 + extra.len());
+    let _ = write!(out, "HTTP/1.1 {} {}\r\n", status.code(), status.reason());
+    match status {
+        Status::UpgradeRequired => out.push_str("Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"),
+        Status::Unavailable => out.push_str("Retry-After: 1\r\n"),
+        _ => {}
+    }
+    out.push_str(extra);
+    let _ = write!(
+        out,
+        "Content-Type: {}\r\nContent-Length: {}\r\nCache-Control: {}\r\n\
+         X-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n",
+        content.content_type,
+        content.body.len(),
+        content.cache_control
+    );
+    let mut out = out.into_bytes();
+    if !head {
+        out.extend_from_slice(content.body);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -563,6 +689,71 @@ mod tests {
         let text = String::from_utf8(r).unwrap();
         assert!(text.starts_with("HTTP/1.1 426 Upgrade Required\r\n"));
         assert!(text.contains("Sec-WebSocket-Version: 13\r\n"));
-        assert!(text.ends_with("Content-Length: 2\r\nConnection: close\r\n\r\nx\n"));
+        assert!(text.contains("Content-Length: 2\r\n"));
+        assert!(text.ends_with("Connection: close\r\n\r\nx\n"));
+    }
+
+    #[test]
+    fn resources_take_their_methods_and_no_upgrade() {
+        let get = parse("GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        let head = parse("HEAD / HTTP/1.1\r\nHost: x\r\n\r\n");
+        let post = parse("POST / HTTP/1.1\r\nHost: x\r\n\r\n");
+        let demo = Endpoint::Resource(Resource::Demo);
+        let publish = Endpoint::Resource(Resource::Publish);
+        assert_eq!(
+            answer(&get, demo, &[]),
+            Answer::Resource {
+                resource: Resource::Demo,
+                head: false
+            }
+        );
+        assert_eq!(
+            answer(&head, demo, &[]),
+            Answer::Resource {
+                resource: Resource::Demo,
+                head: true
+            }
+        );
+        assert_eq!(
+            status_of("POST / HTTP/1.1\r\nHost: x\r\n\r\n", demo, &[]),
+            Some(Status::MethodNotAllowed)
+        );
+        assert!(matches!(
+            answer(&post, publish, &[]),
+            Answer::Resource { head: false, .. }
+        ));
+        assert_eq!(
+            status_of("GET / HTTP/1.1\r\nHost: x\r\n\r\n", publish, &[]),
+            Some(Status::MethodNotAllowed)
+        );
+        assert_eq!(status_of(&upgrade_request(""), demo, &[]), Some(Status::NotFound));
+    }
+
+    #[test]
+    fn a_405_names_the_methods_the_path_takes() {
+        let Answer::Reject(r) = answer(
+            &parse("GET / HTTP/1.1\r\n\r\n"),
+            Endpoint::Resource(Resource::Publish),
+            &[],
+        ) else {
+            panic!("not a refusal")
+        };
+        let text = String::from_utf8(reject_response(&r)).unwrap();
+        assert!(text.starts_with("HTTP/1.1 405 "), "{text}");
+        assert!(text.contains("\r\nAllow: POST\r\n"), "{text}");
+    }
+
+    #[test]
+    fn a_head_response_has_the_length_of_the_body_it_leaves_out() {
+        let content = Content {
+            content_type: "text/html; charset=utf-8",
+            cache_control: "no-cache",
+            body: b"<p>hello</p>",
+        };
+        let get = String::from_utf8(response(Status::Ok, "", &content, false)).unwrap();
+        let head = String::from_utf8(response(Status::Ok, "", &content, true)).unwrap();
+        assert!(get.ends_with("\r\n\r\n<p>hello</p>"));
+        assert_eq!(head, get.strip_suffix("<p>hello</p>").unwrap());
+        assert!(head.contains("Content-Length: 12\r\n") && head.contains("Cache-Control: no-cache\r\n"));
     }
 }

@@ -6,13 +6,14 @@
 //! at once, with status 130, on the second.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use log::{error, info};
 use wshub::{Config, Server};
 
-use crate::args::{parse_duration, parse_size};
+use crate::args::{parse_duration, parse_size, parse_switch};
 
 /// Flags of `wshub serve`. Defaults are [`wshub::Config::default`]'s.
 #[derive(clap::Args, Debug)]
@@ -59,10 +60,24 @@ pub struct Args {
     /// Stack size of each connection thread.
     #[arg(long, default_value = "128KiB", value_parser = parse_size)]
     thread_stack_size: usize,
+    /// Do not serve the demo chat page at / (/wshub.js is served either way).
+    #[arg(long)]
+    no_demo: bool,
+    /// Serve Prometheus metrics at /metrics: on or off.
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = parse_switch)]
+    metrics: bool,
+    /// Turn on POST /api/publish, guarded by this key (`Authorization: apikey KEY`).
+    /// Prefer --api-key-file: a command line is visible to other users.
+    #[arg(long, value_name = "KEY", conflicts_with = "api_key_file")]
+    api_key: Option<String>,
+    /// As --api-key, with the key read from this file (surrounding whitespace ignored).
+    #[arg(long, value_name = "PATH")]
+    api_key_file: Option<PathBuf>,
 }
 
 impl Args {
-    fn into_config(self) -> Config {
+    /// The configuration the flags ask for; fails only when the key file cannot be read.
+    fn into_config(self) -> Result<Config, String> {
         let mut c = Config::default();
         c.addr = self.addr;
         c.queue_size = self.queue_size;
@@ -78,14 +93,33 @@ impl Args {
         c.max_message_rate = self.max_message_rate;
         c.read_buffer_size = self.read_buffer_size;
         c.thread_stack_size = self.thread_stack_size;
-        c
+        c.demo = !self.no_demo;
+        c.metrics = self.metrics;
+        c.api_key = match (self.api_key, self.api_key_file) {
+            (Some(key), _) => Some(key),
+            (None, Some(path)) => Some(
+                std::fs::read_to_string(&path)
+                    .map_err(|e| format!("cannot read the API key file {}: {e}", path.display()))?
+                    .trim()
+                    .to_string(),
+            ),
+            (None, None) => None,
+        };
+        Ok(c)
     }
 }
 
 /// Runs the server until a signal, then drains. Exit 0 after a drain, 1 when the server
 /// cannot start.
 pub fn run(args: Args) -> ExitCode {
-    let server = match Server::start(args.into_config()) {
+    let config = match args.into_config() {
+        Ok(c) => c,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    let server = match Server::start(config) {
         Ok(s) => s,
         Err(e) => {
             error!("{e}");
@@ -130,7 +164,7 @@ mod tests {
     /// The CLI adds nothing of its own: with no flags it is `Config::default()`.
     #[test]
     fn flag_defaults_are_the_library_defaults() {
-        let from_flags = Cli::parse_from(["wshub"]).args.into_config();
+        let from_flags = Cli::parse_from(["wshub"]).args.into_config().unwrap();
         assert_eq!(format!("{from_flags:?}"), format!("{:?}", Config::default()));
     }
 }
