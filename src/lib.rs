@@ -148,12 +148,14 @@
 #![deny(missing_docs)]
 
 pub mod client;
+pub mod pubsub;
 pub mod server;
 mod ws;
 
+pub use pubsub::protocol::StreamPosition;
 pub use server::{
-    Chat, Config, ConfigError, Connection, DrainReport, Echo, Error, HEALTH_PATH, Handler, Hub, SendError,
-    Server, ServerBuilder, ShutdownHandle,
+    Chat, Config, ConfigError, Connection, DrainReport, Echo, Error, HEALTH_PATH, Handler, Hub, PublishError,
+    SendError, Server, ServerBuilder, ShutdownHandle, Ws,
 };
 pub use tungstenite::Message;
 pub use ws::handshake::{MAX_REQUEST_HEAD, Request};

@@ -1,11 +1,12 @@
 //! The tree's layering rule, checked so that nobody has to remember it: the WebSocket
-//! rules under `src/ws/` are I/O-free. They may not reach for sockets, channels or the
-//! server's threads; those depend on the rules, never the other way round.
+//! rules under `src/ws/` and the channel core under `src/pubsub/` are I/O-free. They may
+//! not reach for sockets, channels or the server's threads; those depend on the rules,
+//! never the other way round.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
-/// What no file under `src/ws/` may name outside its comments.
+/// What no file under `src/ws/` or `src/pubsub/` may name outside its comments.
 const FORBIDDEN: &[&str] = &[
     "std::net",
     "crossbeam_channel",
@@ -60,6 +61,32 @@ fn ws_rules_import_no_sockets_channels_or_server_code() {
     assert!(
         broken.is_empty(),
         "src/ws/ must stay I/O-free:\n{}",
+        broken.join("\n")
+    );
+}
+
+#[test]
+fn pubsub_core_imports_no_sockets_channels_or_server_code() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/pubsub");
+    let files = rust_files(&root);
+    assert!(
+        files.len() >= 5,
+        "src/pubsub/ should hold the channel core, found {files:?}"
+    );
+    let mut broken = Vec::new();
+    for file in files {
+        let text = fs::read_to_string(&file).expect("read source");
+        for (line_no, code) in code_lines(&text) {
+            for word in FORBIDDEN.iter().chain(&["std::sync::Mutex", "RwLock"]) {
+                if code.contains(word) {
+                    broken.push(format!("{}:{line_no}: uses {word}", file.display()));
+                }
+            }
+        }
+    }
+    assert!(
+        broken.is_empty(),
+        "src/pubsub/ must stay I/O-free and lock-free (the hub owns it):\n{}",
         broken.join("\n")
     );
 }

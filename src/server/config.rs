@@ -12,6 +12,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::pubsub::Limits;
 use crate::server::error::ConfigError;
 
 /// Messages a client's outbound queue holds before the client counts as a slow consumer
@@ -48,6 +49,27 @@ pub(crate) const DEFAULT_READ_BUFFER_SIZE: usize = 1024;
 /// handlers that allocate on the heap as usual) and leaves room for a user handler's
 /// moderate recursion. Raise it with `--thread-stack-size` for handlers that need more.
 pub(crate) const DEFAULT_THREAD_STACK_SIZE: usize = 128 * 1024;
+
+/// Publications each channel on `/ws` keeps for recovery. 100 covers a client that was
+/// away for a few seconds on a busy channel or minutes on a quiet one; history holds at
+/// most this many times `max_message_size` bytes per channel.
+pub(crate) const DEFAULT_HISTORY_SIZE: usize = 100;
+
+/// How long a publication stays in a channel's history: 5 minutes, long enough for a
+/// phone switching networks or a server restart behind a load balancer.
+pub(crate) const DEFAULT_HISTORY_TTL: Duration = Duration::from_secs(300);
+
+/// How long a `pub`'s idempotency key is remembered: 5 minutes, as long as a client may
+/// take to reconnect and retry an unacknowledged publication.
+pub(crate) const DEFAULT_IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(300);
+
+/// Subscriptions one `/ws` connection may hold. 128 is plenty for an application's views
+/// and bounds what one client makes the hub track.
+pub(crate) const DEFAULT_MAX_SUBSCRIPTIONS: usize = 128;
+
+/// Channels whose state may exist at once. Bounds the hub's memory: each channel holds
+/// at most `history_size x max_message_size` bytes of history.
+pub(crate) const DEFAULT_MAX_CHANNELS: usize = 10_000;
 
 /// Smallest stack we accept: below this, glibc's guard page and thread-local storage
 /// leave too little for tungstenite's parser.
@@ -129,6 +151,21 @@ pub struct Config {
     /// The key `POST /api/publish` requires (`Authorization: apikey KEY`). `None` (the
     /// default): the publish API is off and its path is `404`.
     pub api_key: Option<String>,
+    /// Publications each `/ws` channel keeps for recovery (`sub` with `since`, `history`).
+    /// 0 keeps none: recovery then succeeds only for a client that missed nothing.
+    /// Default [`DEFAULT_HISTORY_SIZE`] (100).
+    pub history_size: usize,
+    /// How long a publication stays in history. Default [`DEFAULT_HISTORY_TTL`] (5 min).
+    pub history_ttl: Duration,
+    /// How long a `pub`'s `(channel, key)` is remembered, so a retried `pub` publishes
+    /// nothing new. Default [`DEFAULT_IDEMPOTENCY_WINDOW`] (5 min).
+    pub idempotency_window: Duration,
+    /// Subscriptions one `/ws` connection may hold; past it `sub` gets error 4.
+    /// Default [`DEFAULT_MAX_SUBSCRIPTIONS`] (128).
+    pub max_subscriptions: usize,
+    /// Channels whose state may exist at once; past it `sub` or `pub` to a new channel
+    /// gets error 4. Default [`DEFAULT_MAX_CHANNELS`] (10 000).
+    pub max_channels: usize,
 }
 
 impl Default for Config {
@@ -151,6 +188,11 @@ impl Default for Config {
             demo: true,
             metrics: true,
             api_key: None,
+            history_size: DEFAULT_HISTORY_SIZE,
+            history_ttl: DEFAULT_HISTORY_TTL,
+            idempotency_window: DEFAULT_IDEMPOTENCY_WINDOW,
+            max_subscriptions: DEFAULT_MAX_SUBSCRIPTIONS,
+            max_channels: DEFAULT_MAX_CHANNELS,
         }
     }
 }
@@ -165,6 +207,8 @@ impl Config {
             ("ping interval", self.ping_interval),
             ("write timeout", self.write_timeout),
             ("drain timeout", self.drain_timeout),
+            ("history TTL", self.history_ttl),
+            ("idempotency window", self.idempotency_window),
         ];
         for (name, d) in nonzero {
             if d.is_zero() {
@@ -192,6 +236,11 @@ impl Config {
         if self.max_message_rate == Some(0) {
             return Err(ConfigError::new("max message rate must be at least 1 per second"));
         }
+        if self.max_subscriptions == 0 || self.max_channels == 0 {
+            return Err(ConfigError::new(
+                "max subscriptions and max channels must be at least 1",
+            ));
+        }
         if self.read_buffer_size < 256 {
             return Err(ConfigError::new("read buffer size must be at least 256 bytes"));
         }
@@ -211,6 +260,18 @@ impl Config {
             )));
         }
         Ok(())
+    }
+
+    /// The bounds of the `/ws` channel state.
+    pub(crate) fn channel_limits(&self) -> Limits {
+        Limits {
+            history_size: self.history_size,
+            history_ttl: self.history_ttl,
+            idempotency_window: self.idempotency_window,
+            max_subscriptions: self.max_subscriptions,
+            max_channels: self.max_channels,
+            max_publication_size: self.max_message_size,
+        }
     }
 }
 
@@ -232,6 +293,31 @@ mod tests {
         };
         let err = config.validate().unwrap_err();
         assert!(err.to_string().contains("ping interval"), "{err}");
+    }
+
+    #[test]
+    fn channel_limits_must_allow_something() {
+        for config in [
+            Config {
+                max_channels: 0,
+                ..Config::default()
+            },
+            Config {
+                max_subscriptions: 0,
+                ..Config::default()
+            },
+            Config {
+                history_ttl: Duration::ZERO,
+                ..Config::default()
+            },
+        ] {
+            assert!(config.validate().is_err());
+        }
+        let no_history = Config {
+            history_size: 0,
+            ..Config::default()
+        };
+        assert!(no_history.validate().is_ok());
     }
 
     #[test]

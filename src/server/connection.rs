@@ -219,8 +219,11 @@ fn handshake_phase(sock: &TcpStream, id: ConnId, shared: &Shared) -> Option<Upgr
         }
         Answer::Upgrade { accept } => {
             let handler = shared.routes.get(request.path())?;
+            let protocol = handshake::select_subprotocol(&request, handler.subprotocols());
             let _ = sock.set_write_timeout(Some(config.write_timeout));
-            (&*sock).write_all(&handshake::upgrade_response(&accept)).ok()?;
+            (&*sock)
+                .write_all(&handshake::upgrade_response(&accept, protocol))
+                .ok()?;
             Some(Upgrade {
                 request,
                 leftover,

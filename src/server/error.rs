@@ -8,6 +8,8 @@ use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 
+use crate::pubsub::protocol::ErrorBody;
+
 /// Starting a [`Server`](crate::Server) failed. Always fatal for that start: nothing
 /// is left running.
 #[derive(Debug)]
@@ -100,3 +102,35 @@ impl fmt::Display for SendError {
 }
 
 impl std::error::Error for SendError {}
+
+/// [`Hub::publish`](crate::Hub::publish) failed; nothing was published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PublishError {
+    /// The channel name is not 1 to 255 bytes of `A-Z a-z 0-9 _ - : . @ /`; the message
+    /// says what is wrong. Fatal for this name.
+    InvalidChannel(String),
+    /// The data given as JSON text is not valid JSON. Fatal for this data.
+    InvalidData(String),
+    /// Refused as a client's `pub` would be, with the protocol's code: 4 (limit
+    /// exceeded: too many channels, data too large; fatal until something changes),
+    /// 6 (unavailable: temporary, retry later).
+    Rejected(ErrorBody),
+    /// The server has stopped (or is stopping and its hub has gone). Fatal.
+    Closed,
+}
+
+impl fmt::Display for PublishError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PublishError::InvalidChannel(m) => write!(f, "invalid channel name: {m}"),
+            PublishError::InvalidData(m) => write!(f, "data is not valid JSON: {m}"),
+            PublishError::Rejected(e) => {
+                write!(f, "publication refused (code {}): {}", u16::from(e.code), e.msg)
+            }
+            PublishError::Closed => f.write_str("the server has stopped"),
+        }
+    }
+}
+
+impl std::error::Error for PublishError {}

@@ -1,6 +1,6 @@
 //! What a route does with a connection: the [`Handler`] trait, the [`Connection`] handle
-//! handlers act through, the built-in [`Echo`] and [`Chat`] handlers, and the routing
-//! table.
+//! handlers act through, the built-in [`Echo`], [`Chat`] and [`Ws`] handlers, and the
+//! routing table.
 //!
 //! Owns no thread. A handler runs on the reader thread of the connection it serves, so
 //! it may block briefly (it delays only its own connection) and needs no locking for
@@ -19,10 +19,14 @@ use crossbeam_channel::{SendTimeoutError, Sender};
 use crate::server::queue::{OutboundTx, PushError};
 use tungstenite::Message;
 
+use crate::pubsub::encode;
+use crate::pubsub::protocol::{SUBPROTOCOL, parse_request};
+use crate::server::commands::ConnCommand;
 use crate::server::error::SendError;
-use crate::server::hub::Hub;
+use crate::server::hub::{Hub, HubMsg};
 use crate::server::registry::ConnId;
 use crate::server::writer::{Ctrl, FastWrite, WriteSide};
+use crate::ws::close_policy::UNSUPPORTED_DATA;
 use crate::ws::handshake::{Endpoint, Request};
 use crate::ws::wire::WireFrame;
 
@@ -59,6 +63,13 @@ pub trait Handler: Send + Sync + 'static {
     fn on_close(&self, conn: &Connection) {
         let _ = conn;
     }
+
+    /// The WebSocket subprotocols this route speaks. When a client offers one of them
+    /// (`Sec-WebSocket-Protocol`), the upgrade selects the first it offered; a client
+    /// that offers none is served all the same. Default: none.
+    fn subprotocols(&self) -> &'static [&'static str] {
+        &[]
+    }
 }
 
 impl<F> Handler for F
@@ -89,6 +100,50 @@ pub struct Chat;
 impl Handler for Chat {
     fn on_message(&self, conn: &Connection, msg: Message) {
         let _ = conn.broadcast(msg);
+    }
+}
+
+/// `/ws`: channels with protocol v1 (`docs/protocol.md`): `sub`, `unsub`, `pub` and
+/// `history` commands as JSON text frames, replies and pushes from the hub.
+///
+/// Runs on the connection's reader thread: it parses each text frame and checks
+/// everything that needs no state (JSON object, id, op, field types, channel name),
+/// answers a frame it cannot take with an error reply at once (the connection stays
+/// open), and sends valid commands to the hub, which executes them in one order for
+/// every connection and writes the replies and pushes. A binary frame gets Close 1003.
+/// Selects the subprotocol `wshub.v1` when the client offers it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Ws;
+
+impl Handler for Ws {
+    fn on_message(&self, conn: &Connection, msg: Message) {
+        match msg {
+            Message::Text(text) => match parse_request(&text) {
+                Ok(request) => {
+                    let cmd = ConnCommand {
+                        conn: conn.id(),
+                        request,
+                    };
+                    // Fails only when the hub has stopped: the server is going away and
+                    // the drain closes this connection.
+                    let _ = conn.hub().send(HubMsg::Command(Box::new(cmd)));
+                }
+                Err(rejected) => {
+                    let reply = encode::reply(&rejected.reply());
+                    // A text frame of our own JSON, which is UTF-8.
+                    let text = String::from_utf8_lossy(&reply).into_owned();
+                    let _ = conn.send(Message::text(text));
+                }
+            },
+            Message::Binary(_) => {
+                let _ = conn.close(UNSUPPORTED_DATA, "protocol v1 frames are JSON text");
+            }
+            _ => {}
+        }
+    }
+
+    fn subprotocols(&self) -> &'static [&'static str] {
+        &[SUBPROTOCOL]
     }
 }
 
@@ -251,7 +306,7 @@ impl Connection {
 /// The health-check path, answered with `200 ok` without an upgrade.
 pub const HEALTH_PATH: &str = "/healthz";
 
-/// Path to handler. Starts with `/echo` and `/chat`; the builder adds or replaces.
+/// Path to handler. Starts with `/echo`, `/chat` and `/ws`; the builder adds or replaces.
 #[derive(Clone)]
 pub(crate) struct Routes {
     map: HashMap<String, Arc<dyn Handler>>,
@@ -262,6 +317,7 @@ impl Default for Routes {
         let mut routes = Routes { map: HashMap::new() };
         routes.insert("/echo", Arc::new(Echo));
         routes.insert("/chat", Arc::new(Chat));
+        routes.insert("/ws", Arc::new(Ws));
         routes
     }
 }
@@ -295,6 +351,7 @@ mod tests {
         let routes = Routes::default();
         assert_eq!(routes.endpoint("/echo"), Endpoint::WebSocket);
         assert_eq!(routes.endpoint("/chat"), Endpoint::WebSocket);
+        assert_eq!(routes.endpoint("/ws"), Endpoint::WebSocket);
         assert_eq!(routes.endpoint("/healthz"), Endpoint::Health);
         assert_eq!(routes.endpoint("/nope"), Endpoint::None);
         assert_eq!(routes.endpoint("/echo/"), Endpoint::None);

@@ -1,14 +1,20 @@
 //! The hub thread: the one owner of the connection registry and of fan-out.
 //!
 //! **Owns** the [`Registry`] of open connections (no `Mutex`: no other thread can reach
-//! it), their keep-alive [`PingSchedule`], and the sockets of connections still in their
+//! it), their keep-alive [`PingSchedule`], the `/ws` channel state ([`Channels`]:
+//! subscriptions, offsets, history), and the sockets of connections still in their
 //! handshake, so a drain can cut those too. **Woken** by [`HubMsg`]s on its bounded
 //! inbox (register and unregister from connection threads, broadcasts from handlers and
-//! from the embedding program's own threads, the shutdown steps) and by the next ping
-//! coming due: it pings every open connection once per `ping_interval`, through the same
-//! fast path as a broadcast, so no writer keeps a timer or wakes to ping (see
-//! [`crate::ws::keepalive`]). **Ends** on [`HubMsg::Stop`], which the shutdown
+//! from the embedding program's own threads, `/ws` commands and API publications, the
+//! shutdown steps), by the next ping coming due (it pings every open connection once per
+//! `ping_interval`, through the same fast path as a broadcast, so no writer keeps a timer
+//! or wakes to ping; see [`crate::ws::keepalive`]), and by the next sweep of expired
+//! history while any channel exists. **Ends** on [`HubMsg::Stop`], which the shutdown
 //! sequence sends once every connection thread has ended, or when every sender is gone.
+//!
+//! `/ws` commands are executed here, one at a time, by [`crate::server::commands`]: the
+//! hub is each channel's sequencer, so offsets, history and fan-out agree by
+//! construction.
 //!
 //! The hub never blocks on a client. Each broadcast is offered to every member: written
 //! at once when that member's writer is idle and its socket has room (a non-blocking
@@ -30,13 +36,17 @@ use std::net::{Shutdown, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, bounded};
+use serde_json::Value;
 
 use crate::server::queue::OutboundTx;
 use log::{debug, info, trace};
 use tungstenite::Message;
 
-use crate::server::error::SendError;
+use crate::pubsub::protocol::{StreamPosition, validate_channel};
+use crate::pubsub::{Channels, Limits};
+use crate::server::commands::{ApiPublish, ConnCommand, Hubside};
+use crate::server::error::{PublishError, SendError};
 use crate::server::metrics::Metrics;
 use crate::server::registry::{ConnId, Offer, Peer, Registry};
 use crate::server::writer::{Ctrl, FastWrite, WriteSide};
@@ -85,6 +95,10 @@ pub(crate) enum HubMsg {
         /// The frame, encoded once.
         frame: WireFrame,
     },
+    /// A `/ws` command from a connection (boxed: the inbox's slots stay small).
+    Command(Box<ConnCommand>),
+    /// A publication through [`Hub::publish`].
+    Publish(Box<ApiPublish>),
     /// Shutdown has begun: Close 1001 (after what is queued) to every connection, and to
     /// every connection that registers from now on. Replies with the number closed.
     Drain(Sender<usize>),
@@ -147,7 +161,7 @@ impl PeerHandle {
     }
 
     /// Cuts the connection: both directions shut, which wakes its reader and writer.
-    fn cut(&self) {
+    pub(crate) fn cut(&self) {
         let _ = self.write.sock.shutdown(Shutdown::Both);
     }
 }
@@ -174,6 +188,8 @@ impl std::fmt::Debug for HubMsg {
             HubMsg::Register { .. } => "Register",
             HubMsg::Unregister(_) => "Unregister",
             HubMsg::Broadcast { .. } => "Broadcast",
+            HubMsg::Command(_) => "Command",
+            HubMsg::Publish(_) => "Publish",
             HubMsg::Drain(_) => "Drain",
             HubMsg::Cut => "Cut",
             HubMsg::Stop => "Stop",
@@ -210,14 +226,63 @@ impl Hub {
         self.send(HubMsg::Broadcast { topic, frame })
     }
 
+    /// Publishes `data` on the `/ws` channel `ch` and returns the position it got: its
+    /// offset in the channel's epoch. Callable from any thread; publications made this
+    /// way have no `from`. It returns once the publication is in history and has been
+    /// offered to every subscriber (as a client's `pub` ack does). Blocks while the hub's
+    /// inbox is full and until the hub has executed it; if the server stops first, the
+    /// hub drops the request and this returns [`PublishError::Closed`], so it never waits
+    /// on a hub that is gone.
+    ///
+    /// ```no_run
+    /// # let server = wshub::Server::start(wshub::Config::default()).unwrap();
+    /// let pos = server.hub().publish("news", serde_json::json!({"title": "hello"})).unwrap();
+    /// println!("published at {} in epoch {}", pos.offset, pos.epoch);
+    /// ```
+    pub fn publish(&self, ch: &str, data: Value) -> Result<StreamPosition, PublishError> {
+        validate_channel(ch).map_err(PublishError::InvalidChannel)?;
+        let (reply, result) = bounded(1);
+        let p = ApiPublish {
+            ch: ch.to_owned(),
+            data,
+            reply,
+        };
+        self.send(HubMsg::Publish(Box::new(p)))
+            .map_err(|_| PublishError::Closed)?;
+        result.recv().map_err(|_| PublishError::Closed)?
+    }
+
+    /// [`publish`](Self::publish) with the data as JSON text (`"{\"n\":1}"`, `"\"hi\""`);
+    /// text that is not JSON is [`PublishError::InvalidData`].
+    pub fn publish_json(&self, ch: &str, json: &str) -> Result<StreamPosition, PublishError> {
+        let data = serde_json::from_str(json).map_err(|e| PublishError::InvalidData(e.to_string()))?;
+        self.publish(ch, data)
+    }
+
     pub(crate) fn send(&self, msg: HubMsg) -> Result<(), SendError> {
         self.tx.send(msg).map_err(|_| SendError::Closed)
     }
 }
 
+/// How often the hub sweeps expired history and idempotency keys while any channel
+/// exists: a quarter of the shorter lifetime, so nothing outlives it by more than a
+/// quarter, within [`MIN_SWEEP`] and [`MAX_SWEEP`]. Reads expire what they touch
+/// anyway; the sweep returns memory of channels nobody reads.
+fn sweep_interval(limits: &Limits) -> Duration {
+    (limits.history_ttl.min(limits.idempotency_window) / 4).clamp(MIN_SWEEP, MAX_SWEEP)
+}
+
+/// Sweeps are at least this far apart: each walks every channel.
+const MIN_SWEEP: Duration = Duration::from_millis(100);
+/// Sweeps are at most this far apart.
+const MAX_SWEEP: Duration = Duration::from_secs(10);
+
 /// Runs the hub loop until [`HubMsg::Stop`]. See the module docs.
-pub(crate) fn run(inbox: Receiver<HubMsg>, ping_interval: Duration, metrics: Arc<Metrics>) {
+pub(crate) fn run(inbox: Receiver<HubMsg>, ping_interval: Duration, limits: Limits, metrics: Arc<Metrics>) {
     let mut registry: Registry<PeerHandle> = Registry::default();
+    let mut channels = Channels::in_memory(limits);
+    let sweep_every = sweep_interval(&limits);
+    let mut next_sweep = Instant::now() + sweep_every;
     let mut pings = PingSchedule::new(ping_interval);
     // Connections still in their HTTP handshake: only a drain's cut needs them.
     let mut handshaking: HashMap<ConnId, Arc<TcpStream>> = HashMap::new();
@@ -227,10 +292,13 @@ pub(crate) fn run(inbox: Receiver<HubMsg>, ping_interval: Duration, metrics: Arc
     let going_away = WireFrame::close(GOING_AWAY, GOING_AWAY_REASON);
     let ping = WireFrame::ping();
     loop {
-        // Sleep until a message arrives or the next ping is due; nothing else wakes us.
-        let next = match pings.next_due() {
-            Some(due) if !draining => inbox.recv_deadline(due),
-            _ => inbox.recv().map_err(|_| RecvTimeoutError::Disconnected),
+        // Sleep until a message arrives, the next ping is due or the next sweep; nothing
+        // else wakes us.
+        let ping_due = pings.next_due().filter(|_| !draining);
+        let sweep_due = channels.has_state().then_some(next_sweep);
+        let next = match ping_due.into_iter().chain(sweep_due).min() {
+            Some(due) => inbox.recv_deadline(due),
+            None => inbox.recv().map_err(|_| RecvTimeoutError::Disconnected),
         };
         let msg = match next {
             Ok(msg) => Some(msg),
@@ -260,6 +328,7 @@ pub(crate) fn run(inbox: Receiver<HubMsg>, ping_interval: Duration, metrics: Arc
             }
             Some(HubMsg::Unregister(id)) => {
                 handshaking.remove(&id);
+                channels.remove_conn(id);
                 if registry.remove(id).is_some() {
                     pings.compact(registry.len(), |id| registry.contains(id));
                 }
@@ -276,8 +345,23 @@ pub(crate) fn run(inbox: Receiver<HubMsg>, ping_interval: Duration, metrics: Arc
                 trace!("broadcast on {topic} queued for {}", out.delivered);
                 for (id, peer) in out.slow {
                     info!("connection {id}: slow consumer (queue full), disconnecting");
+                    channels.remove_conn(id);
                     peer.cut();
                 }
+            }
+            Some(HubMsg::Command(cmd)) => {
+                let mut side = Hubside {
+                    channels: &mut channels,
+                    registry: &mut registry,
+                };
+                side.execute(*cmd, Instant::now());
+            }
+            Some(HubMsg::Publish(p)) => {
+                let mut side = Hubside {
+                    channels: &mut channels,
+                    registry: &mut registry,
+                };
+                side.api_publish(*p, Instant::now());
             }
             Some(HubMsg::Drain(reply)) => {
                 draining = true;
@@ -297,6 +381,11 @@ pub(crate) fn run(inbox: Receiver<HubMsg>, ping_interval: Duration, metrics: Arc
                 }
             }
             Some(HubMsg::Stop) => break,
+        }
+        let now = Instant::now();
+        if now >= next_sweep {
+            channels.expire(now);
+            next_sweep = now + sweep_every;
         }
         // After a Close nothing more may be sent (RFC 6455 §5.5.1), pings included.
         if !draining {

@@ -10,6 +10,7 @@
 
 mod accept;
 mod capacity;
+mod commands;
 mod config;
 mod connection;
 mod error;
@@ -24,8 +25,8 @@ mod start;
 mod writer;
 
 pub use config::Config;
-pub use error::{ConfigError, Error, SendError};
-pub use handler::{Chat, Connection, Echo, HEALTH_PATH, Handler};
+pub use error::{ConfigError, Error, PublishError, SendError};
+pub use handler::{Chat, Connection, Echo, HEALTH_PATH, Handler, Ws};
 pub use hub::Hub;
 pub use shutdown::{DrainReport, ShutdownHandle};
 pub use start::{Server, ServerBuilder};

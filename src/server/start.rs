@@ -23,8 +23,8 @@ use crate::server::hub::{self, HUB_QUEUE, Hub};
 use crate::server::metrics::Metrics;
 use crate::server::shutdown::{self, DrainReport, Running, ShutdownHandle};
 
-/// Adds routes before starting a [`Server`]. Built-in routes: `/echo`, `/chat`, and the
-/// plain-HTTP `/healthz`.
+/// Adds routes before starting a [`Server`]. Built-in routes: `/echo`, `/chat`, `/ws`
+/// (channels, protocol v1: see `docs/protocol.md`), and the plain-HTTP `/healthz`.
 pub struct ServerBuilder {
     config: Config,
     routes: Routes,
@@ -68,8 +68,11 @@ impl ServerBuilder {
         let (hub_tx, hub_rx) = bounded(HUB_QUEUE);
         let hub = Hub::new(hub_tx, metrics.clone());
         let ping_interval = config.ping_interval;
+        let limits = config.channel_limits();
         let hub_metrics = metrics.clone();
-        let hub_thread = spawn("wshub-hub", move || hub::run(hub_rx, ping_interval, hub_metrics))?;
+        let hub_thread = spawn("wshub-hub", move || {
+            hub::run(hub_rx, ping_interval, limits, hub_metrics)
+        })?;
 
         let (overflow_tx, overflow_rx) = bounded(accept::OVERFLOW_QUEUE);
         let overflow_metrics = metrics.clone();

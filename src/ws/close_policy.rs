@@ -18,6 +18,9 @@ pub const NORMAL: u16 = 1000;
 pub const GOING_AWAY: u16 = 1001;
 /// 1002: "an endpoint is terminating the connection due to a protocol error."
 pub const PROTOCOL_ERROR: u16 = 1002;
+/// 1003: "an endpoint is terminating the connection because it has received a type of
+/// data it cannot accept" (a binary frame on `/ws`, whose protocol is JSON text).
+pub const UNSUPPORTED_DATA: u16 = 1003;
 /// 1007: "received data within a message that was not consistent with the type of the
 /// message (e.g., non-UTF-8 data within a text message)."
 pub const INVALID_DATA: u16 = 1007;

@@ -402,11 +402,28 @@ fn is_valid_key(key: &str) -> bool {
         && matches!(b[21], b'A' | b'Q' | b'g' | b'w')
 }
 
-/// The `101 Switching Protocols` response for an agreed upgrade.
-pub fn upgrade_response(accept: &str) -> Vec<u8> {
+/// The subprotocol to select: the first one the client offers
+/// (`Sec-WebSocket-Protocol`, possibly repeated, comma-separated) that the endpoint
+/// `supported`. `None` when the client offers none of them, or none at all: RFC 6455
+/// §4.2.2 then has the server answer without the header, and the client decides.
+pub fn select_subprotocol(request: &Request, supported: &[&'static str]) -> Option<&'static str> {
+    request
+        .headers()
+        .filter(|(name, _)| name.eq_ignore_ascii_case("Sec-WebSocket-Protocol"))
+        .flat_map(|(_, value)| value.split(','))
+        .map(str::trim)
+        .find_map(|offered| supported.iter().copied().find(|s| *s == offered))
+}
+
+/// The `101 Switching Protocols` response for an agreed upgrade, naming the selected
+/// subprotocol if there is one.
+pub fn upgrade_response(accept: &str, protocol: Option<&str>) -> Vec<u8> {
+    let protocol = protocol
+        .map(|p| format!("Sec-WebSocket-Protocol: {p}\r\n"))
+        .unwrap_or_default();
     format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Accept: {accept}\r\n\r\n"
+         Sec-WebSocket-Accept: {accept}\r\n{protocol}\r\n"
     )
     .into_bytes()
 }
@@ -517,6 +534,38 @@ mod tests {
                 accept: "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".into()
             }
         );
+    }
+
+    #[test]
+    fn an_offered_supported_subprotocol_is_selected() {
+        let req = parse(&upgrade_request("Sec-WebSocket-Protocol: chat.v2, wshub.v1\r\n"));
+        assert_eq!(select_subprotocol(&req, &["wshub.v1"]), Some("wshub.v1"));
+        let split = parse(&upgrade_request(
+            "Sec-WebSocket-Protocol: x\r\nsec-websocket-protocol: wshub.v1\r\n",
+        ));
+        assert_eq!(select_subprotocol(&split, &["wshub.v1"]), Some("wshub.v1"));
+    }
+
+    #[test]
+    fn no_subprotocol_is_selected_when_none_fits() {
+        let none = parse(&upgrade_request(""));
+        assert_eq!(select_subprotocol(&none, &["wshub.v1"]), None);
+        let other = parse(&upgrade_request("Sec-WebSocket-Protocol: mqtt\r\n"));
+        assert_eq!(select_subprotocol(&other, &["wshub.v1"]), None);
+        let offered = parse(&upgrade_request("Sec-WebSocket-Protocol: wshub.v1\r\n"));
+        assert_eq!(select_subprotocol(&offered, &[]), None);
+    }
+
+    #[test]
+    fn the_upgrade_response_names_the_selected_subprotocol() {
+        let with = String::from_utf8(upgrade_response("abc", Some("wshub.v1"))).unwrap();
+        assert!(
+            with.contains("\r\nSec-WebSocket-Protocol: wshub.v1\r\n"),
+            "{with}"
+        );
+        assert!(with.ends_with("\r\n\r\n"));
+        let without = String::from_utf8(upgrade_response("abc", None)).unwrap();
+        assert!(!without.contains("Protocol:"), "{without}");
     }
 
     #[test]

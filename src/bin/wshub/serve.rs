@@ -73,6 +73,21 @@ pub struct Args {
     /// As --api-key, with the key read from this file (surrounding whitespace ignored).
     #[arg(long, value_name = "PATH")]
     api_key_file: Option<PathBuf>,
+    /// Publications each /ws channel keeps for recovery (0: none).
+    #[arg(long, default_value_t = 100)]
+    history_size: usize,
+    /// How long a publication stays in a /ws channel's history.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    history_ttl: Duration,
+    /// How long a /ws pub's idempotency key is remembered.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    idempotency_window: Duration,
+    /// Channels one /ws connection may subscribe to.
+    #[arg(long, default_value_t = 128)]
+    max_subscriptions: usize,
+    /// /ws channels that may exist at once; sub or pub to a new one past it is error 4.
+    #[arg(long, default_value_t = 10_000)]
+    max_channels: usize,
 }
 
 impl Args {
@@ -105,6 +120,11 @@ impl Args {
             ),
             (None, None) => None,
         };
+        c.history_size = self.history_size;
+        c.history_ttl = self.history_ttl;
+        c.idempotency_window = self.idempotency_window;
+        c.max_subscriptions = self.max_subscriptions;
+        c.max_channels = self.max_channels;
         Ok(c)
     }
 }

@@ -1,0 +1,152 @@
+//! `/ws` on the hub thread: protocol v1 commands executed against the channel state,
+//! and every reply and push offered to its connection.
+//!
+//! **Owns** nothing itself: it runs on the hub thread with the hub's
+//! [`Channels`](crate::pubsub::Channels) and [`Registry`], which only that thread can
+//! reach. **Woken** by the hub, for each [`HubMsg::Command`](super::hub::HubMsg) a `/ws`
+//! reader sent and each [`Hub::publish`](crate::Hub::publish) call.
+//!
+//! Every reply and push goes out through [`Peer::offer`], the non-blocking path
+//! broadcasts take, so the hub never waits on a client. Because the hub executes
+//! commands one at a time and offers to one connection in order:
+//! - a `sub` reply (its snapshot taken here) is queued before any push that follows it:
+//!   no gap, no duplicate;
+//! - a publication is in history and offered to every subscriber before its `pub` ack
+//!   is offered, so a publisher subscribed to its own channel sees the push first.
+//!
+//! A connection whose queue is full is a slow consumer: it is cut at once, as on `/chat`,
+//! and its subscriptions end with it (its client recovers with `since`).
+
+use std::time::Instant;
+
+use crossbeam_channel::Sender;
+use log::info;
+use serde_json::Value;
+use tungstenite::Bytes;
+
+use crate::pubsub::encode;
+use crate::pubsub::protocol::{Command, Empty, Reply, Request, StreamPosition};
+use crate::pubsub::{Channels, ConnId};
+use crate::server::error::PublishError;
+use crate::server::hub::PeerHandle;
+use crate::server::registry::{Offer, Peer, Registry};
+use crate::ws::wire::WireFrame;
+
+/// A command a `/ws` reader parsed, for the hub.
+#[derive(Debug)]
+pub(crate) struct ConnCommand {
+    /// The connection it came from.
+    pub conn: ConnId,
+    /// The command.
+    pub request: Request,
+}
+
+/// A publication through [`Hub::publish`](crate::Hub::publish).
+#[derive(Debug)]
+pub(crate) struct ApiPublish {
+    /// The channel (already validated).
+    pub ch: String,
+    /// The data.
+    pub data: Value,
+    /// Where the result goes. Dropped unanswered if the hub stops first, which wakes the
+    /// caller.
+    pub reply: Sender<Result<StreamPosition, PublishError>>,
+}
+
+/// The hub's state that `/ws` commands touch.
+pub(crate) struct Hubside<'a> {
+    pub channels: &'a mut Channels,
+    pub registry: &'a mut Registry<PeerHandle>,
+}
+
+impl Hubside<'_> {
+    /// Executes one command and offers its reply (and, for `pub`, the pushes).
+    pub(crate) fn execute(&mut self, cmd: ConnCommand, now: Instant) {
+        let ConnCommand { conn, request } = cmd;
+        // A connection cut as a slow consumer may still have commands in the inbox:
+        // they would only rebuild state for a connection that is gone.
+        if self.registry.get(conn).is_none() {
+            return;
+        }
+        let id = request.id;
+        let reply = match request.command {
+            Command::Sub { ch, since } => match self.channels.subscribe(conn, &ch, since.as_ref(), now) {
+                Ok(snap) => encode::snapshot_reply(id, &snap),
+                Err(e) => encode::reply(&Reply::<Empty>::err(Some(id), e)),
+            },
+            Command::Unsub { ch } => match self.channels.unsubscribe(conn, &ch) {
+                Ok(()) => encode::reply(&Reply::ok(id, Empty {})),
+                Err(e) => encode::reply(&Reply::<Empty>::err(Some(id), e)),
+            },
+            Command::Pub { ch, data, key } => {
+                match self.publish(&ch, &data, key.as_deref(), Some(conn), now) {
+                    Ok(position) => encode::reply(&Reply::ok(id, position)),
+                    Err(e) => encode::reply(&Reply::<Empty>::err(Some(id), e)),
+                }
+            }
+            Command::History { ch, since, limit } => {
+                match self.channels.history(&ch, since.as_ref(), limit, now) {
+                    Ok(snap) => encode::snapshot_reply(id, &snap),
+                    Err(e) => encode::reply(&Reply::<Empty>::err(Some(id), e)),
+                }
+            }
+        };
+        self.send(conn, reply);
+    }
+
+    /// A publication through the server API: no `from`, no key.
+    pub(crate) fn api_publish(&mut self, p: ApiPublish, now: Instant) {
+        let result = self
+            .publish(&p.ch, &p.data, None, None, now)
+            .map_err(PublishError::Rejected);
+        // The caller may have given up waiting; nothing to do then.
+        let _ = p.reply.send(result);
+    }
+
+    /// Publishes and offers the push to every subscriber, before the caller acks.
+    fn publish(
+        &mut self,
+        ch: &str,
+        data: &Value,
+        key: Option<&str>,
+        from: Option<ConnId>,
+        now: Instant,
+    ) -> Result<StreamPosition, crate::pubsub::protocol::ErrorBody> {
+        let published = self.channels.publish(ch, data, key, from, now)?;
+        if let Some(publication) = &published.publication {
+            let frame = WireFrame::text(encode::push(publication));
+            let mut dropped = Vec::new();
+            for sub in self.channels.subscribers(ch) {
+                match self.registry.get(sub).map(|peer| peer.offer(&frame)) {
+                    Some(Offer::Queued) => {}
+                    Some(offer) => dropped.push((sub, offer)),
+                    None => dropped.push((sub, Offer::Gone)),
+                }
+            }
+            for (sub, offer) in dropped {
+                self.drop_conn(sub, offer);
+            }
+        }
+        Ok(published.position)
+    }
+
+    /// Offers `text` to `conn`; a full queue cuts it.
+    fn send(&mut self, conn: ConnId, text: Bytes) {
+        let frame = WireFrame::text(text);
+        match self.registry.get(conn).map(|peer| peer.offer(&frame)) {
+            Some(Offer::Queued) | None => {}
+            Some(offer) => self.drop_conn(conn, offer),
+        }
+    }
+
+    /// Forgets a connection that could not take a frame; a slow one is cut.
+    fn drop_conn(&mut self, conn: ConnId, offer: Offer) {
+        self.channels.remove_conn(conn);
+        if let Some(peer) = self.registry.remove(conn) {
+            if offer == Offer::Full {
+                info!("connection {conn}: slow consumer on /ws (queue full), disconnecting");
+                peer.cut();
+            }
+        }
+    }
+}
