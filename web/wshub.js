@@ -225,21 +225,21 @@
       if (this.subs.get(sub.ch) !== sub) return;
       const recovering = cmd.since !== undefined;
       const recovered = recovering ? ok.recovered === true : null;
-      let missed = 0;
+      const pubs = ok.pubs || [];
       if (recovering && !recovered) {
         // History no longer reaches back (or the server restarted): start from the top.
-        sub.epoch = ok.epoch;
         sub.offset = ok.offset;
-      } else {
-        sub.epoch = ok.epoch;
-        if (sub.offset === null) sub.offset = ok.offset - (ok.pubs || []).length;
-        const before = sub.offset;
-        for (const p of ok.pubs || []) sub._deliver(p);
-        missed = sub.offset - before;
-        if (sub.offset < ok.offset) sub.offset = ok.offset;
+      } else if (sub.offset === null) {
+        sub.offset = ok.offset - pubs.length;
       }
+      sub.epoch = ok.epoch;
+      const fresh = recovered === false ? [] : pubs.filter((p) => p.offset > sub.offset);
       sub.active = true;
-      sub._emit("subscribed", { ch: sub.ch, epoch: sub.epoch, offset: sub.offset, recovered, missed });
+      // "subscribed" first, then what was missed, then what arrived meanwhile: listeners
+      // see the events in the order things happened.
+      sub._emit("subscribed", { ch: sub.ch, epoch: sub.epoch, offset: ok.offset, recovered, missed: fresh.length });
+      for (const p of fresh) sub._deliver(p);
+      if (sub.offset < ok.offset) sub.offset = ok.offset;
       const early = sub.pending;
       sub.pending = [];
       for (const p of early) sub._deliver(p);

@@ -227,6 +227,39 @@ impl Browser {
         }
     }
 
+    /// The WebDriver id of the first element matching the CSS `selector`.
+    pub fn find(&self, selector: &str) -> String {
+        let v = self.call(
+            "POST",
+            &self.session_path("/element"),
+            Some(json!({ "using": "css selector", "value": selector })),
+        );
+        v["element-6066-11e4-a52e-4f735466cecf"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no element {selector}: {v}"))
+            .to_string()
+    }
+
+    /// Types `text` into the element matching `selector`, as keystrokes.
+    pub fn type_into(&self, selector: &str, text: &str) {
+        let el = self.find(selector);
+        self.call(
+            "POST",
+            &self.session_path(&format!("/element/{el}/value")),
+            Some(json!({ "text": text })),
+        );
+    }
+
+    /// Clicks the element matching `selector`.
+    pub fn click(&self, selector: &str) {
+        let el = self.find(selector);
+        self.call(
+            "POST",
+            &self.session_path(&format!("/element/{el}/click")),
+            Some(json!({})),
+        );
+    }
+
     /// A PNG screenshot of the current window.
     pub fn screenshot(&self) -> Vec<u8> {
         use base64::Engine as _;
