@@ -140,3 +140,48 @@ fn metrics_off_is_404() {
         assert_eq!(status_line(&r), "HTTP/1.1 404 Not Found");
     });
 }
+
+/// Sends one protocol v1 command and reads frames until its reply.
+fn command(ws: &mut Client, cmd: serde_json::Value) -> serde_json::Value {
+    let id = cmd["id"].clone();
+    ws.send(Message::text(cmd.to_string())).unwrap();
+    loop {
+        let Message::Text(t) = next_data(ws) else { continue };
+        let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+        if v["id"] == id {
+            return v;
+        }
+    }
+}
+
+#[test]
+fn channel_metrics_follow_publications_subscriptions_and_recoveries() {
+    use serde_json::json;
+    watchdog(Duration::from_secs(60), || {
+        let server = start(test_config());
+        let addr = server.local_addr();
+        let before = scrape(addr);
+        let mut a = connect(addr, "/ws");
+        let sub = command(&mut a, json!({"id": 1, "op": "sub", "ch": "m"}));
+        let epoch = sub["ok"]["epoch"].as_str().unwrap().to_string();
+        for i in 0..3 {
+            server.hub().publish("m", json!(i)).unwrap();
+        }
+        let mut b = connect(addr, "/ws");
+        let since = json!({"epoch": epoch, "offset": 1});
+        let r = command(&mut b, json!({"id": 1, "op": "sub", "ch": "m", "since": since}));
+        assert_eq!(r["ok"]["recovered"], json!(true));
+        let stale = json!({"epoch": "not-this-one", "offset": 0});
+        let r = command(&mut b, json!({"id": 2, "op": "sub", "ch": "n", "since": stale}));
+        assert_eq!(r["ok"]["recovered"], json!(false));
+
+        let after = scrape(addr);
+        let delta = |k: &str| after[k] - before[k];
+        assert_eq!(delta("wshub_publications_total"), 3.0);
+        assert_eq!(delta("wshub_recoveries_total{recovered=\"true\"}"), 1.0);
+        assert_eq!(delta("wshub_recoveries_total{recovered=\"false\"}"), 1.0);
+        assert_eq!(after["wshub_subscriptions"], 3.0);
+        assert_eq!(after["wshub_channels"], 2.0);
+        assert!(after["wshub_history_bytes"] > 0.0);
+    });
+}

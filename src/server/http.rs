@@ -7,9 +7,16 @@
 //! is read under the same deadline as the head). The page and the script are compiled
 //! into the binary (`include_str!` of `web/`), so a server needs no files at run time.
 
+use std::time::Duration;
+
 use crate::server::config::Config;
 use crate::server::connection::Shared;
 use crate::ws::handshake::{Content, Resource, Status, response};
+
+/// How long a scrape waits for the hub's channel sizes before leaving them out: the
+/// hub answers between two messages, so only a hub that is stopping or swamped is
+/// slower.
+const HUB_STATS_WAIT: Duration = Duration::from_secs(1);
 
 /// The demo page: a small chat on a channel named in its query (`?ch=`).
 const DEMO_PAGE: &str = include_str!("../../web/index.html");
@@ -53,7 +60,8 @@ pub(crate) fn get(resource: Resource, head: bool, shared: &Shared) -> Vec<u8> {
             head,
         ),
         Resource::Metrics => {
-            let text = shared.metrics.render(shared.hub.inbox_depth());
+            let stats = shared.hub.stats(HUB_STATS_WAIT);
+            let text = shared.metrics.render(shared.hub.inbox_depth(), stats);
             response(
                 Status::Ok,
                 "",

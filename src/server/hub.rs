@@ -47,7 +47,7 @@ use crate::pubsub::protocol::{StreamPosition, validate_channel};
 use crate::pubsub::{Channels, Limits};
 use crate::server::commands::{ApiPublish, ConnCommand, Hubside};
 use crate::server::error::{PublishError, SendError};
-use crate::server::metrics::Metrics;
+use crate::server::metrics::{HubStats, Metrics};
 use crate::server::registry::{ConnId, Offer, Peer, Registry};
 use crate::server::writer::{Ctrl, FastWrite, WriteSide};
 use crate::ws::close_policy::GOING_AWAY;
@@ -107,6 +107,8 @@ pub(crate) enum HubMsg {
     Cut,
     /// Every connection thread has ended: stop.
     Stop,
+    /// A scrape of `/metrics` asks for the sizes only the hub can see.
+    Stats(Sender<HubStats>),
 }
 
 /// The hub's handle on one connection: its two queues and its socket.
@@ -193,6 +195,7 @@ impl std::fmt::Debug for HubMsg {
             HubMsg::Drain(_) => "Drain",
             HubMsg::Cut => "Cut",
             HubMsg::Stop => "Stop",
+            HubMsg::Stats(_) => "Stats",
         })
     }
 }
@@ -205,6 +208,15 @@ impl Hub {
     /// The server's counters, for the threads that count.
     pub(crate) fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// The sizes only the hub can see, asked through its inbox; `None` if it does not
+    /// answer within `limit` (it is stopping, or its inbox is full).
+    pub(crate) fn stats(&self, limit: Duration) -> Option<HubStats> {
+        let (reply, answer) = bounded(1);
+        let deadline = Instant::now() + limit;
+        self.tx.send_deadline(HubMsg::Stats(reply), deadline).ok()?;
+        answer.recv_deadline(deadline).ok()
     }
 
     /// Messages waiting in the hub's inbox now.
@@ -353,6 +365,7 @@ pub(crate) fn run(inbox: Receiver<HubMsg>, ping_interval: Duration, limits: Limi
                 let mut side = Hubside {
                     channels: &mut channels,
                     registry: &mut registry,
+                    metrics: &metrics,
                 };
                 side.execute(*cmd, Instant::now());
             }
@@ -360,8 +373,16 @@ pub(crate) fn run(inbox: Receiver<HubMsg>, ping_interval: Duration, limits: Limi
                 let mut side = Hubside {
                     channels: &mut channels,
                     registry: &mut registry,
+                    metrics: &metrics,
                 };
                 side.api_publish(*p, Instant::now());
+            }
+            Some(HubMsg::Stats(reply)) => {
+                let _ = reply.try_send(HubStats {
+                    channels: channels.store().channel_count(),
+                    subscriptions: channels.subscription_total(),
+                    history_bytes: channels.store().history_bytes(),
+                });
             }
             Some(HubMsg::Drain(reply)) => {
                 draining = true;

@@ -39,6 +39,18 @@ const OTHER_CODE: usize = CLOSE_CODES.len();
 /// broadcast to a few members up to ten thousand members behind slow sockets.
 const FANOUT_BUCKETS_US: [u64; 10] = [10, 25, 50, 100, 250, 500, 1_000, 2_500, 10_000, 50_000];
 
+/// The sizes of the hub's channel state, which only the hub thread can read: a scrape
+/// asks it through its inbox (`Hub::stats`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct HubStats {
+    /// Channels whose state exists (subscribers or history).
+    pub channels: usize,
+    /// Subscriptions of every connection together.
+    pub subscriptions: usize,
+    /// Bytes of publications held in history.
+    pub history_bytes: usize,
+}
+
 /// A histogram of durations with fixed buckets, counted with atomics only.
 #[derive(Debug, Default)]
 pub(crate) struct DurationHistogram {
@@ -110,12 +122,6 @@ pub(crate) struct Metrics {
     pub publications: AtomicU64,
     /// Hub time per broadcast.
     pub fanout: DurationHistogram,
-    /// Channels that exist now.
-    pub channels: AtomicI64,
-    /// Channel subscriptions now.
-    pub subscriptions: AtomicI64,
-    /// Bytes of publications held in channel history now.
-    pub history_bytes: AtomicI64,
     /// Subscriptions with `since`, by outcome: `[not recovered, recovered]`.
     pub recoveries: [AtomicU64; 2],
     /// Errors from the channel engine (the in-memory engine has none).
@@ -152,6 +158,23 @@ impl Metrics {
         self.slow_consumers.fetch_add(slow as u64, Relaxed);
     }
 
+    /// Counts one new publication (not a retried `pub`): the hub's time offering its push
+    /// to the subscribers, the `delivered` it reached with `len` payload bytes, and the
+    /// slow consumers it cut.
+    pub(crate) fn publication(&self, took: Duration, delivered: usize, len: usize, slow: usize) {
+        self.fanout.observe(took);
+        self.publications.fetch_add(1, Relaxed);
+        self.sent(delivered, len);
+        self.slow_consumers.fetch_add(slow as u64, Relaxed);
+    }
+
+    /// Counts a `sub`'s outcome: with `since`, recovered or not; without, nothing.
+    pub(crate) fn recovery(&self, recovered: Option<bool>) {
+        if let Some(r) = recovered {
+            self.recoveries[usize::from(r)].fetch_add(1, Relaxed);
+        }
+    }
+
     /// Counts one message of `len` payload bytes from a client.
     pub(crate) fn received(&self, len: usize) {
         self.messages_in.fetch_add(1, Relaxed);
@@ -159,12 +182,14 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of every metric, with `inbox` (the hub's inbox
-    /// depth now) and the process's thread count read at this moment.
-    pub(crate) fn render(self: &Arc<Self>, inbox: usize) -> String {
+    /// depth now), the hub's `stats` (left out when the hub did not answer) and the
+    /// process's thread count read at this moment.
+    pub(crate) fn render(self: &Arc<Self>, inbox: usize, stats: Option<HubStats>) -> String {
         let mut registry = Registry::with_prefix("wshub");
         registry.register_collector(Box::new(Scrape {
             metrics: self.clone(),
             inbox,
+            stats,
             threads: process_threads(),
         }));
         let mut out = String::with_capacity(8 * 1024);
@@ -190,6 +215,7 @@ fn process_threads() -> i64 {
 struct Scrape {
     metrics: Arc<Metrics>,
     inbox: usize,
+    stats: Option<HubStats>,
     threads: i64,
 }
 
@@ -322,24 +348,26 @@ fn encode_all(s: &Scrape, mut e: DescriptorEncoder<'_>) -> Result<(), fmt::Error
         "Messages waiting in the hub's inbox",
         s.inbox as i64,
     )?;
-    gauge(
-        &mut e,
-        "channels",
-        "Channels that exist now",
-        m.channels.load(Relaxed),
-    )?;
-    gauge(
-        &mut e,
-        "subscriptions",
-        "Channel subscriptions now",
-        m.subscriptions.load(Relaxed),
-    )?;
-    gauge(
-        &mut e,
-        "history_bytes",
-        "Bytes held in channel history",
-        m.history_bytes.load(Relaxed),
-    )?;
+    if let Some(st) = s.stats {
+        gauge(
+            &mut e,
+            "channels",
+            "Channels whose state exists now",
+            st.channels as i64,
+        )?;
+        gauge(
+            &mut e,
+            "subscriptions",
+            "Channel subscriptions now",
+            st.subscriptions as i64,
+        )?;
+        gauge(
+            &mut e,
+            "history_bytes",
+            "Bytes held in channel history",
+            st.history_bytes as i64,
+        )?;
+    }
     gauge(
         &mut e,
         "process_threads",
@@ -384,7 +412,7 @@ mod tests {
         m.closed(1000);
         m.closed(4000);
         m.sent(3, 10);
-        let text = m.render(7);
+        let text = m.render(7, None);
         assert_eq!(
             line(&text, "wshub_connections_rejected_total{status=\"404\"}"),
             "wshub_connections_rejected_total{status=\"404\"} 2"
@@ -403,7 +431,7 @@ mod tests {
         let m = Arc::new(Metrics::default());
         m.fanout.observe(Duration::from_micros(30));
         m.fanout.observe(Duration::from_secs(1));
-        let text = m.render(0);
+        let text = m.render(0, None);
         assert!(
             text.contains("wshub_fanout_duration_seconds_bucket{le=\"2.5e-05\"} 0\n"),
             "{text}"
