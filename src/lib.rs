@@ -53,7 +53,9 @@
 //!   else queued without waiting. A full queue marks a slow consumer, which is cut while
 //!   everyone else carries on. The hub also pings every connection once per
 //!   `ping_interval` the same way, so an idle connection's threads sleep until its client
-//!   sends something (its Pong, at the least).
+//!   sends something (its Pong, at the least). It also owns the channels of `/ws`
+//!   ([`pubsub`]): it executes every `sub`, `pub`, `unsub` and `history` command, so it is
+//!   each channel's sequencer, and offsets, history and fan-out agree by construction.
 //!
 //! Each of those lives in a module of its own name: `accept`, `connection`, `writer`,
 //! `hub`, `shutdown`; the I/O-free rules they apply sit in `handshake`, `registry`,
@@ -137,6 +139,37 @@
 //! To stop from a signal or another thread, keep a [`ShutdownHandle`] and call
 //! [`Server::wait`] on the thread that should do the draining; `examples/embed.rs` is a
 //! complete program.
+//!
+//! ## Channels: `/ws`
+//!
+//! `/ws` speaks protocol v1 (`docs/protocol.md`): JSON commands to subscribe, publish
+//! with an acknowledgement, read history and resume after a reconnect with nothing lost.
+//! An embedding program publishes from any thread with [`Hub::publish`]:
+//!
+//! ```
+//! use serde_json::{Value, json};
+//! use wshub::{Config, Message, Server};
+//!
+//! let mut config = Config::default();
+//! config.addr = "127.0.0.1:0".parse().unwrap();
+//! let server = Server::start(config).expect("start");
+//! let (mut ws, _) = tungstenite::connect(format!("ws://{}/ws", server.local_addr())).unwrap();
+//! fn json_of(msg: Message) -> Value {
+//!     serde_json::from_str(msg.to_text().unwrap()).unwrap()
+//! }
+//!
+//! ws.send(Message::text(r#"{"id":1,"op":"sub","ch":"news"}"#)).unwrap();
+//! let reply = json_of(ws.read().unwrap());
+//! assert_eq!(reply["ok"]["offset"], 0); // a new channel, nothing published yet
+//!
+//! // From any thread of the program: returns once every subscriber has it queued.
+//! let pos = server.hub().publish("news", json!({"title": "hello"})).unwrap();
+//! assert_eq!(pos.offset, 1);
+//! let push = json_of(ws.read().unwrap());
+//! assert_eq!(push, json!({"push":"pub","ch":"news","offset":1,"data":{"title":"hello"}}));
+//! drop(ws);
+//! server.shutdown();
+//! ```
 //!
 //! ## The client
 //!

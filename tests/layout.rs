@@ -39,25 +39,32 @@ fn code_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
     })
 }
 
-#[test]
-fn ws_rules_import_no_sockets_channels_or_server_code() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/ws");
+/// Every use of a forbidden word in the code (not the comments) of the files under
+/// `src/{dir}`, which must hold at least `min_files` files.
+fn violations(dir: &str, min_files: usize, forbidden: &[&str]) -> Vec<String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src").join(dir);
     let files = rust_files(&root);
     assert!(
-        files.len() >= 6,
-        "src/ws/ should hold the WebSocket rules, found {files:?}"
+        files.len() >= min_files,
+        "src/{dir}/ should hold more, found {files:?}"
     );
     let mut broken = Vec::new();
     for file in files {
         let text = fs::read_to_string(&file).expect("read source");
         for (line_no, code) in code_lines(&text) {
-            for word in FORBIDDEN {
+            for word in forbidden {
                 if code.contains(word) {
                     broken.push(format!("{}:{line_no}: uses {word}", file.display()));
                 }
             }
         }
     }
+    broken
+}
+
+#[test]
+fn ws_rules_import_no_sockets_channels_or_server_code() {
+    let broken = violations("ws", 6, FORBIDDEN);
     assert!(
         broken.is_empty(),
         "src/ws/ must stay I/O-free:\n{}",
@@ -66,27 +73,13 @@ fn ws_rules_import_no_sockets_channels_or_server_code() {
 }
 
 #[test]
-fn pubsub_core_imports_no_sockets_channels_or_server_code() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/pubsub");
-    let files = rust_files(&root);
-    assert!(
-        files.len() >= 5,
-        "src/pubsub/ should hold the channel core, found {files:?}"
-    );
-    let mut broken = Vec::new();
-    for file in files {
-        let text = fs::read_to_string(&file).expect("read source");
-        for (line_no, code) in code_lines(&text) {
-            for word in FORBIDDEN.iter().chain(&["std::sync::Mutex", "RwLock"]) {
-                if code.contains(word) {
-                    broken.push(format!("{}:{line_no}: uses {word}", file.display()));
-                }
-            }
-        }
-    }
+fn pubsub_core_imports_no_sockets_channels_server_code_or_locks() {
+    // The hub owns the channel state: nothing in it may need a lock.
+    let words: Vec<&str> = FORBIDDEN.iter().copied().chain(["Mutex", "RwLock"]).collect();
+    let broken = violations("pubsub", 5, &words);
     assert!(
         broken.is_empty(),
-        "src/pubsub/ must stay I/O-free and lock-free (the hub owns it):\n{}",
+        "src/pubsub/ must stay I/O-free and lock-free:\n{}",
         broken.join("\n")
     );
 }

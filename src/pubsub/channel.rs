@@ -27,9 +27,8 @@ use crate::pubsub::recovery::{Recovery, recover};
 use crate::pubsub::{Limits, Published, Store};
 
 /// Keys the idempotency cache holds at most, over all channels. The window alone would
-/// let a flood of keyed publications grow it without bound; at about 150 bytes an entry
-/// this caps it near 40 MiB. Past it the oldest key is forgotten first (documented in
-/// `docs/protocol.md`).
+/// let a flood of keyed publications grow it without bound; this caps it (the per-entry
+/// cost is in `docs/protocol.md`). Past it the oldest key is forgotten first.
 pub const IDEMPOTENCY_CAPACITY: usize = 1 << 18;
 
 /// One channel's stream.

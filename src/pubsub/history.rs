@@ -7,7 +7,7 @@
 //! offset N still here" is one comparison with the oldest entry.
 //!
 //! Generic over the stored item so the rules are tested with plain values; the hub
-//! stores encoded publications ([`crate::pubsub::channel::Encoded`]).
+//! stores encoded publications ([`crate::pubsub::encode::Encoded`]).
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};

@@ -153,18 +153,18 @@ pub struct Config {
     pub api_key: Option<String>,
     /// Publications each `/ws` channel keeps for recovery (`sub` with `since`, `history`).
     /// 0 keeps none: recovery then succeeds only for a client that missed nothing.
-    /// Default [`DEFAULT_HISTORY_SIZE`] (100).
+    /// Default 100.
     pub history_size: usize,
-    /// How long a publication stays in history. Default [`DEFAULT_HISTORY_TTL`] (5 min).
+    /// How long a publication stays in history. Default 5 min.
     pub history_ttl: Duration,
     /// How long a `pub`'s `(channel, key)` is remembered, so a retried `pub` publishes
-    /// nothing new. Default [`DEFAULT_IDEMPOTENCY_WINDOW`] (5 min).
+    /// nothing new. Default 5 min.
     pub idempotency_window: Duration,
     /// Subscriptions one `/ws` connection may hold; past it `sub` gets error 4.
-    /// Default [`DEFAULT_MAX_SUBSCRIPTIONS`] (128).
+    /// Default 128.
     pub max_subscriptions: usize,
     /// Channels whose state may exist at once; past it `sub` or `pub` to a new channel
-    /// gets error 4. Default [`DEFAULT_MAX_CHANNELS`] (10 000).
+    /// gets error 4. Default 10 000.
     pub max_channels: usize,
 }
 

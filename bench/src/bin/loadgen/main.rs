@@ -6,6 +6,7 @@
 //! errors go to stderr. Every loop is bounded by a deadline. See bench/README.md.
 
 mod procfs;
+mod pubsub;
 mod ws;
 
 use std::net::SocketAddr;
@@ -21,7 +22,7 @@ use tokio::time::{sleep, sleep_until, timeout, timeout_at};
 use ws::{Msg, OP_TEXT, Ws};
 
 #[derive(Parser, Debug)]
-#[command(about = "WebSocket load generator (echo, broadcast, idle, churn, drain)")]
+#[command(about = "WebSocket load generator (echo, broadcast, pubsub, resume, idle, churn, drain)")]
 struct Cli {
     /// Server address (loopback).
     #[arg(long, default_value = "127.0.0.1:9301")]
@@ -89,6 +90,22 @@ enum Mode {
         size: usize,
         #[arg(long, default_value = "/chat")]
         path: String,
+    },
+    /// N subscribers over C channels of /ws (protocol v1), one publisher at R
+    /// publications/s in all; delivery latency, and loss counted by offsets.
+    Pubsub {
+        #[command(flatten)]
+        args: pubsub::Args,
+    },
+    /// As pubsub, and every subscriber is cut (RST) at once during publishing; each
+    /// reconnects and resubscribes with `since`: time until all have recovered, loss
+    /// and duplicates by offsets.
+    Resume {
+        #[command(flatten)]
+        args: pubsub::Args,
+        /// Seconds into publishing when every subscriber is cut.
+        #[arg(long, default_value_t = 1.5)]
+        cut_after: f64,
     },
     /// N connections held open; the server's RSS, threads and CPU sampled from /proc.
     Idle {
@@ -322,6 +339,8 @@ fn main() {
                 size,
                 path,
             } => broadcast(&cli, *subs, *rate, *duration, *settle, *grace, *size, path).await,
+            Mode::Pubsub { args } => pubsub::pubsub(&cli, args).await,
+            Mode::Resume { args, cut_after } => pubsub::resume(&cli, args, *cut_after).await,
             Mode::Idle {
                 conns,
                 settle,
