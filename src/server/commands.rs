@@ -49,6 +49,8 @@ pub(crate) struct ApiPublish {
     pub ch: String,
     /// The data.
     pub data: Value,
+    /// The idempotency key, as a client's `pub` carries it (already validated).
+    pub key: Option<String>,
     /// Where the result goes. Dropped unanswered if the hub stops first, which wakes the
     /// caller.
     pub reply: Sender<Result<StreamPosition, PublishError>>,
@@ -102,7 +104,7 @@ impl Hubside<'_> {
     /// A publication through the server API: no `from`, no key.
     pub(crate) fn api_publish(&mut self, p: ApiPublish, now: Instant) {
         let result = self
-            .publish(&p.ch, &p.data, None, None, now)
+            .publish(&p.ch, &p.data, p.key.as_deref(), None, now)
             .map_err(PublishError::Rejected);
         // The caller may have given up waiting; nothing to do then.
         let _ = p.reply.send(result);

@@ -40,7 +40,7 @@ use crate::server::registry::ConnId;
 use crate::server::writer::{self, CTRL_QUEUE, Ctrl, WriteSide, WriterEnd, WriterTimers};
 use crate::ws::close_policy::{self, GOING_AWAY, INTERNAL_ERROR, POLICY_VIOLATION, ReadEnd};
 use crate::ws::handshake::MAX_REQUEST_HEAD;
-use crate::ws::handshake::{self, Answer, Endpoint, Reject, Request, Status};
+use crate::ws::handshake::{self, Answer, Endpoint, Reject, Request, Resource, Status};
 use crate::ws::rate_limit::RateLimiter;
 use crate::ws::utf8_guard::Screened;
 
@@ -206,6 +206,18 @@ fn handshake_phase(sock: &TcpStream, id: ConnId, shared: &Shared) -> Option<Upgr
     match handshake::answer(&request, endpoint, &config.allowed_origins) {
         Answer::Health => {
             respond_and_close(sock, &handshake::http_response(Status::Ok, "ok"), config);
+            None
+        }
+        Answer::Resource {
+            resource: Resource::Publish,
+            ..
+        } => {
+            let (status, response) = http::publish(&request, leftover, sock, deadline, shared);
+            if status != Status::Ok {
+                shared.metrics.rejected(status.code());
+                info!("connection {id}: \"POST {}\" {}", request.path(), status.code());
+            }
+            respond_and_close(sock, &response, config);
             None
         }
         Answer::Resource { resource, head } => {

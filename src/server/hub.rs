@@ -43,7 +43,7 @@ use crate::server::queue::OutboundTx;
 use log::{debug, info, trace};
 use tungstenite::Message;
 
-use crate::pubsub::protocol::{StreamPosition, validate_channel};
+use crate::pubsub::protocol::{ErrorBody, ErrorCode, MAX_KEY_LEN, StreamPosition, validate_channel};
 use crate::pubsub::{Channels, Limits};
 use crate::server::commands::{ApiPublish, ConnCommand, Hubside};
 use crate::server::error::{PublishError, SendError};
@@ -252,11 +252,35 @@ impl Hub {
     /// println!("published at {} in epoch {}", pos.offset, pos.epoch);
     /// ```
     pub fn publish(&self, ch: &str, data: Value) -> Result<StreamPosition, PublishError> {
+        self.publish_keyed(ch, data, None)
+    }
+
+    /// [`publish`](Self::publish) with an idempotency `key` (1 to 255 bytes), as a
+    /// client's `pub` with `key`: a `(ch, key)` seen within the idempotency window
+    /// returns the first publication's position and publishes nothing. A bad key is
+    /// [`PublishError::Rejected`] with code 1.
+    pub fn publish_with_key(&self, ch: &str, data: Value, key: &str) -> Result<StreamPosition, PublishError> {
+        if key.is_empty() || key.len() > MAX_KEY_LEN {
+            return Err(PublishError::Rejected(ErrorBody::new(
+                ErrorCode::BadRequest,
+                format!("key must be 1 to {MAX_KEY_LEN} bytes"),
+            )));
+        }
+        self.publish_keyed(ch, data, Some(key.to_owned()))
+    }
+
+    fn publish_keyed(
+        &self,
+        ch: &str,
+        data: Value,
+        key: Option<String>,
+    ) -> Result<StreamPosition, PublishError> {
         validate_channel(ch).map_err(PublishError::InvalidChannel)?;
         let (reply, result) = bounded(1);
         let p = ApiPublish {
             ch: ch.to_owned(),
             data,
+            key,
             reply,
         };
         self.send(HubMsg::Publish(Box::new(p)))

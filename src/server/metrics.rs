@@ -25,8 +25,9 @@ use prometheus_client::registry::Registry;
 /// The `Content-Type` of the exposition.
 pub(crate) const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
-/// The statuses a refused connection is counted under (`rejected_total{status=...}`).
-pub(crate) const REJECT_STATUSES: [u16; 10] = [400, 403, 404, 405, 408, 411, 413, 426, 431, 503];
+/// The statuses a refused request is counted under (`rejected_total{status=...}`): a
+/// refused handshake, a plain-HTTP request answered with an error, a failed API publish.
+pub(crate) const REJECT_STATUSES: [u16; 11] = [400, 401, 403, 404, 405, 408, 411, 413, 426, 431, 503];
 
 /// The close codes counted by name (`closed_total{code=...}`); any other is `other`.
 /// 1006 is a connection that ended without a Close frame from either side.
