@@ -243,3 +243,17 @@ fn expect_100_continue_gets_its_interim_answer_then_the_result() {
         assert_eq!(status_line(&out), "HTTP/1.1 200 OK", "{out}");
     });
 }
+
+#[test]
+fn the_cli_reads_the_key_from_a_file() {
+    watchdog(Duration::from_secs(60), || {
+        let path = std::env::temp_dir().join(format!("wshub-api-key-{}", std::process::id()));
+        std::fs::write(&path, format!("{KEY}\n")).unwrap();
+        let server = support::ServeProcess::start(&["--api-key-file", path.to_str().unwrap()]);
+        let ok = post(server.addr, &format!("apikey {KEY}"), r#"{"ch":"a","data":1}"#);
+        let wrong = post(server.addr, "apikey other", r#"{"ch":"a","data":1}"#);
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(status_line(&ok), "HTTP/1.1 200 OK", "{ok}");
+        assert_eq!(status_line(&wrong), "HTTP/1.1 401 Unauthorized");
+    });
+}
