@@ -22,8 +22,9 @@ use support::{Server, start, test_config, watchdog};
 /// How long a page may take to show what a step expects (reconnects back off).
 const SHOW: Duration = Duration::from_secs(30);
 
-/// Whole-test limit: Chromium's start-up is slow on a loaded machine.
-const TEST_LIMIT: Duration = Duration::from_secs(240);
+/// Whole-test limit: Chromium's start-up is slow on a loaded machine, and a test may wait
+/// for the other browser tests' turns first (one browser at a time).
+const TEST_LIMIT: Duration = Duration::from_secs(420);
 
 /// Opens the demo page for `ch` as `name` in the current window.
 fn open_page(b: &Browser, base: SocketAddr, ch: &str, name: &str) {
@@ -261,6 +262,60 @@ fn a_page_cut_off_while_the_other_publishes_shows_every_missed_message_once() {
     });
 }
 
+#[test]
+fn a_publish_whose_ack_is_lost_is_sent_again_with_its_key_and_happens_once() {
+    watchdog(TEST_LIMIT, || {
+        let Some(b) = browser_or_skip("lost ack") else {
+            return;
+        };
+        let server = start(test_config());
+        let addr = server.local_addr();
+        let proxy = CutProxy::start(addr);
+        let alice = b.window();
+        open_page(&b, proxy.addr, "room", "alice");
+        let bob = b.new_window();
+        b.switch_to(&bob);
+        open_page(&b, addr, "room", "bob");
+
+        // Alice's publication reaches the server, but its ack (and the push) do not.
+        b.switch_to(&alice);
+        proxy.mute_replies();
+        b.type_into("#text", "said once");
+        b.click("button[type=submit]");
+        b.switch_to(&bob);
+        assert_eq!(wait_shown(&b, 1), vec![(1, "said once".to_string())]);
+
+        // Alice's connection dies with the ack unseen; after the reconnect her client
+        // sends the same pub with the same key, and gets the first one's offset.
+        proxy.cut_and_block();
+        b.switch_to(&alice);
+        b.wait_for(
+            "Alice's page to notice the cut",
+            "return document.getElementById('state').dataset.state === 'reconnecting'",
+            SHOW,
+        );
+        proxy.unblock();
+        let sent = b.wait_for(
+            "Alice's page to get the ack after reconnecting",
+            "const t = document.getElementById('sendstate').textContent; \
+             return t.startsWith('sent as #') ? t : null",
+            SHOW,
+        );
+        assert_eq!(sent, "sent as #1");
+        assert_eq!(wait_shown(&b, 1), vec![(1, "said once".to_string())]);
+
+        // Published once: the next publication is offset 2, and Bob saw nothing between.
+        b.switch_to(&bob);
+        assert_eq!(say(&b, "next"), 2);
+        assert_eq!(
+            wait_shown(&b, 2),
+            vec![(1, "said once".to_string()), (2, "next".to_string())]
+        );
+        b.switch_to(&alice);
+        assert_eq!(wait_shown(&b, 2).len(), 2);
+    });
+}
+
 /// A loopback TCP proxy in front of the server whose connections the test can cut
 /// (both directions shut, no Close frame: what a dead network looks like to the
 /// browser) and whose new connections it can refuse for a while.
@@ -273,6 +328,8 @@ struct CutProxy {
 struct ProxyShared {
     stop: AtomicBool,
     blocked: AtomicBool,
+    /// Server-to-browser bytes are read and dropped (the browser's sends still arrive).
+    muted: AtomicBool,
     /// Every socket of every proxied connection, to cut them; and the copy threads.
     conns: Mutex<(Vec<TcpStream>, Vec<JoinHandle<()>>)>,
 }
@@ -284,6 +341,7 @@ impl CutProxy {
         let shared = Arc::new(ProxyShared {
             stop: AtomicBool::new(false),
             blocked: AtomicBool::new(false),
+            muted: AtomicBool::new(false),
             conns: Mutex::new((Vec::new(), Vec::new())),
         });
         let s = shared.clone();
@@ -300,10 +358,12 @@ impl CutProxy {
                     continue;
                 };
                 let mut conns = s.conns.lock().unwrap();
-                for (from, to) in [(&client, &server), (&server, &client)] {
-                    let (mut from, mut to) = (from.try_clone().unwrap(), to.try_clone().unwrap());
+                for (from, to, mutable) in [(&client, &server, false), (&server, &client, true)] {
+                    let (from, to) = (from.try_clone().unwrap(), to.try_clone().unwrap());
+                    let s = s.clone();
                     conns.1.push(thread::spawn(move || {
-                        let _ = io::copy(&mut from, &mut to);
+                        let muted = || mutable && s.muted.load(Ordering::SeqCst);
+                        let _ = pump(&from, &to, muted);
                         let _ = to.shutdown(Shutdown::Both);
                         let _ = from.shutdown(Shutdown::Both);
                     }));
@@ -332,7 +392,29 @@ impl CutProxy {
     }
 
     fn unblock(&self) {
+        self.shared.muted.store(false, Ordering::SeqCst);
         self.shared.blocked.store(false, Ordering::SeqCst);
+    }
+
+    /// From now on, what the server sends is dropped: the browser's messages arrive,
+    /// the answers are lost.
+    fn mute_replies(&self) {
+        self.shared.muted.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Copies `from` to `to` until either ends; while `muted()`, reads and drops.
+fn pump(mut from: &TcpStream, mut to: &TcpStream, muted: impl Fn() -> bool) -> io::Result<()> {
+    use std::io::{Read, Write};
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let n = from.read(&mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        if !muted() {
+            to.write_all(&buf[..n])?;
+        }
     }
 }
 

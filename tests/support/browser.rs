@@ -14,6 +14,7 @@
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -32,7 +33,13 @@ pub struct Browser {
     session: String,
     agent: ureq::Agent,
     profile: PathBuf,
+    /// One browser at a time in a test binary: a Chromium per test, all at once, is
+    /// more than a small shared machine runs without timing out. Released last, after
+    /// the processes are gone.
+    _turn: MutexGuard<'static, ()>,
 }
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 /// `Some(browser)`, or `None` after printing that the test is skipped (chromium missing
 /// and `WSHUB_SKIP_BROWSER=1`). Panics with an install hint when chromium is missing
@@ -69,6 +76,8 @@ fn free_port() -> u16 {
 impl Browser {
     /// Starts chromedriver and a headless Chromium session. Panics if either fails.
     pub fn start() -> Browser {
+        // A test that panicked while holding it poisons it; the browser it had is gone.
+        let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let port = free_port();
         let driver = Command::new(CHROMEDRIVER)
             .arg(format!("--port={port}"))
@@ -91,6 +100,7 @@ impl Browser {
             session: String::new(),
             agent,
             profile,
+            _turn: turn,
         };
         browser.wait_ready();
         let args = [
