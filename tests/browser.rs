@@ -32,6 +32,27 @@ fn open_page(b: &Browser, base: SocketAddr, ch: &str, name: &str) {
     wait_subscribed(b);
 }
 
+/// Opens the chat on `ch` as Alice (reaching the server at `alice_via`) in the current
+/// window and as Bob (at `bob_via`) in a new one; returns their window handles, Bob's
+/// current.
+fn two_pages(b: &Browser, ch: &str, alice_via: SocketAddr, bob_via: SocketAddr) -> (String, String) {
+    let alice = b.window();
+    open_page(b, alice_via, ch, "alice");
+    let bob = b.new_window();
+    b.switch_to(&bob);
+    open_page(b, bob_via, ch, "bob");
+    (alice, bob)
+}
+
+/// Waits until the page's connection badge says `state`.
+fn wait_state(b: &Browser, state: &str) {
+    b.wait_for(
+        &format!("the page's connection to be {state}"),
+        &format!("return document.getElementById('state').dataset.state === '{state}'"),
+        SHOW,
+    );
+}
+
 /// Waits until the page's client is open and subscribed (it shows an offset).
 fn wait_subscribed(b: &Browser) {
     b.wait_for(
@@ -130,11 +151,7 @@ fn two_pages_chat_and_see_the_same_offsets() {
         };
         let server = start(test_config());
         let addr = server.local_addr();
-        let alice = b.window();
-        open_page(&b, addr, "room", "alice");
-        let bob = b.new_window();
-        b.switch_to(&bob);
-        open_page(&b, addr, "room", "bob");
+        let (alice, bob) = two_pages(&b, "room", addr, addr);
 
         b.switch_to(&alice);
         assert_eq!(say(&b, "hello from alice"), 1);
@@ -158,22 +175,14 @@ fn pages_reconnect_after_a_server_restart_and_say_they_did_not_recover() {
         };
         let server = start(test_config());
         let addr = server.local_addr();
-        let alice = b.window();
-        open_page(&b, addr, "room", "alice");
-        let bob = b.new_window();
-        b.switch_to(&bob);
-        open_page(&b, addr, "room", "bob");
+        let (alice, bob) = two_pages(&b, "room", addr, addr);
         assert_eq!(say(&b, "before the restart"), 1);
         let epoch_before = text_of(&b, "epoch");
 
         server.shutdown();
         for w in [&alice, &bob] {
             b.switch_to(w);
-            b.wait_for(
-                "the page to notice the server is gone",
-                "return document.getElementById('state').dataset.state === 'reconnecting'",
-                SHOW,
-            );
+            wait_state(&b, "reconnecting");
         }
         let mut config = test_config();
         config.addr = addr;
@@ -214,21 +223,13 @@ fn a_page_cut_off_while_the_other_publishes_shows_every_missed_message_once() {
         let addr = server.local_addr();
         // Alice reaches the server through a proxy the test can cut; Bob directly.
         let proxy = CutProxy::start(addr);
-        let alice = b.window();
-        open_page(&b, proxy.addr, "room", "alice");
-        let bob = b.new_window();
-        b.switch_to(&bob);
-        open_page(&b, addr, "room", "bob");
+        let (alice, bob) = two_pages(&b, "room", proxy.addr, addr);
         assert_eq!(say(&b, "one"), 1);
         b.switch_to(&alice);
         wait_shown(&b, 1);
 
         proxy.cut_and_block();
-        b.wait_for(
-            "Alice's page to notice the cut",
-            "return document.getElementById('state').dataset.state === 'reconnecting'",
-            SHOW,
-        );
+        wait_state(&b, "reconnecting");
         b.switch_to(&bob);
         for (i, text) in ["two", "three", "four"].into_iter().enumerate() {
             assert_eq!(say(&b, text), i as u64 + 2);
@@ -271,11 +272,7 @@ fn a_publish_whose_ack_is_lost_is_sent_again_with_its_key_and_happens_once() {
         let server = start(test_config());
         let addr = server.local_addr();
         let proxy = CutProxy::start(addr);
-        let alice = b.window();
-        open_page(&b, proxy.addr, "room", "alice");
-        let bob = b.new_window();
-        b.switch_to(&bob);
-        open_page(&b, addr, "room", "bob");
+        let (alice, bob) = two_pages(&b, "room", proxy.addr, addr);
 
         // Alice's publication reaches the server, but its ack (and the push) do not.
         b.switch_to(&alice);
@@ -289,11 +286,7 @@ fn a_publish_whose_ack_is_lost_is_sent_again_with_its_key_and_happens_once() {
         // sends the same pub with the same key, and gets the first one's offset.
         proxy.cut_and_block();
         b.switch_to(&alice);
-        b.wait_for(
-            "Alice's page to notice the cut",
-            "return document.getElementById('state').dataset.state === 'reconnecting'",
-            SHOW,
-        );
+        wait_state(&b, "reconnecting");
         proxy.unblock();
         let sent = b.wait_for(
             "Alice's page to get the ack after reconnecting",
