@@ -680,6 +680,10 @@ fn a_subscriber_that_does_not_read_is_cut_and_the_others_carry_on() {
         reader.ok(json!({"op":"sub","ch":"c"}));
         let mut stalled = Raw::connect(addr, "/ws");
         stalled.send_frame(0x81, br#"{"id":1,"op":"sub","ch":"c"}"#);
+        // Subscribed before anything is published (then it stops reading).
+        let (_, reply) = stalled.read_frame().expect("the sub reply");
+        let reply: Value = serde_json::from_slice(&reply).unwrap();
+        assert_eq!(offset(&reply["ok"]), 0, "{reply}");
         let mut p = Peer::connect(addr);
         // Far more than the stalled client's socket buffers and queue hold: the server
         // keeps at most 4 MiB in its send buffer and 4 frames in the queue.
@@ -709,6 +713,28 @@ fn a_subscriber_that_does_not_read_is_cut_and_the_others_carry_on() {
         p.ok(json!({"op":"pub","ch":"c","data":"after"}));
         assert_eq!(reader.push()["data"], "after");
         drop((reader, p));
+        server.shutdown();
+    });
+}
+
+#[test]
+fn hub_publish_to_a_new_channel_past_max_channels_is_refused_with_code_4() {
+    watchdog(LIMIT, || {
+        let server = server_with(|c| c.max_channels = 1);
+        let hub = server.hub();
+        // History keeps the first channel's state alive.
+        assert_eq!(hub.publish("a", json!(1)).unwrap().offset, 1);
+        match hub.publish("b", json!(1)) {
+            Err(wshub::PublishError::Rejected(e)) => {
+                assert_eq!(u16::from(e.code), 4, "{e:?}");
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        assert_eq!(
+            hub.publish("a", json!(2)).unwrap().offset,
+            2,
+            "the existing channel is unaffected"
+        );
         server.shutdown();
     });
 }

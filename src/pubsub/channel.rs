@@ -287,7 +287,7 @@ mod tests {
         snap.pubs
             .iter()
             .map(|p| {
-                serde_json::from_slice::<Value>(p).unwrap()["offset"]
+                serde_json::from_str::<Value>(p).unwrap()["offset"]
                     .as_u64()
                     .unwrap()
             })

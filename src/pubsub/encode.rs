@@ -10,14 +10,17 @@
 //!
 //! [`protocol`]: crate::pubsub::protocol
 
+use std::fmt::Write as _;
+
 use serde::Serialize;
 use serde_json::Value;
-use tungstenite::Bytes;
+use tungstenite::Utf8Bytes;
 
 use crate::pubsub::protocol::{ClientInfo, Reply, Snapshot};
 
 /// One publication in its `pubs` form, encoded: a JSON object starting with `{"ch":`.
-pub type Encoded = Bytes;
+/// Shared (reference-counted) text, ready to be a text frame's payload without a copy.
+pub type Encoded = Utf8Bytes;
 
 #[derive(Serialize)]
 struct PubRef<'a> {
@@ -40,49 +43,47 @@ pub fn publication(ch: &str, offset: u64, data: &Value, from: Option<u64>) -> En
         }),
     };
     // Serialising borrowed strings, integers and a `Value` cannot fail.
-    Bytes::from(serde_json::to_vec(&p).unwrap_or_default())
+    Utf8Bytes::from(serde_json::to_string(&p).unwrap_or_default())
 }
 
 /// The push of an encoded publication: `{"push":"pub",` then the publication's fields.
-pub fn push(publication: &Encoded) -> Bytes {
-    const HEAD: &[u8] = b"{\"push\":\"pub\",";
-    let mut out = Vec::with_capacity(HEAD.len() + publication.len());
-    out.extend_from_slice(HEAD);
+pub fn push(publication: &Encoded) -> Utf8Bytes {
+    const HEAD: &str = "{\"push\":\"pub\",";
+    let mut out = String::with_capacity(HEAD.len() + publication.len());
+    out.push_str(HEAD);
     // The encoded form always starts with `{`; its fields follow it.
-    out.extend_from_slice(publication.get(1..).unwrap_or_default());
-    Bytes::from(out)
+    out.push_str(publication.get(1..).unwrap_or_default());
+    Utf8Bytes::from(out)
 }
 
 /// The ok reply to a `sub` or `history`: `{"id":N,"ok":{"epoch":..,"offset":..,
 /// "pubs":[..]}}`, with `"recovered"` when the snapshot has it.
-pub fn snapshot_reply(id: u64, snap: &Snapshot<Encoded>) -> Bytes {
+pub fn snapshot_reply(id: u64, snap: &Snapshot<Encoded>) -> Utf8Bytes {
     let epoch = serde_json::to_string(&snap.epoch).unwrap_or_default();
     let pubs_len: usize = snap.pubs.iter().map(|p| p.len() + 1).sum();
-    let mut out = Vec::with_capacity(80 + epoch.len() + pubs_len);
-    out.extend_from_slice(
-        format!(
-            "{{\"id\":{id},\"ok\":{{\"epoch\":{epoch},\"offset\":{},\"pubs\":[",
-            snap.offset
-        )
-        .as_bytes(),
+    let mut out = String::with_capacity(80 + epoch.len() + pubs_len);
+    let _ = write!(
+        out,
+        "{{\"id\":{id},\"ok\":{{\"epoch\":{epoch},\"offset\":{},\"pubs\":[",
+        snap.offset
     );
     for (i, p) in snap.pubs.iter().enumerate() {
         if i > 0 {
-            out.push(b',');
+            out.push(',');
         }
-        out.extend_from_slice(p);
+        out.push_str(p);
     }
-    out.push(b']');
+    out.push(']');
     if let Some(recovered) = snap.recovered {
-        out.extend_from_slice(format!(",\"recovered\":{recovered}").as_bytes());
+        let _ = write!(out, ",\"recovered\":{recovered}");
     }
-    out.extend_from_slice(b"}}");
-    Bytes::from(out)
+    out.push_str("}}");
+    Utf8Bytes::from(out)
 }
 
 /// Any other reply, through its `serde` type.
-pub fn reply<T: Serialize>(reply: &Reply<T>) -> Bytes {
-    Bytes::from(serde_json::to_vec(reply).unwrap_or_default())
+pub fn reply<T: Serialize>(reply: &Reply<T>) -> Utf8Bytes {
+    Utf8Bytes::from(serde_json::to_string(reply).unwrap_or_default())
 }
 
 #[cfg(test)]
@@ -93,14 +94,14 @@ mod tests {
     };
     use serde_json::json;
 
-    fn read(bytes: &[u8]) -> ServerFrame {
-        serde_json::from_slice(bytes).expect("valid server frame")
+    fn read(text: &str) -> ServerFrame {
+        serde_json::from_str(text).expect("valid server frame")
     }
 
     #[test]
     fn a_publication_reads_back_with_its_fields() {
         let e = publication("room:1", 5, &json!({"t":"hi \"x\""}), Some(12));
-        let p: Publication = serde_json::from_slice(&e).unwrap();
+        let p: Publication = serde_json::from_str(&e).unwrap();
         assert_eq!(
             p,
             Publication {
@@ -111,10 +112,7 @@ mod tests {
             }
         );
         let api = publication("a", 1, &json!(null), None);
-        assert_eq!(
-            std::str::from_utf8(&api).unwrap(),
-            r#"{"ch":"a","offset":1,"data":null}"#
-        );
+        assert_eq!(api.as_str(), r#"{"ch":"a","offset":1,"data":null}"#);
     }
 
     #[test]
@@ -163,7 +161,7 @@ mod tests {
             pubs: vec![],
             recovered: None,
         };
-        let v: Value = serde_json::from_slice(&snapshot_reply(1, &snap)).unwrap();
+        let v: Value = serde_json::from_str(&snapshot_reply(1, &snap)).unwrap();
         assert_eq!(v, json!({"id":1,"ok":{"epoch":"ep","offset":0,"pubs":[]}}));
     }
 
@@ -176,13 +174,13 @@ mod tests {
                 offset: 1,
             },
         ));
-        let v: Value = serde_json::from_slice(&ok).unwrap();
+        let v: Value = serde_json::from_str(&ok).unwrap();
         assert_eq!(v, json!({"id":2,"ok":{"epoch":"e","offset":1}}));
         let err = reply(&Reply::<()>::err(
             None,
             ErrorBody::new(ErrorCode::BadRequest, "m"),
         ));
-        let v: Value = serde_json::from_slice(&err).unwrap();
+        let v: Value = serde_json::from_str(&err).unwrap();
         assert_eq!(v, json!({"err":{"code":1,"msg":"m"}}));
     }
 }

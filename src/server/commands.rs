@@ -22,7 +22,7 @@ use std::time::Instant;
 use crossbeam_channel::Sender;
 use log::info;
 use serde_json::Value;
-use tungstenite::Bytes;
+use tungstenite::{Message, Utf8Bytes};
 
 use crate::pubsub::encode;
 use crate::pubsub::protocol::{Command, Empty, Reply, Request, StreamPosition};
@@ -122,7 +122,7 @@ impl Hubside<'_> {
         let published = self.channels.publish(ch, data, key, from, now)?;
         if let Some(publication) = &published.publication {
             let started = Instant::now();
-            let frame = WireFrame::text(encode::push(publication));
+            let frame = text_frame(encode::push(publication));
             let mut dropped = Vec::new();
             let mut delivered = 0;
             for sub in self.channels.subscribers(ch) {
@@ -143,8 +143,8 @@ impl Hubside<'_> {
     }
 
     /// Offers `text` to `conn`; a full queue cuts it.
-    fn send(&mut self, conn: ConnId, text: Bytes) {
-        let frame = WireFrame::text(text);
+    fn send(&mut self, conn: ConnId, text: Utf8Bytes) {
+        let frame = text_frame(text);
         match self.registry.get(conn).map(|peer| peer.offer(&frame)) {
             Some(Offer::Queued) => self.metrics.sent(1, frame.payload().len()),
             None => {}
@@ -162,4 +162,11 @@ impl Hubside<'_> {
             }
         }
     }
+}
+
+/// A text frame of shared text, without a copy.
+fn text_frame(text: Utf8Bytes) -> WireFrame {
+    // `from_message` is `None` only for `Message::Frame`, never for text; were it ever,
+    // an empty Ping would be sent instead, harmless to every client.
+    WireFrame::from_message(Message::Text(text)).unwrap_or_else(WireFrame::ping)
 }

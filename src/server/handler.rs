@@ -129,10 +129,7 @@ impl Handler for Ws {
                     let _ = conn.hub().send(HubMsg::Command(Box::new(cmd)));
                 }
                 Err(rejected) => {
-                    let reply = encode::reply(&rejected.reply());
-                    // A text frame of our own JSON, which is UTF-8.
-                    let text = String::from_utf8_lossy(&reply).into_owned();
-                    let _ = conn.send(Message::text(text));
+                    let _ = conn.send(Message::Text(encode::reply(&rejected.reply())));
                 }
             },
             Message::Binary(_) => {

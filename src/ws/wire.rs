@@ -79,12 +79,6 @@ impl WireFrame {
         })
     }
 
-    /// A text frame whose payload is `text`, which the caller guarantees is UTF-8 (the
-    /// server's own JSON), shared without a copy.
-    pub(crate) fn text(text: Bytes) -> WireFrame {
-        WireFrame::new(OP_TEXT, text)
-    }
-
     /// A Close frame with `code` and `reason` (cut to fit 125 bytes on a char boundary).
     pub(crate) fn close(code: u16, reason: &str) -> WireFrame {
         let mut cut = reason.len().min(123);
