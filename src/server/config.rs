@@ -75,6 +75,36 @@ pub(crate) const DEFAULT_MAX_CHANNELS: usize = 10_000;
 /// leave too little for tungstenite's parser.
 pub(crate) const MIN_THREAD_STACK_SIZE: usize = 32 * 1024;
 
+/// The publish API's key: a string that `Debug` does not show, so a logged or printed
+/// [`Config`] does not leak it. Build it from a `String` or `&str` (`Some("k".into())`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey(String);
+
+impl ApiKey {
+    /// The key itself.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiKey(<redacted>)")
+    }
+}
+
+impl From<String> for ApiKey {
+    fn from(key: String) -> ApiKey {
+        ApiKey(key)
+    }
+}
+
+impl From<&str> for ApiKey {
+    fn from(key: &str) -> ApiKey {
+        ApiKey(key.to_owned())
+    }
+}
+
 /// Configuration of a [`Server`](crate::Server).
 ///
 /// Build it with [`Config::default`] and set the fields you need; the server calls
@@ -150,7 +180,7 @@ pub struct Config {
     pub metrics: bool,
     /// The key `POST /api/publish` requires (`Authorization: apikey KEY`). `None` (the
     /// default): the publish API is off and its path is `404`.
-    pub api_key: Option<String>,
+    pub api_key: Option<ApiKey>,
     /// Publications each `/ws` channel keeps for recovery (`sub` with `since`, `history`).
     /// 0 keeps none: recovery then succeeds only for a client that missed nothing.
     /// Default 100.
@@ -246,8 +276,8 @@ impl Config {
         }
         if self
             .api_key
-            .as_deref()
-            .is_some_and(|k| k.is_empty() || k.contains(char::is_whitespace))
+            .as_ref()
+            .is_some_and(|k| k.0.is_empty() || k.0.contains(char::is_whitespace))
         {
             return Err(ConfigError::new(
                 "the API key must be non-empty and have no whitespace",
@@ -318,6 +348,27 @@ mod tests {
             ..Config::default()
         };
         assert!(no_history.validate().is_ok());
+    }
+
+    #[test]
+    fn debug_does_not_show_the_api_key() {
+        let config = Config {
+            api_key: Some("hunter2".into()),
+            ..Config::default()
+        };
+        assert!(!format!("{config:?}").contains("hunter2"));
+        assert_eq!(config.api_key.unwrap().expose(), "hunter2");
+    }
+
+    #[test]
+    fn an_empty_or_spaced_api_key_is_refused() {
+        for key in ["", "two words"] {
+            let config = Config {
+                api_key: Some(key.into()),
+                ..Config::default()
+            };
+            assert!(config.validate().is_err(), "{key:?}");
+        }
     }
 
     #[test]

@@ -102,7 +102,7 @@ pub(crate) fn publish(
     shared: &Shared,
 ) -> (Status, Vec<u8>) {
     let config = &shared.config;
-    let expected = config.api_key.as_deref().unwrap_or_default();
+    let expected = config.api_key.as_ref().map_or("", |k| k.expose());
     let given = request
         .header("Authorization")
         .and_then(|v| v.trim().split_once(' '))

@@ -111,12 +111,12 @@ impl Args {
         c.demo = !self.no_demo;
         c.metrics = self.metrics;
         c.api_key = match (self.api_key, self.api_key_file) {
-            (Some(key), _) => Some(key),
+            (Some(key), _) => Some(key.into()),
             (None, Some(path)) => Some(
                 std::fs::read_to_string(&path)
                     .map_err(|e| format!("cannot read the API key file {}: {e}", path.display()))?
                     .trim()
-                    .to_string(),
+                    .into(),
             ),
             (None, None) => None,
         };
