@@ -8,6 +8,11 @@
 //! production server answers every request: `/healthz`, `404`, `426`, `403` and so on.
 //! Once the upgrade is agreed, the socket goes to tungstenite's protocol engine.
 //!
+//! Plain-HTTP resources (the demo page, `/wshub.js`, `/metrics`, the publish API) are
+//! decided here too ([`Endpoint::Resource`]: which methods each takes, `HEAD` answered
+//! like `GET` without the body); what they contain is built by `crate::server::http`,
+//! and [`response`] writes any of them with its length and cache policy.
+//!
 //! RFC 6455 §4.2.1 lists what the opening handshake must carry; each check below
 //! quotes the rule it enforces.
 
