@@ -200,8 +200,8 @@ mod ws;
 
 pub use pubsub::protocol::StreamPosition;
 pub use server::{
-    Chat, Config, ConfigError, Connection, DrainReport, Echo, Error, HEALTH_PATH, Handler, Hub, PublishError,
-    SendError, Server, ServerBuilder, ShutdownHandle, Ws,
+    ApiKey, Chat, Config, ConfigError, Connection, DrainReport, Echo, Error, HEALTH_PATH, Handler, Hub,
+    PublishError, SendError, Server, ServerBuilder, ShutdownHandle, Ws,
 };
 pub use tungstenite::Message;
 pub use ws::handshake::{MAX_REQUEST_HEAD, Request};
@@ -213,7 +213,7 @@ pub use ws::handshake::{MAX_REQUEST_HEAD, Request};
 pub mod fuzzing {
     pub use crate::ws::close_policy;
     pub use crate::ws::handshake::{
-        Answer, Endpoint, MAX_REQUEST_HEADERS, Reject, StatusCode, answer, parse_head,
+        Answer, Endpoint, MAX_REQUEST_HEADERS, Reject, Resource, StatusCode, answer, parse_head,
     };
     pub use crate::ws::utf8_guard::Screened;
 }

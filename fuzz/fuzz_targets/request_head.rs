@@ -13,7 +13,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use wshub::MAX_REQUEST_HEAD;
-use wshub::fuzzing::{Answer, Endpoint, MAX_REQUEST_HEADERS, StatusCode, answer, parse_head};
+use wshub::fuzzing::{Answer, Endpoint, MAX_REQUEST_HEADERS, Resource, StatusCode, answer, parse_head};
 
 const ALLOWED: &str = "https://good.example";
 
@@ -43,7 +43,13 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(parse_head(&data[..cut]), Ok(None), "prefix of {cut} bytes");
             }
             let allowlists: [&[String]; 2] = [&[], &[ALLOWED.to_string()]];
-            for endpoint in [Endpoint::WebSocket, Endpoint::Health, Endpoint::None] {
+            for endpoint in [
+                Endpoint::WebSocket,
+                Endpoint::Health,
+                Endpoint::Resource(Resource::Demo),
+                Endpoint::Resource(Resource::Publish),
+                Endpoint::None,
+            ] {
                 for allowed in allowlists {
                     check_answer(&request, endpoint, allowed);
                 }
@@ -57,6 +63,11 @@ fn check_answer(request: &wshub::Request, endpoint: Endpoint, allowed: &[String]
         Answer::Health => {
             assert_eq!(endpoint, Endpoint::Health);
             assert_eq!(request.method(), "GET");
+        }
+        Answer::Resource { resource, head } => {
+            assert_eq!(endpoint, Endpoint::Resource(resource));
+            assert!(request.header("Upgrade").is_none());
+            assert_eq!(head, request.method() == "HEAD");
         }
         Answer::Upgrade { accept } => {
             assert_eq!(endpoint, Endpoint::WebSocket);

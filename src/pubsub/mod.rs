@@ -261,6 +261,11 @@ impl<S: Store> Channels<S> {
         !self.store.is_empty()
     }
 
+    /// Subscriptions of every connection together.
+    pub fn subscription_total(&self) -> usize {
+        self.by_conn.values().map(Vec::len).sum()
+    }
+
     /// How many channels `conn` is subscribed to.
     pub fn subscription_count(&self, conn: ConnId) -> usize {
         self.by_conn.get(&conn).map_or(0, Vec::len)

@@ -29,6 +29,7 @@ use log::{debug, warn};
 
 use crate::server::connection::{self, Shared, SlotGuard};
 use crate::server::hub::HubMsg;
+use crate::server::metrics::Metrics;
 use crate::ws::handshake::{StatusCode, http_response};
 
 /// Clients waiting for their `503` at once. The overflow thread answers each in well
@@ -108,6 +109,7 @@ impl Acceptor {
             if self.stop.load(Ordering::Acquire) {
                 break; // the drain's wake-up connection, or a client just too late
             }
+            self.shared.metrics.accepted.fetch_add(1, Ordering::Relaxed);
             if self.live.load(Ordering::Acquire) >= config.max_connections {
                 if let Err(TrySendError::Full(_)) = self.overflow.try_send(sock) {
                     debug!("overflow queue full: dropping a connection past the limit");
@@ -152,9 +154,10 @@ impl Acceptor {
 
 /// Runs the overflow thread: answers each client it is given with `503`. Ends when the
 /// accept thread (the only sender) is gone.
-pub(crate) fn run_overflow(rx: Receiver<TcpStream>) {
+pub(crate) fn run_overflow(rx: Receiver<TcpStream>, metrics: &Metrics) {
     let response = http_response(StatusCode::SERVICE_UNAVAILABLE, "too many connections\n");
     for sock in rx {
+        metrics.rejected(StatusCode::SERVICE_UNAVAILABLE.as_u16());
         let _ = sock.set_read_timeout(Some(OVERFLOW_READ_WAIT));
         let _ = sock.set_write_timeout(Some(OVERFLOW_READ_WAIT));
         let mut scratch = [0u8; 2048];

@@ -29,6 +29,7 @@ use crate::pubsub::protocol::{Command, Empty, Reply, Request, StreamPosition};
 use crate::pubsub::{Channels, ConnId};
 use crate::server::error::PublishError;
 use crate::server::hub::PeerHandle;
+use crate::server::metrics::Metrics;
 use crate::server::registry::{Offer, Peer, Registry};
 use crate::ws::wire::WireFrame;
 
@@ -48,6 +49,8 @@ pub(crate) struct ApiPublish {
     pub ch: String,
     /// The data.
     pub data: Value,
+    /// The idempotency key, as a client's `pub` carries it (already validated).
+    pub key: Option<String>,
     /// Where the result goes. Dropped unanswered if the hub stops first, which wakes the
     /// caller.
     pub reply: Sender<Result<StreamPosition, PublishError>>,
@@ -57,6 +60,7 @@ pub(crate) struct ApiPublish {
 pub(crate) struct Hubside<'a> {
     pub channels: &'a mut Channels,
     pub registry: &'a mut Registry<PeerHandle>,
+    pub metrics: &'a Metrics,
 }
 
 impl Hubside<'_> {
@@ -71,7 +75,10 @@ impl Hubside<'_> {
         let id = request.id;
         let reply = match request.command {
             Command::Sub { ch, since } => match self.channels.subscribe(conn, &ch, since.as_ref(), now) {
-                Ok(snap) => encode::snapshot_reply(id, &snap),
+                Ok(snap) => {
+                    self.metrics.recovery(snap.recovered);
+                    encode::snapshot_reply(id, &snap)
+                }
                 Err(e) => encode::reply(&Reply::<Empty>::err(Some(id), e)),
             },
             Command::Unsub { ch } => match self.channels.unsubscribe(conn, &ch) {
@@ -97,7 +104,7 @@ impl Hubside<'_> {
     /// A publication through the server API: no `from`, no key.
     pub(crate) fn api_publish(&mut self, p: ApiPublish, now: Instant) {
         let result = self
-            .publish(&p.ch, &p.data, None, None, now)
+            .publish(&p.ch, &p.data, p.key.as_deref(), None, now)
             .map_err(PublishError::Rejected);
         // The caller may have given up waiting; nothing to do then.
         let _ = p.reply.send(result);
@@ -114,15 +121,20 @@ impl Hubside<'_> {
     ) -> Result<StreamPosition, crate::pubsub::protocol::ErrorBody> {
         let published = self.channels.publish(ch, data, key, from, now)?;
         if let Some(publication) = &published.publication {
+            let started = Instant::now();
             let frame = text_frame(encode::push(publication));
             let mut dropped = Vec::new();
+            let mut delivered = 0;
             for sub in self.channels.subscribers(ch) {
                 match self.registry.get(sub).map(|peer| peer.offer(&frame)) {
-                    Some(Offer::Queued) => {}
+                    Some(Offer::Queued) => delivered += 1,
                     Some(offer) => dropped.push((sub, offer)),
                     None => dropped.push((sub, Offer::Gone)),
                 }
             }
+            let slow = dropped.iter().filter(|(_, o)| *o == Offer::Full).count();
+            let len = frame.payload().len();
+            self.metrics.publication(started.elapsed(), delivered, len, slow);
             for (sub, offer) in dropped {
                 self.drop_conn(sub, offer);
             }
@@ -134,7 +146,8 @@ impl Hubside<'_> {
     fn send(&mut self, conn: ConnId, text: Utf8Bytes) {
         let frame = text_frame(text);
         match self.registry.get(conn).map(|peer| peer.offer(&frame)) {
-            Some(Offer::Queued) | None => {}
+            Some(Offer::Queued) => self.metrics.sent(1, frame.payload().len()),
+            None => {}
             Some(offer) => self.drop_conn(conn, offer),
         }
     }

@@ -75,6 +75,36 @@ pub(crate) const DEFAULT_MAX_CHANNELS: usize = 10_000;
 /// leave too little for tungstenite's parser.
 pub(crate) const MIN_THREAD_STACK_SIZE: usize = 32 * 1024;
 
+/// The publish API's key: a string that `Debug` does not show, so a logged or printed
+/// [`Config`] does not leak it. Build it from a `String` or `&str` (`Some("k".into())`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey(String);
+
+impl ApiKey {
+    /// The key itself.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiKey(<redacted>)")
+    }
+}
+
+impl From<String> for ApiKey {
+    fn from(key: String) -> ApiKey {
+        ApiKey(key)
+    }
+}
+
+impl From<&str> for ApiKey {
+    fn from(key: &str) -> ApiKey {
+        ApiKey(key.to_owned())
+    }
+}
+
 /// Configuration of a [`Server`](crate::Server).
 ///
 /// Build it with [`Config::default`] and set the fields you need; the server calls
@@ -142,6 +172,15 @@ pub struct Config {
     pub read_buffer_size: usize,
     /// Stack size of every connection thread. Default [`DEFAULT_THREAD_STACK_SIZE`].
     pub thread_stack_size: usize,
+    /// Serve the demo page at `GET /`. Default `true`. (`GET /wshub.js`, the browser
+    /// client, is served either way.)
+    pub demo: bool,
+    /// Serve `GET /metrics` (Prometheus text). Default `true`. The counters run either
+    /// way; this only decides whether the listener shows them.
+    pub metrics: bool,
+    /// The key `POST /api/publish` requires (`Authorization: apikey KEY`). `None` (the
+    /// default): the publish API is off and its path is `404`.
+    pub api_key: Option<ApiKey>,
     /// Publications each `/ws` channel keeps for recovery (`sub` with `since`, `history`).
     /// 0 keeps none: recovery then succeeds only for a client that missed nothing.
     /// Default 100.
@@ -176,6 +215,9 @@ impl Default for Config {
             max_message_rate: None,
             read_buffer_size: DEFAULT_READ_BUFFER_SIZE,
             thread_stack_size: DEFAULT_THREAD_STACK_SIZE,
+            demo: true,
+            metrics: true,
+            api_key: None,
             history_size: DEFAULT_HISTORY_SIZE,
             history_ttl: DEFAULT_HISTORY_TTL,
             idempotency_window: DEFAULT_IDEMPOTENCY_WINDOW,
@@ -231,6 +273,15 @@ impl Config {
         }
         if self.read_buffer_size < 256 {
             return Err(ConfigError::new("read buffer size must be at least 256 bytes"));
+        }
+        if self
+            .api_key
+            .as_ref()
+            .is_some_and(|k| k.0.is_empty() || k.0.contains(char::is_whitespace))
+        {
+            return Err(ConfigError::new(
+                "the API key must be non-empty and have no whitespace",
+            ));
         }
         if self.thread_stack_size < MIN_THREAD_STACK_SIZE {
             return Err(ConfigError::new(format!(
@@ -297,6 +348,27 @@ mod tests {
             ..Config::default()
         };
         assert!(no_history.validate().is_ok());
+    }
+
+    #[test]
+    fn debug_does_not_show_the_api_key() {
+        let config = Config {
+            api_key: Some("hunter2".into()),
+            ..Config::default()
+        };
+        assert!(!format!("{config:?}").contains("hunter2"));
+        assert_eq!(config.api_key.unwrap().expose(), "hunter2");
+    }
+
+    #[test]
+    fn an_empty_or_spaced_api_key_is_refused() {
+        for key in ["", "two words"] {
+            let config = Config {
+                api_key: Some(key.into()),
+                ..Config::default()
+            };
+            assert!(config.validate().is_err(), "{key:?}");
+        }
     }
 
     #[test]

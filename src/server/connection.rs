@@ -25,19 +25,21 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Sender, bounded};
-use log::{debug, error, warn};
+use log::{debug, error, info, warn};
 use tungstenite::Message;
 use tungstenite::protocol::{Role, WebSocket, WebSocketConfig};
 
 use crate::server::config::Config;
 use crate::server::handler::{ConnParts, Connection, Handler, Routes};
+use crate::server::http;
 use crate::server::hub::{Hub, HubMsg, PeerHandle};
+use crate::server::metrics::Metrics;
 use crate::server::queue::{OutboundTx, outbound};
 use crate::server::registry::ConnId;
 use crate::server::writer::{self, CTRL_QUEUE, Ctrl, WriteSide, WriterEnd, WriterTimers};
 use crate::ws::close_policy::{self, GOING_AWAY, INTERNAL_ERROR, POLICY_VIOLATION, ReadEnd};
 use crate::ws::handshake::MAX_REQUEST_HEAD;
-use crate::ws::handshake::{self, Answer, Reject, Request, StatusCode};
+use crate::ws::handshake::{self, Answer, Endpoint, Reject, Request, Resource, StatusCode};
 use crate::ws::rate_limit::RateLimiter;
 use crate::ws::utf8_guard::Screened;
 
@@ -48,6 +50,10 @@ use crate::ws::utf8_guard::Screened;
 /// Skipped after a finished close handshake with nothing unread (see [`serve`]).
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
 
+/// The close code counted for a connection that ended with no Close frame either way
+/// (RFC 6455 §7.1.5: never sent on the wire).
+const ABNORMAL: u16 = 1006;
+
 /// Bytes read per `read` call while waiting for the request head.
 const HEAD_CHUNK: usize = 1024;
 
@@ -56,6 +62,7 @@ pub(crate) struct Shared {
     pub config: Config,
     pub routes: Routes,
     pub hub: Hub,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Held by a connection thread for its whole life: gives the connection slot back and
@@ -181,37 +188,46 @@ fn handshake_phase(sock: &TcpStream, id: ConnId, shared: &Shared) -> Option<Upgr
     let (request, leftover) = match read_head(sock, deadline) {
         Ok(head) => head,
         Err(HeadError::Reject(r)) => {
-            debug!("connection {id}: {} {}", r.status.as_u16(), r.why);
-            respond_and_close(sock, &handshake::reject_response(&r), config);
+            refuse(sock, id, None, &r, shared);
             return None;
         }
         Err(HeadError::Timeout) => {
-            debug!("connection {id}: no complete request within the handshake timeout");
-            let r = Reject {
-                status: StatusCode::REQUEST_TIMEOUT,
-                why: "request head not received in time",
-            };
-            respond_and_close(sock, &handshake::reject_response(&r), config);
+            let r = handshake::reject(StatusCode::REQUEST_TIMEOUT, "request head not received in time");
+            refuse(sock, id, None, &r, shared);
             return None;
         }
         Err(HeadError::Gone) => return None,
     };
-    let endpoint = shared.routes.endpoint(request.path());
+    let endpoint = match shared.routes.endpoint(request.path()) {
+        Endpoint::None => http::resource(config, request.path()).map_or(Endpoint::None, Endpoint::Resource),
+        routed => routed,
+    };
     match handshake::answer(&request, endpoint, &config.allowed_origins) {
         Answer::Health => {
-            let ok = handshake::http_response(StatusCode::OK, "ok");
-            respond_and_close(sock, &handshake::for_method(request.method(), ok), config);
+            let head = request.method() == "HEAD";
+            let ok = handshake::response(StatusCode::OK, "", &handshake::Content::text(b"ok"), head);
+            respond_and_close(sock, &ok, config);
+            None
+        }
+        Answer::Resource {
+            resource: Resource::Publish,
+            ..
+        } => {
+            let (status, response) = http::publish(&request, leftover, sock, deadline, shared);
+            if status != StatusCode::OK {
+                shared.metrics.rejected(status.as_u16());
+                info!("connection {id}: \"POST {}\" {}", request.path(), status.as_u16());
+            }
+            respond_and_close(sock, &response, config);
+            None
+        }
+        Answer::Resource { resource, head } => {
+            let response = http::get(resource, head, shared);
+            respond_and_close(sock, &response, config);
             None
         }
         Answer::Reject(r) => {
-            debug!(
-                "connection {id}: {} {} for {}",
-                r.status.as_u16(),
-                r.why,
-                request.path()
-            );
-            let refusal = handshake::reject_response(&r);
-            respond_and_close(sock, &handshake::for_method(request.method(), refusal), config);
+            refuse(sock, id, Some(&request), &r, shared);
             None
         }
         Answer::Upgrade { accept } => {
@@ -228,6 +244,27 @@ fn handshake_phase(sock: &TcpStream, id: ConnId, shared: &Shared) -> Option<Upgr
             })
         }
     }
+}
+
+/// Answers a refused handshake with its status, counts it, and logs it at info level,
+/// one line per refusal, as an access log would.
+fn refuse(sock: &TcpStream, id: ConnId, request: Option<&Request>, r: &Reject, shared: &Shared) {
+    shared.metrics.rejected(r.status.as_u16());
+    let peer = sock
+        .peer_addr()
+        .map_or_else(|_| "-".to_string(), |a| a.to_string());
+    match request {
+        Some(req) => info!(
+            "connection {id}: {peer} \"{} {}\" {} {}",
+            req.method(),
+            req.path(),
+            r.status.as_u16(),
+            r.why
+        ),
+        None => info!("connection {id}: {peer} - {} {}", r.status.as_u16(), r.why),
+    }
+    let head = request.is_some_and(|req| req.method() == "HEAD");
+    respond_and_close(sock, &handshake::reject_response(r, head), &shared.config);
 }
 
 enum HeadError {
@@ -331,6 +368,10 @@ fn serve(sock: Arc<TcpStream>, id: ConnId, upgrade: Upgrade, writer: WriterLink,
         })
         .is_ok();
 
+    if registered {
+        shared.metrics.open.fetch_add(1, Ordering::Relaxed);
+    }
+    let mut peer_close = None;
     let end = if !registered {
         // The hub has stopped: the server is going away.
         ReadEnd::Fail {
@@ -341,7 +382,7 @@ fn serve(sock: Arc<TcpStream>, id: ConnId, upgrade: Upgrade, writer: WriterLink,
         why
     } else {
         let mut ws = open_websocket(&side, &ctrl_tx, leftover, config);
-        read_loop(id, &mut ws, &conn, &*handler, config)
+        read_loop(id, &mut ws, &conn, &*handler, shared, &mut peer_close)
     };
 
     let close_handshake_done = end == ReadEnd::Done;
@@ -350,6 +391,12 @@ fn serve(sock: Arc<TcpStream>, id: ConnId, upgrade: Upgrade, writer: WriterLink,
         ReadEnd::Idle => Some((GOING_AWAY, "idle timeout")),
         ReadEnd::Fail { code, reason } => Some((code, reason)),
     };
+    if registered {
+        shared.metrics.open.fetch_sub(1, Ordering::Relaxed);
+        // The first Close decides the code: the client's, else ours; neither is 1006.
+        let code = peer_close.or(close.map(|(code, _)| code)).unwrap_or(ABNORMAL);
+        shared.metrics.closed(code);
+    }
     if let Some((code, reason)) = close {
         debug!("connection {id}: closing with {code} ({reason})");
         // The writer sends what the handler queued before the failure ahead of the
@@ -439,8 +486,10 @@ fn read_loop(
     ws: &mut WebSocket<Screened<ReaderStream>>,
     conn: &Connection,
     handler: &dyn Handler,
-    config: &Config,
+    shared: &Shared,
+    peer_close: &mut Option<u16>,
 ) -> ReadEnd {
+    let config = &shared.config;
     let mut limiter = config
         .max_message_rate
         .map(|r| RateLimiter::new(r, Instant::now()));
@@ -455,6 +504,7 @@ fn read_loop(
                         };
                     }
                 }
+                shared.metrics.received(msg.len());
                 if let Err(end) = guarded(id, "on_message", || handler.on_message(conn, msg)) {
                     return end;
                 }
@@ -462,6 +512,10 @@ fn read_loop(
             // Pings are answered by tungstenite (through the writer); pongs only prove
             // the client is alive, which the successful read already did. After a Close,
             // the next read finishes the handshake and reports ConnectionClosed.
+            Ok(Message::Close(frame)) => {
+                // 1005: a Close without a status code (RFC 6455 §7.1.5).
+                *peer_close = Some(frame.map_or(1005, |f| u16::from(f.code)));
+            }
             Ok(_) => {}
             Err(e) => {
                 let end = close_policy::classify(&e);

@@ -11,6 +11,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::Shutdown;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use crossbeam_channel::{SendTimeoutError, Sender};
@@ -230,6 +231,15 @@ impl Connection {
         let Some(frame) = WireFrame::from_message(msg) else {
             return Ok(());
         };
+        let len = frame.payload().len();
+        let sent = self.send_frame(frame);
+        if sent.is_ok() {
+            self.inner.hub.metrics().sent(1, len);
+        }
+        sent
+    }
+
+    fn send_frame(&self, frame: WireFrame) -> Result<(), SendError> {
         if self
             .inner
             .write
@@ -241,6 +251,7 @@ impl Connection {
             Ok(()) => Ok(()),
             Err(PushError::Timeout) => {
                 self.cut();
+                self.inner.hub.metrics().slow_consumers.fetch_add(1, Relaxed);
                 Err(SendError::SlowConsumer)
             }
             Err(PushError::Closed) => Err(SendError::Closed),

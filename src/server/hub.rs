@@ -43,10 +43,11 @@ use crate::server::queue::OutboundTx;
 use log::{debug, info, trace};
 use tungstenite::Message;
 
-use crate::pubsub::protocol::{StreamPosition, validate_channel};
+use crate::pubsub::protocol::{ErrorBody, ErrorCode, MAX_KEY_LEN, StreamPosition, validate_channel};
 use crate::pubsub::{Channels, Limits};
 use crate::server::commands::{ApiPublish, ConnCommand, Hubside};
 use crate::server::error::{PublishError, SendError};
+use crate::server::metrics::{HubStats, Metrics};
 use crate::server::registry::{ConnId, Offer, Peer, Registry};
 use crate::server::writer::{Ctrl, WriteSide};
 use crate::ws::close_policy::GOING_AWAY;
@@ -106,6 +107,8 @@ pub(crate) enum HubMsg {
     Cut,
     /// Every connection thread has ended: stop.
     Stop,
+    /// A scrape of `/metrics` asks for the sizes only the hub can see.
+    Stats(Sender<HubStats>),
 }
 
 /// The hub's handle on one connection: its two queues and its socket.
@@ -169,6 +172,7 @@ pub struct Hub {
     tx: Sender<HubMsg>,
     /// The routes' paths: the only topics a client can be on. Fixed at start.
     topics: Arc<[Box<str>]>,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for HubMsg {
@@ -183,13 +187,33 @@ impl std::fmt::Debug for HubMsg {
             HubMsg::Drain(_) => "Drain",
             HubMsg::Cut => "Cut",
             HubMsg::Stop => "Stop",
+            HubMsg::Stats(_) => "Stats",
         })
     }
 }
 
 impl Hub {
-    pub(crate) fn new(tx: Sender<HubMsg>, topics: Arc<[Box<str>]>) -> Hub {
-        Hub { tx, topics }
+    pub(crate) fn new(tx: Sender<HubMsg>, topics: Arc<[Box<str>]>, metrics: Arc<Metrics>) -> Hub {
+        Hub { tx, topics, metrics }
+    }
+
+    /// The server's counters, for the threads that count.
+    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The sizes only the hub can see, asked through its inbox; `None` if it does not
+    /// answer within `limit` (it is stopping, or its inbox is full).
+    pub(crate) fn stats(&self, limit: Duration) -> Option<HubStats> {
+        let (reply, answer) = bounded(1);
+        let deadline = Instant::now() + limit;
+        self.tx.send_deadline(HubMsg::Stats(reply), deadline).ok()?;
+        answer.recv_deadline(deadline).ok()
+    }
+
+    /// Messages waiting in the hub's inbox now.
+    pub(crate) fn inbox_depth(&self) -> usize {
+        self.tx.len()
     }
 
     /// Sends `msg` to every connection on `topic` (a route's path, such as `/chat`).
@@ -226,11 +250,35 @@ impl Hub {
     /// println!("published at {} in epoch {}", pos.offset, pos.epoch);
     /// ```
     pub fn publish(&self, ch: &str, data: Value) -> Result<StreamPosition, PublishError> {
+        self.publish_keyed(ch, data, None)
+    }
+
+    /// [`publish`](Self::publish) with an idempotency `key` (1 to 255 bytes), as a
+    /// client's `pub` with `key`: a `(ch, key)` seen within the idempotency window
+    /// returns the first publication's position and publishes nothing. A bad key is
+    /// [`PublishError::Rejected`] with code 1.
+    pub fn publish_with_key(&self, ch: &str, data: Value, key: &str) -> Result<StreamPosition, PublishError> {
+        if key.is_empty() || key.len() > MAX_KEY_LEN {
+            return Err(PublishError::Rejected(ErrorBody::new(
+                ErrorCode::BadRequest,
+                format!("key must be 1 to {MAX_KEY_LEN} bytes"),
+            )));
+        }
+        self.publish_keyed(ch, data, Some(key.to_owned()))
+    }
+
+    fn publish_keyed(
+        &self,
+        ch: &str,
+        data: Value,
+        key: Option<String>,
+    ) -> Result<StreamPosition, PublishError> {
         validate_channel(ch).map_err(PublishError::InvalidChannel)?;
         let (reply, result) = bounded(1);
         let p = ApiPublish {
             ch: ch.to_owned(),
             data,
+            key,
             reply,
         };
         self.send(HubMsg::Publish(Box::new(p)))
@@ -275,7 +323,12 @@ const MIN_SWEEP: Duration = Duration::from_millis(100);
 const MAX_SWEEP: Duration = Duration::from_secs(10);
 
 /// Runs the hub loop until [`HubMsg::Stop`]. See the module docs.
-pub(crate) fn run(inbox: Receiver<HubMsg>, ping_interval: Duration, limits: Limits) -> DrainTally {
+pub(crate) fn run(
+    inbox: Receiver<HubMsg>,
+    ping_interval: Duration,
+    limits: Limits,
+    metrics: Arc<Metrics>,
+) -> DrainTally {
     let mut tally = DrainTally::default();
     let mut registry: Registry<PeerHandle> = Registry::default();
     let mut channels = Channels::in_memory(limits);
@@ -333,7 +386,14 @@ pub(crate) fn run(inbox: Receiver<HubMsg>, ping_interval: Duration, limits: Limi
                 }
             }
             Some(HubMsg::Broadcast { topic, frame }) => {
+                let started = Instant::now();
                 let out = registry.broadcast(&topic, &frame);
+                metrics.broadcast(
+                    started.elapsed(),
+                    out.delivered,
+                    frame.payload().len(),
+                    out.slow.len(),
+                );
                 trace!("broadcast on {topic} queued for {}", out.delivered);
                 for (id, peer) in out.slow {
                     info!("connection {id}: slow consumer (queue full), disconnecting");
@@ -345,6 +405,7 @@ pub(crate) fn run(inbox: Receiver<HubMsg>, ping_interval: Duration, limits: Limi
                 let mut side = Hubside {
                     channels: &mut channels,
                     registry: &mut registry,
+                    metrics: &metrics,
                 };
                 side.execute(*cmd, Instant::now());
             }
@@ -352,8 +413,16 @@ pub(crate) fn run(inbox: Receiver<HubMsg>, ping_interval: Duration, limits: Limi
                 let mut side = Hubside {
                     channels: &mut channels,
                     registry: &mut registry,
+                    metrics: &metrics,
                 };
                 side.api_publish(*p, Instant::now());
+            }
+            Some(HubMsg::Stats(reply)) => {
+                let _ = reply.try_send(HubStats {
+                    channels: channels.store().channel_count(),
+                    subscriptions: channels.subscription_total(),
+                    history_bytes: channels.store().history_bytes(),
+                });
             }
             Some(HubMsg::Drain(reply)) => {
                 draining = true;

@@ -15,14 +15,16 @@ mod config;
 mod connection;
 mod error;
 mod handler;
+mod http;
 mod hub;
+mod metrics;
 mod queue;
 mod registry;
 mod shutdown;
 mod start;
 mod writer;
 
-pub use config::Config;
+pub use config::{ApiKey, Config};
 pub use error::{ConfigError, Error, PublishError, SendError};
 pub use handler::{Chat, Connection, Echo, HEALTH_PATH, Handler, Ws};
 pub use hub::Hub;

@@ -20,6 +20,7 @@ use crate::server::connection::Shared;
 use crate::server::error::Error;
 use crate::server::handler::{Handler, Routes};
 use crate::server::hub::{self, HUB_QUEUE, Hub};
+use crate::server::metrics::Metrics;
 use crate::server::shutdown::{self, DrainReport, Running, ShutdownHandle};
 
 /// Adds routes before starting a [`Server`]. Built-in routes: `/echo`, `/chat`, `/ws`
@@ -95,14 +96,21 @@ impl ServerBuilder {
             }
         }
 
+        let metrics = Arc::new(Metrics::default());
         let (hub_tx, hub_rx) = bounded(HUB_QUEUE);
-        let hub = Hub::new(hub_tx, routes.paths());
+        let hub = Hub::new(hub_tx, routes.paths(), metrics.clone());
         let ping_interval = config.ping_interval;
         let limits = config.channel_limits();
-        let hub_thread = spawn("wshub-hub", move || hub::run(hub_rx, ping_interval, limits))?;
+        let hub_metrics = metrics.clone();
+        let hub_thread = spawn("wshub-hub", move || {
+            hub::run(hub_rx, ping_interval, limits, hub_metrics)
+        })?;
 
         let (overflow_tx, overflow_rx) = bounded(accept::OVERFLOW_QUEUE);
-        let overflow = spawn("wshub-overflow", move || accept::run_overflow(overflow_rx))?;
+        let overflow_metrics = metrics.clone();
+        let overflow = spawn("wshub-overflow", move || {
+            accept::run_overflow(overflow_rx, &overflow_metrics)
+        })?;
 
         let stop = Arc::new(AtomicBool::new(false));
         let (wake_tx, wake_rx) = bounded(0);
@@ -116,6 +124,7 @@ impl ServerBuilder {
                 config,
                 routes,
                 hub: hub.clone(),
+                metrics,
             }),
             stop: stop.clone(),
             wake: wake_rx,

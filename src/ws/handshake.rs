@@ -8,6 +8,11 @@
 //! production server answers every request: `/healthz`, `404`, `426`, `403` and so on.
 //! Once the upgrade is agreed, the socket goes to tungstenite's protocol engine.
 //!
+//! Plain-HTTP resources (the demo page, `/wshub.js`, `/metrics`, the publish API) are
+//! decided here too ([`Endpoint::Resource`]: which methods each takes, `HEAD` answered
+//! like `GET` without the body); what they contain is built by `crate::server::http`,
+//! and [`response`] writes any of them with its length and cache policy.
+//!
 //! RFC 6455 §4.2.1 lists what the opening handshake must carry; each check below
 //! quotes the rule it enforces.
 
@@ -95,11 +100,13 @@ impl Request {
 }
 
 /// The HTTP statuses this server answers with are `http`'s [`StatusCode`]s: `200` (health
-/// check), `400` (not HTTP, or a malformed handshake), `403` (`Origin` not allowed),
-/// `404` (no endpoint), `405` (WebSocket endpoints take `GET`), `408` (no request head
-/// within the handshake timeout), `426` (a plain request to a WebSocket endpoint, or a
-/// `Sec-WebSocket-Version` other than 13), `431` (head over [`MAX_REQUEST_HEAD`]) and
-/// `503` (connection limit reached).
+/// check, the demo page and script, metrics, a publication), `400` (not HTTP, a malformed
+/// handshake or request body), `401` (publish API key missing or wrong), `403` (`Origin` not
+/// allowed), `404` (no endpoint), `405` (a method the path does not take), `408` (no
+/// request head or body within the handshake timeout), `411` (a body without a length),
+/// `413` (a body over the message size limit), `426` (a plain request to a WebSocket
+/// endpoint, or a `Sec-WebSocket-Version` other than 13), `431` (head over
+/// [`MAX_REQUEST_HEAD`]) and `503` (connection limit reached).
 pub use tungstenite::http::StatusCode;
 
 /// A refusal: the status and a one-line explanation sent as the body.
@@ -109,10 +116,17 @@ pub struct Reject {
     pub status: StatusCode,
     /// The body: why, in one line.
     pub why: &'static str,
+    /// The methods the path takes, sent as `Allow` with a `405` (and ignored otherwise).
+    pub allow: &'static str,
 }
 
-fn reject(status: StatusCode, why: &'static str) -> Reject {
-    Reject { status, why }
+/// A refusal with `why` as its body (and `Allow: GET` should it be a `405`).
+pub fn reject(status: StatusCode, why: &'static str) -> Reject {
+    Reject {
+        status,
+        why,
+        allow: "GET",
+    }
 }
 
 /// Tries to parse a complete request head from the start of `buf`.
@@ -172,8 +186,34 @@ pub enum Endpoint {
     WebSocket,
     /// The plain-HTTP health check.
     Health,
+    /// A plain-HTTP resource served before any upgrade: a page, a script, the metrics,
+    /// the publish API.
+    Resource(Resource),
     /// Nothing here.
     None,
+}
+
+/// The plain-HTTP resources the server answers itself, besides `/healthz`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resource {
+    /// `GET /`: the demo page.
+    Demo,
+    /// `GET /wshub.js`: the browser client for protocol v1.
+    Script,
+    /// `GET /metrics`: Prometheus text.
+    Metrics,
+    /// `POST /api/publish`: publish without a WebSocket.
+    Publish,
+}
+
+impl Resource {
+    /// The methods it takes, as an `Allow` header lists them.
+    pub fn allow(self) -> &'static str {
+        match self {
+            Resource::Publish => "POST",
+            _ => "GET, HEAD",
+        }
+    }
 }
 
 /// The decision for a parsed request.
@@ -181,6 +221,14 @@ pub enum Endpoint {
 pub enum Answer {
     /// `200 ok`, no upgrade.
     Health,
+    /// Serve a plain-HTTP resource, no upgrade; `head`: the request was `HEAD`, so the
+    /// response carries the headers of a `GET` and no body.
+    Resource {
+        /// What to serve.
+        resource: Resource,
+        /// Headers only.
+        head: bool,
+    },
     /// Upgrade: send `101` with this `Sec-WebSocket-Accept` value.
     Upgrade {
         /// The derived accept key.
@@ -200,19 +248,40 @@ pub fn answer(request: &Request, endpoint: Endpoint, allowed_origins: &[String])
         Endpoint::None => {
             return Answer::Reject(reject(StatusCode::NOT_FOUND, "no endpoint at this path"));
         }
-        Endpoint::Health if !wants_upgrade => {
-            // Health checkers often use HEAD: it gets GET's answer without the body.
-            return if matches!(request.method(), "GET" | "HEAD") {
-                Answer::Health
-            } else {
-                Answer::Reject(reject(StatusCode::METHOD_NOT_ALLOWED, "use GET or HEAD"))
-            };
-        }
-        Endpoint::Health => {
+        Endpoint::Health | Endpoint::Resource(_) if wants_upgrade => {
             return Answer::Reject(reject(
                 StatusCode::NOT_FOUND,
                 "no WebSocket endpoint at this path",
             ));
+        }
+        Endpoint::Health => {
+            // Health checkers often use HEAD: it gets GET's answer without the body.
+            return if matches!(request.method(), "GET" | "HEAD") {
+                Answer::Health
+            } else {
+                Answer::Reject(Reject {
+                    allow: "GET, HEAD",
+                    ..reject(StatusCode::METHOD_NOT_ALLOWED, "use GET or HEAD")
+                })
+            };
+        }
+        Endpoint::Resource(resource) => {
+            let method = request.method();
+            let allowed = match resource {
+                Resource::Publish => method == "POST",
+                _ => method == "GET" || method == "HEAD",
+            };
+            return if allowed {
+                Answer::Resource {
+                    resource,
+                    head: method == "HEAD",
+                }
+            } else {
+                Answer::Reject(Reject {
+                    allow: resource.allow(),
+                    ..reject(StatusCode::METHOD_NOT_ALLOWED, "method not allowed at this path")
+                })
+            };
         }
         Endpoint::WebSocket => {}
     }
@@ -322,7 +391,60 @@ pub fn upgrade_response(accept: &str, protocol: Option<&str>) -> Vec<u8> {
 
 /// A complete plain-HTTP response that closes the connection.
 pub fn http_response(status: StatusCode, body: &str) -> Vec<u8> {
-    let mut out = String::with_capacity(160 + body.len());
+    let extra = match status {
+        StatusCode::METHOD_NOT_ALLOWED => "Allow: GET\r\n",
+        _ => "",
+    };
+    response(status, extra, &Content::text(body.as_bytes()), false)
+}
+
+/// The response for a refusal, the explanation as a one-line body; `head`: the answer
+/// to a `HEAD` request, headers only.
+pub fn reject_response(r: &Reject, head: bool) -> Vec<u8> {
+    let allow;
+    let extra = match r.status {
+        StatusCode::METHOD_NOT_ALLOWED => {
+            allow = format!("Allow: {}\r\n", r.allow);
+            allow.as_str()
+        }
+        _ => "",
+    };
+    response(
+        r.status,
+        extra,
+        &Content::text(format!("{}\n", r.why).as_bytes()),
+        head,
+    )
+}
+
+/// A response body and how a client should treat it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Content<'a> {
+    /// The `Content-Type`.
+    pub content_type: &'a str,
+    /// The `Cache-Control`.
+    pub cache_control: &'a str,
+    /// The body.
+    pub body: &'a [u8],
+}
+
+impl<'a> Content<'a> {
+    /// A plain-text answer that no cache keeps.
+    pub fn text(body: &'a [u8]) -> Content<'a> {
+        Content {
+            content_type: "text/plain; charset=utf-8",
+            cache_control: "no-store",
+            body,
+        }
+    }
+}
+
+/// A complete plain-HTTP response that closes the connection: the status line, the
+/// headers each status needs (`Upgrade` with 426, `Retry-After` with 503), `extra`
+/// header lines (each ending in CRLF), then `content`; `head`: headers only, with the
+/// `Content-Length` the body would have (RFC 9110 §9.3.2).
+pub fn response(status: StatusCode, extra: &str, content: &Content<'_>, head: bool) -> Vec<u8> {
+    let mut out = String::with_capacity(200 + extra.len());
     let _ = write!(
         out,
         "HTTP/1.1 {} {}\r\n",
@@ -331,32 +453,23 @@ pub fn http_response(status: StatusCode, body: &str) -> Vec<u8> {
     );
     match status {
         StatusCode::UPGRADE_REQUIRED => out.push_str("Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"),
-        StatusCode::METHOD_NOT_ALLOWED => out.push_str("Allow: GET\r\n"),
         StatusCode::SERVICE_UNAVAILABLE => out.push_str("Retry-After: 1\r\n"),
         _ => {}
     }
+    out.push_str(extra);
     let _ = write!(
         out,
-        "Content-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
+        "Content-Type: {}\r\nContent-Length: {}\r\nCache-Control: {}\r\n\
+         X-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n",
+        content.content_type,
+        content.body.len(),
+        content.cache_control
     );
-    out.into_bytes()
-}
-
-/// `response` as it answers a request with `method`: a `HEAD` request gets the headers
-/// a `GET` would have (its `Content-Length` included) and no body (RFC 9110 §9.3.2).
-pub fn for_method(method: &str, mut response: Vec<u8>) -> Vec<u8> {
-    if method.eq_ignore_ascii_case("HEAD") {
-        if let Some(end) = response.windows(4).position(|w| w == b"\r\n\r\n") {
-            response.truncate(end + 4);
-        }
+    let mut out = out.into_bytes();
+    if !head {
+        out.extend_from_slice(content.body);
     }
-    response
-}
-
-/// The response for a refusal, the explanation as a one-line body.
-pub fn reject_response(r: &Reject) -> Vec<u8> {
-    http_response(r.status, &format!("{}\n", r.why))
+    out
 }
 
 #[cfg(test)]
@@ -566,15 +679,11 @@ mod tests {
     }
 
     #[test]
-    fn a_head_response_keeps_the_headers_and_drops_the_body() {
-        let get = http_response(StatusCode::OK, "ok");
-        let head = for_method("HEAD", get.clone());
-        let text = String::from_utf8(head).unwrap();
-        assert!(
-            text.ends_with("Content-Length: 2\r\nConnection: close\r\n\r\n"),
-            "{text}"
-        );
-        assert_eq!(for_method("GET", get.clone()), get);
+    fn a_head_refusal_keeps_the_headers_and_drops_the_body() {
+        let r = reject(StatusCode::NOT_FOUND, "nothing here");
+        let text = String::from_utf8(reject_response(&r, true)).unwrap();
+        assert!(text.contains("Content-Length: 13\r\n"), "{text}");
+        assert!(text.ends_with("\r\n\r\n"), "{text}");
     }
 
     #[test]
@@ -610,6 +719,74 @@ mod tests {
         let text = String::from_utf8(r).unwrap();
         assert!(text.starts_with("HTTP/1.1 426 Upgrade Required\r\n"));
         assert!(text.contains("Sec-WebSocket-Version: 13\r\n"));
-        assert!(text.ends_with("Content-Length: 2\r\nConnection: close\r\n\r\nx\n"));
+        assert!(text.contains("Content-Length: 2\r\n"));
+        assert!(text.ends_with("Connection: close\r\n\r\nx\n"));
+    }
+
+    #[test]
+    fn resources_take_their_methods_and_no_upgrade() {
+        let get = parse("GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        let head = parse("HEAD / HTTP/1.1\r\nHost: x\r\n\r\n");
+        let post = parse("POST / HTTP/1.1\r\nHost: x\r\n\r\n");
+        let demo = Endpoint::Resource(Resource::Demo);
+        let publish = Endpoint::Resource(Resource::Publish);
+        assert_eq!(
+            answer(&get, demo, &[]),
+            Answer::Resource {
+                resource: Resource::Demo,
+                head: false
+            }
+        );
+        assert_eq!(
+            answer(&head, demo, &[]),
+            Answer::Resource {
+                resource: Resource::Demo,
+                head: true
+            }
+        );
+        assert_eq!(
+            status_of("POST / HTTP/1.1\r\nHost: x\r\n\r\n", demo, &[]),
+            Some(StatusCode::METHOD_NOT_ALLOWED)
+        );
+        assert!(matches!(
+            answer(&post, publish, &[]),
+            Answer::Resource { head: false, .. }
+        ));
+        assert_eq!(
+            status_of("GET / HTTP/1.1\r\nHost: x\r\n\r\n", publish, &[]),
+            Some(StatusCode::METHOD_NOT_ALLOWED)
+        );
+        assert_eq!(
+            status_of(&upgrade_request(""), demo, &[]),
+            Some(StatusCode::NOT_FOUND)
+        );
+    }
+
+    #[test]
+    fn a_405_names_the_methods_the_path_takes() {
+        let Answer::Reject(r) = answer(
+            &parse("GET / HTTP/1.1\r\n\r\n"),
+            Endpoint::Resource(Resource::Publish),
+            &[],
+        ) else {
+            panic!("not a refusal")
+        };
+        let text = String::from_utf8(reject_response(&r, false)).unwrap();
+        assert!(text.starts_with("HTTP/1.1 405 "), "{text}");
+        assert!(text.contains("\r\nAllow: POST\r\n"), "{text}");
+    }
+
+    #[test]
+    fn a_head_response_has_the_length_of_the_body_it_leaves_out() {
+        let content = Content {
+            content_type: "text/html; charset=utf-8",
+            cache_control: "no-cache",
+            body: b"<p>hello</p>",
+        };
+        let get = String::from_utf8(response(StatusCode::OK, "", &content, false)).unwrap();
+        let head = String::from_utf8(response(StatusCode::OK, "", &content, true)).unwrap();
+        assert!(get.ends_with("\r\n\r\n<p>hello</p>"));
+        assert_eq!(head, get.strip_suffix("<p>hello</p>").unwrap());
+        assert!(head.contains("Content-Length: 12\r\n") && head.contains("Cache-Control: no-cache\r\n"));
     }
 }

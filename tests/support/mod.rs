@@ -273,7 +273,10 @@ impl ServeProcess {
             .split("listening on ")
             .nth(1)
             .unwrap_or_else(|| panic!("the line names the address: {first}"))
-            .trim()
+            // The address ends the human line, or the `msg` string of a JSON line.
+            .split(|c: char| c == '"' || c.is_whitespace())
+            .next()
+            .unwrap_or_default()
             .parse()
             .unwrap();
         ServeProcess { child, addr, lines }

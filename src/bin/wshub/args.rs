@@ -58,6 +58,15 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(value * scale).map_err(|_| format!("duration {text:?} is out of range"))
 }
 
+/// Parses a switch as the CLI writes it: `on`/`off` (also `true`/`false`, `yes`/`no`).
+pub fn parse_switch(text: &str) -> Result<bool, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "on" | "true" | "yes" => Ok(true),
+        "off" | "false" | "no" => Ok(false),
+        _ => Err(format!("expected on or off, not {text:?}")),
+    }
+}
+
 /// Parses a byte size as the CLI writes it: `64KiB`, `16MiB`, `1GiB`, `512B`, `64KB`
 /// (decimal) or a bare byte count.
 ///

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 mod args;
 mod connect;
+mod logging;
 mod serve;
 mod signals;
 
@@ -15,6 +16,9 @@ mod signals;
 #[derive(Parser, Debug)]
 #[command(name = "wshub", version, about, propagate_version = true)]
 pub(crate) struct Cli {
+    /// Log line format on stderr: text, or json (one object per line).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: logging::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -28,11 +32,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    // Logs go to stderr; RUST_LOG overrides the default level (info).
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_timestamp_millis()
-        .init();
     let cli = Cli::parse();
+    // Logs go to stderr; RUST_LOG overrides the default level (info).
+    logging::init(cli.log_format);
     match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Connect(args) => connect::run(args),

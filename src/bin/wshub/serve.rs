@@ -6,13 +6,14 @@
 //! at once, with status 130, on the second.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use log::{error, info, warn};
 use wshub::{Config, Server};
 
-use crate::args::{parse_addr, parse_duration, parse_size};
+use crate::args::{parse_addr, parse_duration, parse_size, parse_switch};
 
 /// Flags of `wshub serve`. Defaults are [`wshub::Config::default`]'s.
 #[derive(clap::Args, Debug)]
@@ -60,6 +61,19 @@ pub struct Args {
     /// Stack size of each connection thread.
     #[arg(long, default_value = "128KiB", value_parser = parse_size)]
     thread_stack_size: usize,
+    /// Do not serve the demo chat page at / (/wshub.js is served either way).
+    #[arg(long)]
+    no_demo: bool,
+    /// Serve Prometheus metrics at /metrics: on or off.
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = parse_switch)]
+    metrics: bool,
+    /// Turn on POST /api/publish, guarded by this key (`Authorization: apikey KEY`).
+    /// Prefer --api-key-file: a command line is visible to other users.
+    #[arg(long, value_name = "KEY", conflicts_with = "api_key_file")]
+    api_key: Option<String>,
+    /// As --api-key, with the key read from this file (surrounding whitespace ignored).
+    #[arg(long, value_name = "PATH")]
+    api_key_file: Option<PathBuf>,
     /// Publications each /ws channel keeps for recovery (0: none).
     #[arg(long, default_value_t = 100)]
     history_size: usize,
@@ -78,7 +92,8 @@ pub struct Args {
 }
 
 impl Args {
-    fn into_config(self) -> Config {
+    /// The configuration the flags ask for; fails only when the key file cannot be read.
+    fn into_config(self) -> Result<Config, String> {
         let mut c = Config::default();
         c.addr = self.addr;
         c.queue_size = self.queue_size;
@@ -94,19 +109,37 @@ impl Args {
         c.max_message_rate = self.max_message_rate;
         c.read_buffer_size = self.read_buffer_size;
         c.thread_stack_size = self.thread_stack_size;
+        c.demo = !self.no_demo;
+        c.metrics = self.metrics;
+        c.api_key = match (self.api_key, self.api_key_file) {
+            (Some(key), _) => Some(key.into()),
+            (None, Some(path)) => Some(
+                std::fs::read_to_string(&path)
+                    .map_err(|e| format!("cannot read the API key file {}: {e}", path.display()))?
+                    .trim()
+                    .into(),
+            ),
+            (None, None) => None,
+        };
         c.history_size = self.history_size;
         c.history_ttl = self.history_ttl;
         c.idempotency_window = self.idempotency_window;
         c.max_subscriptions = self.max_subscriptions;
         c.max_channels = self.max_channels;
-        c
+        Ok(c)
     }
 }
 
 /// Runs the server until a signal, then drains. Exit 0 after a drain, 1 when the server
 /// cannot start, 2 (clap's usage error) for flags that can never work together.
 pub fn run(args: Args) -> ExitCode {
-    let config = args.into_config();
+    let config = match args.into_config() {
+        Ok(c) => c,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::from(1);
+        }
+    };
     // Flags that can never work together are a usage error, reported as clap reports its
     // own (exit 2), not a failure to start (exit 1).
     if let Err(e) = config.validate() {
@@ -171,7 +204,7 @@ mod tests {
     /// The CLI adds nothing of its own: with no flags it is `Config::default()`.
     #[test]
     fn flag_defaults_are_the_library_defaults() {
-        let from_flags = Cli::parse_from(["wshub"]).args.into_config();
+        let from_flags = Cli::parse_from(["wshub"]).args.into_config().unwrap();
         assert_eq!(format!("{from_flags:?}"), format!("{:?}", Config::default()));
     }
 }
