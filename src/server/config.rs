@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::server::error::ConfigError;
+use crate::ws::limits::{self, ConnectionSettings};
 
 /// Messages a client's outbound queue holds before the client counts as a slow consumer
 /// and is disconnected. 256 frames absorb a burst of broadcasts while the writer is
@@ -147,28 +148,22 @@ impl Config {
     /// Checks the configuration once, before anything starts. Every rule here is one a
     /// running server would otherwise break in a confusing way.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let nonzero = [
-            ("handshake timeout", self.handshake_timeout),
-            ("idle timeout", self.idle_timeout),
-            ("ping interval", self.ping_interval),
-            ("write timeout", self.write_timeout),
-            ("drain timeout", self.drain_timeout),
-        ];
-        for (name, d) in nonzero {
-            if d.is_zero() {
-                return Err(ConfigError::new(format!("{name} must be greater than zero")));
-            }
-        }
-        if self.ping_interval >= self.idle_timeout {
-            return Err(ConfigError::new(format!(
-                "ping interval ({:?}) must be shorter than the idle timeout ({:?}), \
-                 or quiet but live clients would be closed as idle",
-                self.ping_interval, self.idle_timeout
-            )));
-        }
-        if self.queue_size == 0 {
-            return Err(ConfigError::new("queue size must be at least 1"));
-        }
+        limits::check(&ConnectionSettings {
+            timeouts: &[
+                ("handshake timeout", Some(self.handshake_timeout)),
+                ("idle timeout", Some(self.idle_timeout)),
+                ("ping interval", Some(self.ping_interval)),
+                ("write timeout", Some(self.write_timeout)),
+                ("drain timeout", Some(self.drain_timeout)),
+            ],
+            ping_interval: Some(self.ping_interval),
+            idle_timeout: Some(self.idle_timeout),
+            queue_size: self.queue_size,
+            max_message_size: self.max_message_size,
+            max_frame_size: self.max_frame_size,
+            read_buffer_size: self.read_buffer_size,
+        })
+        .map_err(ConfigError::new)?;
         if self.max_connections == 0 {
             return Err(ConfigError::new("max connections must be at least 1"));
         }
@@ -179,9 +174,6 @@ impl Config {
         }
         if self.max_message_rate == Some(0) {
             return Err(ConfigError::new("max message rate must be at least 1 per second"));
-        }
-        if self.read_buffer_size < 256 {
-            return Err(ConfigError::new("read buffer size must be at least 256 bytes"));
         }
         if self.thread_stack_size < MIN_THREAD_STACK_SIZE {
             return Err(ConfigError::new(format!(
