@@ -63,9 +63,9 @@
 //! ## Why threads
 //!
 //! A blocked thread costs its stack pages and a kernel task, and nothing else: it uses
-//! no CPU until the kernel wakes it. With 128 KiB stacks and 1 KiB read buffers, ten
-//! thousand idle clients fit in under 1 GiB, kernel included (see the README's
-//! benchmarks), and the code reads top to bottom. The price is two threads per client:
+//! no CPU until the kernel wakes it. An idle client costs its threads' touched stack
+//! pages, its read buffer and the kernel's socket (the benchmarks give the figures), and
+//! the code reads top to bottom. The price is two threads per client:
 //! waking a thread costs more than writing a small frame (so the hub writes broadcasts
 //! itself when a client's writer is idle), and the kernel's limits bound the count
 //! (`vm.max_map_count` allows about 8 000 connections by default; `pid_max`, 32768,

@@ -21,9 +21,9 @@ use crate::ws::limits::{self, ConnectionSettings};
 /// `Arc` handles (the frame bytes themselves are shared with every other recipient).
 pub(crate) const DEFAULT_QUEUE_SIZE: usize = 256;
 
-/// Concurrent connections (in handshake or open) before new ones get `503`. Ten
-/// thousand is what the benchmarks hold on a 2-core, 24 GiB box; each connection is two
-/// threads, so this also keeps the process far below a default `pid_max` of 32768.
+/// Concurrent connections (in handshake or open) before new ones get `503`. Each
+/// connection is two threads, so this keeps the process well below a default `pid_max`
+/// of 32768; what a given box holds is in the benchmarks, not here.
 pub(crate) const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 
 /// Largest message (after reassembly of fragments) a client may send. 1 MiB is plenty
@@ -39,15 +39,15 @@ pub(crate) const DEFAULT_MAX_FRAME_SIZE: usize = 1 << 20;
 /// default is 128 KiB, which would be 1.25 GiB for ten thousand idle clients. 1 KiB
 /// holds dozens of typical chat messages per `read`. The trade-off is larger messages:
 /// the buffer grows to hold the frame being read, but each `read` still asks for at most
-/// this much, so a 1 MiB message takes about a thousand `read` calls (around a
-/// millisecond). Raise it (`--read-buffer-size 64KiB`) for bulk transfer.
+/// this much, so a message takes one `read` call per this many bytes. Raise it
+/// (`--read-buffer-size 64KiB`) for bulk transfer.
 pub(crate) const DEFAULT_READ_BUFFER_SIZE: usize = 1024;
 
 /// Stack reserved for each connection thread. The default Rust stack is 2 MiB of address
 /// space; only touched pages cost memory, but 20 000 threads x 2 MiB is 40 GiB of
-/// reservations. 128 KiB is several times what the reader and writer use (measured with
-/// handlers that allocate on the heap as usual) and leaves room for a user handler's
-/// moderate recursion. Raise it with `--thread-stack-size` for handlers that need more.
+/// reservations. 128 KiB is many times what the reader and writer touch (the reader
+/// keeps within two pages: `tests/threads.rs` checks it) and leaves room for a user
+/// handler's moderate recursion. Raise it with `--thread-stack-size` for handlers that need more.
 pub(crate) const DEFAULT_THREAD_STACK_SIZE: usize = 128 * 1024;
 
 /// Smallest stack we accept: below this, glibc's guard page and thread-local storage
@@ -89,9 +89,9 @@ pub struct Config {
     /// Must be shorter than `idle_timeout`. Default 30 s.
     ///
     /// The trade-off: each ping costs the server one `sendmsg` from the hub and one
-    /// wake-up of the client's reader thread for its Pong, about 20 µs of CPU here, so
-    /// idle clients cost `clients / ping_interval x 20 µs` per second: ten thousand
-    /// clients take 2 % of a core at 10 s and 0.7 % at 30 s. 30 s stays under the 60 s
+    /// wake-up of the client's reader thread for its Pong, so idle clients cost
+    /// `clients / ping_interval` of those per second: halving the interval doubles the
+    /// idle load. 30 s stays under the 60 s
     /// idle timeouts of common proxies (nginx's `proxy_read_timeout`, cloud load
     /// balancers), which would otherwise drop a quiet connection; gorilla/websocket's
     /// example pings every 54 s, Socket.IO every 25 s.

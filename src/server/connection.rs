@@ -394,11 +394,11 @@ fn nothing_unread(sock: &TcpStream) -> bool {
 /// tungstenite's protocol state for the WebSocket phase, on the heap.
 ///
 /// Why a `Box`, built in a frame of its own: the reader's stack must stay within two
-/// pages for ten thousand idle readers to cost two pages each. glibc puts the thread's
-/// descriptor and TLS at the top of its stack (about 4.4 KiB here), leaving about 3.7 KiB
-/// for `run`, `serve`, the read loop and a `read` down into tungstenite; a 320-byte
-/// `WebSocket` and its construction's temporaries in `serve`'s frame pushed the deepest
-/// read just past the second page, which cost every connection another 4 KiB.
+/// pages for ten thousand idle readers to cost two pages each (`tests/threads.rs` checks
+/// it). glibc puts the thread's descriptor and TLS at the top of its stack, leaving
+/// less than two pages for `run`, `serve`, the read loop and a `read` down into
+/// tungstenite; a `WebSocket` and its construction's temporaries in `serve`'s frame push
+/// the deepest read past the second page, which costs every connection another page.
 #[inline(never)]
 fn open_websocket(
     side: &Arc<WriteSide>,

@@ -49,9 +49,9 @@ use crate::ws::wire::WireFrame;
 ///
 /// Sized so that every connection of a full default server (ten thousand) can leave at
 /// once, as in a drain, without its reader waiting here: each sends one `Unregister`
-/// while the hub is still busy closing everyone. With 4096 slots, readers queued up
-/// behind a full inbox and a 10 000-connection drain took 0.2-0.4 s longer. The slots
-/// are allocated up front: 16 384 x 96 bytes, 1.5 MiB per server.
+/// while the hub is still busy closing everyone, so the inbox must hold more messages
+/// than the default connection limit. The slots are allocated up front (one
+/// `HubMsg` each, per server).
 pub(crate) const HUB_QUEUE: usize = 16384;
 
 /// The reason sent with the drain's Close 1001.

@@ -6,10 +6,11 @@
 //!
 //! # Why not `crossbeam_channel::bounded`
 //!
-//! A bounded crossbeam channel allocates and initialises every slot when it is made:
-//! 256 frames of 56 bytes is 14 KiB per connection, which would be half of an idle
-//! connection's whole memory budget. An unbounded (list) channel allocates its blocks of
-//! 31 slots only while messages are in flight. So the queue is an unbounded channel whose
+//! A bounded crossbeam channel allocates and initialises every slot when it is made: one
+//! `WireFrame` (a header and a payload handle) per slot, for every connection, idle or
+//! not, which for the default queue would be a large share of an idle connection's
+//! memory. An unbounded (list) channel allocates its blocks of 31 slots only while
+//! messages are in flight. So the queue is an unbounded channel whose
 //! length we check before each push:
 //! - the hub [`try_push`](OutboundTx::try_push)es: a full queue is a slow consumer, now;
 //! - a handler's send [`push_timeout`](OutboundTx::push_timeout)s: it waits for room,

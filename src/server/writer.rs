@@ -30,9 +30,9 @@
 //!
 //! # The hub's fast path, and the write lock
 //!
-//! Waking a thread costs more than writing a small frame: in the benchmarks, a broadcast
-//! to 1000 subscribers that woke 1000 writer threads spent most of the core on wake-ups
-//! and managed half the deliveries asked of it. So the hub (and a handler's
+//! Waking a thread costs more than writing a small frame, so a broadcast that woke every
+//! member's writer would spend its time on wake-ups, not writes (the benchmarks show
+//! how much). So the hub (and a handler's
 //! [`Connection::send`](crate::Connection::send), for an echo) may write a frame itself,
 //! but only when that cannot block or reorder anything: the writer is not writing (the
 //! sender *tries* the per-connection write lock, never waits for it), nothing is queued
