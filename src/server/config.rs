@@ -50,6 +50,14 @@ pub(crate) const DEFAULT_READ_BUFFER_SIZE: usize = 1024;
 /// handler's moderate recursion. Raise it with `--thread-stack-size` for handlers that need more.
 pub(crate) const DEFAULT_THREAD_STACK_SIZE: usize = 128 * 1024;
 
+/// The kernel's send buffer for each connection's socket (`SO_SNDBUF`; Linux doubles
+/// the value for its bookkeeping). Left to itself the kernel grows a socket's buffer to
+/// megabytes for a client that does not read, and keeps it after the client is cut for
+/// as long as the client keeps its end open; this bounds what one connection can make
+/// the kernel hold. 64 KiB keeps a fast reader's socket busy and makes a slow one's
+/// queue fill (and the client be cut) early.
+pub(crate) const DEFAULT_SEND_BUFFER_SIZE: usize = 64 * 1024;
+
 /// Smallest stack we accept: below this, glibc's guard page and thread-local storage
 /// leave too little for tungstenite's parser.
 pub(crate) const MIN_THREAD_STACK_SIZE: usize = 32 * 1024;
@@ -121,6 +129,11 @@ pub struct Config {
     pub read_buffer_size: usize,
     /// Stack size of every connection thread. Default [`DEFAULT_THREAD_STACK_SIZE`].
     pub thread_stack_size: usize,
+    /// The kernel's send buffer per connection (`SO_SNDBUF`), in bytes: what a client
+    /// that stops reading can make the kernel hold for it, on top of its queue. Default
+    /// 64 KiB. `0`: leave it to the kernel's autotuning (up to `net.ipv4.tcp_wmem`'s
+    /// maximum, megabytes, per connection).
+    pub send_buffer_size: usize,
 }
 
 impl Default for Config {
@@ -140,6 +153,7 @@ impl Default for Config {
             max_message_rate: None,
             read_buffer_size: DEFAULT_READ_BUFFER_SIZE,
             thread_stack_size: DEFAULT_THREAD_STACK_SIZE,
+            send_buffer_size: DEFAULT_SEND_BUFFER_SIZE,
         }
     }
 }

@@ -177,6 +177,9 @@ fn handshake_phase(sock: &TcpStream, id: ConnId, shared: &Shared) -> Option<Upgr
     let config = &shared.config;
     // Small frames should leave at once: Nagle's delay would add up to 40 ms to an echo.
     let _ = sock.set_nodelay(true);
+    if config.send_buffer_size > 0 {
+        let _ = socket2::SockRef::from(sock).set_send_buffer_size(config.send_buffer_size);
+    }
     let deadline = Instant::now() + config.handshake_timeout;
     let (request, leftover) = match read_head(sock, deadline) {
         Ok(head) => head,
@@ -267,21 +270,31 @@ fn respond_and_close(sock: &TcpStream, response: &[u8], config: &Config) {
     let _ = sock.set_write_timeout(Some(config.write_timeout));
     if (&*sock).write_all(response).is_ok() {
         let _ = sock.shutdown(std::net::Shutdown::Write);
-        linger(sock);
+        let _ = linger(sock);
     }
 }
 
 /// Reads and discards until the peer closes its side, for at most [`CLOSE_LINGER`].
-fn linger(sock: &TcpStream) {
-    let deadline = Instant::now() + CLOSE_LINGER;
+/// `false` when the peer was still there at the end of it.
+fn linger(sock: &TcpStream) -> bool {
+    linger_until(sock, Instant::now() + CLOSE_LINGER)
+}
+
+/// Reads and discards until the peer closes its side or `deadline` passes; `false` when
+/// the peer was still there at the deadline.
+pub(crate) fn linger_until(sock: &TcpStream, deadline: Instant) -> bool {
     let mut scratch = [0u8; 512];
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() || sock.set_read_timeout(Some(left)).is_err() {
-            return;
+            return false;
         }
         match (&*sock).read(&mut scratch) {
-            Ok(0) | Err(_) => return,
+            Ok(0) => return true,
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                return false;
+            }
+            Err(_) => return true,
             Ok(_) => {}
         }
     }
@@ -364,8 +377,12 @@ fn serve(sock: Arc<TcpStream>, id: ConnId, upgrade: Upgrade, writer: WriterLink,
     // nothing more (RFC 6455 §5.5.1), so closing cannot make the kernel answer unread
     // bytes with an RST: end now, rather than a round trip later when its FIN comes. A
     // connection that ended any other way, or a client still sending, gets the linger.
-    if writer_end == WriterEnd::Finished && !(close_handshake_done && nothing_unread(&sock)) {
-        linger(&sock);
+    // A peer still there after the linger (an idle client that ignored our Close, one
+    // that keeps sending) is cut: what we sent it has had its chance, and an orderly
+    // close would leave the kernel holding whatever it has not read.
+    if writer_end == WriterEnd::Finished && !(close_handshake_done && nothing_unread(&sock)) && !linger(&sock)
+    {
+        writer::cut(&sock);
     }
     debug!("connection {id}: ended");
 }

@@ -9,7 +9,6 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::net::Shutdown;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -225,7 +224,7 @@ impl Connection {
     /// Cuts the connection at once (no Close frame): both directions shut, which wakes
     /// its reader and writer.
     pub(crate) fn cut(&self) {
-        let _ = self.inner.write.sock.shutdown(Shutdown::Both);
+        self.inner.write.cut();
     }
 }
 

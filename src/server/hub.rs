@@ -26,7 +26,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::net::{Shutdown, TcpStream};
+use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,7 +38,7 @@ use tungstenite::Message;
 
 use crate::server::error::SendError;
 use crate::server::registry::{ConnId, Offer, Peer, Registry};
-use crate::server::writer::{Ctrl, WriteSide};
+use crate::server::writer::{self, Ctrl, WriteSide};
 use crate::ws::close_policy::GOING_AWAY;
 use crate::ws::keepalive::PingSchedule;
 use crate::ws::wire::WireFrame;
@@ -135,9 +135,9 @@ impl PeerHandle {
         }
     }
 
-    /// Cuts the connection: both directions shut, which wakes its reader and writer.
+    /// Cuts the connection (an abortive close), which wakes its reader and writer.
     fn cut(&self) {
-        let _ = self.write.sock.shutdown(Shutdown::Both);
+        self.write.cut();
     }
 }
 
@@ -219,7 +219,7 @@ pub(crate) fn run(inbox: Receiver<HubMsg>, ping_interval: Duration) {
             None => {}
             Some(HubMsg::Accepted { id, sock }) => {
                 if cutting {
-                    let _ = sock.shutdown(Shutdown::Both);
+                    writer::cut(&sock);
                 } else {
                     handshaking.insert(id, sock);
                 }
@@ -264,7 +264,7 @@ pub(crate) fn run(inbox: Receiver<HubMsg>, ping_interval: Duration) {
                     peer.cut();
                 }
                 for sock in handshaking.values() {
-                    let _ = sock.shutdown(Shutdown::Both);
+                    writer::cut(sock);
                 }
             }
             Some(HubMsg::Stop) => break,

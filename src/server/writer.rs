@@ -9,8 +9,8 @@
 //! sleeps until there is something to write. The one timer it arms is the wait for the
 //! peer's answer after it sent a Close. **Ends** when the reader says it is done, when a
 //! write fails or blocks for the write timeout, or when the peer has not answered our
-//! Close within the drain timeout; it then shuts the socket down, which also wakes the
-//! reader.
+//! Close within the drain timeout; it then shuts the socket down (abortively, see
+//! [`cut`], unless the end was orderly), which also wakes the reader.
 //!
 //! # Why a writer thread, and how tungstenite's replies get here
 //!
@@ -139,12 +139,27 @@ enum FastWrite {
     Later,
 }
 
+/// Cuts a connection: an abortive close, for every end the server forces (a slow
+/// consumer, a write that failed or timed out, a peer that ignored our Close, the drain
+/// deadline). The shutdown wakes the connection's reader and writer now; `SO_LINGER` 0
+/// makes the socket's last close send RST and free its unsent data at once, instead of
+/// the kernel keeping it in FIN-WAIT-1 for as long as the peer keeps its end open.
+pub(crate) fn cut(sock: &TcpStream) {
+    let _ = socket2::SockRef::from(sock).set_linger(Some(Duration::ZERO));
+    let _ = sock.shutdown(Shutdown::Both);
+}
+
 impl WriteSide {
     pub(crate) fn new(sock: Arc<TcpStream>) -> WriteSide {
         WriteSide {
             sock,
             state: Mutex::new(WriteState::default()),
         }
+    }
+
+    /// Cuts this connection (see [`cut`]).
+    pub(crate) fn cut(&self) {
+        cut(&self.sock);
     }
 
     /// Takes the lock for a blocking write, first finishing any frame the hub started.
@@ -230,14 +245,17 @@ pub(crate) fn run(
         // Grows on first use: an idle connection's writer holds no batch memory.
         batch: Vec::new(),
     };
-    let end = w.serve(data, ctrl, timers);
-    let how = match end {
-        Ok(WriterEnd::Finished) => Shutdown::Write,
-        _ => Shutdown::Both,
-    };
-    // The peer may already have closed; there is nothing to do about an error here.
-    let _ = w.side.sock.shutdown(how);
-    end.unwrap_or(WriterEnd::Cut)
+    match w.serve(data, ctrl, timers) {
+        Ok(WriterEnd::Finished) => {
+            // The peer may already have closed; there is nothing to do about an error.
+            let _ = w.side.sock.shutdown(Shutdown::Write);
+            WriterEnd::Finished
+        }
+        _ => {
+            w.side.cut();
+            WriterEnd::Cut
+        }
+    }
 }
 
 impl Writer {

@@ -59,6 +59,9 @@ pub struct Args {
     /// Stack size of each connection thread.
     #[arg(long, default_value = "128KiB", value_parser = parse_size)]
     thread_stack_size: usize,
+    /// The kernel's send buffer per connection (SO_SNDBUF); 0: the kernel's autotuning.
+    #[arg(long, default_value = "64KiB", value_parser = parse_size)]
+    send_buffer_size: usize,
 }
 
 impl Args {
@@ -78,6 +81,7 @@ impl Args {
         c.max_message_rate = self.max_message_rate;
         c.read_buffer_size = self.read_buffer_size;
         c.thread_stack_size = self.thread_stack_size;
+        c.send_buffer_size = self.send_buffer_size;
         c
     }
 }
