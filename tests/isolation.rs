@@ -153,6 +153,7 @@ fn a_client_that_does_not_read_cannot_make_the_kernel_buffer_megabytes() {
         // Room for everything in the queue: the connection is not cut, so the kernel's
         // send buffer is what fills.
         config.queue_size = 4096;
+        config.max_queue_bytes = 1 << 30;
         let send_buffer = config.send_buffer_size;
         assert!(send_buffer > 0, "the default bounds the send buffer");
         let server = start(config);
@@ -286,6 +287,164 @@ fn every_refused_connection_gets_its_503_at_once_even_behind_silent_ones() {
         assert!(slowest < Duration::from_secs(1), "a 503 took {slowest:?}");
         drop(silents);
         drop(member);
+        server.shutdown();
+    });
+}
+
+/// A member of `/chat` that reads and discards everything on its own thread, so that it
+/// keeps up; it ends when the server closes the connection.
+fn reading_member(addr: SocketAddr) -> std::thread::JoinHandle<()> {
+    let mut ws = connect(addr, "/chat");
+    std::thread::spawn(move || while ws.read().is_ok() {})
+}
+
+/// How long `ws`'s own broadcast `text` takes to come back to it (skipping others').
+fn own_broadcast_latency(ws: &mut Client, text: &str) -> Duration {
+    let start = Instant::now();
+    ws.send(Message::text(text)).unwrap();
+    loop {
+        if next_data(ws) == Message::text(text) {
+            return start.elapsed();
+        }
+    }
+}
+
+#[test]
+fn a_flooding_publisher_slows_only_itself() {
+    watchdog(Duration::from_secs(90), || {
+        let mut config = test_config();
+        // The in-flight bound alone: no publication rate limit, and queues that hold a
+        // flood, so nobody is cut and the flood goes on.
+        config.max_publish_rate = 0;
+        config.queue_size = 1 << 20;
+        config.max_queue_bytes = 1 << 30;
+        let server = start(config);
+        let addr = server.local_addr();
+        let members: Vec<_> = (0..20).map(|_| reading_member(addr)).collect();
+        let mut marker = connect(addr, "/chat");
+        let quiet = (0..5)
+            .map(|i| own_broadcast_latency(&mut marker, &format!("quiet {i}")))
+            .max()
+            .unwrap();
+
+        // The flooder writes 20-byte messages as fast as its socket takes them, and
+        // reads what comes back on another thread so it is not cut as slow itself.
+        let mut flooder = TcpStream::connect(addr).unwrap();
+        flooder
+            .write_all(upgrade_request("/chat", "").as_bytes())
+            .unwrap();
+        let mut drain = flooder.try_clone().unwrap();
+        let drainer = std::thread::spawn(move || {
+            let mut sink = [0u8; 64 * 1024];
+            while matches!(drain.read(&mut sink), Ok(n) if n > 0) {}
+        });
+        let stop = Instant::now() + Duration::from_secs(4);
+        let burst: Vec<u8> = (0..100)
+            .flat_map(|_| client_frame(0x81, b"flood flood flood!!!"))
+            .collect();
+        let writer = std::thread::spawn(move || {
+            let mut sent = 0u64;
+            while Instant::now() < stop && flooder.write_all(&burst).is_ok() {
+                sent += 100;
+            }
+            let _ = flooder.shutdown(std::net::Shutdown::Both);
+            sent
+        });
+        std::thread::sleep(Duration::from_millis(1000));
+        let flooded = (0..5)
+            .map(|i| own_broadcast_latency(&mut marker, &format!("flooded {i}")))
+            .max()
+            .unwrap();
+        let sent = writer.join().unwrap();
+        drainer.join().unwrap();
+        eprintln!(
+            "own broadcast, slowest of 5: {quiet:?} quiet, {flooded:?} during a flood of {sent} messages"
+        );
+        assert!(
+            flooded < Duration::from_millis(500).max(quiet * 10),
+            "a member's broadcast took {flooded:?} during the flood ({quiet:?} without)"
+        );
+        drop(marker);
+        server.shutdown();
+        for m in members {
+            m.join().unwrap();
+        }
+    });
+}
+
+#[test]
+fn a_publisher_over_its_rate_waits_and_loses_nothing() {
+    watchdog(Duration::from_secs(60), || {
+        let mut config = test_config();
+        config.max_publish_rate = 20;
+        let server = start(config);
+        let mut ws = connect(server.local_addr(), "/chat");
+        let start = Instant::now();
+        // One second's worth goes at once; the other 40 at 20 per second.
+        for i in 0..60 {
+            ws.send(Message::text(format!("m{i}"))).unwrap();
+        }
+        for i in 0..60 {
+            assert_eq!(next_data(&mut ws), Message::text(format!("m{i}")));
+        }
+        let took = start.elapsed();
+        eprintln!("60 publications at 20/s took {took:?}");
+        assert!(took >= Duration::from_millis(1500), "not paced: {took:?}");
+        ws.send(Message::text("still open")).unwrap();
+        assert_eq!(next_data(&mut ws), Message::text("still open"));
+        server.shutdown();
+    });
+}
+
+#[test]
+fn a_slow_consumer_is_cut_by_its_queue_bytes_before_its_queue_length() {
+    watchdog(Duration::from_secs(60), || {
+        let mut config = test_config();
+        config.queue_size = 1000;
+        config.max_queue_bytes = 256 * 1024;
+        let server = start(config);
+        let addr = server.local_addr();
+        let _client = non_reader(addr, "/chat");
+        assert!(eventually(Duration::from_secs(10), || server.connections() == 1));
+        let hub = server.hub();
+        let mut sent = 0;
+        let give_up = Instant::now() + Duration::from_secs(20);
+        while server.connections() > 0 {
+            assert!(Instant::now() < give_up, "never cut");
+            hub.broadcast("/chat", Message::binary(vec![0u8; 64 * 1024]))
+                .unwrap();
+            sent += 1;
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        eprintln!("cut after {sent} broadcasts of 64 KiB");
+        assert!(
+            sent < 100,
+            "cut only after {sent} broadcasts: the byte bound did not hold"
+        );
+        server.shutdown();
+    });
+}
+
+#[test]
+fn pings_count_toward_the_message_rate_limit() {
+    watchdog(Duration::from_secs(30), || {
+        let mut config = test_config();
+        config.max_message_rate = Some(10);
+        let server = start(config);
+        let mut ws = connect(server.local_addr(), "/echo");
+        for _ in 0..50 {
+            if ws.send(Message::Ping(vec![0u8; 125].into())).is_err() {
+                break;
+            }
+        }
+        let code = loop {
+            match ws.read() {
+                Ok(Message::Close(Some(frame))) => break u16::from(frame.code),
+                Ok(_) => {}
+                Err(e) => panic!("no Close before the end: {e}"),
+            }
+        };
+        assert_eq!(code, 1008);
         server.shutdown();
     });
 }

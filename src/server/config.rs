@@ -58,6 +58,19 @@ pub(crate) const DEFAULT_THREAD_STACK_SIZE: usize = 128 * 1024;
 /// queue fill (and the client be cut) early.
 pub(crate) const DEFAULT_SEND_BUFFER_SIZE: usize = 64 * 1024;
 
+/// Bytes of broadcasts the hub's inbox may hold, from every sender together. Bounds the
+/// inbox's memory whatever the message size (its message count alone would allow
+/// 16 384 messages of the largest size).
+pub(crate) const DEFAULT_MAX_INBOX_BYTES: usize = 64 << 20;
+
+/// Bytes one connection's outbound queue may hold. A broadcast's bytes are shared by
+/// every queue holding it, but a queue keeps what it holds alive: this bounds what one
+/// slow reader can pin. Four of the largest default messages.
+pub(crate) const DEFAULT_MAX_QUEUE_BYTES: usize = 4 << 20;
+
+/// Broadcasts per second one connection may publish before its publishing waits.
+pub(crate) const DEFAULT_MAX_PUBLISH_RATE: u32 = 1000;
+
 /// Smallest stack we accept: below this, glibc's guard page and thread-local storage
 /// leave too little for tungstenite's parser.
 pub(crate) const MIN_THREAD_STACK_SIZE: usize = 32 * 1024;
@@ -122,9 +135,21 @@ pub struct Config {
     /// Largest frame payload a client may send, in bytes; bigger gets Close 1009.
     /// Default [`DEFAULT_MAX_FRAME_SIZE`]. Clamped to `max_message_size`.
     pub max_frame_size: usize,
-    /// Messages per second one connection may send; over it gets Close 1008.
-    /// `None` (the default): no limit.
+    /// Messages per second one connection may send, pings and pongs included; over it
+    /// gets Close 1008. `None` (the default): no limit.
     pub max_message_rate: Option<u32>,
+    /// Broadcasts per second one connection may publish (what its handler hands the hub
+    /// through [`Connection::broadcast`](crate::Connection::broadcast), as `/chat` does);
+    /// past it the publisher waits, which stops its reader reading and slows that
+    /// client alone. It may burst up to one second's worth. Default 1000. `0`: no limit.
+    pub max_publish_rate: u32,
+    /// Bytes of broadcasts the hub's inbox may hold in all; past it, publishers wait.
+    /// Default 64 MiB.
+    pub max_inbox_bytes: usize,
+    /// Bytes one connection's outbound queue may hold; past it (or past `queue_size`
+    /// messages) the client is a slow consumer and is cut. A single message larger than
+    /// this still goes to an empty queue. Default 4 MiB.
+    pub max_queue_bytes: usize,
     /// Bytes read from a socket at a time. Default [`DEFAULT_READ_BUFFER_SIZE`].
     pub read_buffer_size: usize,
     /// Stack size of every connection thread. Default [`DEFAULT_THREAD_STACK_SIZE`].
@@ -151,6 +176,9 @@ impl Default for Config {
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             max_frame_size: DEFAULT_MAX_FRAME_SIZE,
             max_message_rate: None,
+            max_publish_rate: DEFAULT_MAX_PUBLISH_RATE,
+            max_inbox_bytes: DEFAULT_MAX_INBOX_BYTES,
+            max_queue_bytes: DEFAULT_MAX_QUEUE_BYTES,
             read_buffer_size: DEFAULT_READ_BUFFER_SIZE,
             thread_stack_size: DEFAULT_THREAD_STACK_SIZE,
             send_buffer_size: DEFAULT_SEND_BUFFER_SIZE,
@@ -184,6 +212,11 @@ impl Config {
         if self.max_message_size == 0 || self.max_frame_size == 0 {
             return Err(ConfigError::new(
                 "message and frame size limits must be at least 1 byte",
+            ));
+        }
+        if self.max_inbox_bytes == 0 || self.max_queue_bytes == 0 {
+            return Err(ConfigError::new(
+                "inbox and queue byte limits must be at least 1 byte",
             ));
         }
         if self.max_message_rate == Some(0) {

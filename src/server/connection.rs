@@ -141,7 +141,7 @@ struct WriterLink {
 
 #[inline(never)]
 fn spawn_writer(sock: &Arc<TcpStream>, config: &Config) -> io::Result<WriterLink> {
-    let (data, data_rx) = outbound(config.queue_size);
+    let (data, data_rx) = outbound(config.queue_size, config.max_queue_bytes);
     let (ctrl, ctrl_rx) = bounded(CTRL_QUEUE);
     let timers = WriterTimers {
         close_timeout: config.drain_timeout,
@@ -325,6 +325,7 @@ fn serve(sock: Arc<TcpStream>, id: ConnId, upgrade: Upgrade, writer: WriterLink,
         write: side.clone(),
         hub: shared.hub.clone(),
         write_timeout: config.write_timeout,
+        publish_rate: config.max_publish_rate,
     });
     let registered = shared
         .hub
@@ -458,8 +459,10 @@ fn read_loop(
         .map(|r| RateLimiter::new(r, Instant::now()));
     loop {
         match ws.read() {
-            Ok(msg @ (Message::Text(_) | Message::Binary(_))) => {
-                if let Some(limiter) = limiter.as_mut() {
+            Ok(msg) => {
+                // Pings and pongs count: each costs a wake-up, and a Ping a reply.
+                let counted = !matches!(msg, Message::Close(_) | Message::Frame(_));
+                if let Some(limiter) = limiter.as_mut().filter(|_| counted) {
                     if !limiter.allow(Instant::now()) {
                         return ReadEnd::Fail {
                             code: POLICY_VIOLATION,
@@ -467,14 +470,16 @@ fn read_loop(
                         };
                     }
                 }
-                if let Err(end) = guarded(id, "on_message", || handler.on_message(conn, msg)) {
-                    return end;
+                // Pings are answered by tungstenite (through the writer); pongs only
+                // prove the client is alive, which the successful read already did.
+                // After a Close, the next read finishes the handshake and reports
+                // ConnectionClosed.
+                if matches!(msg, Message::Text(_) | Message::Binary(_)) {
+                    if let Err(end) = guarded(id, "on_message", || handler.on_message(conn, msg)) {
+                        return end;
+                    }
                 }
             }
-            // Pings are answered by tungstenite (through the writer); pongs only prove
-            // the client is alive, which the successful read already did. After a Close,
-            // the next read finishes the handshake and reports ConnectionClosed.
-            Ok(_) => {}
             Err(e) => {
                 let end = close_policy::classify(&e);
                 if !matches!(end, ReadEnd::Done) {

@@ -9,8 +9,8 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{SendTimeoutError, Sender};
 
@@ -18,10 +18,13 @@ use crate::server::queue::{OutboundTx, PushError};
 use tungstenite::Message;
 
 use crate::server::error::SendError;
+use crate::server::flow::InFlight;
 use crate::server::hub::Hub;
 use crate::server::registry::ConnId;
 use crate::server::writer::{Ctrl, WriteSide};
+use crate::sync::lock;
 use crate::ws::handshake::{Endpoint, Request};
+use crate::ws::rate_limit::RateLimiter;
 use crate::ws::wire::WireFrame;
 
 /// Serves the connections on one path.
@@ -105,6 +108,10 @@ struct ConnInner {
     write: Arc<WriteSide>,
     hub: Hub,
     write_timeout: Duration,
+    /// This connection's broadcasts waiting in the hub's inbox.
+    in_flight: InFlight,
+    /// `max_publish_rate`, when set.
+    publish_limit: Option<Mutex<RateLimiter>>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -125,6 +132,8 @@ pub(crate) struct ConnParts {
     pub write: Arc<WriteSide>,
     pub hub: Hub,
     pub write_timeout: Duration,
+    /// Broadcasts per second this connection may publish; 0: no limit.
+    pub publish_rate: u32,
 }
 
 impl Connection {
@@ -140,6 +149,9 @@ impl Connection {
                 write: p.write,
                 hub: p.hub,
                 write_timeout: p.write_timeout,
+                in_flight: InFlight::default(),
+                publish_limit: (p.publish_rate > 0)
+                    .then(|| Mutex::new(RateLimiter::new(p.publish_rate, Instant::now()))),
             }),
         }
     }
@@ -195,8 +207,24 @@ impl Connection {
     }
 
     /// Broadcasts `msg` to every connection on this connection's path, itself included.
+    ///
+    /// Waits while this connection is over its publication rate
+    /// ([`Config::max_publish_rate`](crate::Config::max_publish_rate)) or has its bound
+    /// of broadcasts waiting in the hub's inbox: one client publishing as fast as it can
+    /// slows itself, not the others.
     pub fn broadcast(&self, msg: Message) -> Result<(), SendError> {
-        self.inner.hub.broadcast_to(self.inner.topic.clone(), msg)
+        if let Some(limit) = &self.inner.publish_limit {
+            loop {
+                let wait = lock(limit).delay(Instant::now());
+                if wait.is_zero() {
+                    break;
+                }
+                std::thread::sleep(wait);
+            }
+        }
+        self.inner
+            .hub
+            .broadcast_from(self.inner.topic.clone(), msg, Some(&self.inner.in_flight))
     }
 
     /// Starts the close handshake with `code` and `reason`, after everything already

@@ -30,13 +30,14 @@ use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, bounded};
 
 use crate::server::queue::OutboundTx;
 use log::{debug, info, trace};
 use tungstenite::Message;
 
 use crate::server::error::SendError;
+use crate::server::flow::{Credit, Flow, InFlight};
 use crate::server::registry::{ConnId, Offer, Peer, Registry};
 use crate::server::writer::{self, Ctrl, WriteSide};
 use crate::ws::close_policy::GOING_AWAY;
@@ -46,6 +47,7 @@ use crate::ws::wire::WireFrame;
 /// Messages the hub's inbox holds. When it is full, senders (readers relaying chat
 /// messages, the embedding program) wait: that is back-pressure from a hub that is
 /// momentarily behind, and the hub itself never waits on anyone, so it always drains.
+/// Broadcasts are bounded in bytes too, and per connection ([`crate::server::flow`]).
 ///
 /// Sized so that every connection of a full default server (ten thousand) can leave at
 /// once, as in a drain, without its reader waiting here: each sends one `Unregister`
@@ -152,7 +154,34 @@ impl PeerHandle {
 /// ```
 #[derive(Clone, Debug)]
 pub struct Hub {
-    tx: Sender<HubMsg>,
+    tx: Sender<Envelope>,
+    flow: Arc<Flow>,
+}
+
+/// A message in the hub's inbox, with the room it takes there
+/// ([`crate::server::flow`]), given back once the hub has handled it.
+pub(crate) struct Envelope {
+    msg: HubMsg,
+    _credit: Option<Credit>,
+}
+
+/// The hub's end of its inbox.
+pub(crate) struct Inbox {
+    rx: Receiver<Envelope>,
+    flow: Arc<Flow>,
+}
+
+/// The hub's inbox: [`HUB_QUEUE`] messages, broadcasts up to `max_bytes` in all.
+pub(crate) fn inbox(max_bytes: usize) -> (Hub, Inbox) {
+    let (tx, rx) = bounded(HUB_QUEUE);
+    let flow = Flow::new(max_bytes);
+    (
+        Hub {
+            tx,
+            flow: flow.clone(),
+        },
+        Inbox { rx, flow },
+    )
 }
 
 impl std::fmt::Debug for HubMsg {
@@ -170,31 +199,49 @@ impl std::fmt::Debug for HubMsg {
 }
 
 impl Hub {
-    pub(crate) fn new(tx: Sender<HubMsg>) -> Hub {
-        Hub { tx }
-    }
-
     /// Sends `msg` to every connection on `topic` (a route's path, such as `/chat`).
     /// The message is encoded once, here, on the calling thread. Blocks only while the
     /// hub's inbox is full. Fails with [`SendError::Closed`] once the server has stopped.
+    /// Blocks also while the inbox holds its byte budget of broadcasts
+    /// ([`Config::max_inbox_bytes`](crate::Config::max_inbox_bytes)).
     pub fn broadcast(&self, topic: &str, msg: Message) -> Result<(), SendError> {
-        self.broadcast_to(Arc::from(topic), msg)
+        self.broadcast_from(Arc::from(topic), msg, None)
     }
 
-    pub(crate) fn broadcast_to(&self, topic: Arc<str>, msg: Message) -> Result<(), SendError> {
+    /// A broadcast, from connection `conn` when given: it then waits also while that
+    /// connection has its bound of messages in the inbox.
+    pub(crate) fn broadcast_from(
+        &self,
+        topic: Arc<str>,
+        msg: Message,
+        conn: Option<&InFlight>,
+    ) -> Result<(), SendError> {
         let Some(frame) = WireFrame::from_message(msg) else {
             return Ok(());
         };
-        self.send(HubMsg::Broadcast { topic, frame })
+        let credit = self.flow.admit(frame.len(), conn);
+        self.post(HubMsg::Broadcast { topic, frame }, Some(credit))
     }
 
     pub(crate) fn send(&self, msg: HubMsg) -> Result<(), SendError> {
-        self.tx.send(msg).map_err(|_| SendError::Closed)
+        self.post(msg, None)
+    }
+
+    fn post(&self, msg: HubMsg, credit: Option<Credit>) -> Result<(), SendError> {
+        self.tx
+            .send(Envelope { msg, _credit: credit })
+            .map_err(|_| SendError::Closed)
     }
 }
 
 /// Runs the hub loop until [`HubMsg::Stop`]. See the module docs.
-pub(crate) fn run(inbox: Receiver<HubMsg>, ping_interval: Duration) {
+pub(crate) fn run(inbox: Inbox, ping_interval: Duration) {
+    serve(&inbox.rx, ping_interval);
+    // Wakes any sender still waiting for room, now that nothing will make it.
+    inbox.flow.close();
+}
+
+fn serve(inbox: &Receiver<Envelope>, ping_interval: Duration) {
     let mut registry: Registry<PeerHandle> = Registry::default();
     let mut pings = PingSchedule::new(ping_interval);
     // Connections still in their HTTP handshake: only a drain's cut needs them.
@@ -210,9 +257,11 @@ pub(crate) fn run(inbox: Receiver<HubMsg>, ping_interval: Duration) {
             Some(due) if !draining => inbox.recv_deadline(due),
             _ => inbox.recv().map_err(|_| RecvTimeoutError::Disconnected),
         };
-        let msg = match next {
-            Ok(msg) => Some(msg),
-            Err(RecvTimeoutError::Timeout) => None,
+        // The envelope's credit gives its room back at the end of this iteration, once
+        // the message is handled.
+        let (msg, _credit) = match next {
+            Ok(Envelope { msg, _credit }) => (Some(msg), _credit),
+            Err(RecvTimeoutError::Timeout) => (None, None),
             Err(RecvTimeoutError::Disconnected) => break,
         };
         match msg {

@@ -13,6 +13,7 @@ mod capacity;
 mod config;
 mod connection;
 mod error;
+mod flow;
 mod handler;
 mod hub;
 mod queue;

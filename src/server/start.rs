@@ -19,7 +19,7 @@ use crate::server::config::Config;
 use crate::server::connection::Shared;
 use crate::server::error::Error;
 use crate::server::handler::{Handler, Routes};
-use crate::server::hub::{self, HUB_QUEUE, Hub};
+use crate::server::hub::{self, Hub};
 use crate::server::shutdown::{self, DrainReport, Running, ShutdownHandle};
 
 /// Adds routes before starting a [`Server`]. Built-in routes: `/echo`, `/chat`, and the
@@ -63,10 +63,9 @@ impl ServerBuilder {
             }
         }
 
-        let (hub_tx, hub_rx) = bounded(HUB_QUEUE);
-        let hub = Hub::new(hub_tx);
+        let (hub, inbox) = hub::inbox(config.max_inbox_bytes);
         let ping_interval = config.ping_interval;
-        let hub_thread = spawn("wshub-hub", move || hub::run(hub_rx, ping_interval))?;
+        let hub_thread = spawn("wshub-hub", move || hub::run(inbox, ping_interval))?;
 
         let (overflow_tx, overflow_rx) = bounded(accept::OVERFLOW_QUEUE);
         let overflow = spawn("wshub-overflow", move || accept::run_overflow(overflow_rx))?;

@@ -357,7 +357,7 @@ impl Writer {
         let mut written = Ok(());
         while left > 0 && written.is_ok() {
             while left > 0 && self.batch.len() < MAX_BATCH {
-                let Ok(f) = data.rx.try_recv() else { break };
+                let Some(f) = data.try_take() else { break };
                 left -= 1;
                 self.batch.push(f);
             }
@@ -459,7 +459,7 @@ mod tests {
     #[test]
     fn the_hub_writes_at_once_to_an_idle_connection() {
         let (side, mut client) = pair();
-        let (dtx, _drx) = outbound(8);
+        let (dtx, _drx) = outbound(8, 1 << 20);
         assert_eq!(
             side.try_write_now(&text("now"), &dtx, &bounded(1).0),
             FastWrite::Done
@@ -470,7 +470,7 @@ mod tests {
     #[test]
     fn a_close_the_hub_writes_is_the_last_frame() {
         let (side, mut client) = pair();
-        let (dtx, _drx) = outbound(8);
+        let (dtx, _drx) = outbound(8, 1 << 20);
         assert_eq!(
             side.try_write_now(&WireFrame::close(1001, ""), &dtx, &bounded(1).0),
             FastWrite::Done
@@ -488,7 +488,7 @@ mod tests {
     #[test]
     fn a_pong_waiting_for_the_writer_is_not_overtaken() {
         let (side, _client) = pair();
-        let (dtx, _drx) = outbound(8);
+        let (dtx, _drx) = outbound(8, 1 << 20);
         let (ctx, _crx) = bounded(8);
         ctx.send(Ctrl::Raw(vec![0x8A, 0x00])).unwrap();
         assert_eq!(side.try_write_now(&text("echo"), &dtx, &ctx), FastWrite::Later);
@@ -497,7 +497,7 @@ mod tests {
     #[test]
     fn the_hub_queues_behind_frames_already_queued() {
         let (side, _client) = pair();
-        let (dtx, _drx) = outbound(8);
+        let (dtx, _drx) = outbound(8, 1 << 20);
         dtx.try_push(text("first"));
         assert_eq!(
             side.try_write_now(&text("second"), &dtx, &bounded(1).0),
@@ -508,7 +508,7 @@ mod tests {
     #[test]
     fn the_hub_waits_for_no_one_holding_the_write_lock() {
         let (side, _client) = pair();
-        let (dtx, _drx) = outbound(8);
+        let (dtx, _drx) = outbound(8, 1 << 20);
         let held = side.begin().unwrap();
         assert_eq!(
             side.try_write_now(&text("x"), &dtx, &bounded(1).0),
@@ -520,7 +520,7 @@ mod tests {
     #[test]
     fn nothing_goes_out_after_a_close_even_on_the_fast_path() {
         let (side, mut client) = pair();
-        let (dtx, drx) = outbound(8);
+        let (dtx, drx) = outbound(8, 1 << 20);
         let (ctx, crx) = bounded(8);
         ctx.send(Ctrl::Close {
             code: 1000,
@@ -547,7 +547,7 @@ mod tests {
             .write_all(&[frame.head(), frame.payload()].concat()[..3])
             .unwrap();
         side.state.lock().unwrap().pending = Some((frame, 3));
-        let (_dtx, drx) = outbound(8);
+        let (_dtx, drx) = outbound(8, 1 << 20);
         let (ctx, crx) = bounded(8);
         ctx.send(Ctrl::Raw(vec![0x8A, 0x00])).unwrap(); // a pong from tungstenite
         ctx.send(Ctrl::Finish).unwrap();
@@ -564,7 +564,7 @@ mod tests {
     #[test]
     fn drain_close_flushes_queued_data_first_and_sends_one_close() {
         let (server, mut client) = pair();
-        let (dtx, drx) = outbound(8);
+        let (dtx, drx) = outbound(8, 1 << 20);
         let (ctx, crx) = bounded(8);
         for i in 0..3u8 {
             dtx.try_push(WireFrame::from_message(tungstenite::Message::binary(vec![i])).unwrap());
@@ -591,7 +591,7 @@ mod tests {
     #[test]
     fn a_close_reply_from_tungstenite_goes_out_after_queued_data() {
         let (server, mut client) = pair();
-        let (dtx, drx) = outbound(8);
+        let (dtx, drx) = outbound(8, 1 << 20);
         let (ctx, crx) = bounded(8);
         dtx.try_push(WireFrame::from_message(tungstenite::Message::text("echo")).unwrap());
         ctx.send(Ctrl::Raw(vec![0x88, 0x02, 0x03, 0xe8])).unwrap();
@@ -605,7 +605,7 @@ mod tests {
     #[test]
     fn unanswered_close_is_cut_after_the_close_timeout() {
         let (server, _client) = pair();
-        let (_dtx, drx) = outbound(8);
+        let (_dtx, drx) = outbound(8, 1 << 20);
         let (ctx, crx) = bounded(8);
         ctx.send(Ctrl::Close {
             code: 1001,
