@@ -12,12 +12,15 @@
 //!                        TcpListener
 //!                            |  accept() (blocking)
 //!                    +---------------+   past max_connections   +-----------------+
-//!                    | accept thread |------------------------->| overflow thread |-> 503
-//!                    +---------------+   bounded(64) sockets    +-----------------+
+//!                    | accept thread |------------------------->| overflow thread |
+//!                    +---------------+  503 at once, then up to +-----------------+
+//!                            |          64 sockets to close      reads, then closes
 //!                            | spawns one per client
 //!                            v
-//!   client ==bytes==> +---------------+  HubMsg (bounded 16384)   +------------+
-//!                     | reader thread |  Register / Broadcast /   | hub thread |
+//!   client ==bytes==> +---------------+  HubMsg (bounded 16384,   +------------+
+//!                     | reader thread |  a byte budget, 8 broad-  | hub thread |
+//!                     |               |  casts per connection):   |            |
+//!                     |               |  Register / Broadcast /   |            |
 //!                     |  handshake,   |  Unregister ------------> |  owns the  |
 //!                     |  tungstenite  |                           |  registry, |
 //!                     |  read(), your |  Ctrl (bounded 8):        |  pings all |

@@ -249,8 +249,8 @@ impl Connection {
         &self.inner.hub
     }
 
-    /// Cuts the connection at once (no Close frame): both directions shut, which wakes
-    /// its reader and writer.
+    /// Cuts the connection at once (no Close frame): an abortive close, which wakes its
+    /// reader and writer (see `writer::cut`).
     pub(crate) fn cut(&self) {
         self.inner.write.cut();
     }

@@ -236,9 +236,16 @@ impl Hub {
 
 /// Runs the hub loop until [`HubMsg::Stop`]. See the module docs.
 pub(crate) fn run(inbox: Inbox, ping_interval: Duration) {
+    // However the hub ends, even by a panic: wake any sender still waiting for room in
+    // the inbox, now that nothing will make it.
+    struct CloseFlow(Arc<Flow>);
+    impl Drop for CloseFlow {
+        fn drop(&mut self) {
+            self.0.close();
+        }
+    }
+    let _close = CloseFlow(inbox.flow);
     serve(&inbox.rx, ping_interval);
-    // Wakes any sender still waiting for room, now that nothing will make it.
-    inbox.flow.close();
 }
 
 fn serve(inbox: &Receiver<Envelope>, ping_interval: Duration) {
