@@ -28,7 +28,7 @@
 //!                     +---------------+  Close, Finish                 | broadcasts, pings:
 //!                            |  |             |                        | writer idle? send
 //!                            |  |             |                        | now, else queue
-//!                            |  +--- data ----|------> WireFrame queue (bounded 256)
+//!                            |  +--- data ----|------> WireFrame queue (256, 4 MiB)
 //!                            |   (echo, send) v              |        |
 //!                            |          +---------------+ <--+        |
 //!   client <==bytes======================| writer thread |<-- write lock (one writer at
