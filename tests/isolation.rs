@@ -448,3 +448,16 @@ fn pings_count_toward_the_message_rate_limit() {
         server.shutdown();
     });
 }
+
+#[test]
+fn a_close_with_code_1014_is_echoed_not_answered_with_1002() {
+    watchdog(Duration::from_secs(30), || {
+        let server = start(test_config());
+        let mut raw = support::Raw::connect(server.local_addr(), "/echo");
+        raw.send_frame(0x88, &1014u16.to_be_bytes());
+        let (first, payload) = raw.read_frame().expect("the server's Close");
+        assert_eq!(first, 0x88);
+        assert_eq!(u16::from_be_bytes([payload[0], payload[1]]), 1014);
+        server.shutdown();
+    });
+}
