@@ -461,3 +461,25 @@ fn a_close_with_code_1014_is_echoed_not_answered_with_1002() {
         server.shutdown();
     });
 }
+
+#[test]
+fn a_ping_flood_is_paced_without_a_rate_flag() {
+    watchdog(Duration::from_secs(60), || {
+        let server = start(test_config());
+        let mut ws = connect(server.local_addr(), "/echo");
+        let start = Instant::now();
+        // One second's worth at once, then 100 per second: 300 pings take 2 s or more.
+        for _ in 0..300 {
+            ws.send(Message::Ping(vec![0u8; 125].into())).unwrap();
+        }
+        ws.send(Message::text("after the pings")).unwrap();
+        assert_eq!(next_data(&mut ws), Message::text("after the pings"));
+        let took = start.elapsed();
+        eprintln!("300 pings then an echo: {took:?}");
+        assert!(
+            took >= Duration::from_millis(1800),
+            "the pings were not paced: {took:?}"
+        );
+        server.shutdown();
+    });
+}

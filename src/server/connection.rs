@@ -30,6 +30,7 @@ use tungstenite::Message;
 use tungstenite::protocol::{Role, WebSocket, WebSocketConfig};
 
 use crate::server::config::Config;
+use crate::server::flow;
 use crate::server::handler::{ConnParts, Connection, Handler, Routes};
 use crate::server::hub::{Hub, HubMsg, PeerHandle};
 use crate::server::queue::{OutboundTx, outbound};
@@ -47,6 +48,13 @@ use crate::ws::utf8_guard::Screened;
 /// lets the client's FIN arrive first. One second covers any loopback or LAN peer.
 /// Skipped after a finished close handshake with nothing unread (see [`serve`]).
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
+
+/// Pings and pongs a connection is served per second (after a burst of one second's
+/// worth), whatever `max_message_rate` says: past it the reader waits before reading
+/// on, so a client flooding control frames slows only itself. Each Ping costs a wake-up
+/// of the reader and one of the writer for its Pong; keep-alive needs one every few
+/// seconds.
+const CONTROL_FRAMES_PER_SECOND: u32 = 100;
 
 /// Bytes read per `read` call while waiting for the request head.
 const HEAD_CHUNK: usize = 1024;
@@ -457,9 +465,13 @@ fn read_loop(
     let mut limiter = config
         .max_message_rate
         .map(|r| RateLimiter::new(r, Instant::now()));
+    let mut control = RateLimiter::new(CONTROL_FRAMES_PER_SECOND, Instant::now());
     loop {
         match ws.read() {
             Ok(msg) => {
+                if matches!(msg, Message::Ping(_) | Message::Pong(_)) {
+                    flow::pace(&mut control);
+                }
                 // Pings and pongs count: each costs a wake-up, and a Ping a reply.
                 let counted = !matches!(msg, Message::Close(_) | Message::Frame(_));
                 if let Some(limiter) = limiter.as_mut().filter(|_| counted) {

@@ -11,6 +11,8 @@
 //! admits everything from then on (the send then fails as the hub is gone), so no wait
 //! outlives the hub.
 //!
+//! [`pace`] is the other half: a sender over its rate waits for its next token.
+//!
 //! Why: the inbox is one FIFO shared by every connection. Without a bound per
 //! connection, one client sending as fast as it can fills it with its own messages and
 //! every other member's broadcast waits behind them; with one, the flooder's reader
@@ -20,7 +22,10 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
+use std::time::Instant;
+
 use crate::sync::lock;
+use crate::ws::rate_limit::RateLimiter;
 
 /// Messages one connection may have waiting in the hub's inbox. Enough to keep the hub
 /// busy while the reader reads the next message; few enough that a member's broadcast
@@ -100,6 +105,19 @@ impl Flow {
     #[cfg(test)]
     pub(crate) fn bytes(&self) -> usize {
         lock(&self.state).bytes
+    }
+}
+
+/// Waits until `limiter` has a token for one more message, and takes it: how a sender
+/// over its rate slows itself (a publisher, a client flooding pings). Each wait is at
+/// most one token's time.
+pub(crate) fn pace(limiter: &mut RateLimiter) {
+    loop {
+        let wait = limiter.delay(Instant::now());
+        if wait.is_zero() {
+            return;
+        }
+        std::thread::sleep(wait);
     }
 }
 

@@ -18,7 +18,7 @@ use crate::server::queue::{OutboundTx, PushError};
 use tungstenite::Message;
 
 use crate::server::error::SendError;
-use crate::server::flow::InFlight;
+use crate::server::flow::{self, InFlight};
 use crate::server::hub::Hub;
 use crate::server::registry::ConnId;
 use crate::server::writer::{Ctrl, WriteSide};
@@ -214,13 +214,7 @@ impl Connection {
     /// slows itself, not the others.
     pub fn broadcast(&self, msg: Message) -> Result<(), SendError> {
         if let Some(limit) = &self.inner.publish_limit {
-            loop {
-                let wait = lock(limit).delay(Instant::now());
-                if wait.is_zero() {
-                    break;
-                }
-                std::thread::sleep(wait);
-            }
+            flow::pace(&mut lock(limit));
         }
         self.inner
             .hub
