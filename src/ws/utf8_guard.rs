@@ -429,22 +429,24 @@ mod tests {
     /// A masked client frame: first byte (FIN, RSV, opcode), payload; `wide` forces the
     /// 64-bit length form.
     fn frame_with(first: u8, payload: &[u8], wide: bool) -> Vec<u8> {
-        let mut out = vec![first];
-        let len = payload.len();
+        let header = tungstenite::protocol::frame::FrameHeader {
+            is_final: first & 0x80 != 0,
+            rsv1: first & 0x40 != 0,
+            rsv2: first & 0x20 != 0,
+            rsv3: first & 0x10 != 0,
+            opcode: OpCode::from(first & 0x0F),
+            mask: Some(MASK),
+        };
+        let mut out = Vec::new();
+        crate::ws::wire::encode_with_header(&mut out, &header, payload);
         if wide {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(len as u64).to_be_bytes());
-        } else if len < 126 {
-            out.push(0x80 | len as u8);
-        } else if len <= 0xFFFF {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(len as u16).to_be_bytes());
-        } else {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(len as u64).to_be_bytes());
+            // The same frame with its length in the 64-bit form: legal, if not minimal.
+            let masked = out.split_off(out.len() - payload.len());
+            out = vec![first, 0x80 | 127];
+            out.extend_from_slice(&(payload.len() as u64).to_be_bytes());
+            out.extend_from_slice(&MASK);
+            out.extend(masked);
         }
-        out.extend_from_slice(&MASK);
-        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
         out
     }
 
