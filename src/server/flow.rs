@@ -46,6 +46,9 @@ struct State {
     bytes: usize,
     /// The hub has ended: admit everything.
     closed: bool,
+    /// Senders waiting for room. A credit wakes them only when there are some: a
+    /// wake-up is a system call, and the hub gives back a credit per message.
+    waiting: usize,
 }
 
 /// One connection's count of messages waiting in the inbox. Changed only under the
@@ -82,7 +85,9 @@ impl Flow {
             if st.closed || !(conn_full || bytes_full) {
                 break;
             }
+            st.waiting += 1;
             st = self.room.wait(st).unwrap_or_else(|p| p.into_inner());
+            st.waiting -= 1;
         }
         st.bytes = st.bytes.saturating_add(bytes);
         if let Some(c) = conn {
@@ -123,14 +128,17 @@ pub(crate) fn pace(limiter: &mut RateLimiter) {
 
 impl Drop for Credit {
     fn drop(&mut self) {
-        {
+        let someone_waits = {
             let mut st = lock(&self.flow.state);
             st.bytes = st.bytes.saturating_sub(self.bytes);
             if let Some(c) = &self.conn {
                 c.fetch_sub(1, Ordering::Relaxed);
             }
+            st.waiting > 0
+        };
+        if someone_waits {
+            self.flow.room.notify_all();
         }
-        self.flow.room.notify_all();
     }
 }
 
