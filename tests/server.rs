@@ -238,6 +238,8 @@ fn the_hubs_pings_queue_in_order_for_a_client_that_is_not_reading() {
     watchdog(LIMIT, || {
         let mut config = test_config();
         config.queue_size = 1000;
+        // Room for the 200 x 64 KiB below: this test is about order, not the byte bound.
+        config.max_queue_bytes = 32 << 20;
         config.ping_interval = Duration::from_millis(100);
         config.idle_timeout = Duration::from_secs(5);
         let server = start(config);

@@ -77,6 +77,8 @@ use std::io;
 use std::time::Duration;
 
 use tungstenite::Message;
+
+use crate::ws::limits::{self, ConnectionSettings};
 pub use tungstenite::protocol::CloseFrame;
 
 pub mod backoff;
@@ -193,42 +195,23 @@ impl ClientConfig {
     /// Checks the configuration, including that every header is a valid HTTP header
     /// the client may set. [`Client::connect`] and [`ReconnectingClient::start`] call it.
     pub fn validate(&self) -> Result<(), ClientError> {
-        let nonzero = [
-            ("connect timeout", Some(self.connect_timeout)),
-            ("handshake timeout", Some(self.handshake_timeout)),
-            ("write timeout", Some(self.write_timeout)),
-            ("close timeout", Some(self.close_timeout)),
-            ("ping interval", self.ping_interval),
-            ("idle timeout", self.idle_timeout),
-        ];
-        for (name, d) in nonzero {
-            if d.is_some_and(|d| d.is_zero()) {
-                return Err(ClientError::InvalidConfig(format!(
-                    "{name} must be greater than zero"
-                )));
-            }
-        }
-        if let (Some(ping), Some(idle)) = (self.ping_interval, self.idle_timeout) {
-            if ping >= idle {
-                return Err(ClientError::InvalidConfig(format!(
-                    "ping interval ({ping:?}) must be shorter than the idle timeout ({idle:?}), \
-                     or a quiet but live server would be dropped as idle"
-                )));
-            }
-        }
-        if self.queue_size == 0 {
-            return Err(ClientError::InvalidConfig("queue size must be at least 1".into()));
-        }
-        if self.max_message_size == 0 || self.max_frame_size == 0 {
-            return Err(ClientError::InvalidConfig(
-                "message and frame size limits must be at least 1 byte".into(),
-            ));
-        }
-        if self.read_buffer_size < 256 {
-            return Err(ClientError::InvalidConfig(
-                "read buffer size must be at least 256 bytes".into(),
-            ));
-        }
+        limits::check(&ConnectionSettings {
+            timeouts: &[
+                ("connect timeout", Some(self.connect_timeout)),
+                ("handshake timeout", Some(self.handshake_timeout)),
+                ("write timeout", Some(self.write_timeout)),
+                ("close timeout", Some(self.close_timeout)),
+                ("ping interval", self.ping_interval),
+                ("idle timeout", self.idle_timeout),
+            ],
+            ping_interval: self.ping_interval,
+            idle_timeout: self.idle_timeout,
+            queue_size: self.queue_size,
+            max_message_size: self.max_message_size,
+            max_frame_size: self.max_frame_size,
+            read_buffer_size: self.read_buffer_size,
+        })
+        .map_err(ClientError::InvalidConfig)?;
         connection::check_headers(self)
     }
 }

@@ -9,15 +9,18 @@
 //!
 //! Each accepted client gets its own reader thread ([`crate::server::connection`]) at once, so
 //! a slow handshake never delays the next `accept()`. Past `max_connections` a client
-//! gets `503` from the single overflow thread instead, so a flood costs one thread, not
-//! one per client.
+//! gets its `503` at once, from the accept thread, without waiting for its request (one
+//! non-blocking send: the answer fits in a fresh socket's buffer); the single overflow
+//! thread then keeps the socket open for a moment, reading what the client sends, so
+//! closing it does not turn into a reset that could destroy the `503` before the client
+//! reads it. A flood costs one thread, not one per client, and never delays an answer.
 //!
 //! Errors from `accept()` never end the thread. A connection aborted before we took it
 //! is skipped; running out of file descriptors (EMFILE, ENFILE) or memory is logged and
 //! backed off (10 ms, doubling to 1 s), since retrying at once would spin a core while
 //! nothing can change; the wait is on a channel so shutdown still interrupts it.
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -29,17 +32,18 @@ use log::{debug, warn};
 
 use crate::server::connection::{self, Shared, SlotGuard};
 use crate::server::hub::HubMsg;
-use crate::server::metrics::Metrics;
 use crate::ws::handshake::{StatusCode, http_response};
 
-/// Clients waiting for their `503` at once. The overflow thread answers each in well
-/// under a millisecond when the client sends its request promptly; past 64 waiting, a
-/// flood is simply dropped (the client sees a reset), which costs us nothing.
+/// Refused clients (already answered) whose socket the overflow thread keeps open at
+/// once. Past that many, a refused socket is closed right after its `503`: a client that
+/// had sent its request by then may see a reset instead of the answer.
 pub(crate) const OVERFLOW_QUEUE: usize = 64;
 
-/// How long the overflow thread waits for a rejected client's request before answering.
-/// Reading it first avoids a RST that could destroy the `503` before the client reads it.
-const OVERFLOW_READ_WAIT: Duration = Duration::from_millis(100);
+/// How long a refused client's socket stays open after its `503`, counted from its
+/// accept: time for its request to arrive and be read, and for its FIN, so that the
+/// close is orderly. Deadlines run from each accept, so a burst of silent sockets holds
+/// the overflow thread for this long in all, not this long each.
+const REFUSED_LINGER: Duration = Duration::from_millis(100);
 
 /// First and largest pause after an `accept()` error such as EMFILE.
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
@@ -58,7 +62,8 @@ pub(crate) struct Acceptor {
     pub wake: Receiver<()>,
     pub live: Arc<AtomicUsize>,
     pub alive: Sender<()>,
-    pub overflow: Sender<TcpStream>,
+    /// Refused sockets, answered already, and when to close each.
+    pub overflow: Sender<(TcpStream, Instant)>,
 }
 
 /// What one `accept()` error calls for.
@@ -89,6 +94,7 @@ impl Acceptor {
         let mut next_id: u64 = 0;
         let mut backoff = ACCEPT_BACKOFF_MIN;
         let config = &self.shared.config;
+        let refusal = http_response(StatusCode::SERVICE_UNAVAILABLE, "too many connections\n");
         while !self.stop.load(Ordering::Acquire) {
             let sock = match self.listener.accept() {
                 Ok((sock, _)) => sock,
@@ -111,9 +117,10 @@ impl Acceptor {
             }
             self.shared.metrics.accepted.fetch_add(1, Ordering::Relaxed);
             if self.live.load(Ordering::Acquire) >= config.max_connections {
-                if let Err(TrySendError::Full(_)) = self.overflow.try_send(sock) {
-                    debug!("overflow queue full: dropping a connection past the limit");
-                }
+                self.shared
+                    .metrics
+                    .rejected(StatusCode::SERVICE_UNAVAILABLE.as_u16());
+                refuse(sock, &refusal, &self.overflow);
                 continue;
             }
             self.live.fetch_add(1, Ordering::AcqRel);
@@ -152,20 +159,24 @@ impl Acceptor {
     }
 }
 
-/// Runs the overflow thread: answers each client it is given with `503`. Ends when the
-/// accept thread (the only sender) is gone.
-pub(crate) fn run_overflow(rx: Receiver<TcpStream>, metrics: &Metrics) {
-    let response = http_response(StatusCode::SERVICE_UNAVAILABLE, "too many connections\n");
-    for sock in rx {
-        metrics.rejected(StatusCode::SERVICE_UNAVAILABLE.as_u16());
-        let _ = sock.set_read_timeout(Some(OVERFLOW_READ_WAIT));
-        let _ = sock.set_write_timeout(Some(OVERFLOW_READ_WAIT));
-        let mut scratch = [0u8; 2048];
-        let _ = (&sock).read(&mut scratch);
-        if (&sock).write_all(&response).is_ok() {
-            let _ = sock.shutdown(Shutdown::Write);
-            let _ = (&sock).read(&mut scratch);
-        }
+/// Answers a client past the limit with `response` (a `503`) now, without waiting for
+/// its request, and hands the socket to the overflow thread for an orderly close.
+fn refuse(sock: TcpStream, response: &[u8], overflow: &Sender<(TcpStream, Instant)>) {
+    // Non-blocking: a fresh socket's send buffer takes the whole answer, and the accept
+    // thread must never wait on a client.
+    let _ = socket2::SockRef::from(&sock).send_with_flags(response, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL);
+    let _ = sock.shutdown(Shutdown::Write);
+    if let Err(TrySendError::Full(_)) = overflow.try_send((sock, Instant::now() + REFUSED_LINGER)) {
+        debug!("overflow queue full: closing a refused connection at once");
+    }
+}
+
+/// Runs the overflow thread: keeps each refused socket open until its client closes or
+/// its deadline passes, reading and discarding what it sends. Ends when the accept thread
+/// (the only sender) is gone; by then no deadline is more than [`REFUSED_LINGER`] away.
+pub(crate) fn run_overflow(rx: Receiver<(TcpStream, Instant)>) {
+    for (sock, deadline) in rx {
+        let _ = connection::linger_until(&sock, deadline);
     }
 }
 

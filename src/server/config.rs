@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use crate::pubsub::Limits;
 use crate::server::error::ConfigError;
+use crate::ws::limits::{self, ConnectionSettings};
 
 /// Messages a client's outbound queue holds before the client counts as a slow consumer
 /// and is disconnected. 256 frames absorb a burst of broadcasts while the writer is
@@ -21,9 +22,9 @@ use crate::server::error::ConfigError;
 /// `Arc` handles (the frame bytes themselves are shared with every other recipient).
 pub(crate) const DEFAULT_QUEUE_SIZE: usize = 256;
 
-/// Concurrent connections (in handshake or open) before new ones get `503`. Ten
-/// thousand is what the benchmarks hold on a 2-core, 24 GiB box; each connection is two
-/// threads, so this also keeps the process far below a default `pid_max` of 32768.
+/// Concurrent connections (in handshake or open) before new ones get `503`. Each
+/// connection is two threads, so this keeps the process well below a default `pid_max`
+/// of 32768; what a given box holds is in the benchmarks, not here.
 pub(crate) const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 
 /// Largest message (after reassembly of fragments) a client may send. 1 MiB is plenty
@@ -39,15 +40,15 @@ pub(crate) const DEFAULT_MAX_FRAME_SIZE: usize = 1 << 20;
 /// default is 128 KiB, which would be 1.25 GiB for ten thousand idle clients. 1 KiB
 /// holds dozens of typical chat messages per `read`. The trade-off is larger messages:
 /// the buffer grows to hold the frame being read, but each `read` still asks for at most
-/// this much, so a 1 MiB message takes about a thousand `read` calls (around a
-/// millisecond). Raise it (`--read-buffer-size 64KiB`) for bulk transfer.
+/// this much, so a message takes one `read` call per this many bytes. Raise it
+/// (`--read-buffer-size 64KiB`) for bulk transfer.
 pub(crate) const DEFAULT_READ_BUFFER_SIZE: usize = 1024;
 
 /// Stack reserved for each connection thread. The default Rust stack is 2 MiB of address
 /// space; only touched pages cost memory, but 20 000 threads x 2 MiB is 40 GiB of
-/// reservations. 128 KiB is several times what the reader and writer use (measured with
-/// handlers that allocate on the heap as usual) and leaves room for a user handler's
-/// moderate recursion. Raise it with `--thread-stack-size` for handlers that need more.
+/// reservations. 128 KiB is many times what the reader and writer touch (the reader
+/// keeps within two pages: `tests/threads.rs` checks it) and leaves room for a user
+/// handler's moderate recursion. Raise it with `--thread-stack-size` for handlers that need more.
 pub(crate) const DEFAULT_THREAD_STACK_SIZE: usize = 128 * 1024;
 
 /// Publications each channel on `/ws` keeps for recovery. 100 covers a client that was
@@ -70,6 +71,27 @@ pub(crate) const DEFAULT_MAX_SUBSCRIPTIONS: usize = 128;
 /// Channels whose state may exist at once. Bounds the hub's memory: each channel holds
 /// at most `history_size x max_message_size` bytes of history.
 pub(crate) const DEFAULT_MAX_CHANNELS: usize = 10_000;
+
+/// The kernel's send buffer for each connection's socket (`SO_SNDBUF`; Linux doubles
+/// the value for its bookkeeping). Left to itself the kernel grows a socket's buffer to
+/// megabytes for a client that does not read, and keeps it after the client is cut for
+/// as long as the client keeps its end open; this bounds what one connection can make
+/// the kernel hold. 64 KiB keeps a fast reader's socket busy and makes a slow one's
+/// queue fill (and the client be cut) early.
+pub(crate) const DEFAULT_SEND_BUFFER_SIZE: usize = 64 * 1024;
+
+/// Bytes of broadcasts the hub's inbox may hold, from every sender together. Bounds the
+/// inbox's memory whatever the message size (its message count alone would allow
+/// 16 384 messages of the largest size).
+pub(crate) const DEFAULT_MAX_INBOX_BYTES: usize = 64 << 20;
+
+/// Bytes one connection's outbound queue may hold. A broadcast's bytes are shared by
+/// every queue holding it, but a queue keeps what it holds alive: this bounds what one
+/// slow reader can pin. Four of the largest default messages.
+pub(crate) const DEFAULT_MAX_QUEUE_BYTES: usize = 4 << 20;
+
+/// Broadcasts per second one connection may publish before its publishing waits.
+pub(crate) const DEFAULT_MAX_PUBLISH_RATE: u32 = 1000;
 
 /// Smallest stack we accept: below this, glibc's guard page and thread-local storage
 /// leave too little for tungstenite's parser.
@@ -140,9 +162,9 @@ pub struct Config {
     /// Must be shorter than `idle_timeout`. Default 30 s.
     ///
     /// The trade-off: each ping costs the server one `sendmsg` from the hub and one
-    /// wake-up of the client's reader thread for its Pong, about 20 µs of CPU here, so
-    /// idle clients cost `clients / ping_interval x 20 µs` per second: ten thousand
-    /// clients take 2 % of a core at 10 s and 0.7 % at 30 s. 30 s stays under the 60 s
+    /// wake-up of the client's reader thread for its Pong, so idle clients cost
+    /// `clients / ping_interval` of those per second: halving the interval doubles the
+    /// idle load. 30 s stays under the 60 s
     /// idle timeouts of common proxies (nginx's `proxy_read_timeout`, cloud load
     /// balancers), which would otherwise drop a quiet connection; gorilla/websocket's
     /// example pings every 54 s, Socket.IO every 25 s.
@@ -165,9 +187,21 @@ pub struct Config {
     /// Largest frame payload a client may send, in bytes; bigger gets Close 1009.
     /// Default [`DEFAULT_MAX_FRAME_SIZE`]. Clamped to `max_message_size`.
     pub max_frame_size: usize,
-    /// Messages per second one connection may send; over it gets Close 1008.
-    /// `None` (the default): no limit.
+    /// Messages per second one connection may send, pings and pongs included; over it
+    /// gets Close 1008. `None` (the default): no limit.
     pub max_message_rate: Option<u32>,
+    /// Broadcasts per second one connection may publish (what its handler hands the hub
+    /// through [`Connection::broadcast`](crate::Connection::broadcast), as `/chat` does);
+    /// past it the publisher waits, which stops its reader reading and slows that
+    /// client alone. It may burst up to one second's worth. Default 1000. `0`: no limit.
+    pub max_publish_rate: u32,
+    /// Bytes of broadcasts the hub's inbox may hold in all; past it, publishers wait.
+    /// Default 64 MiB.
+    pub max_inbox_bytes: usize,
+    /// Bytes one connection's outbound queue may hold; past it (or past `queue_size`
+    /// messages) the client is a slow consumer and is cut. A single message larger than
+    /// this still goes to an empty queue. Default 4 MiB.
+    pub max_queue_bytes: usize,
     /// Bytes read from a socket at a time. Default [`DEFAULT_READ_BUFFER_SIZE`].
     pub read_buffer_size: usize,
     /// Stack size of every connection thread. Default [`DEFAULT_THREAD_STACK_SIZE`].
@@ -196,6 +230,12 @@ pub struct Config {
     /// Channels whose state may exist at once; past it `sub` or `pub` to a new channel
     /// gets error 4. Default 10 000.
     pub max_channels: usize,
+
+    /// The kernel's send buffer per connection (`SO_SNDBUF`), in bytes: what a client
+    /// that stops reading can make the kernel hold for it, on top of its queue. Default
+    /// 64 KiB. `0`: leave it to the kernel's autotuning (up to `net.ipv4.tcp_wmem`'s
+    /// maximum, megabytes, per connection).
+    pub send_buffer_size: usize,
 }
 
 impl Default for Config {
@@ -213,6 +253,9 @@ impl Default for Config {
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             max_frame_size: DEFAULT_MAX_FRAME_SIZE,
             max_message_rate: None,
+            max_publish_rate: DEFAULT_MAX_PUBLISH_RATE,
+            max_inbox_bytes: DEFAULT_MAX_INBOX_BYTES,
+            max_queue_bytes: DEFAULT_MAX_QUEUE_BYTES,
             read_buffer_size: DEFAULT_READ_BUFFER_SIZE,
             thread_stack_size: DEFAULT_THREAD_STACK_SIZE,
             demo: true,
@@ -223,6 +266,8 @@ impl Default for Config {
             idempotency_window: DEFAULT_IDEMPOTENCY_WINDOW,
             max_subscriptions: DEFAULT_MAX_SUBSCRIPTIONS,
             max_channels: DEFAULT_MAX_CHANNELS,
+
+            send_buffer_size: DEFAULT_SEND_BUFFER_SIZE,
         }
     }
 }
@@ -231,36 +276,35 @@ impl Config {
     /// Checks the configuration once, before anything starts. Every rule here is one a
     /// running server would otherwise break in a confusing way.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let nonzero = [
-            ("handshake timeout", self.handshake_timeout),
-            ("idle timeout", self.idle_timeout),
-            ("ping interval", self.ping_interval),
-            ("write timeout", self.write_timeout),
-            ("drain timeout", self.drain_timeout),
-            ("history TTL", self.history_ttl),
-            ("idempotency window", self.idempotency_window),
-        ];
-        for (name, d) in nonzero {
-            if d.is_zero() {
-                return Err(ConfigError::new(format!("{name} must be greater than zero")));
-            }
-        }
-        if self.ping_interval >= self.idle_timeout {
-            return Err(ConfigError::new(format!(
-                "ping interval ({:?}) must be shorter than the idle timeout ({:?}), \
-                 or quiet but live clients would be closed as idle",
-                self.ping_interval, self.idle_timeout
-            )));
-        }
-        if self.queue_size == 0 {
-            return Err(ConfigError::new("queue size must be at least 1"));
-        }
+        limits::check(&ConnectionSettings {
+            timeouts: &[
+                ("handshake timeout", Some(self.handshake_timeout)),
+                ("idle timeout", Some(self.idle_timeout)),
+                ("ping interval", Some(self.ping_interval)),
+                ("write timeout", Some(self.write_timeout)),
+                ("drain timeout", Some(self.drain_timeout)),
+                ("history TTL", Some(self.history_ttl)),
+                ("idempotency window", Some(self.idempotency_window)),
+            ],
+            ping_interval: Some(self.ping_interval),
+            idle_timeout: Some(self.idle_timeout),
+            queue_size: self.queue_size,
+            max_message_size: self.max_message_size,
+            max_frame_size: self.max_frame_size,
+            read_buffer_size: self.read_buffer_size,
+        })
+        .map_err(ConfigError::new)?;
         if self.max_connections == 0 {
             return Err(ConfigError::new("max connections must be at least 1"));
         }
         if self.max_message_size == 0 || self.max_frame_size == 0 {
             return Err(ConfigError::new(
                 "message and frame size limits must be at least 1 byte",
+            ));
+        }
+        if self.max_inbox_bytes == 0 || self.max_queue_bytes == 0 {
+            return Err(ConfigError::new(
+                "inbox and queue byte limits must be at least 1 byte",
             ));
         }
         if self.max_message_rate == Some(0) {
@@ -270,9 +314,6 @@ impl Config {
             return Err(ConfigError::new(
                 "max subscriptions and max channels must be at least 1",
             ));
-        }
-        if self.read_buffer_size < 256 {
-            return Err(ConfigError::new("read buffer size must be at least 256 bytes"));
         }
         if self
             .api_key

@@ -30,6 +30,7 @@ use tungstenite::Message;
 use tungstenite::protocol::{Role, WebSocket, WebSocketConfig};
 
 use crate::server::config::Config;
+use crate::server::flow;
 use crate::server::handler::{ConnParts, Connection, Handler, Routes};
 use crate::server::http;
 use crate::server::hub::{Hub, HubMsg, PeerHandle};
@@ -53,6 +54,13 @@ const CLOSE_LINGER: Duration = Duration::from_secs(1);
 /// The close code counted for a connection that ended with no Close frame either way
 /// (RFC 6455 §7.1.5: never sent on the wire).
 const ABNORMAL: u16 = 1006;
+
+/// Pings and pongs a connection is served per second (after a burst of one second's
+/// worth), whatever `max_message_rate` says: past it the reader waits before reading
+/// on, so a client flooding control frames slows only itself. Each Ping costs a wake-up
+/// of the reader and one of the writer for its Pong; keep-alive needs one every few
+/// seconds.
+const CONTROL_FRAMES_PER_SECOND: u32 = 100;
 
 /// Bytes read per `read` call while waiting for the request head.
 const HEAD_CHUNK: usize = 1024;
@@ -148,7 +156,7 @@ struct WriterLink {
 
 #[inline(never)]
 fn spawn_writer(sock: &Arc<TcpStream>, config: &Config) -> io::Result<WriterLink> {
-    let (data, data_rx) = outbound(config.queue_size);
+    let (data, data_rx) = outbound(config.queue_size, config.max_queue_bytes);
     let (ctrl, ctrl_rx) = bounded(CTRL_QUEUE);
     let timers = WriterTimers {
         close_timeout: config.drain_timeout,
@@ -184,6 +192,9 @@ fn handshake_phase(sock: &TcpStream, id: ConnId, shared: &Shared) -> Option<Upgr
     let config = &shared.config;
     // Small frames should leave at once: Nagle's delay would add up to 40 ms to an echo.
     let _ = sock.set_nodelay(true);
+    if config.send_buffer_size > 0 {
+        let _ = socket2::SockRef::from(sock).set_send_buffer_size(config.send_buffer_size);
+    }
     let deadline = Instant::now() + config.handshake_timeout;
     let (request, leftover) = match read_head(sock, deadline) {
         Ok(head) => head,
@@ -309,21 +320,31 @@ fn respond_and_close(sock: &TcpStream, response: &[u8], config: &Config) {
     let _ = sock.set_write_timeout(Some(config.write_timeout));
     if (&*sock).write_all(response).is_ok() {
         let _ = sock.shutdown(std::net::Shutdown::Write);
-        linger(sock);
+        let _ = linger(sock);
     }
 }
 
 /// Reads and discards until the peer closes its side, for at most [`CLOSE_LINGER`].
-fn linger(sock: &TcpStream) {
-    let deadline = Instant::now() + CLOSE_LINGER;
+/// `false` when the peer was still there at the end of it.
+fn linger(sock: &TcpStream) -> bool {
+    linger_until(sock, Instant::now() + CLOSE_LINGER)
+}
+
+/// Reads and discards until the peer closes its side or `deadline` passes; `false` when
+/// the peer was still there at the deadline.
+pub(crate) fn linger_until(sock: &TcpStream, deadline: Instant) -> bool {
     let mut scratch = [0u8; 512];
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() || sock.set_read_timeout(Some(left)).is_err() {
-            return;
+            return false;
         }
         match (&*sock).read(&mut scratch) {
-            Ok(0) | Err(_) => return,
+            Ok(0) => return true,
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                return false;
+            }
+            Err(_) => return true,
             Ok(_) => {}
         }
     }
@@ -354,6 +375,7 @@ fn serve(sock: Arc<TcpStream>, id: ConnId, upgrade: Upgrade, writer: WriterLink,
         write: side.clone(),
         hub: shared.hub.clone(),
         write_timeout: config.write_timeout,
+        publish_rate: config.max_publish_rate,
     });
     let registered = shared
         .hub
@@ -416,8 +438,12 @@ fn serve(sock: Arc<TcpStream>, id: ConnId, upgrade: Upgrade, writer: WriterLink,
     // nothing more (RFC 6455 §5.5.1), so closing cannot make the kernel answer unread
     // bytes with an RST: end now, rather than a round trip later when its FIN comes. A
     // connection that ended any other way, or a client still sending, gets the linger.
-    if writer_end == WriterEnd::Finished && !(close_handshake_done && nothing_unread(&sock)) {
-        linger(&sock);
+    // A peer still there after the linger (an idle client that ignored our Close, one
+    // that keeps sending) is cut: what we sent it has had its chance, and an orderly
+    // close would leave the kernel holding whatever it has not read.
+    if writer_end == WriterEnd::Finished && !(close_handshake_done && nothing_unread(&sock)) && !linger(&sock)
+    {
+        writer::cut(&sock);
     }
     debug!("connection {id}: ended");
 }
@@ -446,11 +472,11 @@ fn nothing_unread(sock: &TcpStream) -> bool {
 /// tungstenite's protocol state for the WebSocket phase, on the heap.
 ///
 /// Why a `Box`, built in a frame of its own: the reader's stack must stay within two
-/// pages for ten thousand idle readers to cost two pages each. glibc puts the thread's
-/// descriptor and TLS at the top of its stack (about 4.4 KiB here), leaving about 3.7 KiB
-/// for `run`, `serve`, the read loop and a `read` down into tungstenite; a 320-byte
-/// `WebSocket` and its construction's temporaries in `serve`'s frame pushed the deepest
-/// read just past the second page, which cost every connection another 4 KiB.
+/// pages for ten thousand idle readers to cost two pages each (`tests/threads.rs` checks
+/// it). glibc puts the thread's descriptor and TLS at the top of its stack, leaving
+/// less than two pages for `run`, `serve`, the read loop and a `read` down into
+/// tungstenite; a `WebSocket` and its construction's temporaries in `serve`'s frame push
+/// the deepest read past the second page, which costs every connection another page.
 #[inline(never)]
 fn open_websocket(
     side: &Arc<WriteSide>,
@@ -493,10 +519,16 @@ fn read_loop(
     let mut limiter = config
         .max_message_rate
         .map(|r| RateLimiter::new(r, Instant::now()));
+    let mut control = RateLimiter::new(CONTROL_FRAMES_PER_SECOND, Instant::now());
     loop {
         match ws.read() {
-            Ok(msg @ (Message::Text(_) | Message::Binary(_))) => {
-                if let Some(limiter) = limiter.as_mut() {
+            Ok(msg) => {
+                if matches!(msg, Message::Ping(_) | Message::Pong(_)) {
+                    flow::pace(&mut control);
+                }
+                // Pings and pongs count: each costs a wake-up, and a Ping a reply.
+                let counted = !matches!(msg, Message::Close(_) | Message::Frame(_));
+                if let Some(limiter) = limiter.as_mut().filter(|_| counted) {
                     if !limiter.allow(Instant::now()) {
                         return ReadEnd::Fail {
                             code: POLICY_VIOLATION,
@@ -504,19 +536,22 @@ fn read_loop(
                         };
                     }
                 }
-                shared.metrics.received(msg.len());
-                if let Err(end) = guarded(id, "on_message", || handler.on_message(conn, msg)) {
-                    return end;
+                // Pings are answered by tungstenite (through the writer); pongs only
+                // prove the client is alive, which the successful read already did.
+                // After a Close, the next read finishes the handshake and reports
+                // ConnectionClosed.
+                match msg {
+                    Message::Text(_) | Message::Binary(_) => {
+                        shared.metrics.received(msg.len());
+                        if let Err(end) = guarded(id, "on_message", || handler.on_message(conn, msg)) {
+                            return end;
+                        }
+                    }
+                    // 1005: a Close without a status code (RFC 6455 §7.1.5).
+                    Message::Close(frame) => *peer_close = Some(frame.map_or(1005, |f| u16::from(f.code))),
+                    _ => {}
                 }
             }
-            // Pings are answered by tungstenite (through the writer); pongs only prove
-            // the client is alive, which the successful read already did. After a Close,
-            // the next read finishes the handshake and reports ConnectionClosed.
-            Ok(Message::Close(frame)) => {
-                // 1005: a Close without a status code (RFC 6455 §7.1.5).
-                *peer_close = Some(frame.map_or(1005, |f| u16::from(f.code)));
-            }
-            Ok(_) => {}
             Err(e) => {
                 let end = close_policy::classify(&e);
                 if !matches!(end, ReadEnd::Done) {

@@ -9,10 +9,9 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::net::Shutdown;
-use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{SendTimeoutError, Sender};
 
@@ -23,11 +22,14 @@ use crate::pubsub::encode;
 use crate::pubsub::protocol::{SUBPROTOCOL, parse_request};
 use crate::server::commands::ConnCommand;
 use crate::server::error::SendError;
+use crate::server::flow::{self, InFlight};
 use crate::server::hub::{Hub, HubMsg};
 use crate::server::registry::ConnId;
 use crate::server::writer::{Ctrl, WriteSide};
+use crate::sync::lock;
 use crate::ws::close_policy::UNSUPPORTED_DATA;
 use crate::ws::handshake::{Endpoint, Request};
+use crate::ws::rate_limit::RateLimiter;
 use crate::ws::wire::WireFrame;
 
 /// Serves the connections on one path.
@@ -159,6 +161,10 @@ struct ConnInner {
     write: Arc<WriteSide>,
     hub: Hub,
     write_timeout: Duration,
+    /// This connection's broadcasts waiting in the hub's inbox.
+    in_flight: InFlight,
+    /// `max_publish_rate`, when set.
+    publish_limit: Option<Mutex<RateLimiter>>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -179,6 +185,8 @@ pub(crate) struct ConnParts {
     pub write: Arc<WriteSide>,
     pub hub: Hub,
     pub write_timeout: Duration,
+    /// Broadcasts per second this connection may publish; 0: no limit.
+    pub publish_rate: u32,
 }
 
 impl Connection {
@@ -194,6 +202,9 @@ impl Connection {
                 write: p.write,
                 hub: p.hub,
                 write_timeout: p.write_timeout,
+                in_flight: InFlight::default(),
+                publish_limit: (p.publish_rate > 0)
+                    .then(|| Mutex::new(RateLimiter::new(p.publish_rate, Instant::now()))),
             }),
         }
     }
@@ -259,8 +270,18 @@ impl Connection {
     }
 
     /// Broadcasts `msg` to every connection on this connection's path, itself included.
+    ///
+    /// Waits while this connection is over its publication rate
+    /// ([`Config::max_publish_rate`](crate::Config::max_publish_rate)) or has its bound
+    /// of broadcasts waiting in the hub's inbox: one client publishing as fast as it can
+    /// slows itself, not the others.
     pub fn broadcast(&self, msg: Message) -> Result<(), SendError> {
-        self.inner.hub.broadcast_to(self.inner.topic.clone(), msg)
+        if let Some(limit) = &self.inner.publish_limit {
+            flow::pace(&mut lock(limit));
+        }
+        self.inner
+            .hub
+            .broadcast_from(self.inner.topic.clone(), msg, Some(&self.inner.in_flight))
     }
 
     /// Starts the close handshake with `code` and `reason`, after everything already
@@ -285,10 +306,10 @@ impl Connection {
         &self.inner.hub
     }
 
-    /// Cuts the connection at once (no Close frame): both directions shut, which wakes
-    /// its reader and writer.
+    /// Cuts the connection at once (no Close frame): an abortive close, which wakes its
+    /// reader and writer (see `writer::cut`).
     pub(crate) fn cut(&self) {
-        let _ = self.inner.write.sock.shutdown(Shutdown::Both);
+        self.inner.write.cut();
     }
 }
 

@@ -32,7 +32,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::net::{Shutdown, TcpStream};
+use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -47,9 +47,10 @@ use crate::pubsub::protocol::{ErrorBody, ErrorCode, MAX_KEY_LEN, StreamPosition,
 use crate::pubsub::{Channels, Limits};
 use crate::server::commands::{ApiPublish, ConnCommand, Hubside};
 use crate::server::error::{PublishError, SendError};
+use crate::server::flow::{Credit, Flow, InFlight};
 use crate::server::metrics::{HubStats, Metrics};
 use crate::server::registry::{ConnId, Offer, Peer, Registry};
-use crate::server::writer::{Ctrl, WriteSide};
+use crate::server::writer::{self, Ctrl, WriteSide};
 use crate::ws::close_policy::GOING_AWAY;
 use crate::ws::keepalive::PingSchedule;
 use crate::ws::wire::WireFrame;
@@ -57,12 +58,13 @@ use crate::ws::wire::WireFrame;
 /// Messages the hub's inbox holds. When it is full, senders (readers relaying chat
 /// messages, the embedding program) wait: that is back-pressure from a hub that is
 /// momentarily behind, and the hub itself never waits on anyone, so it always drains.
+/// Broadcasts are bounded in bytes too, and per connection ([`crate::server::flow`]).
 ///
 /// Sized so that every connection of a full default server (ten thousand) can leave at
 /// once, as in a drain, without its reader waiting here: each sends one `Unregister`
-/// while the hub is still busy closing everyone. With 4096 slots, readers queued up
-/// behind a full inbox and a 10 000-connection drain took 0.2-0.4 s longer. The slots
-/// are allocated up front: 16 384 x 96 bytes, 1.5 MiB per server.
+/// while the hub is still busy closing everyone, so the inbox must hold more messages
+/// than the default connection limit. The slots are allocated up front (one
+/// `HubMsg` each, per server).
 pub(crate) const HUB_QUEUE: usize = 16384;
 
 /// The reason sent with the drain's Close 1001.
@@ -152,9 +154,9 @@ impl PeerHandle {
         }
     }
 
-    /// Cuts the connection: both directions shut, which wakes its reader and writer.
+    /// Cuts the connection (an abortive close), which wakes its reader and writer.
     pub(crate) fn cut(&self) {
-        let _ = self.write.sock.shutdown(Shutdown::Both);
+        self.write.cut();
     }
 }
 
@@ -169,10 +171,40 @@ impl PeerHandle {
 /// ```
 #[derive(Clone, Debug)]
 pub struct Hub {
-    tx: Sender<HubMsg>,
+    tx: Sender<Envelope>,
+    flow: Arc<Flow>,
     /// The routes' paths: the only topics a client can be on. Fixed at start.
     topics: Arc<[Box<str>]>,
     metrics: Arc<Metrics>,
+}
+
+/// A message in the hub's inbox, with the room it takes there
+/// ([`crate::server::flow`]), given back once the hub has handled it.
+pub(crate) struct Envelope {
+    msg: HubMsg,
+    _credit: Option<Credit>,
+}
+
+/// The hub's end of its inbox.
+pub(crate) struct Inbox {
+    rx: Receiver<Envelope>,
+    flow: Arc<Flow>,
+}
+
+/// The hub's inbox: [`HUB_QUEUE`] messages, broadcasts up to `max_bytes` in all; the
+/// [`Hub`] handle knows the routes' `topics` and counts into `metrics`.
+pub(crate) fn inbox(max_bytes: usize, topics: Arc<[Box<str>]>, metrics: Arc<Metrics>) -> (Hub, Inbox) {
+    let (tx, rx) = bounded(HUB_QUEUE);
+    let flow = Flow::new(max_bytes);
+    (
+        Hub {
+            tx,
+            flow: flow.clone(),
+            topics,
+            metrics,
+        },
+        Inbox { rx, flow },
+    )
 }
 
 impl std::fmt::Debug for HubMsg {
@@ -193,10 +225,6 @@ impl std::fmt::Debug for HubMsg {
 }
 
 impl Hub {
-    pub(crate) fn new(tx: Sender<HubMsg>, topics: Arc<[Box<str>]>, metrics: Arc<Metrics>) -> Hub {
-        Hub { tx, topics, metrics }
-    }
-
     /// The server's counters, for the threads that count.
     pub(crate) fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
@@ -207,7 +235,11 @@ impl Hub {
     pub(crate) fn stats(&self, limit: Duration) -> Option<HubStats> {
         let (reply, answer) = bounded(1);
         let deadline = Instant::now() + limit;
-        self.tx.send_deadline(HubMsg::Stats(reply), deadline).ok()?;
+        let msg = Envelope {
+            msg: HubMsg::Stats(reply),
+            _credit: None,
+        };
+        self.tx.send_deadline(msg, deadline).ok()?;
         answer.recv_deadline(deadline).ok()
     }
 
@@ -218,22 +250,32 @@ impl Hub {
 
     /// Sends `msg` to every connection on `topic` (a route's path, such as `/chat`).
     /// The message is encoded once, here, on the calling thread. Blocks only while the
-    /// hub's inbox is full. Fails with [`SendError::NoSuchTopic`] when no route serves
-    /// `topic` (nobody could ever receive it), and with [`SendError::Closed`] once the
-    /// server has stopped. A topic that has a route but nobody on it right now is fine:
-    /// the message goes to nobody, as a broadcast to an empty room does.
+    /// hub's inbox is full, or holds its byte budget of broadcasts
+    /// ([`Config::max_inbox_bytes`](crate::Config::max_inbox_bytes)). Fails with
+    /// [`SendError::NoSuchTopic`] when no route serves `topic` (nobody could ever
+    /// receive it), and with [`SendError::Closed`] once the server has stopped. A topic
+    /// that has a route but nobody on it right now is fine: the message goes to nobody,
+    /// as a broadcast to an empty room does.
     pub fn broadcast(&self, topic: &str, msg: Message) -> Result<(), SendError> {
         if !self.topics.iter().any(|t| &**t == topic) {
             return Err(SendError::NoSuchTopic);
         }
-        self.broadcast_to(Arc::from(topic), msg)
+        self.broadcast_from(Arc::from(topic), msg, None)
     }
 
-    pub(crate) fn broadcast_to(&self, topic: Arc<str>, msg: Message) -> Result<(), SendError> {
+    /// A broadcast, from connection `conn` when given: it then waits also while that
+    /// connection has its bound of messages in the inbox.
+    pub(crate) fn broadcast_from(
+        &self,
+        topic: Arc<str>,
+        msg: Message,
+        conn: Option<&InFlight>,
+    ) -> Result<(), SendError> {
         let Some(frame) = WireFrame::from_message(msg) else {
             return Ok(());
         };
-        self.send(HubMsg::Broadcast { topic, frame })
+        let credit = self.flow.admit(frame.len(), conn);
+        self.post(HubMsg::Broadcast { topic, frame }, Some(credit))
     }
 
     /// Publishes `data` on the `/ws` channel `ch` and returns the position it got: its
@@ -294,7 +336,13 @@ impl Hub {
     }
 
     pub(crate) fn send(&self, msg: HubMsg) -> Result<(), SendError> {
-        self.tx.send(msg).map_err(|_| SendError::Closed)
+        self.post(msg, None)
+    }
+
+    fn post(&self, msg: HubMsg, credit: Option<Credit>) -> Result<(), SendError> {
+        self.tx
+            .send(Envelope { msg, _credit: credit })
+            .map_err(|_| SendError::Closed)
     }
 }
 
@@ -324,10 +372,28 @@ const MAX_SWEEP: Duration = Duration::from_secs(10);
 
 /// Runs the hub loop until [`HubMsg::Stop`]. See the module docs.
 pub(crate) fn run(
-    inbox: Receiver<HubMsg>,
+    inbox: Inbox,
     ping_interval: Duration,
     limits: Limits,
     metrics: Arc<Metrics>,
+) -> DrainTally {
+    // However the hub ends, even by a panic: wake any sender still waiting for room in
+    // the inbox, now that nothing will make it.
+    struct CloseFlow(Arc<Flow>);
+    impl Drop for CloseFlow {
+        fn drop(&mut self) {
+            self.0.close();
+        }
+    }
+    let _close = CloseFlow(inbox.flow);
+    serve(&inbox.rx, ping_interval, limits, &metrics)
+}
+
+fn serve(
+    inbox: &Receiver<Envelope>,
+    ping_interval: Duration,
+    limits: Limits,
+    metrics: &Metrics,
 ) -> DrainTally {
     let mut tally = DrainTally::default();
     let mut registry: Registry<PeerHandle> = Registry::default();
@@ -351,16 +417,18 @@ pub(crate) fn run(
             Some(due) => inbox.recv_deadline(due),
             None => inbox.recv().map_err(|_| RecvTimeoutError::Disconnected),
         };
-        let msg = match next {
-            Ok(msg) => Some(msg),
-            Err(RecvTimeoutError::Timeout) => None,
+        // The envelope's credit gives its room back at the end of this iteration, once
+        // the message is handled.
+        let (msg, _credit) = match next {
+            Ok(Envelope { msg, _credit }) => (Some(msg), _credit),
+            Err(RecvTimeoutError::Timeout) => (None, None),
             Err(RecvTimeoutError::Disconnected) => break,
         };
         match msg {
             None => {}
             Some(HubMsg::Accepted { id, sock }) => {
                 if cutting {
-                    let _ = sock.shutdown(Shutdown::Both);
+                    writer::cut(&sock);
                 } else {
                     handshaking.insert(id, sock);
                 }
@@ -405,7 +473,7 @@ pub(crate) fn run(
                 let mut side = Hubside {
                     channels: &mut channels,
                     registry: &mut registry,
-                    metrics: &metrics,
+                    metrics,
                 };
                 side.execute(*cmd, Instant::now());
             }
@@ -413,7 +481,7 @@ pub(crate) fn run(
                 let mut side = Hubside {
                     channels: &mut channels,
                     registry: &mut registry,
-                    metrics: &metrics,
+                    metrics,
                 };
                 side.api_publish(*p, Instant::now());
             }
@@ -441,7 +509,7 @@ pub(crate) fn run(
                     peer.cut();
                 }
                 for sock in handshaking.values() {
-                    let _ = sock.shutdown(Shutdown::Both);
+                    writer::cut(sock);
                 }
             }
             Some(HubMsg::Stop) => break,

@@ -14,6 +14,7 @@ mod commands;
 mod config;
 mod connection;
 mod error;
+mod flow;
 mod handler;
 mod http;
 mod hub;

@@ -17,7 +17,8 @@
 //!    its client answers the Close (or its writer gives up on it).
 //! 4. **Cut the rest.** Past the deadline the hub shuts down every remaining socket,
 //!    which wakes any blocked read or write at once.
-//! 5. **Join** every connection thread, then stop and join the hub.
+//! 5. **Join** every connection thread, then stop and join the hub, then the overflow
+//!    thread (whose refused sockets have had their `503` already, so nothing waited on it).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -102,8 +103,6 @@ pub(crate) fn drain(r: Running) -> DrainReport {
     let mut handles = Vec::new();
     if accept::unblock(r.local_addr, &r.accept, deadline) {
         handles = r.accept.join().unwrap_or_default();
-        // The overflow thread ends once the accept thread, its only sender, is gone.
-        let _ = r.overflow.join();
     } else {
         warn!("the accept thread did not wake up before the drain deadline");
     }
@@ -146,6 +145,10 @@ pub(crate) fn drain(r: Running) -> DrainReport {
     }
     let _ = r.hub.send(HubMsg::Stop);
     let tally = r.hub_thread.join().unwrap_or_default();
+    // The overflow thread ends once the accept thread, its only sender, is gone, and the
+    // last refused socket's short linger is over; it answers nobody, so nothing above
+    // waited for it.
+    let _ = r.overflow.join();
     debug!("every thread joined after {:.2?}", start.elapsed());
     DrainReport {
         connections,

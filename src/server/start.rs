@@ -19,7 +19,7 @@ use crate::server::config::{Config, DEFAULT_MAX_CONNECTIONS};
 use crate::server::connection::Shared;
 use crate::server::error::Error;
 use crate::server::handler::{Handler, Routes};
-use crate::server::hub::{self, HUB_QUEUE, Hub};
+use crate::server::hub::{self, Hub};
 use crate::server::metrics::Metrics;
 use crate::server::shutdown::{self, DrainReport, Running, ShutdownHandle};
 
@@ -97,20 +97,16 @@ impl ServerBuilder {
         }
 
         let metrics = Arc::new(Metrics::default());
-        let (hub_tx, hub_rx) = bounded(HUB_QUEUE);
-        let hub = Hub::new(hub_tx, routes.paths(), metrics.clone());
+        let (hub, inbox) = hub::inbox(config.max_inbox_bytes, routes.paths(), metrics.clone());
         let ping_interval = config.ping_interval;
         let limits = config.channel_limits();
         let hub_metrics = metrics.clone();
         let hub_thread = spawn("wshub-hub", move || {
-            hub::run(hub_rx, ping_interval, limits, hub_metrics)
+            hub::run(inbox, ping_interval, limits, hub_metrics)
         })?;
 
         let (overflow_tx, overflow_rx) = bounded(accept::OVERFLOW_QUEUE);
-        let overflow_metrics = metrics.clone();
-        let overflow = spawn("wshub-overflow", move || {
-            accept::run_overflow(overflow_rx, &overflow_metrics)
-        })?;
+        let overflow = spawn("wshub-overflow", move || accept::run_overflow(overflow_rx))?;
 
         let stop = Arc::new(AtomicBool::new(false));
         let (wake_tx, wake_rx) = bounded(0);

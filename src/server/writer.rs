@@ -9,8 +9,8 @@
 //! sleeps until there is something to write. The one timer it arms is the wait for the
 //! peer's answer after it sent a Close. **Ends** when the reader says it is done, when a
 //! write fails or blocks for the write timeout, or when the peer has not answered our
-//! Close within the drain timeout; it then shuts the socket down, which also wakes the
-//! reader.
+//! Close within the drain timeout; it then shuts the socket down (abortively, see
+//! [`cut`], unless the end was orderly), which also wakes the reader.
 //!
 //! # Why a writer thread, and how tungstenite's replies get here
 //!
@@ -30,9 +30,9 @@
 //!
 //! # The hub's fast path, and the write lock
 //!
-//! Waking a thread costs more than writing a small frame: in the benchmarks, a broadcast
-//! to 1000 subscribers that woke 1000 writer threads spent most of the core on wake-ups
-//! and managed half the deliveries asked of it. So the hub (and a handler's
+//! Waking a thread costs more than writing a small frame, so a broadcast that woke every
+//! member's writer would spend its time on wake-ups, not writes (the benchmarks show
+//! how much). So the hub (and a handler's
 //! [`Connection::send`](crate::Connection::send), for an echo) may write a frame itself,
 //! but only when that cannot block or reorder anything: the writer is not writing (the
 //! sender *tries* the per-connection write lock, never waits for it), nothing is queued
@@ -139,12 +139,27 @@ enum FastWrite {
     Later,
 }
 
+/// Cuts a connection: an abortive close, for every end the server forces (a slow
+/// consumer, a write that failed or timed out, a peer that ignored our Close, the drain
+/// deadline). The shutdown wakes the connection's reader and writer now; `SO_LINGER` 0
+/// makes the socket's last close send RST and free its unsent data at once, instead of
+/// the kernel keeping it in FIN-WAIT-1 for as long as the peer keeps its end open.
+pub(crate) fn cut(sock: &TcpStream) {
+    let _ = socket2::SockRef::from(sock).set_linger(Some(Duration::ZERO));
+    let _ = sock.shutdown(Shutdown::Both);
+}
+
 impl WriteSide {
     pub(crate) fn new(sock: Arc<TcpStream>) -> WriteSide {
         WriteSide {
             sock,
             state: Mutex::new(WriteState::default()),
         }
+    }
+
+    /// Cuts this connection (see [`cut`]).
+    pub(crate) fn cut(&self) {
+        cut(&self.sock);
     }
 
     /// Takes the lock for a blocking write, first finishing any frame the hub started.
@@ -230,14 +245,17 @@ pub(crate) fn run(
         // Grows on first use: an idle connection's writer holds no batch memory.
         batch: Vec::new(),
     };
-    let end = w.serve(data, ctrl, timers);
-    let how = match end {
-        Ok(WriterEnd::Finished) => Shutdown::Write,
-        _ => Shutdown::Both,
-    };
-    // The peer may already have closed; there is nothing to do about an error here.
-    let _ = w.side.sock.shutdown(how);
-    end.unwrap_or(WriterEnd::Cut)
+    match w.serve(data, ctrl, timers) {
+        Ok(WriterEnd::Finished) => {
+            // The peer may already have closed; there is nothing to do about an error.
+            let _ = w.side.sock.shutdown(Shutdown::Write);
+            WriterEnd::Finished
+        }
+        _ => {
+            w.side.cut();
+            WriterEnd::Cut
+        }
+    }
 }
 
 impl Writer {
@@ -339,7 +357,7 @@ impl Writer {
         let mut written = Ok(());
         while left > 0 && written.is_ok() {
             while left > 0 && self.batch.len() < MAX_BATCH {
-                let Ok(f) = data.rx.try_recv() else { break };
+                let Some(f) = data.try_take() else { break };
                 left -= 1;
                 self.batch.push(f);
             }
@@ -441,7 +459,7 @@ mod tests {
     #[test]
     fn the_hub_writes_at_once_to_an_idle_connection() {
         let (side, mut client) = pair();
-        let (dtx, _drx) = outbound(8);
+        let (dtx, _drx) = outbound(8, 1 << 20);
         assert_eq!(
             side.try_write_now(&text("now"), &dtx, &bounded(1).0),
             FastWrite::Done
@@ -452,7 +470,7 @@ mod tests {
     #[test]
     fn a_close_the_hub_writes_is_the_last_frame() {
         let (side, mut client) = pair();
-        let (dtx, _drx) = outbound(8);
+        let (dtx, _drx) = outbound(8, 1 << 20);
         assert_eq!(
             side.try_write_now(&WireFrame::close(1001, ""), &dtx, &bounded(1).0),
             FastWrite::Done
@@ -470,7 +488,7 @@ mod tests {
     #[test]
     fn a_pong_waiting_for_the_writer_is_not_overtaken() {
         let (side, _client) = pair();
-        let (dtx, _drx) = outbound(8);
+        let (dtx, _drx) = outbound(8, 1 << 20);
         let (ctx, _crx) = bounded(8);
         ctx.send(Ctrl::Raw(vec![0x8A, 0x00])).unwrap();
         assert_eq!(side.try_write_now(&text("echo"), &dtx, &ctx), FastWrite::Later);
@@ -479,7 +497,7 @@ mod tests {
     #[test]
     fn the_hub_queues_behind_frames_already_queued() {
         let (side, _client) = pair();
-        let (dtx, _drx) = outbound(8);
+        let (dtx, _drx) = outbound(8, 1 << 20);
         dtx.try_push(text("first"));
         assert_eq!(
             side.try_write_now(&text("second"), &dtx, &bounded(1).0),
@@ -490,7 +508,7 @@ mod tests {
     #[test]
     fn the_hub_waits_for_no_one_holding_the_write_lock() {
         let (side, _client) = pair();
-        let (dtx, _drx) = outbound(8);
+        let (dtx, _drx) = outbound(8, 1 << 20);
         let held = side.begin().unwrap();
         assert_eq!(
             side.try_write_now(&text("x"), &dtx, &bounded(1).0),
@@ -502,7 +520,7 @@ mod tests {
     #[test]
     fn nothing_goes_out_after_a_close_even_on_the_fast_path() {
         let (side, mut client) = pair();
-        let (dtx, drx) = outbound(8);
+        let (dtx, drx) = outbound(8, 1 << 20);
         let (ctx, crx) = bounded(8);
         ctx.send(Ctrl::Close {
             code: 1000,
@@ -529,7 +547,7 @@ mod tests {
             .write_all(&[frame.head(), frame.payload()].concat()[..3])
             .unwrap();
         side.state.lock().unwrap().pending = Some((frame, 3));
-        let (_dtx, drx) = outbound(8);
+        let (_dtx, drx) = outbound(8, 1 << 20);
         let (ctx, crx) = bounded(8);
         ctx.send(Ctrl::Raw(vec![0x8A, 0x00])).unwrap(); // a pong from tungstenite
         ctx.send(Ctrl::Finish).unwrap();
@@ -546,7 +564,7 @@ mod tests {
     #[test]
     fn drain_close_flushes_queued_data_first_and_sends_one_close() {
         let (server, mut client) = pair();
-        let (dtx, drx) = outbound(8);
+        let (dtx, drx) = outbound(8, 1 << 20);
         let (ctx, crx) = bounded(8);
         for i in 0..3u8 {
             dtx.try_push(WireFrame::from_message(tungstenite::Message::binary(vec![i])).unwrap());
@@ -573,7 +591,7 @@ mod tests {
     #[test]
     fn a_close_reply_from_tungstenite_goes_out_after_queued_data() {
         let (server, mut client) = pair();
-        let (dtx, drx) = outbound(8);
+        let (dtx, drx) = outbound(8, 1 << 20);
         let (ctx, crx) = bounded(8);
         dtx.try_push(WireFrame::from_message(tungstenite::Message::text("echo")).unwrap());
         ctx.send(Ctrl::Raw(vec![0x88, 0x02, 0x03, 0xe8])).unwrap();
@@ -587,7 +605,7 @@ mod tests {
     #[test]
     fn unanswered_close_is_cut_after_the_close_timeout() {
         let (server, _client) = pair();
-        let (_dtx, drx) = outbound(8);
+        let (_dtx, drx) = outbound(8, 1 << 20);
         let (ctx, crx) = bounded(8);
         ctx.send(Ctrl::Close {
             code: 1001,

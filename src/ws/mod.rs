@@ -11,6 +11,7 @@
 pub mod close_policy;
 pub mod handshake;
 pub mod keepalive;
+pub(crate) mod limits;
 pub mod rate_limit;
 pub mod utf8_guard;
 pub mod wire;

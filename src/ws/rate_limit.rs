@@ -2,10 +2,11 @@
 //!
 //! Owned by one connection's reader thread; the caller passes the time in, so tests
 //! need no clock. A bucket of `rate` tokens refilled at `rate` per second lets a client
-//! burst up to one second's worth, then holds it to the average. Over the limit the
-//! reader closes with 1008.
+//! burst up to one second's worth, then holds it to the average. What happens over the
+//! limit is the caller's: the reader closes with 1008 (`max_message_rate`), a publisher
+//! waits for the [`delay`](RateLimiter::delay) (`max_publish_rate`).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// A token bucket allowing `rate` messages per second on average.
 #[derive(Debug, Clone)]
@@ -27,14 +28,20 @@ impl RateLimiter {
 
     /// Takes a token for one message arriving at `now`; `false` when over the limit.
     pub fn allow(&mut self, now: Instant) -> bool {
+        self.delay(now).is_zero()
+    }
+
+    /// Takes a token for one message at `now` if there is one (`Duration::ZERO`);
+    /// otherwise takes nothing and says how long until there is one.
+    pub fn delay(&mut self, now: Instant) -> Duration {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = self.last.max(now);
         self.tokens = (self.tokens + elapsed * self.rate).min(self.rate);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
-            true
+            Duration::ZERO
         } else {
-            false
+            Duration::from_secs_f64((1.0 - self.tokens) / self.rate)
         }
     }
 }

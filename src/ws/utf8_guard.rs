@@ -18,15 +18,21 @@
 //! read into an [`io::Error`] that [`crate::ws::close_policy::classify`] answers with Close
 //! 1007. Everything else (reserved bits, unmasked frames, bad opcodes, sizes, the
 //! reason of a Close) stays tungstenite's to check: on a frame header that breaks the
-//! protocol, or on a Close frame, the guard stops checking for good, since tungstenite
-//! fails or closes the connection at that frame.
+//! protocol, or on a Close frame (once it has read its code), the guard stops checking
+//! for good, since tungstenite fails or closes the connection at that frame.
+//!
+//! The one write [`Screened`] touches: tungstenite refuses Close code 1014 (registered,
+//! "bad gateway") as if it were reserved and answers 1002; the client's code, read here,
+//! lets `Screened` replace that answer with the echo of 1014.
 //!
 //! Cost: header bytes (2 to 14 per frame) are copied into a small array; other frames'
 //! payloads are skipped whole; text payload is unmasked into a stack buffer a few hundred
 //! bytes at a time and checked with `std::str::from_utf8`.
 
 use std::io::{Read, Write};
+
 use std::{error, fmt, io};
+use tungstenite::protocol::frame::coding::{Control, OpCode};
 
 /// Text payload bytes unmasked and checked per `from_utf8` call. A stack buffer on the
 /// deepest path a reader thread takes, so kept small: every reader's stack must fit in
@@ -90,6 +96,12 @@ pub(crate) struct Utf8Guard {
     tail_len: u8,
     /// Invalid UTF-8 was found: every later read fails.
     failed: bool,
+    /// The current frame is the client's Close: its code is being read.
+    closing: bool,
+    /// The client's Close code, once its two bytes have arrived (see [`Screened`]'s
+    /// `Write`).
+    close_code: [u8; 2],
+    close_code_len: u8,
 }
 
 impl Default for Utf8Guard {
@@ -106,11 +118,19 @@ impl Default for Utf8Guard {
             tail: [0; 3],
             tail_len: 0,
             failed: false,
+            closing: false,
+            close_code: [0; 2],
+            close_code_len: 0,
         }
     }
 }
 
 impl Utf8Guard {
+    /// The code of the client's Close frame, once it has arrived.
+    pub(crate) fn peer_close_code(&self) -> Option<u16> {
+        (self.close_code_len == 2).then(|| u16::from_be_bytes(self.close_code))
+    }
+
     /// The error to return instead of reading, once invalid UTF-8 has been found.
     pub(crate) fn check(&self) -> io::Result<()> {
         if self.failed { Err(invalid_utf8()) } else { Ok(()) }
@@ -163,6 +183,18 @@ impl Utf8Guard {
                             // The header's last byte completes an empty frame.
                             self.end_frame().map_err(|()| self.fail(at - 1))?;
                         }
+                    }
+                }
+                Phase::Payload if self.closing => {
+                    // The Close code's two bytes, unmasked; then nothing more to check.
+                    while self.close_code_len < 2 && at < bytes.len() {
+                        let i = self.close_code_len as usize;
+                        self.close_code[i] = bytes[at] ^ self.mask[i];
+                        self.close_code_len += 1;
+                        at += 1;
+                    }
+                    if self.close_code_len == 2 {
+                        self.phase = Phase::Off;
                     }
                 }
                 Phase::Payload => {
@@ -218,7 +250,13 @@ impl Utf8Guard {
                 }
             }
             (0x9 | 0xA, _) if fin && len7 <= 125 => self.text = false,
-            // Close (nothing after it is a message of ours to check), or a frame
+            // A Close with a code: read the code, then stop (nothing after it is a
+            // message of ours to check).
+            (0x8, _) if fin && (2..=125).contains(&len7) => {
+                self.text = false;
+                self.closing = true;
+            }
+            // Close without a code (nothing after it is a message of ours to check), or a frame
             // tungstenite rejects: a continuation with nothing to continue, a new
             // message inside a fragmented one, a reserved opcode, a fragmented or
             // oversized control frame.
@@ -323,8 +361,8 @@ fn unmask(dst: &mut [u8], src: &[u8], mask: [u8; 4]) {
 
 /// A client byte stream screened before tungstenite reads it: invalid UTF-8 in a text
 /// message ends the stream with the error `close_policy::classify` answers with 1007.
-/// Writes pass through. Every reader thread reads its socket through one; the fuzz
-/// targets use it too.
+/// Writes pass through, but for the answer to a Close 1014 (see the module docs). Every
+/// reader thread reads its socket through one; the fuzz targets use it too.
 pub struct Screened<S> {
     inner: S,
     guard: Utf8Guard,
@@ -353,8 +391,27 @@ impl<S: Read> Read for Screened<S> {
     }
 }
 
+/// tungstenite's answer to a client's Close whose code it does not know:
+/// Close 1002 "Protocol violation", unmasked.
+const TUNGSTENITE_REFUSED_CLOSE: &[u8] = b"\x88\x14\x03\xeaProtocol violation";
+
+/// Close 1014 (bad gateway): registered with IANA and sendable, but unknown to
+/// tungstenite, which refuses it as if it were reserved.
+const BAD_GATEWAY: u16 = 1014;
+
 impl<S: Write> Write for Screened<S> {
+    /// Passes tungstenite's writes through, but one: when the client's Close carried
+    /// 1014, tungstenite answers with 1002 as for a reserved code, and the answer is
+    /// replaced by the echo of 1014 that RFC 6455 §5.5.1 expects.
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.guard.peer_close_code() == Some(BAD_GATEWAY) && buf.starts_with(TUNGSTENITE_REFUSED_CLOSE) {
+            let mut echo = Vec::new();
+            let payload = crate::ws::wire::close_payload(BAD_GATEWAY, "");
+            crate::ws::wire::encode_frame(&mut echo, OpCode::Control(Control::Close), None, &payload);
+            echo.extend_from_slice(&buf[TUNGSTENITE_REFUSED_CLOSE.len()..]);
+            self.inner.write_all(&echo)?;
+            return Ok(buf.len());
+        }
         self.inner.write(buf)
     }
 
@@ -372,22 +429,24 @@ mod tests {
     /// A masked client frame: first byte (FIN, RSV, opcode), payload; `wide` forces the
     /// 64-bit length form.
     fn frame_with(first: u8, payload: &[u8], wide: bool) -> Vec<u8> {
-        let mut out = vec![first];
-        let len = payload.len();
+        let header = tungstenite::protocol::frame::FrameHeader {
+            is_final: first & 0x80 != 0,
+            rsv1: first & 0x40 != 0,
+            rsv2: first & 0x20 != 0,
+            rsv3: first & 0x10 != 0,
+            opcode: OpCode::from(first & 0x0F),
+            mask: Some(MASK),
+        };
+        let mut out = Vec::new();
+        crate::ws::wire::encode_with_header(&mut out, &header, payload);
         if wide {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(len as u64).to_be_bytes());
-        } else if len < 126 {
-            out.push(0x80 | len as u8);
-        } else if len <= 0xFFFF {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(len as u16).to_be_bytes());
-        } else {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(len as u64).to_be_bytes());
+            // The same frame with its length in the 64-bit form: legal, if not minimal.
+            let masked = out.split_off(out.len() - payload.len());
+            out = vec![first, 0x80 | 127];
+            out.extend_from_slice(&(payload.len() as u64).to_be_bytes());
+            out.extend_from_slice(&MASK);
+            out.extend(masked);
         }
-        out.extend_from_slice(&MASK);
-        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
         out
     }
 
@@ -645,6 +704,31 @@ mod tests {
         let mut s = frame(CLOSE, b"\x03\xe8");
         s.extend(frame(TEXT, b"\xff"));
         assert_every_split(&s, None);
+    }
+
+    #[test]
+    fn a_close_code_is_read_however_the_frame_is_cut() {
+        let close = frame(CLOSE, b"\x03\xf6bye");
+        for cut in 0..=close.len() {
+            let mut g = Utf8Guard::default();
+            assert_eq!(g.screen(&close[..cut]).unwrap(), cut);
+            assert_eq!(g.screen(&close[cut..]).unwrap(), close.len() - cut);
+            assert_eq!(g.peer_close_code(), Some(1014), "cut at {cut}");
+        }
+        let mut g = Utf8Guard::default();
+        g.screen(&frame(CLOSE, b"")).unwrap();
+        assert_eq!(g.peer_close_code(), None, "a Close without a code");
+    }
+
+    #[test]
+    fn tungstenites_1002_answer_to_a_1014_close_becomes_its_echo() {
+        let (mut s, _) = Screened::new(Vec::new(), frame(CLOSE, b"\x03\xf6"));
+        s.write_all(TUNGSTENITE_REFUSED_CLOSE).unwrap();
+        assert_eq!(s.get_ref().as_slice(), b"\x88\x02\x03\xf6");
+        // Any other code's answer passes as tungstenite wrote it.
+        let (mut s, _) = Screened::new(Vec::new(), frame(CLOSE, b"\x03\xec"));
+        s.write_all(TUNGSTENITE_REFUSED_CLOSE).unwrap();
+        assert_eq!(s.get_ref().as_slice(), TUNGSTENITE_REFUSED_CLOSE);
     }
 
     #[test]

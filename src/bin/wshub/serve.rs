@@ -89,6 +89,19 @@ pub struct Args {
     /// /ws channels that may exist at once; sub or pub to a new one past it is error 4.
     #[arg(long, default_value_t = 10_000)]
     max_channels: usize,
+
+    /// Broadcasts per second one connection may publish before it waits; 0: no limit.
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    max_publish_rate: u32,
+    /// Bytes of broadcasts the hub's inbox may hold in all; past it, publishers wait.
+    #[arg(long, default_value = "64MiB", value_parser = parse_size)]
+    max_inbox_bytes: usize,
+    /// Bytes one connection's outbound queue may hold before it is cut as slow.
+    #[arg(long, default_value = "4MiB", value_parser = parse_size)]
+    max_queue_bytes: usize,
+    /// The kernel's send buffer per connection (SO_SNDBUF); 0: the kernel's autotuning.
+    #[arg(long, default_value = "64KiB", value_parser = parse_size)]
+    send_buffer_size: usize,
 }
 
 impl Args {
@@ -126,6 +139,10 @@ impl Args {
         c.idempotency_window = self.idempotency_window;
         c.max_subscriptions = self.max_subscriptions;
         c.max_channels = self.max_channels;
+        c.send_buffer_size = self.send_buffer_size;
+        c.max_publish_rate = self.max_publish_rate;
+        c.max_inbox_bytes = self.max_inbox_bytes;
+        c.max_queue_bytes = self.max_queue_bytes;
         Ok(c)
     }
 }
