@@ -15,6 +15,8 @@
 // its own frame, as wshub and the tokio server send them and as the load generator
 // counts them.
 //
+// /ws: a minimal protocol v1 server for the pub/sub scenarios, see pubsub.go.
+//
 // Drain on SIGTERM (not in the examples): see serverkit.
 package main
 
@@ -186,6 +188,18 @@ func main() {
 		// new goroutines.
 		go client.writePump()
 		go client.readPump(o.MaxMessage, done)
+	})
+	ps := newPsHub(o.History)
+	go ps.run()
+	mux.HandleFunc("/ws", func(w http.ResponseWriter, r *http.Request) {
+		conn, err := chatUpgrader.Upgrade(w, r, nil)
+		if err != nil {
+			return
+		}
+		c := &psClient{conn: conn, send: make(chan []byte, o.Queue), subs: make(map[string]bool)}
+		done := t.Add(goingAway(conn))
+		go ps.writePump(c)
+		go ps.readPump(c, o.MaxMessage, done)
 	})
 	serverkit.Run("gorilla-server", o, mux, t)
 }

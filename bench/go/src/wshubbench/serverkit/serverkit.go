@@ -31,6 +31,8 @@ type Options struct {
 	Queue int
 	// MaxMessage: the largest message read, in bytes (wshub's default: 1 MiB).
 	MaxMessage int64
+	// History: publications a /ws channel keeps for recovery (gorilla-server only).
+	History int
 }
 
 // ParseFlags reads the common flags; name is the server's name in usage text.
@@ -40,6 +42,7 @@ func ParseFlags(name string) Options {
 	flag.DurationVar(&o.DrainTimeout, "drain-timeout", 10*time.Second, "time for each client to answer Close 1001 at shutdown")
 	flag.IntVar(&o.Queue, "queue", 256, "messages a /chat subscriber may fall behind before it is cut (wshub's default)")
 	flag.Int64Var(&o.MaxMessage, "max-message", 1<<20, "largest message read, in bytes (wshub's default)")
+	flag.IntVar(&o.History, "history", 100, "publications a /ws channel keeps for recovery (wshub's default; gorilla-server only)")
 	flag.Usage = func() {
 		fmt.Fprintf(os.Stderr, "%s: /echo and /chat WebSocket server (benchmark comparison)\n", name)
 		flag.PrintDefaults()
