@@ -122,50 +122,17 @@ enum Mode {
     /// Protocol v1 on /ws: N subscribers over K channels, one publisher at R
     /// publications/s in all; delivery latency, ack latency, loss counted by offsets.
     Pubsub {
-        #[arg(long, default_value_t = 1000)]
-        subs: usize,
-        #[arg(long, default_value_t = 10)]
-        channels: usize,
-        /// Publications per second, in all (round robin over the channels).
-        #[arg(long, default_value_t = 1000.0)]
-        rate: f64,
-        /// Seconds of publishing.
-        #[arg(long, default_value_t = 5.0)]
-        duration: f64,
-        /// Seconds between the last subscription and the first publication.
-        #[arg(long, default_value_t = 1.0)]
-        settle: f64,
-        /// Seconds after the last publication that subscribers keep waiting for it.
-        #[arg(long, default_value_t = 3.0)]
-        grace: f64,
-        /// Approximate size of each `pub` command's data, in bytes.
-        #[arg(long, default_value_t = 64)]
-        size: usize,
-        #[arg(long, default_value = "/ws")]
-        path: String,
+        #[command(flatten)]
+        a: pubsub::PsArgs,
     },
     /// As pubsub, but every subscriber's TCP connection is cut at once mid-run; all
     /// reconnect and resubscribe with `since`. Time to recover, lost / duplicated offsets.
     ResumeStorm {
-        #[arg(long, default_value_t = 1000)]
-        subs: usize,
-        #[arg(long, default_value_t = 10)]
-        channels: usize,
-        #[arg(long, default_value_t = 1000.0)]
-        rate: f64,
-        #[arg(long, default_value_t = 6.0)]
-        duration: f64,
+        #[command(flatten)]
+        a: pubsub::PsArgs,
         /// Seconds into publishing when every subscriber cuts its connection.
         #[arg(long, default_value_t = 2.0)]
         cut_after: f64,
-        #[arg(long, default_value_t = 1.0)]
-        settle: f64,
-        #[arg(long, default_value_t = 5.0)]
-        grace: f64,
-        #[arg(long, default_value_t = 64)]
-        size: usize,
-        #[arg(long, default_value = "/ws")]
-        path: String,
     },
     /// N connections, SIGTERM to the server, time until every client saw Close 1001
     /// and the process exited.
@@ -390,37 +357,8 @@ fn main() {
                 timeout,
                 path,
             } => drain(&cli, *conns, *settle, *timeout, path).await,
-            Mode::Pubsub {
-                subs,
-                channels,
-                rate,
-                duration,
-                settle,
-                grace,
-                size,
-                path,
-            } => {
-                pubsub::pubsub(
-                    &cli, *subs, *channels, *rate, *duration, *settle, *grace, *size, path,
-                )
-                .await
-            }
-            Mode::ResumeStorm {
-                subs,
-                channels,
-                rate,
-                duration,
-                cut_after,
-                settle,
-                grace,
-                size,
-                path,
-            } => {
-                pubsub::resume_storm(
-                    &cli, *subs, *channels, *rate, *duration, *cut_after, *settle, *grace, *size, path,
-                )
-                .await
-            }
+            Mode::Pubsub { a } => pubsub::pubsub(&cli, a).await,
+            Mode::ResumeStorm { a, cut_after } => pubsub::resume_storm(&cli, a, *cut_after).await,
         }
     });
     out.print();

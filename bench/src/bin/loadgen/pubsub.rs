@@ -203,26 +203,17 @@ struct PubStats {
     first_err: Option<String>,
 }
 
-/// Publish `total` publications, round robin over `channels`, publication k at
+/// Publish `run.total` publications, round robin over the channels, publication k at
 /// `start + k/rate`; read the acks in between and afterwards until all are in or the
 /// deadline passes. Ack latency (send to `ok` reply) goes to `acks`.
-#[allow(clippy::too_many_arguments)]
-async fn publish(
-    ws: &mut Ws,
-    channels: &[String],
-    rate: f64,
-    total: u64,
-    size: usize,
-    base: Instant,
-    start: Instant,
-    deadline: Instant,
-    acks: &mut Histogram<u64>,
-) -> PubStats {
+async fn publish(run: &mut Setup, a: &PsArgs, acks: &mut Histogram<u64>) -> PubStats {
+    let (ws, channels, total, rate) = (&mut run.publisher, &run.channels, run.total, a.rate);
+    let (base, start, deadline) = (run.base, run.start, run.deadline);
     // The publisher reads inside select!: keep recv write-free.
     ws.auto_pong = false;
     let mut st = PubStats::default();
     let mut sent_at: Vec<Option<Instant>> = vec![None; total as usize];
-    let pad = "x".repeat(size.saturating_sub(40));
+    let pad = "x".repeat(a.size.saturating_sub(40));
     let mut on_frame =
         |f: std::io::Result<Frame>, st: &mut PubStats, sent_at: &mut [Option<Instant>]| -> bool {
             match f {
@@ -303,7 +294,6 @@ struct Totals {
     not_recovered: u64,
     skipped_unrecovered: u64,
     never_back: u64,
-    reconnect_attempts: u64,
     first_err: Option<String>,
 }
 
@@ -430,88 +420,167 @@ fn put_common(out: &mut Out, t: &Totals, p: &PubStats, lat: &Histogram<u64>, ack
     }
 }
 
-/// `pubsub`: N subscribers over K channels, R publications/s in all for D s.
-#[allow(clippy::too_many_arguments)]
-pub async fn pubsub(
-    cli: &Cli,
-    n: usize,
-    k: usize,
+/// What both scenarios take (flattened into each subcommand).
+#[derive(clap::Args, Debug)]
+pub struct PsArgs {
+    /// Subscribers.
+    #[arg(long, default_value_t = 1000)]
+    subs: usize,
+    /// Channels; subscriber i is on channel i mod K.
+    #[arg(long, default_value_t = 10)]
+    channels: usize,
+    /// Publications per second, in all (round robin over the channels).
+    #[arg(long, default_value_t = 1000.0)]
     rate: f64,
+    /// Seconds of publishing.
+    #[arg(long, default_value_t = 5.0)]
     duration: f64,
+    /// Seconds between the last subscription and the first publication.
+    #[arg(long, default_value_t = 1.0)]
     settle: f64,
+    /// Seconds after the last publication that subscribers keep waiting for it.
+    #[arg(long, default_value_t = 5.0)]
     grace: f64,
+    /// Approximate size of each publication's data, in bytes.
+    #[arg(long, default_value_t = 64)]
     size: usize,
-    path: &str,
-) -> Out {
-    let mut out = Out::new("pubsub");
-    let channels = channel_names(k);
+    #[arg(long, default_value = "/ws")]
+    path: String,
+}
+
+/// A run, set up: every subscriber subscribed, the publisher connected, the clock.
+struct Setup {
+    channels: Vec<String>,
+    total: u64,
+    subs: Vec<(Ws, Sub)>,
+    publisher: Ws,
+    /// The origin of the `data.t` stamps.
+    base: Instant,
+    /// The first publication.
+    start: Instant,
+    /// Publishing end + grace: every wait ends here.
+    deadline: Instant,
+}
+
+/// Subscribe every subscriber and connect the publisher; `None` (the error in `out`) when
+/// the publisher cannot connect.
+async fn setup(cli: &Cli, out: &mut Out, a: &PsArgs) -> Option<Setup> {
+    let channels = channel_names(a.channels);
     let k = channels.len();
-    let total = (rate * duration).round().max(1.0) as u64;
+    let total = (a.rate * a.duration).round().max(1.0) as u64;
     let per_ch: Vec<u64> = (0..k).map(|c| count_for(c, k, total)).collect();
-    out.kv("channels", k).f("rate", rate, 0);
-    let subs = open_subs(cli, &mut out, n, &channels, path, &per_ch).await;
-    let mut publisher = match Ws::connect(cli.addr, path, 0).await {
+    out.kv("channels", k).f("rate", a.rate, 0);
+    out.kv("expected", (0..a.subs).map(|i| per_ch[i % k]).sum::<u64>());
+    let subs = open_subs(cli, out, a.subs, &channels, &a.path, &per_ch).await;
+    let publisher = match Ws::connect(cli.addr, &a.path, 0).await {
         Ok(p) => p,
         Err(e) => {
             out.kv("error", format!("publisher: {e}"));
-            return out;
+            return None;
         }
     };
     let base = Instant::now();
-    let start = base + Duration::from_secs_f64(settle);
-    let deadline = start + Duration::from_secs_f64(duration + grace);
-    let mut tasks = Vec::with_capacity(subs.len());
-    for (mut ws, mut s) in subs {
-        tasks.push(tokio::spawn(async move {
-            let why = read_live(&mut ws, &mut s, base, deadline).await;
-            (ws, s, why)
-        }));
-    }
-    sleep_until(start).await;
-    let c0 = cpu_sample(cli.server_pid);
-    let mut acks = hist();
-    let p = publish(
-        &mut publisher,
-        &channels,
-        rate,
+    let start = base + Duration::from_secs_f64(a.settle);
+    Some(Setup {
+        channels,
         total,
-        size,
+        subs,
+        publisher,
         base,
         start,
-        deadline,
-        &mut acks,
-    )
-    .await;
+        deadline: start + Duration::from_secs_f64(a.duration + a.grace),
+    })
+}
+
+/// One subscriber at the end of a run.
+struct Ended {
+    /// Its connection, when still open.
+    ws: Option<Ws>,
+    s: Sub,
+    /// resume-storm: whether its resubscription recovered, and the offsets skipped if not;
+    /// `None` when it never got back in.
+    resumed: Option<(bool, u64)>,
+    /// Why it stopped reading before having everything: the connection ended, or the
+    /// server unsubscribed it.
+    why: Option<String>,
+}
+
+/// Publish on schedule (sampling the server's CPU around it), then gather the
+/// subscribers, close every connection still open, and report.
+async fn publish_and_report(
+    cli: &Cli,
+    out: &mut Out,
+    a: &PsArgs,
+    mut run: Setup,
+    subscribers: impl std::future::Future<Output = Vec<Ended>> + Send + 'static,
+) -> Totals {
+    let subscribers = tokio::spawn(subscribers);
+    sleep_until(run.start).await;
+    let c0 = cpu_sample(cli.server_pid);
+    let mut acks = hist();
+    let p = publish(&mut run, a, &mut acks).await;
     let c1 = cpu_sample(cli.server_pid);
     let mut t = Totals::default();
     let mut lat = hist();
-    let mut open = Vec::new();
-    for r in futures_util::future::join_all(tasks).await {
-        let Ok((ws, s, why)) = r else { continue };
-        t.add(&s);
-        for &v in &s.lat {
+    let mut open = vec![run.publisher];
+    for e in subscribers.await.unwrap_or_default() {
+        t.add(&e.s);
+        for &v in &e.s.lat {
             lat.saturating_record(v.max(1));
         }
-        match why {
+        match e.resumed {
+            Some((true, _)) => t.recovered += 1,
+            Some((false, skipped)) => {
+                t.not_recovered += 1;
+                t.skipped_unrecovered += skipped;
+            }
+            None => t.never_back += 1,
+        }
+        match e.why {
             Some(w) if w.starts_with("unsub") => t.unsubscribed += 1,
             Some(w) => {
                 t.disconnected += 1;
                 t.err(w);
             }
-            None => open.push(ws),
+            None => {}
         }
+        open.extend(e.ws);
     }
     // Closed only once every subscriber is done (as in broadcast).
-    futures_util::future::join_all(open.into_iter().chain(std::iter::once(publisher)).map(
-        |mut ws| async move {
-            ws.auto_pong = true;
-            let _ = timeout(Duration::from_secs(2), ws.close(1000)).await;
-        },
-    ))
+    futures_util::future::join_all(open.into_iter().map(|mut ws| async move {
+        ws.auto_pong = true;
+        let _ = timeout(Duration::from_secs(2), ws.close(1000)).await;
+    }))
     .await;
-    put_common(&mut out, &t, &p, &lat, &acks);
-    out.kv("expected", (0..n).map(|i| per_ch[i % k]).sum::<u64>());
-    put_cpu(&mut out, c0, c1);
+    put_common(out, &t, &p, &lat, &acks);
+    put_cpu(out, c0, c1);
+    t
+}
+
+/// `pubsub`: N subscribers over K channels, R publications/s in all for D s.
+pub async fn pubsub(cli: &Cli, a: &PsArgs) -> Out {
+    let mut out = Out::new("pubsub");
+    let Some(mut run) = setup(cli, &mut out, a).await else {
+        return out;
+    };
+    let (base, deadline) = (run.base, run.deadline);
+    let subs = std::mem::take(&mut run.subs);
+    let readers = async move {
+        let tasks = subs.into_iter().map(|(mut ws, mut s)| {
+            tokio::spawn(async move {
+                let why = read_live(&mut ws, &mut s, base, deadline).await;
+                Ended {
+                    ws: why.is_none().then_some(ws),
+                    s,
+                    resumed: Some((true, 0)), // not cut: nothing to resume (not reported)
+                    why,
+                }
+            })
+        });
+        let ended = futures_util::future::join_all(tasks).await;
+        ended.into_iter().filter_map(Result::ok).collect()
+    };
+    publish_and_report(cli, &mut out, a, run, readers).await;
     out
 }
 
@@ -520,206 +589,154 @@ pub async fn pubsub(
 /// `--in-flight` handshakes at a time) and resubscribes with `since` = the last offset
 /// it saw. Reports the time from the cut until each subscriber had its `sub` reply, and
 /// the offsets lost or duplicated across the cut.
-#[allow(clippy::too_many_arguments)]
-pub async fn resume_storm(
-    cli: &Cli,
-    n: usize,
-    k: usize,
-    rate: f64,
-    duration: f64,
-    cut_after: f64,
-    settle: f64,
-    grace: f64,
-    size: usize,
-    path: &str,
-) -> Out {
+pub async fn resume_storm(cli: &Cli, a: &PsArgs, cut_after: f64) -> Out {
     let mut out = Out::new("resume-storm");
-    let channels = channel_names(k);
-    let k = channels.len();
-    let total = (rate * duration).round().max(1.0) as u64;
-    let per_ch: Vec<u64> = (0..k).map(|c| count_for(c, k, total)).collect();
-    out.kv("channels", k)
-        .f("rate", rate, 0)
-        .f("cut_after_s", cut_after, 2);
-    let subs = open_subs(cli, &mut out, n, &channels, path, &per_ch).await;
-    let mut publisher = match Ws::connect(cli.addr, path, 0).await {
-        Ok(p) => p,
-        Err(e) => {
-            out.kv("error", format!("publisher: {e}"));
-            return out;
-        }
+    out.f("cut_after_s", cut_after, 2);
+    let Some(mut run) = setup(cli, &mut out, a).await else {
+        return out;
     };
-    let base = Instant::now();
-    let start = base + Duration::from_secs_f64(settle);
-    let cut = start + Duration::from_secs_f64(cut_after);
-    let deadline = start + Duration::from_secs_f64(duration + grace);
+    let (base, deadline) = (run.base, run.deadline);
+    let cut = run.start + Duration::from_secs_f64(cut_after);
     let gate = Arc::new(Semaphore::new(cli.in_flight.max(1)));
     let recover = Arc::new(Mutex::new(hist()));
     let attempts = Arc::new(AtomicU64::new(0));
     let (addr, connect_to) = (cli.addr, Duration::from_secs_f64(cli.connect_timeout));
-    let mut tasks = Vec::with_capacity(subs.len());
-    for (i, (mut ws, mut s)) in subs.into_iter().enumerate() {
-        let (gate, recover, attempts, name) = (
-            gate.clone(),
-            recover.clone(),
-            attempts.clone(),
-            channels[s.ch].clone(),
-        );
-        let path = path.to_owned();
-        tasks.push(tokio::spawn(async move {
-            // Read live up to the cut, then drop the connection: the server sees the TCP
-            // connection end without a Close frame.
-            if let Some(why) = read_live(&mut ws, &mut s, base, cut).await {
-                return (None, s, Err(format!("before the cut: {why}")));
-            }
-            drop(ws);
-            // Reconnect and resubscribe with since, until it works or the deadline.
-            let mut last_err = String::from("deadline before reconnecting");
-            while Instant::now() < deadline {
-                attempts.fetch_add(1, Ordering::Relaxed);
-                let permit = gate.clone().acquire_owned().await.expect("semaphore open");
-                let r = timeout_at(deadline, async {
-                    let mut ws = timeout(connect_to, Ws::connect(addr, &path, (i as u64) << 20 | 7))
-                        .await
-                        .map_err(|_| "reconnect timed out".to_owned())?
-                        .map_err(|e| format!("reconnect: {e}"))?;
-                    let since = s.next - 1;
-                    let epoch = s.epoch.clone();
-                    let sub = subscribe(&mut ws, 1, &name, Some((&epoch, since)), |o, t| {
-                        s.on_pub(o, t, base, true)
-                    })
-                    .await?;
-                    Ok::<_, String>((ws, sub))
-                })
+    let subs = std::mem::take(&mut run.subs);
+    let names = run.channels.clone();
+    let path = a.path.clone();
+    let (recover2, attempts2) = (recover.clone(), attempts.clone());
+    let readers = async move {
+        let tasks = subs.into_iter().enumerate().map(|(i, (ws, s))| {
+            let (gate, recover, attempts) = (gate.clone(), recover2.clone(), attempts2.clone());
+            let (name, path) = (names[s.ch].clone(), path.clone());
+            tokio::spawn(async move {
+                let r = Resume {
+                    ws,
+                    s,
+                    base,
+                    deadline,
+                };
+                r.run(
+                    cut, &gate, &recover, &attempts, addr, connect_to, &path, &name, i as u64,
+                )
                 .await
-                .unwrap_or_else(|_| Err("deadline while resubscribing".into()));
-                drop(permit);
-                match r {
-                    Ok((ws, sub)) => {
-                        recover
-                            .lock()
-                            .unwrap()
-                            .saturating_record(cut.elapsed().as_micros().max(1) as u64);
-                        let recovered = sub.recovered == Some(true) && sub.epoch == s.epoch;
-                        if recovered {
-                            for (o, t) in sub.pubs {
-                                s.on_pub(o, t, base, false);
-                            }
-                        } else {
-                            // The server says what was missed is gone: go on from its top.
-                            // In a new epoch, offsets say nothing about the old one: stop
-                            // counting for this subscriber.
-                            let skipped = (sub.top + 1).saturating_sub(s.next);
-                            if sub.epoch != s.epoch {
-                                s.end = sub.top;
-                            }
-                            s.epoch = sub.epoch;
-                            s.next = sub.top + 1;
-                            return (Some((ws, false, skipped)), s, Ok(()));
-                        }
-                        return (Some((ws, true, 0)), s, Ok(()));
-                    }
-                    Err(e) => {
-                        last_err = e;
-                        sleep_until(Instant::now() + Duration::from_millis(50)).await;
-                    }
-                }
-            }
-            (None, s, Err(last_err))
-        }));
-    }
-    sleep_until(start).await;
-    let c0 = cpu_sample(cli.server_pid);
-    // The subscribers' second half (after resubscribing) runs inside these tasks' results:
-    // read live until done, concurrently with the publisher.
-    let readers = tokio::spawn(async move {
-        let mut results = Vec::new();
-        let mut live = tokio::task::JoinSet::new();
-        for r in futures_util::future::join_all(tasks).await {
-            let Ok((conn, mut s, res)) = r else { continue };
-            match (conn, res) {
-                (Some((mut ws, recovered, skipped)), Ok(())) => {
-                    live.spawn(async move {
-                        let why = read_live(&mut ws, &mut s, base, deadline).await;
-                        (Some(ws), s, Some((recovered, skipped)), why)
-                    });
-                }
-                (_, Err(e)) => results.push((None, s, None, Some(e))),
-                (None, Ok(())) => results.push((None, s, None, None)),
-            }
-        }
-        while let Some(r) = live.join_next().await {
-            if let Ok(x) = r {
-                results.push(x);
-            }
-        }
-        results
-    });
-    let mut acks = hist();
-    let p = publish(
-        &mut publisher,
-        &channels,
-        rate,
-        total,
-        size,
-        base,
-        start,
-        deadline,
-        &mut acks,
-    )
-    .await;
-    let c1 = cpu_sample(cli.server_pid);
-    let results = readers.await.unwrap_or_default();
-    let mut t = Totals::default();
-    let mut lat = hist();
-    let mut open = Vec::new();
-    for (ws, s, rec, why) in results {
-        t.add(&s);
-        for &v in &s.lat {
-            lat.saturating_record(v.max(1));
-        }
-        match rec {
-            Some((true, _)) => t.recovered += 1,
-            Some((false, skipped)) => {
-                t.not_recovered += 1;
-                t.skipped_unrecovered += skipped;
-            }
-            None => t.never_back += 1,
-        }
-        match why {
-            Some(w) if w.starts_with("unsub") => t.unsubscribed += 1,
-            Some(w) => {
-                t.disconnected += 1;
-                t.err(w);
-            }
-            None => {}
-        }
-        if let Some(ws) = ws {
-            open.push(ws);
-        }
-    }
-    t.reconnect_attempts = attempts.load(Ordering::Relaxed);
-    futures_util::future::join_all(open.into_iter().chain(std::iter::once(publisher)).map(
-        |mut ws| async move {
-            ws.auto_pong = true;
-            let _ = timeout(Duration::from_secs(2), ws.close(1000)).await;
-        },
-    ))
-    .await;
-    put_common(&mut out, &t, &p, &lat, &acks);
+            })
+        });
+        let ended = futures_util::future::join_all(tasks).await;
+        ended.into_iter().filter_map(Result::ok).collect::<Vec<Ended>>()
+    };
+    let t = publish_and_report(cli, &mut out, a, run, readers).await;
     let r = recover.lock().unwrap();
     out.kv("recovered", t.recovered)
         .kv("not_recovered", t.not_recovered)
         .kv("offsets_skipped_unrecovered", t.skipped_unrecovered)
         .kv("never_back", t.never_back)
-        .kv("reconnect_attempts", t.reconnect_attempts);
+        .kv("reconnect_attempts", attempts.load(Ordering::Relaxed));
     if !r.is_empty() {
         out.f("recover_p50_ms", ms(r.value_at_quantile(0.5)), 1)
             .f("recover_p99_ms", ms(r.value_at_quantile(0.99)), 1)
             .f("recover_all_s", r.max() as f64 / 1e6, 3);
     }
-    put_cpu(&mut out, c0, c1);
     out
+}
+
+/// One resume-storm subscriber.
+struct Resume {
+    ws: Ws,
+    s: Sub,
+    base: Instant,
+    deadline: Instant,
+}
+
+impl Resume {
+    /// Read live up to `cut`, drop the connection (the server sees the TCP connection end
+    /// without a Close frame), reconnect and resubscribe with `since` until it works or the
+    /// deadline, then read live to the end.
+    #[allow(clippy::too_many_arguments)]
+    async fn run(
+        mut self,
+        cut: Instant,
+        gate: &Arc<Semaphore>,
+        recover: &Mutex<Histogram<u64>>,
+        attempts: &AtomicU64,
+        addr: std::net::SocketAddr,
+        connect_to: Duration,
+        path: &str,
+        name: &str,
+        seed: u64,
+    ) -> Ended {
+        let (base, deadline) = (self.base, self.deadline);
+        let s = &mut self.s;
+        if let Some(why) = read_live(&mut self.ws, s, base, cut).await {
+            let why = Some(format!("before the cut: {why}"));
+            return Ended {
+                ws: None,
+                s: self.s,
+                resumed: None,
+                why,
+            };
+        }
+        drop(self.ws);
+        let mut last_err = String::from("deadline before reconnecting");
+        while Instant::now() < deadline {
+            attempts.fetch_add(1, Ordering::Relaxed);
+            let permit = gate.clone().acquire_owned().await.expect("semaphore open");
+            let (since, epoch) = (s.next - 1, s.epoch.clone());
+            let r = timeout_at(deadline, async {
+                let mut ws = timeout(connect_to, Ws::connect(addr, path, seed << 20 | 7))
+                    .await
+                    .map_err(|_| "reconnect timed out".to_owned())?
+                    .map_err(|e| format!("reconnect: {e}"))?;
+                let early = |o, t| s.on_pub(o, t, base, true);
+                let sub = subscribe(&mut ws, 1, name, Some((&epoch, since)), early).await?;
+                Ok::<_, String>((ws, sub))
+            })
+            .await
+            .unwrap_or_else(|_| Err("deadline while resubscribing".into()));
+            drop(permit);
+            let (mut ws, sub) = match r {
+                Ok(x) => x,
+                Err(e) => {
+                    last_err = e;
+                    sleep_until(Instant::now() + Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            recover
+                .lock()
+                .unwrap()
+                .saturating_record(cut.elapsed().as_micros().max(1) as u64);
+            let resumed = if sub.recovered == Some(true) && sub.epoch == s.epoch {
+                for (o, t) in sub.pubs {
+                    s.on_pub(o, t, base, false);
+                }
+                (true, 0)
+            } else {
+                // The server says what was missed is gone: go on from its top. In a new
+                // epoch, offsets say nothing about the old one: stop counting.
+                let skipped = (sub.top + 1).saturating_sub(s.next);
+                if sub.epoch != s.epoch {
+                    s.end = sub.top;
+                }
+                s.epoch = sub.epoch;
+                s.next = sub.top + 1;
+                (false, skipped)
+            };
+            let why = read_live(&mut ws, s, base, deadline).await;
+            return Ended {
+                ws: why.is_none().then_some(ws),
+                s: self.s,
+                resumed: Some(resumed),
+                why,
+            };
+        }
+        Ended {
+            ws: None,
+            s: self.s,
+            resumed: None,
+            why: Some(last_err),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -136,32 +136,31 @@ func main() {
 	t := serverkit.NewTracker()
 	cs := &chatServer{subscriberMessageBuffer: o.Queue, subscribers: make(map[*subscriber]struct{})}
 
-	mux := http.NewServeMux()
-	mux.HandleFunc("/echo", func(w http.ResponseWriter, r *http.Request) {
-		c, err := websocket.Accept(w, r, nil)
-		if err != nil {
-			return
+	// accept wraps a handler: the example's Accept and deferred Close, the read limit,
+	// and registration for the drain.
+	accept := func(handle func(ctx context.Context, c *websocket.Conn)) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) {
+			c, err := websocket.Accept(w, r, nil)
+			if err != nil {
+				return
+			}
+			defer c.Close(websocket.StatusInternalError, "the sky is falling")
+			done := t.Add(goingAway(c))
+			defer done()
+			c.SetReadLimit(o.MaxMessage)
+			handle(r.Context(), c)
 		}
-		defer c.Close(websocket.StatusInternalError, "the sky is falling")
-		done := t.Add(goingAway(c))
-		defer done()
-		c.SetReadLimit(o.MaxMessage)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/echo", accept(func(ctx context.Context, c *websocket.Conn) {
 		for {
-			if err := echo(r.Context(), c); err != nil {
+			if err := echo(ctx, c); err != nil {
 				return
 			}
 		}
-	})
-	mux.HandleFunc("/chat", func(w http.ResponseWriter, r *http.Request) {
-		c, err := websocket.Accept(w, r, nil)
-		if err != nil {
-			return
-		}
-		defer c.Close(websocket.StatusInternalError, "")
-		done := t.Add(goingAway(c))
-		defer done()
-		c.SetReadLimit(o.MaxMessage)
-		_ = cs.subscribe(r.Context(), c)
-	})
+	}))
+	mux.HandleFunc("/chat", accept(func(ctx context.Context, c *websocket.Conn) {
+		_ = cs.subscribe(ctx, c)
+	}))
 	serverkit.Run("coder-server", o, mux, t)
 }

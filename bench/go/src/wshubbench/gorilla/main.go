@@ -98,9 +98,7 @@ func (c *Client) readPump(maxMessage int64, done func()) {
 		c.conn.Close()
 		done()
 	}()
-	c.conn.SetReadLimit(maxMessage)
-	c.conn.SetReadDeadline(time.Now().Add(pongWait))
-	c.conn.SetPongHandler(func(string) error { c.conn.SetReadDeadline(time.Now().Add(pongWait)); return nil })
+	readLimits(c.conn, maxMessage)
 	for {
 		typ, data, err := c.conn.ReadMessage()
 		if err != nil {
@@ -110,28 +108,41 @@ func (c *Client) readPump(maxMessage int64, done func()) {
 	}
 }
 
+// readLimits sets up a read pump's connection as the chat example does: a size limit,
+// and a read deadline that each pong renews.
+func readLimits(conn *websocket.Conn, maxMessage int64) {
+	conn.SetReadLimit(maxMessage)
+	conn.SetReadDeadline(time.Now().Add(pongWait))
+	conn.SetPongHandler(func(string) error { conn.SetReadDeadline(time.Now().Add(pongWait)); return nil })
+}
+
 // writePump pumps messages from the hub to the websocket connection.
-func (c *Client) writePump() {
+func (c *Client) writePump() { writePump(c.conn, c.send) }
+
+// writePump is the chat example's write pump: it writes what send brings (a Close when
+// the hub closes send) and pings every pingPeriod, each write under writeWait. It is
+// the only writer of conn (WriteControl aside, which gorilla allows from anywhere).
+func writePump(conn *websocket.Conn, send <-chan message) {
 	ticker := time.NewTicker(pingPeriod)
 	defer func() {
 		ticker.Stop()
-		c.conn.Close()
+		conn.Close()
 	}()
 	for {
 		select {
-		case m, ok := <-c.send:
-			c.conn.SetWriteDeadline(time.Now().Add(writeWait))
+		case m, ok := <-send:
+			conn.SetWriteDeadline(time.Now().Add(writeWait))
 			if !ok {
 				// The hub closed the channel.
-				c.conn.WriteMessage(websocket.CloseMessage, []byte{})
+				conn.WriteMessage(websocket.CloseMessage, []byte{})
 				return
 			}
-			if err := c.conn.WriteMessage(m.typ, m.data); err != nil {
+			if err := conn.WriteMessage(m.typ, m.data); err != nil {
 				return
 			}
 		case <-ticker.C:
-			c.conn.SetWriteDeadline(time.Now().Add(writeWait))
-			if err := c.conn.WriteMessage(websocket.PingMessage, nil); err != nil {
+			conn.SetWriteDeadline(time.Now().Add(writeWait))
+			if err := conn.WriteMessage(websocket.PingMessage, nil); err != nil {
 				return
 			}
 		}
@@ -196,9 +207,9 @@ func main() {
 		if err != nil {
 			return
 		}
-		c := &psClient{conn: conn, send: make(chan []byte, o.Queue), subs: make(map[string]bool)}
+		c := &psClient{conn: conn, send: make(chan message, o.Queue), subs: make(map[string]bool)}
 		done := t.Add(goingAway(conn))
-		go ps.writePump(c)
+		go writePump(c.conn, c.send)
 		go ps.readPump(c, o.MaxMessage, done)
 	})
 	serverkit.Run("gorilla-server", o, mux, t)

@@ -49,7 +49,7 @@ type psChannel struct {
 
 type psClient struct {
 	conn *websocket.Conn
-	send chan []byte
+	send chan message
 	subs map[string]bool
 	gone bool
 }
@@ -87,7 +87,7 @@ func (h *psHub) deliver(c *psClient, frame []byte) {
 		return
 	}
 	select {
-	case c.send <- frame:
+	case c.send <- message{websocket.TextMessage, frame}:
 	default:
 		h.drop(c)
 	}
@@ -203,15 +203,15 @@ func (h *psHub) run() {
 	}
 }
 
+// readPump hands every text frame to the hub as a command; a binary frame gets Close
+// 1003, as the protocol says.
 func (h *psHub) readPump(c *psClient, maxMessage int64, done func()) {
 	defer func() {
 		h.unregister <- c
 		c.conn.Close()
 		done()
 	}()
-	c.conn.SetReadLimit(maxMessage)
-	c.conn.SetReadDeadline(time.Now().Add(pongWait))
-	c.conn.SetPongHandler(func(string) error { c.conn.SetReadDeadline(time.Now().Add(pongWait)); return nil })
+	readLimits(c.conn, maxMessage)
 	for {
 		typ, data, err := c.conn.ReadMessage()
 		if err != nil {
@@ -223,31 +223,5 @@ func (h *psHub) readPump(c *psClient, maxMessage int64, done func()) {
 			return
 		}
 		h.reqs <- psReq{c, data}
-	}
-}
-
-func (h *psHub) writePump(c *psClient) {
-	ticker := time.NewTicker(pingPeriod)
-	defer func() {
-		ticker.Stop()
-		c.conn.Close()
-	}()
-	for {
-		select {
-		case frame, ok := <-c.send:
-			c.conn.SetWriteDeadline(time.Now().Add(writeWait))
-			if !ok {
-				c.conn.WriteMessage(websocket.CloseMessage, []byte{})
-				return
-			}
-			if err := c.conn.WriteMessage(websocket.TextMessage, frame); err != nil {
-				return
-			}
-		case <-ticker.C:
-			c.conn.SetWriteDeadline(time.Now().Add(writeWait))
-			if err := c.conn.WriteMessage(websocket.PingMessage, nil); err != nil {
-				return
-			}
-		}
 	}
 }
