@@ -22,7 +22,7 @@ use tokio::time::{sleep, sleep_until, timeout, timeout_at};
 use ws::{Msg, OP_TEXT, Ws};
 
 #[derive(Parser, Debug)]
-#[command(about = "WebSocket load generator (echo, broadcast, idle, churn, drain, pubsub, resume-storm)")]
+#[command(about = "WebSocket load generator (echo, broadcast, idle, churn, drain, pubsub, resume)")]
 struct Cli {
     /// Server address (loopback).
     #[arg(long, default_value = "127.0.0.1:9301")]
@@ -125,9 +125,11 @@ enum Mode {
         #[command(flatten)]
         a: pubsub::PsArgs,
     },
-    /// As pubsub, but every subscriber's TCP connection is cut at once mid-run; all
-    /// reconnect and resubscribe with `since`. Time to recover, lost / duplicated offsets.
-    ResumeStorm {
+    /// The resume storm: as pubsub, but every subscriber's TCP connection is cut at once
+    /// mid-run; all reconnect and resubscribe with `since`. Time to recover, lost /
+    /// duplicated offsets.
+    #[command(alias = "resume-storm")]
+    Resume {
         #[command(flatten)]
         a: pubsub::PsArgs,
         /// Seconds into publishing when every subscriber cuts its connection.
@@ -358,7 +360,7 @@ fn main() {
                 path,
             } => drain(&cli, *conns, *settle, *timeout, path).await,
             Mode::Pubsub { a } => pubsub::pubsub(&cli, a).await,
-            Mode::ResumeStorm { a, cut_after } => pubsub::resume_storm(&cli, a, *cut_after).await,
+            Mode::Resume { a, cut_after } => pubsub::resume_storm(&cli, a, *cut_after).await,
         }
     });
     out.print();

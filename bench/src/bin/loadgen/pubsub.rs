@@ -1,5 +1,5 @@
 //! The pub/sub scenarios of issue #11 item 7, over protocol v1 on `/ws` (`issues show 11`,
-//! docs/protocol.md): `pubsub` and `resume-storm`.
+//! docs/protocol.md): `pubsub` and `resume` (the resume storm).
 //!
 //! Both open N subscribers, each subscribed to one of K channels (subscriber i to channel
 //! i mod K; the names carry this process's id, so a server that kept an earlier run's
@@ -288,12 +288,12 @@ struct Totals {
     disconnected: u64,
     unsubscribed: u64,
     subs_with_loss: u64,
-    /// resume-storm: subscribers whose resubscription said `recovered: true` / `false`,
+    /// resume: subscribers whose resubscription said `recovered: true` / `false`,
     /// or that never got back in (connect or sub failed until the deadline).
     recovered: u64,
     not_recovered: u64,
     skipped_unrecovered: u64,
-    never_back: u64,
+    resub_failed: u64,
     first_err: Option<String>,
 }
 
@@ -392,7 +392,7 @@ async fn read_live(ws: &mut Ws, s: &mut Sub, base: Instant, until: Instant) -> O
 
 fn put_common(out: &mut Out, t: &Totals, p: &PubStats, lat: &Histogram<u64>, acks: &Histogram<u64>) {
     out.kv("sent", p.sent)
-        .kv("acked", p.acked)
+        .kv("acks", p.acked)
         .kv("pub_errors", p.errors);
     if !acks.is_empty() {
         out.f("ack_p50_ms", ms(acks.value_at_quantile(0.5)), 3).f(
@@ -411,7 +411,7 @@ fn put_common(out: &mut Out, t: &Totals, p: &PubStats, lat: &Histogram<u64>, ack
     out.kv("lost", t.gaps + t.undelivered)
         .kv("lost_gaps", t.gaps)
         .kv("undelivered", t.undelivered)
-        .kv("dup_offsets", t.dups)
+        .kv("dup_or_reordered", t.dups)
         .kv("subs_with_loss", t.subs_with_loss)
         .kv("subs_disconnected", t.disconnected)
         .kv("subs_unsubscribed", t.unsubscribed);
@@ -497,7 +497,7 @@ struct Ended {
     /// Its connection, when still open.
     ws: Option<Ws>,
     s: Sub,
-    /// resume-storm: whether its resubscription recovered, and the offsets skipped if not;
+    /// resume: whether its resubscription recovered, and the offsets skipped if not;
     /// `None` when it never got back in.
     resumed: Option<(bool, u64)>,
     /// Why it stopped reading before having everything: the connection ended, or the
@@ -534,7 +534,7 @@ async fn publish_and_report(
                 t.not_recovered += 1;
                 t.skipped_unrecovered += skipped;
             }
-            None => t.never_back += 1,
+            None => t.resub_failed += 1,
         }
         match e.why {
             Some(w) if w.starts_with("unsub") => t.unsubscribed += 1,
@@ -584,13 +584,13 @@ pub async fn pubsub(cli: &Cli, a: &PsArgs) -> Out {
     out
 }
 
-/// `resume-storm`: as `pubsub`, but `cut_after` seconds into publishing every
+/// `resume` (the resume storm): as `pubsub`, but `cut_after` seconds into publishing every
 /// subscriber drops its TCP connection at once (no Close), reconnects (at most
 /// `--in-flight` handshakes at a time) and resubscribes with `since` = the last offset
 /// it saw. Reports the time from the cut until each subscriber had its `sub` reply, and
 /// the offsets lost or duplicated across the cut.
 pub async fn resume_storm(cli: &Cli, a: &PsArgs, cut_after: f64) -> Out {
-    let mut out = Out::new("resume-storm");
+    let mut out = Out::new("resume");
     out.f("cut_after_s", cut_after, 2);
     let Some(mut run) = setup(cli, &mut out, a).await else {
         return out;
@@ -630,12 +630,12 @@ pub async fn resume_storm(cli: &Cli, a: &PsArgs, cut_after: f64) -> Out {
     out.kv("recovered", t.recovered)
         .kv("not_recovered", t.not_recovered)
         .kv("offsets_skipped_unrecovered", t.skipped_unrecovered)
-        .kv("never_back", t.never_back)
+        .kv("resub_failed", t.resub_failed)
         .kv("reconnect_attempts", attempts.load(Ordering::Relaxed));
     if !r.is_empty() {
         out.f("recover_p50_ms", ms(r.value_at_quantile(0.5)), 1)
             .f("recover_p99_ms", ms(r.value_at_quantile(0.99)), 1)
-            .f("recover_all_s", r.max() as f64 / 1e6, 3);
+            .f("all_recovered_ms", ms(r.max()), 1);
     }
     out
 }

@@ -34,10 +34,43 @@ type psCmd struct {
 	Data  json.RawMessage `json:"data"`
 }
 
+// The server's frames are structs, not maps, so that their fields come in wshub's order
+// (encoding/json sorts a map's keys): a client that scans bytes, as the pubsub branch's
+// load generator does, reads them too.
+
 type psPub struct {
 	Ch     string          `json:"ch"`
 	Offset uint64          `json:"offset"`
 	Data   json.RawMessage `json:"data"`
+}
+
+type psPush struct {
+	Push   string          `json:"push"`
+	Ch     string          `json:"ch"`
+	Offset uint64          `json:"offset"`
+	Data   json.RawMessage `json:"data"`
+}
+
+type psSubOK struct {
+	Epoch     string  `json:"epoch"`
+	Offset    uint64  `json:"offset"`
+	Pubs      []psPub `json:"pubs"`
+	Recovered *bool   `json:"recovered,omitempty"`
+}
+
+type psReply struct {
+	ID uint64      `json:"id"`
+	OK interface{} `json:"ok"`
+}
+
+type psErr struct {
+	Code int    `json:"code"`
+	Msg  string `json:"msg"`
+}
+
+type psErrReply struct {
+	ID  *uint64 `json:"id,omitempty"`
+	Err psErr   `json:"err"`
 }
 
 type psChannel struct {
@@ -112,15 +145,11 @@ func mustJSON(v interface{}) []byte {
 }
 
 func reply(id uint64, ok interface{}) []byte {
-	return mustJSON(map[string]interface{}{"id": id, "ok": ok})
+	return mustJSON(psReply{id, ok})
 }
 
 func replyErr(id *uint64, code int, msg string) []byte {
-	e := map[string]interface{}{"code": code, "msg": msg}
-	if id == nil {
-		return mustJSON(map[string]interface{}{"err": e})
-	}
-	return mustJSON(map[string]interface{}{"id": *id, "err": e})
+	return mustJSON(psErrReply{id, psErr{code, msg}})
 }
 
 func (h *psHub) channel(name string) *psChannel {
@@ -150,13 +179,13 @@ func (h *psHub) handle(c *psClient, raw []byte) {
 			return
 		}
 		ch := h.channel(cmd.Ch)
-		ok := map[string]interface{}{"epoch": ch.epoch, "offset": ch.top, "pubs": []psPub{}}
+		ok := psSubOK{Epoch: ch.epoch, Offset: ch.top, Pubs: []psPub{}}
 		if s := cmd.Since; s != nil {
 			oldest := ch.top - uint64(len(ch.hist)) // offsets after this one are in history
 			recovered := s.Epoch == ch.epoch && s.Offset >= oldest && s.Offset <= ch.top
-			ok["recovered"] = recovered
+			ok.Recovered = &recovered
 			if recovered {
-				ok["pubs"] = ch.hist[s.Offset-oldest:]
+				ok.Pubs = ch.hist[s.Offset-oldest:]
 			}
 		}
 		c.subs[cmd.Ch] = true
@@ -169,7 +198,7 @@ func (h *psHub) handle(c *psClient, raw []byte) {
 		}
 		delete(c.subs, cmd.Ch)
 		delete(h.channels[cmd.Ch].subs, c)
-		h.deliver(c, reply(id, map[string]interface{}{}))
+		h.deliver(c, reply(id, struct{}{}))
 	case "pub":
 		if len(cmd.Data) == 0 {
 			h.deliver(c, replyErr(cmd.ID, 1, "missing data"))
@@ -182,7 +211,7 @@ func (h *psHub) handle(c *psClient, raw []byte) {
 			ch.hist = append(ch.hist[:0:0], ch.hist[1:]...)
 		}
 		ch.hist = append(ch.hist, p)
-		push := mustJSON(map[string]interface{}{"push": "pub", "ch": p.Ch, "offset": p.Offset, "data": p.Data})
+		push := mustJSON(psPush{"pub", p.Ch, p.Offset, p.Data})
 		for s := range ch.subs {
 			h.deliver(s, push)
 		}
