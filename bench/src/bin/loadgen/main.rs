@@ -22,7 +22,7 @@ use tokio::time::{sleep, sleep_until, timeout, timeout_at};
 use ws::{Msg, OP_TEXT, Ws};
 
 #[derive(Parser, Debug)]
-#[command(about = "WebSocket load generator (echo, broadcast, pubsub, resume, idle, churn, drain)")]
+#[command(about = "WebSocket load generator (echo, broadcast, idle, churn, drain, pubsub, resume)")]
 struct Cli {
     /// Server address (loopback).
     #[arg(long, default_value = "127.0.0.1:9301")]
@@ -91,22 +91,6 @@ enum Mode {
         #[arg(long, default_value = "/chat")]
         path: String,
     },
-    /// N subscribers over C channels of /ws (protocol v1), one publisher at R
-    /// publications/s in all; delivery latency, and loss counted by offsets.
-    Pubsub {
-        #[command(flatten)]
-        args: pubsub::Args,
-    },
-    /// As pubsub, and every subscriber is cut (RST) at once during publishing; each
-    /// reconnects and resubscribes with `since`: time until all have recovered, loss
-    /// and duplicates by offsets.
-    Resume {
-        #[command(flatten)]
-        args: pubsub::Args,
-        /// Seconds into publishing when every subscriber is cut.
-        #[arg(long, default_value_t = 1.5)]
-        cut_after: f64,
-    },
     /// N connections held open; the server's RSS, threads and CPU sampled from /proc.
     Idle {
         #[arg(long, default_value_t = 10000)]
@@ -134,6 +118,23 @@ enum Mode {
         size: usize,
         #[arg(long, default_value = "/echo")]
         path: String,
+    },
+    /// Protocol v1 on /ws: N subscribers over K channels, one publisher at R
+    /// publications/s in all; delivery latency, ack latency, loss counted by offsets.
+    Pubsub {
+        #[command(flatten)]
+        a: pubsub::PsArgs,
+    },
+    /// The resume storm: as pubsub, but every subscriber's TCP connection is cut at once
+    /// mid-run; all reconnect and resubscribe with `since`. Time to recover, lost /
+    /// duplicated offsets.
+    #[command(alias = "resume-storm")]
+    Resume {
+        #[command(flatten)]
+        a: pubsub::PsArgs,
+        /// Seconds into publishing when every subscriber cuts its connection.
+        #[arg(long, default_value_t = 2.0)]
+        cut_after: f64,
     },
     /// N connections, SIGTERM to the server, time until every client saw Close 1001
     /// and the process exited.
@@ -339,8 +340,6 @@ fn main() {
                 size,
                 path,
             } => broadcast(&cli, *subs, *rate, *duration, *settle, *grace, *size, path).await,
-            Mode::Pubsub { args } => pubsub::pubsub(&cli, args).await,
-            Mode::Resume { args, cut_after } => pubsub::resume(&cli, args, *cut_after).await,
             Mode::Idle {
                 conns,
                 settle,
@@ -360,6 +359,8 @@ fn main() {
                 timeout,
                 path,
             } => drain(&cli, *conns, *settle, *timeout, path).await,
+            Mode::Pubsub { a } => pubsub::pubsub(&cli, a).await,
+            Mode::Resume { a, cut_after } => pubsub::resume_storm(&cli, a, *cut_after).await,
         }
     });
     out.print();

@@ -1,237 +1,435 @@
-//! The protocol v1 (`/ws`) scenarios: `pubsub` (delivery latency and loss counted by
-//! offsets) and `resume` (every subscriber cut at once while publishing goes on, then
-//! all recover with `since`).
+//! The pub/sub scenarios of issue #11 item 7, over protocol v1 on `/ws` (`issues show 11`,
+//! docs/protocol.md): `pubsub` and `resume` (the resume storm).
 //!
-//! The server's JSON is read by scanning bytes, not parsed: the generator's core is the
-//! bottleneck of every scenario, and the server's output has a fixed field order
-//! (`{"push":"pub","ch":..,"offset":N,"data":"K TS xxx"}`; a `sub` reply is
-//! `{"id":N,"ok":{"epoch":"E","offset":TOP,"pubs":[..],"recovered":B}}`). Each
-//! publication's data is a JSON string `"K TS xxx"`: its sequence number over all
-//! channels and its send time (ns since the run's base, same monotonic clock).
+//! Both open N subscribers, each subscribed to one of K channels (subscriber i to channel
+//! i mod K; the names carry this process's id, so a server that kept an earlier run's
+//! channels does not mix them in), then one publisher connection publishes R times a
+//! second in all, round robin over the channels, each `pub` carrying its send time in
+//! `data.t` (nanoseconds since the run's start, same process, same monotonic clock).
+//!
+//! Every subscriber checks the guarantee by offsets: starting from the `sub` reply's
+//! top, each publication it sees (in a `pubs` array or as a push) must be exactly one
+//! more than the last. A jump is counted as lost offsets, a repeat or a step back as a
+//! duplicate; what has not arrived by the deadline (publishing end + grace) is
+//! `undelivered`. Each channel receives a known number of publications (k mod K), so
+//! each subscriber knows the last offset to wait for.
+//!
+//! Every wait is bounded by the run's deadline.
 
-use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+use tokio::sync::Semaphore;
 use tokio::time::{Instant, sleep_until, timeout, timeout_at};
 
 use crate::ws::{Msg, OP_TEXT, Ws};
 use crate::{Cli, Out, cpu_sample, hist, ms, open_many, put_cpu, put_ramp};
 
-/// The channel subscriber `i` of `channels` uses, and publication `k` goes to.
-fn channel(i: u64, channels: u64) -> String {
-    format!("bench:{}", i % channels)
+/// One server frame, as far as these scenarios care.
+enum Frame {
+    /// `{"push":"pub",..}`: its offset and the send time stamped in `data.t`.
+    Pub { offset: u64, t: Option<u64> },
+    /// `{"push":"unsub",..}`: the server ended the subscription.
+    Unsub(String),
+    /// A reply to a command: `ok` or `err`.
+    Reply {
+        id: u64,
+        ok: Option<Value>,
+        err: Option<Value>,
+    },
+    /// Anything else (an id-less error, an unknown push): kept for the report.
+    Other(String),
+    /// A Close frame.
+    Close(Option<u16>),
 }
 
-/// Publications among `0..total` that go to channel `c` (round-robin).
-fn count_for(c: u64, channels: u64, total: u64) -> u64 {
-    total / channels + u64::from(c < total % channels)
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
-/// The unsigned integer right after the first `key` at or after `from`, and where it ends.
-fn num_after(p: &[u8], key: &[u8], from: usize) -> Option<(u64, usize)> {
-    let at = from + find(p.get(from..)?, key)? + key.len();
-    let digits = p[at..].iter().take_while(|b| b.is_ascii_digit()).count();
-    let v = std::str::from_utf8(&p[at..at + digits]).ok()?.parse().ok()?;
-    Some((v, at + digits))
-}
-
-/// The `"epoch":"..."` string of a reply.
-fn epoch_of(p: &[u8]) -> Option<String> {
-    let key = b"\"epoch\":\"";
-    let at = find(p, key)? + key.len();
-    let len = p[at..].iter().position(|&b| b == b'"')?;
-    Some(String::from_utf8_lossy(&p[at..at + len]).into_owned())
-}
-
-/// Every publication in `p` (a push, or a reply's `pubs`) from byte `from` on:
-/// (offset, sequence number, send time ns).
-fn publications(p: &[u8], mut from: usize) -> Vec<(u64, u64, u64)> {
-    let mut out = Vec::new();
-    while let Some((offset, end)) = num_after(p, b"\"offset\":", from) {
-        let Some((k, end)) = num_after(p, b"\"data\":\"", end) else {
-            break;
-        };
-        let Some((ts, end)) = num_after(p, b" ", end) else {
-            break;
-        };
-        out.push((offset, k, ts));
-        from = end;
+fn classify(p: &[u8]) -> Frame {
+    let Ok(Value::Object(mut v)) = serde_json::from_slice::<Value>(p) else {
+        return Frame::Other(format!("not a JSON object: {}", String::from_utf8_lossy(p)));
+    };
+    match v.get("push").and_then(Value::as_str) {
+        Some("pub") => {
+            return match v.get("offset").and_then(Value::as_u64) {
+                Some(offset) => Frame::Pub {
+                    offset,
+                    t: v.get("data").and_then(|d| d.get("t")).and_then(Value::as_u64),
+                },
+                None => Frame::Other("pub push without offset".into()),
+            };
+        }
+        Some("unsub") => return Frame::Unsub(Value::Object(v).to_string()),
+        _ => {}
     }
-    out
+    match v.get("id").and_then(Value::as_u64) {
+        Some(id) => Frame::Reply {
+            id,
+            ok: v.remove("ok"),
+            err: v.remove("err"),
+        },
+        None => Frame::Other(Value::Object(v).to_string()),
+    }
 }
 
-/// What one subscriber saw, folded into the run's totals.
-#[derive(Default)]
-struct Tally {
-    received: u64,
-    gaps: u64,
-    dup: u64,
-    undelivered: u64,
-    disconnected: u64,
-    timed_out: u64,
-    subs_with_loss: u64,
-    recovered: u64,
-    not_recovered: u64,
-    resub_failed: u64,
-    last_recv: Option<Instant>,
+async fn read_frame(ws: &mut Ws) -> std::io::Result<Frame> {
+    Ok(match ws.recv().await? {
+        Msg::Data(_, p) => classify(p),
+        Msg::Close(c) => Frame::Close(c),
+    })
 }
 
-/// One subscription's offset bookkeeping: the next offset due, and the last delivered.
-struct Track {
+/// One subscriber's view of its channel: where it is, what it has seen.
+struct Sub {
+    ch: usize,
+    epoch: String,
+    /// The next offset it expects.
     next: u64,
-    target: u64,
+    /// The last offset it waits for (the channel's top when publishing ends).
+    end: u64,
     received: u64,
     gaps: u64,
-    dup: u64,
+    dups: u64,
+    /// Delivery latencies of live pushes (us).
+    lat: Vec<u64>,
 }
 
-impl Track {
-    fn see(&mut self, offset: u64) {
-        if offset >= self.next {
-            self.gaps += offset - self.next;
-            self.next = offset + 1;
-            self.received += 1;
-        } else {
-            self.dup += 1;
+impl Sub {
+    fn on_pub(&mut self, offset: u64, t: Option<u64>, base: Instant, live: bool) {
+        if offset < self.next {
+            self.dups += 1;
+            return;
+        }
+        self.gaps += offset - self.next;
+        self.next = offset + 1;
+        self.received += 1;
+        if let (true, Some(t)) = (live, t) {
+            let sent = base + Duration::from_nanos(t);
+            self.lat
+                .push(Instant::now().saturating_duration_since(sent).as_micros() as u64);
         }
     }
-
     fn done(&self) -> bool {
-        self.next > self.target
+        self.next > self.end
     }
 }
 
-/// Sends `sub` (with `since` if given) and reads until its reply; returns the reply's
-/// epoch, top offset, `recovered` flag and the publications it carries.
+/// How one subscription request went.
+struct Subscribed {
+    epoch: String,
+    top: u64,
+    recovered: Option<bool>,
+    pubs: Vec<(u64, Option<u64>)>,
+}
+
+/// Send `sub` (with `since` when given) and read until its reply. A push that arrives
+/// before the reply is handed to `early` (the protocol says none should).
 async fn subscribe(
     ws: &mut Ws,
+    id: u64,
     ch: &str,
     since: Option<(&str, u64)>,
-) -> std::io::Result<(String, u64, Option<bool>, Vec<(u64, u64, u64)>)> {
-    let cmd = match since {
-        None => format!(r#"{{"id":1,"op":"sub","ch":"{ch}"}}"#),
-        Some((e, o)) => {
-            format!(r#"{{"id":1,"op":"sub","ch":"{ch}","since":{{"epoch":"{e}","offset":{o}}}}}"#)
-        }
-    };
-    ws.send(OP_TEXT, cmd.as_bytes()).await?;
+    mut early: impl FnMut(u64, Option<u64>),
+) -> Result<Subscribed, String> {
+    let mut cmd = json!({"id": id, "op": "sub", "ch": ch});
+    if let Some((epoch, offset)) = since {
+        cmd["since"] = json!({"epoch": epoch, "offset": offset});
+    }
+    ws.send(OP_TEXT, cmd.to_string().as_bytes())
+        .await
+        .map_err(|e| format!("sub send: {e}"))?;
     loop {
-        match ws.recv().await? {
-            Msg::Data(_, p) if p.starts_with(b"{\"id\":1,\"ok\"") => {
-                let epoch = epoch_of(p).unwrap_or_default();
-                let (top, end) = num_after(p, b"\"offset\":", 0).unwrap_or((0, 0));
-                let recovered = if find(p, b"\"recovered\":true").is_some() {
-                    Some(true)
-                } else if find(p, b"\"recovered\":false").is_some() {
-                    Some(false)
-                } else {
-                    None
-                };
-                return Ok((epoch, top, recovered, publications(p, end)));
+        match read_frame(ws).await.map_err(|e| format!("sub reply: {e}"))? {
+            Frame::Reply {
+                id: rid,
+                ok: Some(ok),
+                ..
+            } if rid == id => {
+                let epoch = ok.get("epoch").and_then(Value::as_str).unwrap_or("").to_owned();
+                let top = ok
+                    .get("offset")
+                    .and_then(Value::as_u64)
+                    .ok_or_else(|| format!("sub reply without offset: {ok}"))?;
+                let pubs = ok
+                    .get("pubs")
+                    .and_then(Value::as_array)
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|p| {
+                                let o = p.get("offset")?.as_u64()?;
+                                Some((o, p.get("data").and_then(|d| d.get("t")).and_then(Value::as_u64)))
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let recovered = ok.get("recovered").and_then(Value::as_bool);
+                return Ok(Subscribed {
+                    epoch,
+                    top,
+                    recovered,
+                    pubs,
+                });
             }
-            Msg::Data(_, p) if p.starts_with(b"{\"id\":1,\"err\"") => {
-                return Err(std::io::Error::other(String::from_utf8_lossy(p).into_owned()));
+            Frame::Reply { id: rid, err, .. } if rid == id => {
+                return Err(format!("sub refused: {}", err.unwrap_or(Value::Null)));
             }
-            Msg::Data(..) => {}
-            Msg::Close(c) => return Err(std::io::Error::other(format!("closed {c:?}"))),
+            Frame::Pub { offset, t } => early(offset, t),
+            Frame::Close(c) => return Err(format!("closed {c:?} before the sub reply")),
+            Frame::Unsub(s) | Frame::Other(s) => return Err(format!("before the sub reply: {s}")),
+            Frame::Reply { .. } => {}
         }
     }
 }
 
-/// Publishes `total` publications at `rate`/s from `pub_start`, round-robin over the
-/// channels, pipelined (acks are read in between). Returns (acks, error acks, error).
-async fn publish(
-    publisher: &mut Ws,
-    total: u64,
-    rate: f64,
-    channels: u64,
-    size: usize,
-    base: Instant,
-    pub_start: Instant,
-) -> (u64, u64, Option<String>) {
-    let (mut acks, mut errs) = (0u64, 0u64);
-    let mut text = String::with_capacity(size + 64);
-    for k in 0..total {
-        let at = pub_start + Duration::from_secs_f64(k as f64 / rate);
+/// The channel names of one run.
+fn channel_names(k: usize) -> Vec<String> {
+    let pid = std::process::id();
+    (0..k.max(1)).map(|c| format!("bench.{pid}.{c}")).collect()
+}
+
+/// Publications channel `c` gets when `total` go round robin over `k` channels.
+fn count_for(c: usize, k: usize, total: u64) -> u64 {
+    let (k, c) = (k as u64, c as u64);
+    total / k + u64::from(c < total % k)
+}
+
+/// What the publisher saw.
+#[derive(Default)]
+struct PubStats {
+    sent: u64,
+    acked: u64,
+    errors: u64,
+    first_err: Option<String>,
+}
+
+/// Publish `run.total` publications, round robin over the channels, publication k at
+/// `start + k/rate`; read the acks in between and afterwards until all are in or the
+/// deadline passes. Ack latency (send to `ok` reply) goes to `acks`.
+async fn publish(run: &mut Setup, a: &PsArgs, acks: &mut Histogram<u64>) -> PubStats {
+    let (ws, channels, total, rate) = (&mut run.publisher, &run.channels, run.total, a.rate);
+    let (base, start, deadline) = (run.base, run.start, run.deadline);
+    // The publisher reads inside select!: keep recv write-free.
+    ws.auto_pong = false;
+    let mut st = PubStats::default();
+    let mut sent_at: Vec<Option<Instant>> = vec![None; total as usize];
+    let pad = "x".repeat(a.size.saturating_sub(40));
+    let mut on_frame =
+        |f: std::io::Result<Frame>, st: &mut PubStats, sent_at: &mut [Option<Instant>]| -> bool {
+            match f {
+                Ok(Frame::Reply { id, ok, err }) => {
+                    let Some(at) = id
+                        .checked_sub(1)
+                        .and_then(|k| sent_at.get_mut(k as usize))
+                        .and_then(Option::take)
+                    else {
+                        return true;
+                    };
+                    if ok.is_some() {
+                        st.acked += 1;
+                        acks.saturating_record(at.elapsed().as_micros().max(1) as u64);
+                    } else {
+                        st.errors += 1;
+                        st.first_err
+                            .get_or_insert_with(|| format!("pub refused: {}", err.unwrap_or(Value::Null)));
+                    }
+                    true
+                }
+                Ok(Frame::Close(c)) => {
+                    st.first_err
+                        .get_or_insert_with(|| format!("publisher closed by server {c:?}"));
+                    false
+                }
+                Ok(_) => true,
+                Err(e) => {
+                    st.first_err.get_or_insert_with(|| format!("publisher: {e}"));
+                    false
+                }
+            }
+        };
+    'outer: for k in 0..total {
+        let at = start + Duration::from_secs_f64(k as f64 / rate);
         loop {
             tokio::select! {
                 _ = sleep_until(at) => break,
-                r = publisher.recv() => match r {
-                    Ok(Msg::Data(_, p)) => {
-                        if p.starts_with(b"{\"id\"") {
-                            acks += 1;
-                            errs += u64::from(find(p, b"\"err\"").is_some());
-                        }
-                    }
-                    Ok(Msg::Close(c)) => return (acks, errs, Some(format!("publisher closed by server {c:?}"))),
-                    Err(e) => return (acks, errs, Some(format!("publisher: {e}"))),
+                f = read_frame(ws) => if !on_frame(f, &mut st, &mut sent_at) { break 'outer },
+            }
+        }
+        let ch = &channels[k as usize % channels.len()];
+        let t = (Instant::now() - base).as_nanos() as u64;
+        let cmd = json!({"id": k + 1, "op": "pub", "ch": ch, "data": {"t": t, "k": k, "p": pad}});
+        sent_at[k as usize] = Some(Instant::now());
+        if let Err(e) = ws.send(OP_TEXT, cmd.to_string().as_bytes()).await {
+            st.first_err.get_or_insert_with(|| format!("publisher send: {e}"));
+            break;
+        }
+        st.sent += 1;
+    }
+    while st.acked + st.errors < st.sent {
+        match timeout_at(deadline, read_frame(ws)).await {
+            Ok(f) => {
+                if !on_frame(f, &mut st, &mut sent_at) {
+                    break;
                 }
             }
-        }
-        let ts = (Instant::now() - base).as_nanos() as u64;
-        text.clear();
-        use std::fmt::Write;
-        let ch = channel(k, channels);
-        let _ = write!(
-            text,
-            r#"{{"id":{},"op":"pub","ch":"{ch}","data":"{k} {ts} "#,
-            k + 1
-        );
-        while text.len() < size + 40 {
-            text.push('x');
-        }
-        text.push_str("\"}");
-        if let Err(e) = publisher.send(OP_TEXT, text.as_bytes()).await {
-            return (acks, errs, Some(format!("publisher send: {e}")));
+            Err(_) => break,
         }
     }
-    // The remaining acks.
-    let end = Instant::now() + Duration::from_secs(5);
-    while acks < total {
-        match timeout_at(end, publisher.recv()).await {
-            Ok(Ok(Msg::Data(_, p))) if p.starts_with(b"{\"id\"") => {
-                acks += 1;
-                errs += u64::from(find(p, b"\"err\"").is_some());
+    st
+}
+
+/// The totals over all subscribers.
+#[derive(Default)]
+struct Totals {
+    received: u64,
+    gaps: u64,
+    undelivered: u64,
+    dups: u64,
+    disconnected: u64,
+    unsubscribed: u64,
+    subs_with_loss: u64,
+    /// resume: subscribers whose resubscription said `recovered: true` / `false`,
+    /// or that never got back in (connect or sub failed until the deadline).
+    recovered: u64,
+    not_recovered: u64,
+    skipped_unrecovered: u64,
+    resub_failed: u64,
+    first_err: Option<String>,
+}
+
+impl Totals {
+    fn add(&mut self, s: &Sub) {
+        let undelivered = (s.end + 1).saturating_sub(s.next);
+        self.received += s.received;
+        self.gaps += s.gaps;
+        self.undelivered += undelivered;
+        self.dups += s.dups;
+        self.subs_with_loss += u64::from(s.gaps + undelivered > 0);
+    }
+    fn err(&mut self, e: String) {
+        self.first_err.get_or_insert(e);
+    }
+}
+
+/// Open the subscribers and subscribe each to its channel. Returns the connections
+/// with their state, and the Out so far.
+async fn open_subs(
+    cli: &Cli,
+    out: &mut Out,
+    n: usize,
+    channels: &[String],
+    path: &str,
+    per_ch: &[u64],
+) -> Vec<(Ws, Sub)> {
+    let ramp = open_many(cli, path, n).await;
+    put_ramp(out, n, &ramp);
+    let mut set = tokio::task::JoinSet::new();
+    for (i, mut ws) in ramp.conns.into_iter().enumerate() {
+        let c = i % channels.len();
+        let (name, count) = (channels[c].clone(), per_ch[c]);
+        set.spawn(async move {
+            let r = timeout(
+                Duration::from_secs(10),
+                subscribe(&mut ws, 1, &name, None, |_, _| {}),
+            )
+            .await;
+            match r {
+                Ok(Ok(s)) => Ok((
+                    ws,
+                    Sub {
+                        ch: c,
+                        epoch: s.epoch,
+                        next: s.top + 1,
+                        end: s.top + count,
+                        received: 0,
+                        gaps: 0,
+                        dups: 0,
+                        lat: Vec::new(),
+                    },
+                )),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err("sub reply timed out (10s)".to_owned()),
             }
-            Ok(Ok(Msg::Data(..))) => {}
-            _ => break,
+        });
+    }
+    let mut subs = Vec::with_capacity(n);
+    let (mut failed, mut first) = (0u64, None);
+    while let Some(r) = set.join_next().await {
+        match r {
+            Ok(Ok(s)) => subs.push(s),
+            Ok(Err(e)) => {
+                failed += 1;
+                first.get_or_insert(e);
+            }
+            Err(e) => {
+                failed += 1;
+                first.get_or_insert(e.to_string());
+            }
         }
     }
-    (acks, errs, None)
+    out.kv("subscribed", subs.len()).kv("sub_failed", failed);
+    if let Some(e) = first {
+        out.kv("sub_error", e);
+    }
+    subs
 }
 
-/// Sets SO_LINGER 0, so dropping the socket sends RST: a cut, not a close.
-fn abort_on_drop(ws: &Ws) {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: setsockopt reads `linger`, which outlives the call, on a descriptor we own.
-    unsafe {
-        libc::setsockopt(
-            ws.stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+/// Read live pushes into `s` until it has everything or `until` passes. Returns why it
+/// stopped: `None` (done or deadline) or the end of the connection.
+async fn read_live(ws: &mut Ws, s: &mut Sub, base: Instant, until: Instant) -> Option<String> {
+    while !s.done() {
+        match timeout_at(until, read_frame(ws)).await {
+            Err(_) => return None,
+            Ok(Ok(Frame::Pub { offset, t })) => s.on_pub(offset, t, base, true),
+            Ok(Ok(Frame::Unsub(u))) => return Some(format!("unsub: {u}")),
+            Ok(Ok(Frame::Close(c))) => return Some(format!("closed {c:?}")),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Some(e.to_string()),
+        }
+    }
+    None
+}
+
+fn put_common(out: &mut Out, t: &Totals, p: &PubStats, lat: &Histogram<u64>, acks: &Histogram<u64>) {
+    out.kv("sent", p.sent)
+        .kv("acks", p.acked)
+        .kv("pub_errors", p.errors);
+    if !acks.is_empty() {
+        out.f("ack_p50_ms", ms(acks.value_at_quantile(0.5)), 3).f(
+            "ack_p99_ms",
+            ms(acks.value_at_quantile(0.99)),
+            3,
         );
+    }
+    out.kv("deliveries", t.received);
+    if !lat.is_empty() {
+        out.f("p50_ms", ms(lat.value_at_quantile(0.5)), 3)
+            .f("p99_ms", ms(lat.value_at_quantile(0.99)), 3)
+            .f("max_ms", ms(lat.max()), 3);
+    }
+    // lost = offsets skipped + offsets never received by the deadline.
+    out.kv("lost", t.gaps + t.undelivered)
+        .kv("lost_gaps", t.gaps)
+        .kv("undelivered", t.undelivered)
+        .kv("dup_or_reordered", t.dups)
+        .kv("subs_with_loss", t.subs_with_loss)
+        .kv("subs_disconnected", t.disconnected)
+        .kv("subs_unsubscribed", t.unsubscribed);
+    if let Some(e) = p.first_err.as_ref().or(t.first_err.as_ref()) {
+        out.kv("error", e);
     }
 }
 
-/// The parameters both scenarios share.
+/// What both scenarios take (flattened into each subcommand).
 #[derive(clap::Args, Debug)]
-pub struct Args {
+pub struct PsArgs {
+    /// Subscribers.
     #[arg(long, default_value_t = 1000)]
     subs: usize,
+    /// Channels; subscriber i is on channel i mod K.
     #[arg(long, default_value_t = 10)]
-    channels: u64,
-    /// Publications per second, over all channels.
+    channels: usize,
+    /// Publications per second, in all (round robin over the channels).
     #[arg(long, default_value_t = 1000.0)]
     rate: f64,
     /// Seconds of publishing.
@@ -243,257 +441,302 @@ pub struct Args {
     /// Seconds after the last publication that subscribers keep waiting for it.
     #[arg(long, default_value_t = 5.0)]
     grace: f64,
-    /// Payload bytes of each publication's data.
+    /// Approximate size of each publication's data, in bytes.
     #[arg(long, default_value_t = 64)]
     size: usize,
     #[arg(long, default_value = "/ws")]
     path: String,
 }
 
-/// `pubsub`: N subscribers over C channels, one publisher at R publications/s in all.
-/// Every subscriber checks its offsets are contiguous from the `sub` reply's top.
-pub async fn pubsub(cli: &Cli, p: &Args) -> Out {
-    run(cli, p, None).await
+/// A run, set up: every subscriber subscribed, the publisher connected, the clock.
+struct Setup {
+    channels: Vec<String>,
+    total: u64,
+    subs: Vec<(Ws, Sub)>,
+    publisher: Ws,
+    /// The origin of the `data.t` stamps.
+    base: Instant,
+    /// The first publication.
+    start: Instant,
+    /// Publishing end + grace: every wait ends here.
+    deadline: Instant,
 }
 
-/// `resume`: as `pubsub`, and at `cut_after` seconds into publishing every subscriber's
-/// connection is reset at once; each reconnects and subscribes with `since` = the last
-/// offset it received. Reports how long until every one has its `sub` reply back, how
-/// many were `recovered: false`, and loss or duplicates over the whole run.
-pub async fn resume(cli: &Cli, p: &Args, cut_after: f64) -> Out {
-    run(cli, p, Some(cut_after)).await
-}
-
-async fn run(cli: &Cli, p: &Args, cut_after: Option<f64>) -> Out {
-    let mut out = Out::new(if cut_after.is_some() { "resume" } else { "pubsub" });
-    let ramp = open_many(cli, &p.path, p.subs).await;
-    put_ramp(&mut out, p.subs, &ramp);
-    let channels = p.channels.max(1);
-    let total = (p.rate * p.duration).round().max(1.0) as u64;
-    let base = Instant::now();
-    let h = Arc::new(Mutex::new(hist()));
-    let rec_h = Arc::new(Mutex::new(hist()));
-    let tally = Arc::new(Mutex::new(Tally::default()));
-    let (ready_tx, mut ready_rx) = mpsc::channel::<bool>(p.subs.max(1));
-    // Publishing starts once every subscriber is subscribed, plus the settle time; the
-    // tasks learn the start (for the cut) through this.
-    let (start_tx, start_rx) = tokio::sync::watch::channel(None::<Instant>);
-    let mut tasks = Vec::with_capacity(p.subs);
-    for (i, mut ws) in ramp.conns.into_iter().enumerate() {
-        let (h, rec_h, tally, ready_tx) = (h.clone(), rec_h.clone(), tally.clone(), ready_tx.clone());
-        let mut start_rx = start_rx.clone();
-        let (addr, path) = (cli.addr, p.path.clone());
-        let connect_to = Duration::from_secs_f64(cli.connect_timeout);
-        let (duration, grace) = (p.duration, p.grace);
-        tasks.push(tokio::spawn(async move {
-            let ch = channel(i as u64, channels);
-            let c = i as u64 % channels;
-            let (epoch, top) = match subscribe(&mut ws, &ch, None).await {
-                Ok((e, top, ..)) => (e, top),
-                Err(e) => {
-                    eprintln!("loadgen: sub {i}: {e}");
-                    let _ = ready_tx.send(false).await;
-                    return None;
-                }
-            };
-            let _ = ready_tx.send(true).await;
-            let Ok(start) = start_rx
-                .wait_for(Option::is_some)
-                .await
-                .map(|s| s.unwrap_or_else(Instant::now))
-            else {
-                return None;
-            };
-            let deadline = start + Duration::from_secs_f64(duration + grace);
-            let cut_at = cut_after.map(|c| start + Duration::from_secs_f64(c));
-            let mut t = Track {
-                next: top + 1,
-                target: top + count_for(c, channels, total),
-                received: 0,
-                gaps: 0,
-                dup: 0,
-            };
-            let mut lat = Vec::with_capacity(count_for(c, channels, total) as usize);
-            let (mut disconnected, mut timed_out, mut last) = (false, false, None);
-            let (mut recovered, mut resub_failed, mut rec_us) = (None, false, None);
-            let mut ws = Some(ws);
-            while !t.done() {
-                let Some(conn) = ws.as_mut() else { break };
-                let until = match cut_at {
-                    Some(cut) if recovered.is_none() => cut.min(deadline),
-                    _ => deadline,
-                };
-                match timeout_at(until, conn.recv()).await {
-                    Ok(Ok(Msg::Data(_, m))) => {
-                        let now = Instant::now();
-                        for (offset, _k, ts) in publications(m, 0) {
-                            lat.push(
-                                now.saturating_duration_since(base + Duration::from_nanos(ts))
-                                    .as_micros() as u64,
-                            );
-                            t.see(offset);
-                            last = Some(now);
-                        }
-                    }
-                    Ok(Ok(Msg::Close(_))) | Ok(Err(_)) => {
-                        disconnected = true;
-                        break;
-                    }
-                    Err(_) if Instant::now() >= deadline => {
-                        timed_out = true;
-                        break;
-                    }
-                    Err(_) => {
-                        // The cut: reset the connection, reconnect, resubscribe with since.
-                        let cut = Instant::now();
-                        if let Some(old) = ws.take() {
-                            abort_on_drop(&old);
-                        }
-                        let since = t.next - 1;
-                        let mut again = None;
-                        while again.is_none() && Instant::now() < deadline {
-                            match timeout(connect_to, Ws::connect(addr, &path, i as u64 + 7)).await {
-                                Ok(Ok(w)) => again = Some(w),
-                                _ => tokio::time::sleep(Duration::from_millis(50)).await,
-                            }
-                        }
-                        let Some(mut w) = again else {
-                            resub_failed = true;
-                            break;
-                        };
-                        match subscribe(&mut w, &ch, Some((&epoch, since))).await {
-                            Ok((_, _, rec, pubs)) => {
-                                let now = Instant::now();
-                                recovered = Some(rec == Some(true));
-                                rec_us = Some(now.saturating_duration_since(cut).as_micros() as u64);
-                                for (offset, _k, ts) in pubs {
-                                    lat.push(
-                                        now.saturating_duration_since(base + Duration::from_nanos(ts))
-                                            .as_micros() as u64,
-                                    );
-                                    t.see(offset);
-                                    last = Some(now);
-                                }
-                                ws = Some(w);
-                                if recovered == Some(false) {
-                                    // Offsets of the new epoch say nothing about the
-                                    // old one: what was left counts as undelivered.
-                                    break;
-                                }
-                            }
-                            Err(e) => {
-                                eprintln!("loadgen: resubscribe {i}: {e}");
-                                resub_failed = true;
-                                break;
-                            }
-                        }
-                    }
-                }
-            }
-            {
-                let mut hh = h.lock().unwrap();
-                for v in lat {
-                    hh.saturating_record(v.max(1));
-                }
-            }
-            if let Some(us) = rec_us {
-                rec_h.lock().unwrap().saturating_record(us.max(1));
-            }
-            let mut s = tally.lock().unwrap();
-            let undelivered = (t.target + 1).saturating_sub(t.next);
-            s.received += t.received;
-            s.gaps += t.gaps;
-            s.dup += t.dup;
-            s.undelivered += undelivered;
-            s.subs_with_loss += u64::from(t.gaps + undelivered > 0);
-            s.disconnected += u64::from(disconnected);
-            s.timed_out += u64::from(timed_out);
-            s.recovered += u64::from(recovered == Some(true));
-            s.not_recovered += u64::from(recovered == Some(false));
-            s.resub_failed += u64::from(resub_failed);
-            if last > s.last_recv {
-                s.last_recv = last;
-            }
-            ws
-        }));
-    }
-    drop(ready_tx);
-    let mut subscribed = 0usize;
-    let ready_by = Instant::now() + Duration::from_secs(30);
-    while subscribed < tasks.len() {
-        match timeout_at(ready_by, ready_rx.recv()).await {
-            Ok(Some(true)) => subscribed += 1,
-            Ok(Some(false)) => {}
-            _ => break,
-        }
-    }
-    out.kv("subscribed", subscribed).kv("channels", channels);
-    let mut publisher = match Ws::connect(cli.addr, &p.path, 0).await {
-        Ok(w) => w,
+/// Subscribe every subscriber and connect the publisher; `None` (the error in `out`) when
+/// the publisher cannot connect.
+async fn setup(cli: &Cli, out: &mut Out, a: &PsArgs) -> Option<Setup> {
+    let channels = channel_names(a.channels);
+    let k = channels.len();
+    let total = (a.rate * a.duration).round().max(1.0) as u64;
+    let per_ch: Vec<u64> = (0..k).map(|c| count_for(c, k, total)).collect();
+    out.kv("channels", k).f("rate", a.rate, 0);
+    out.kv("expected", (0..a.subs).map(|i| per_ch[i % k]).sum::<u64>());
+    let subs = open_subs(cli, out, a.subs, &channels, &a.path, &per_ch).await;
+    let publisher = match Ws::connect(cli.addr, &a.path, 0).await {
+        Ok(p) => p,
         Err(e) => {
             out.kv("error", format!("publisher: {e}"));
-            return out;
+            return None;
         }
     };
-    publisher.auto_pong = false;
-    let pub_start = Instant::now() + Duration::from_secs_f64(p.settle);
-    let _ = start_tx.send(Some(pub_start));
-    sleep_until(pub_start).await;
+    let base = Instant::now();
+    let start = base + Duration::from_secs_f64(a.settle);
+    Some(Setup {
+        channels,
+        total,
+        subs,
+        publisher,
+        base,
+        start,
+        deadline: start + Duration::from_secs_f64(a.duration + a.grace),
+    })
+}
+
+/// One subscriber at the end of a run.
+struct Ended {
+    /// Its connection, when still open.
+    ws: Option<Ws>,
+    s: Sub,
+    /// resume: whether its resubscription recovered, and the offsets skipped if not;
+    /// `None` when it never got back in.
+    resumed: Option<(bool, u64)>,
+    /// Why it stopped reading before having everything: the connection ended, or the
+    /// server unsubscribed it.
+    why: Option<String>,
+}
+
+/// Publish on schedule (sampling the server's CPU around it), then gather the
+/// subscribers, close every connection still open, and report.
+async fn publish_and_report(
+    cli: &Cli,
+    out: &mut Out,
+    a: &PsArgs,
+    mut run: Setup,
+    subscribers: impl std::future::Future<Output = Vec<Ended>> + Send + 'static,
+) -> Totals {
+    let subscribers = tokio::spawn(subscribers);
+    sleep_until(run.start).await;
     let c0 = cpu_sample(cli.server_pid);
-    let (acks, pub_errs, pub_err) =
-        publish(&mut publisher, total, p.rate, channels, p.size, base, pub_start).await;
+    let mut acks = hist();
+    let p = publish(&mut run, a, &mut acks).await;
     let c1 = cpu_sample(cli.server_pid);
-    let open: Vec<Ws> = futures_util::future::join_all(tasks)
-        .await
-        .into_iter()
-        .filter_map(|r| r.ok().flatten())
-        .collect();
+    let mut t = Totals::default();
+    let mut lat = hist();
+    let mut open = vec![run.publisher];
+    for e in subscribers.await.unwrap_or_default() {
+        t.add(&e.s);
+        for &v in &e.s.lat {
+            lat.saturating_record(v.max(1));
+        }
+        match e.resumed {
+            Some((true, _)) => t.recovered += 1,
+            Some((false, skipped)) => {
+                t.not_recovered += 1;
+                t.skipped_unrecovered += skipped;
+            }
+            None => t.resub_failed += 1,
+        }
+        match e.why {
+            Some(w) if w.starts_with("unsub") => t.unsubscribed += 1,
+            Some(w) => {
+                t.disconnected += 1;
+                t.err(w);
+            }
+            None => {}
+        }
+        open.extend(e.ws);
+    }
+    // Closed only once every subscriber is done (as in broadcast).
     futures_util::future::join_all(open.into_iter().map(|mut ws| async move {
+        ws.auto_pong = true;
         let _ = timeout(Duration::from_secs(2), ws.close(1000)).await;
     }))
     .await;
-    publisher.auto_pong = true;
-    let _ = timeout(Duration::from_secs(2), publisher.close(1000)).await;
+    put_common(out, &t, &p, &lat, &acks);
+    put_cpu(out, c0, c1);
+    t
+}
 
-    let s = tally.lock().unwrap();
-    let h = h.lock().unwrap();
-    let expected: u64 = (0..subscribed as u64)
-        .map(|i| count_for(i % channels, channels, total))
-        .sum();
-    out.kv("rate", p.rate)
-        .kv("sent", total)
-        .kv("acks", acks)
-        .kv("pub_errors", pub_errs);
-    out.kv("deliveries", s.received).kv("expected", expected);
-    out.f("p50_ms", ms(h.value_at_quantile(0.50)), 3)
-        .f("p99_ms", ms(h.value_at_quantile(0.99)), 3)
-        .f("max_ms", ms(h.max()), 3);
-    // lost = offsets skipped (gaps) + offsets never delivered by the deadline.
-    out.kv("lost", s.gaps + s.undelivered)
-        .kv("lost_gaps", s.gaps)
-        .kv("undelivered", s.undelivered)
-        .kv("dup_or_reordered", s.dup)
-        .kv("subs_with_loss", s.subs_with_loss)
-        .kv("subs_disconnected", s.disconnected)
-        .kv("subs_timed_out", s.timed_out);
-    if cut_after.is_some() {
-        let r = rec_h.lock().unwrap();
-        out.kv("recovered", s.recovered)
-            .kv("not_recovered", s.not_recovered)
-            .kv("resub_failed", s.resub_failed);
-        // From each subscriber's cut to its `sub` reply: the slowest is the storm's length.
-        out.f("recover_p50_ms", ms(r.value_at_quantile(0.50)), 1)
+/// `pubsub`: N subscribers over K channels, R publications/s in all for D s.
+pub async fn pubsub(cli: &Cli, a: &PsArgs) -> Out {
+    let mut out = Out::new("pubsub");
+    let Some(mut run) = setup(cli, &mut out, a).await else {
+        return out;
+    };
+    let (base, deadline) = (run.base, run.deadline);
+    let subs = std::mem::take(&mut run.subs);
+    let readers = async move {
+        let tasks = subs.into_iter().map(|(mut ws, mut s)| {
+            tokio::spawn(async move {
+                let why = read_live(&mut ws, &mut s, base, deadline).await;
+                Ended {
+                    ws: why.is_none().then_some(ws),
+                    s,
+                    resumed: Some((true, 0)), // not cut: nothing to resume (not reported)
+                    why,
+                }
+            })
+        });
+        let ended = futures_util::future::join_all(tasks).await;
+        ended.into_iter().filter_map(Result::ok).collect()
+    };
+    publish_and_report(cli, &mut out, a, run, readers).await;
+    out
+}
+
+/// `resume` (the resume storm): as `pubsub`, but `cut_after` seconds into publishing every
+/// subscriber drops its TCP connection at once (no Close), reconnects (at most
+/// `--in-flight` handshakes at a time) and resubscribes with `since` = the last offset
+/// it saw. Reports the time from the cut until each subscriber had its `sub` reply, and
+/// the offsets lost or duplicated across the cut.
+pub async fn resume_storm(cli: &Cli, a: &PsArgs, cut_after: f64) -> Out {
+    let mut out = Out::new("resume");
+    out.f("cut_after_s", cut_after, 2);
+    let Some(mut run) = setup(cli, &mut out, a).await else {
+        return out;
+    };
+    let (base, deadline) = (run.base, run.deadline);
+    let cut = run.start + Duration::from_secs_f64(cut_after);
+    let gate = Arc::new(Semaphore::new(cli.in_flight.max(1)));
+    let recover = Arc::new(Mutex::new(hist()));
+    let attempts = Arc::new(AtomicU64::new(0));
+    let (addr, connect_to) = (cli.addr, Duration::from_secs_f64(cli.connect_timeout));
+    let subs = std::mem::take(&mut run.subs);
+    let names = run.channels.clone();
+    let path = a.path.clone();
+    let (recover2, attempts2) = (recover.clone(), attempts.clone());
+    let readers = async move {
+        let tasks = subs.into_iter().enumerate().map(|(i, (ws, s))| {
+            let (gate, recover, attempts) = (gate.clone(), recover2.clone(), attempts2.clone());
+            let (name, path) = (names[s.ch].clone(), path.clone());
+            tokio::spawn(async move {
+                let r = Resume {
+                    ws,
+                    s,
+                    base,
+                    deadline,
+                };
+                r.run(
+                    cut, &gate, &recover, &attempts, addr, connect_to, &path, &name, i as u64,
+                )
+                .await
+            })
+        });
+        let ended = futures_util::future::join_all(tasks).await;
+        ended.into_iter().filter_map(Result::ok).collect::<Vec<Ended>>()
+    };
+    let t = publish_and_report(cli, &mut out, a, run, readers).await;
+    let r = recover.lock().unwrap();
+    out.kv("recovered", t.recovered)
+        .kv("not_recovered", t.not_recovered)
+        .kv("offsets_skipped_unrecovered", t.skipped_unrecovered)
+        .kv("resub_failed", t.resub_failed)
+        .kv("reconnect_attempts", attempts.load(Ordering::Relaxed));
+    if !r.is_empty() {
+        out.f("recover_p50_ms", ms(r.value_at_quantile(0.5)), 1)
             .f("recover_p99_ms", ms(r.value_at_quantile(0.99)), 1)
             .f("all_recovered_ms", ms(r.max()), 1);
     }
-    if let Some(last) = s.last_recv {
-        out.f("last_delivery_s", (last - pub_start).as_secs_f64(), 2);
-    }
-    if let Some(e) = pub_err {
-        out.kv("error", e);
-    }
-    put_cpu(&mut out, c0, c1);
     out
+}
+
+/// One resume-storm subscriber.
+struct Resume {
+    ws: Ws,
+    s: Sub,
+    base: Instant,
+    deadline: Instant,
+}
+
+impl Resume {
+    /// Read live up to `cut`, drop the connection (the server sees the TCP connection end
+    /// without a Close frame), reconnect and resubscribe with `since` until it works or the
+    /// deadline, then read live to the end.
+    #[allow(clippy::too_many_arguments)]
+    async fn run(
+        mut self,
+        cut: Instant,
+        gate: &Arc<Semaphore>,
+        recover: &Mutex<Histogram<u64>>,
+        attempts: &AtomicU64,
+        addr: std::net::SocketAddr,
+        connect_to: Duration,
+        path: &str,
+        name: &str,
+        seed: u64,
+    ) -> Ended {
+        let (base, deadline) = (self.base, self.deadline);
+        let s = &mut self.s;
+        if let Some(why) = read_live(&mut self.ws, s, base, cut).await {
+            let why = Some(format!("before the cut: {why}"));
+            return Ended {
+                ws: None,
+                s: self.s,
+                resumed: None,
+                why,
+            };
+        }
+        drop(self.ws);
+        let mut last_err = String::from("deadline before reconnecting");
+        while Instant::now() < deadline {
+            attempts.fetch_add(1, Ordering::Relaxed);
+            let permit = gate.clone().acquire_owned().await.expect("semaphore open");
+            let (since, epoch) = (s.next - 1, s.epoch.clone());
+            let r = timeout_at(deadline, async {
+                let mut ws = timeout(connect_to, Ws::connect(addr, path, seed << 20 | 7))
+                    .await
+                    .map_err(|_| "reconnect timed out".to_owned())?
+                    .map_err(|e| format!("reconnect: {e}"))?;
+                let early = |o, t| s.on_pub(o, t, base, true);
+                let sub = subscribe(&mut ws, 1, name, Some((&epoch, since)), early).await?;
+                Ok::<_, String>((ws, sub))
+            })
+            .await
+            .unwrap_or_else(|_| Err("deadline while resubscribing".into()));
+            drop(permit);
+            let (mut ws, sub) = match r {
+                Ok(x) => x,
+                Err(e) => {
+                    last_err = e;
+                    sleep_until(Instant::now() + Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            recover
+                .lock()
+                .unwrap()
+                .saturating_record(cut.elapsed().as_micros().max(1) as u64);
+            let resumed = if sub.recovered == Some(true) && sub.epoch == s.epoch {
+                for (o, t) in sub.pubs {
+                    s.on_pub(o, t, base, false);
+                }
+                (true, 0)
+            } else {
+                // The server says what was missed is gone: go on from its top. In a new
+                // epoch, offsets say nothing about the old one: stop counting.
+                let skipped = (sub.top + 1).saturating_sub(s.next);
+                if sub.epoch != s.epoch {
+                    s.end = sub.top;
+                }
+                s.epoch = sub.epoch;
+                s.next = sub.top + 1;
+                (false, skipped)
+            };
+            let why = read_live(&mut ws, s, base, deadline).await;
+            return Ended {
+                ws: why.is_none().then_some(ws),
+                s: self.s,
+                resumed: Some(resumed),
+                why,
+            };
+        }
+        Ended {
+            ws: None,
+            s: self.s,
+            resumed: None,
+            why: Some(last_err),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -501,24 +744,60 @@ mod tests {
     use super::*;
 
     #[test]
-    fn round_robin_counts_add_up() {
-        for (channels, total) in [(10, 1000), (3, 10), (7, 2), (1, 5)] {
-            let sum: u64 = (0..channels).map(|c| count_for(c, channels, total)).sum();
-            assert_eq!(sum, total);
-            for k in 0..total {
-                assert!(channel(k, channels).starts_with("bench:"));
-            }
+    fn round_robin_counts_add_up_to_the_total() {
+        for (k, total) in [(10, 1000), (3, 10), (7, 1), (1, 5)] {
+            let sum: u64 = (0..k).map(|c| count_for(c, k, total)).sum();
+            assert_eq!(sum, total, "k={k} total={total}");
         }
+        assert_eq!(count_for(0, 3, 10), 4);
+        assert_eq!(count_for(2, 3, 10), 3);
     }
 
     #[test]
-    fn publications_are_read_from_pushes_and_replies() {
-        let push = br#"{"push":"pub","ch":"bench:1","offset":17,"data":"5 123456 xx"}"#;
-        assert_eq!(publications(push, 0), vec![(17, 5, 123456)]);
-        let reply = br#"{"id":1,"ok":{"epoch":"ab12","offset":9,"pubs":[{"ch":"bench:1","offset":8,"data":"1 10 x"},{"ch":"bench:1","offset":9,"data":"2 20 x"}],"recovered":true}}"#;
-        assert_eq!(epoch_of(reply).as_deref(), Some("ab12"));
-        let (top, end) = num_after(reply, b"\"offset\":", 0).unwrap();
-        assert_eq!(top, 9);
-        assert_eq!(publications(reply, end), vec![(8, 1, 10), (9, 2, 20)]);
+    fn offsets_that_jump_count_as_lost_and_repeats_as_duplicates() {
+        let base = Instant::now();
+        let mut s = Sub {
+            ch: 0,
+            epoch: "e".into(),
+            next: 11,
+            end: 15,
+            received: 0,
+            gaps: 0,
+            dups: 0,
+            lat: Vec::new(),
+        };
+        for o in [11, 12, 14, 14, 13, 15] {
+            s.on_pub(o, None, base, false);
+        }
+        assert_eq!((s.received, s.gaps, s.dups), (4, 1, 2));
+        assert!(s.done());
+    }
+
+    #[test]
+    fn frames_are_told_apart() {
+        assert!(matches!(
+            classify(br#"{"push":"pub","ch":"a","offset":7,"data":{"t":5}}"#),
+            Frame::Pub {
+                offset: 7,
+                t: Some(5)
+            }
+        ));
+        assert!(matches!(
+            classify(br#"{"push":"unsub","ch":"a","code":1}"#),
+            Frame::Unsub(_)
+        ));
+        assert!(matches!(
+            classify(br#"{"id":3,"ok":{"epoch":"e","offset":0}}"#),
+            Frame::Reply {
+                id: 3,
+                ok: Some(_),
+                err: None
+            }
+        ));
+        assert!(matches!(
+            classify(br#"{"err":{"code":1,"msg":"x"}}"#),
+            Frame::Other(_)
+        ));
+        assert!(matches!(classify(b"nope"), Frame::Other(_)));
     }
 }
