@@ -483,3 +483,82 @@ fn a_ping_flood_is_paced_without_a_rate_flag() {
         server.shutdown();
     });
 }
+
+/// A `/ws` client's own `pub` on `ch`: the time until its push comes back.
+fn own_publication_latency(ws: &mut Client, ch: &str, id: u64) -> Duration {
+    let started = Instant::now();
+    let cmd = format!(r#"{{"id":{id},"op":"pub","ch":"{ch}","data":{id}}}"#);
+    ws.send(Message::text(cmd)).unwrap();
+    loop {
+        let Message::Text(text) = next_data(ws) else {
+            continue;
+        };
+        if text.contains(r#""push":"pub""#) && text.contains(&format!(r#""data":{id}"#)) {
+            return started.elapsed();
+        }
+    }
+}
+
+#[test]
+fn a_flooding_publisher_on_ws_cannot_stall_other_channels() {
+    watchdog(Duration::from_secs(90), || {
+        let mut config = test_config();
+        // The in-flight bound alone, as for /chat: no rate limit, queues that hold a flood.
+        config.max_publish_rate = 0;
+        config.queue_size = 1 << 20;
+        config.max_queue_bytes = 1 << 30;
+        let server = start(config);
+        let addr = server.local_addr();
+        let mut calm = connect(addr, "/ws");
+        calm.send(Message::text(r#"{"id":1,"op":"sub","ch":"calm"}"#))
+            .unwrap();
+        next_data(&mut calm); // the sub reply
+        let quiet = (10..15)
+            .map(|i| own_publication_latency(&mut calm, "calm", i))
+            .max()
+            .unwrap();
+
+        // The flooder publishes on another channel as fast as its socket takes it, and
+        // reads its acks on another thread so that it is not cut as slow.
+        let mut flooder = TcpStream::connect(addr).unwrap();
+        flooder.write_all(upgrade_request("/ws", "").as_bytes()).unwrap();
+        let mut drain = flooder.try_clone().unwrap();
+        let drainer = std::thread::spawn(move || {
+            let mut sink = [0u8; 64 * 1024];
+            while matches!(drain.read(&mut sink), Ok(n) if n > 0) {}
+        });
+        let stop = Instant::now() + Duration::from_secs(4);
+        let burst: Vec<u8> = (1..=100u64)
+            .flat_map(|i| {
+                client_frame(
+                    0x81,
+                    format!(r#"{{"id":{i},"op":"pub","ch":"flood","data":1}}"#).as_bytes(),
+                )
+            })
+            .collect();
+        let writer = std::thread::spawn(move || {
+            let mut sent = 0u64;
+            while Instant::now() < stop && flooder.write_all(&burst).is_ok() {
+                sent += 100;
+            }
+            let _ = flooder.shutdown(std::net::Shutdown::Both);
+            sent
+        });
+        std::thread::sleep(Duration::from_millis(1000));
+        let flooded = (20..25)
+            .map(|i| own_publication_latency(&mut calm, "calm", i))
+            .max()
+            .unwrap();
+        let sent = writer.join().unwrap();
+        drainer.join().unwrap();
+        eprintln!(
+            "own pub on a calm channel, slowest of 5: {quiet:?} quiet, {flooded:?} during a flood of {sent} pubs"
+        );
+        assert!(
+            flooded < Duration::from_millis(500).max(quiet * 10),
+            "a pub on another channel took {flooded:?} during the flood ({quiet:?} without)"
+        );
+        drop(calm);
+        server.shutdown();
+    });
+}

@@ -19,7 +19,7 @@ use crate::server::queue::{OutboundTx, PushError};
 use tungstenite::Message;
 
 use crate::pubsub::encode;
-use crate::pubsub::protocol::{SUBPROTOCOL, parse_request};
+use crate::pubsub::protocol::{Command, SUBPROTOCOL, parse_request};
 use crate::server::commands::ConnCommand;
 use crate::server::error::SendError;
 use crate::server::flow::{self, InFlight};
@@ -122,13 +122,17 @@ impl Handler for Ws {
         match msg {
             Message::Text(text) => match parse_request(&text) {
                 Ok(request) => {
+                    let publishes = matches!(request.command, Command::Pub { .. });
                     let cmd = ConnCommand {
                         conn: conn.id(),
                         request,
                     };
-                    // Fails only when the hub has stopped: the server is going away and
-                    // the drain closes this connection.
-                    let _ = conn.hub().send(HubMsg::Command(Box::new(cmd)));
+                    // Under the same bounds as a broadcast: a `pub` waits while this
+                    // connection is over its publication rate, and every command while
+                    // it has its bound in the hub's inbox, so a flooding client slows
+                    // only itself. Fails only when the hub has stopped: the server is
+                    // going away and the drain closes this connection.
+                    let _ = conn.to_hub(HubMsg::Command(Box::new(cmd)), text.len(), publishes);
                 }
                 Err(rejected) => {
                     let _ = conn.send(Message::Text(encode::reply(&rejected.reply())));
@@ -282,6 +286,17 @@ impl Connection {
         self.inner
             .hub
             .broadcast_from(self.inner.topic.clone(), msg, Some(&self.inner.in_flight))
+    }
+
+    /// Sends `msg` (`bytes` long on the wire it came from) to the hub under this
+    /// connection's bounds, as [`broadcast`](Self::broadcast) does: when `publishes`,
+    /// first waits out the publication rate; then waits while this connection has its
+    /// bound of messages in the hub's inbox, or the inbox its byte budget.
+    pub(crate) fn to_hub(&self, msg: HubMsg, bytes: usize, publishes: bool) -> Result<(), SendError> {
+        if let Some(limit) = self.inner.publish_limit.as_ref().filter(|_| publishes) {
+            flow::pace(&mut lock(limit));
+        }
+        self.inner.hub.post_from(msg, bytes, &self.inner.in_flight)
     }
 
     /// Starts the close handshake with `code` and `reason`, after everything already

@@ -339,6 +339,13 @@ impl Hub {
         self.post(msg, None)
     }
 
+    /// Posts `msg`, `bytes` long, from connection `conn`: waits while that connection has
+    /// its bound of messages in the inbox, or the inbox its byte budget.
+    pub(crate) fn post_from(&self, msg: HubMsg, bytes: usize, conn: &InFlight) -> Result<(), SendError> {
+        let credit = self.flow.admit(bytes, Some(conn));
+        self.post(msg, Some(credit))
+    }
+
     fn post(&self, msg: HubMsg, credit: Option<Credit>) -> Result<(), SendError> {
         self.tx
             .send(Envelope { msg, _credit: credit })
