@@ -18,13 +18,15 @@
 //!                            v
 //!   client ==bytes==> +---------------+  HubMsg (bounded 16384)   +------------+
 //!                     | reader thread |  Register / Broadcast /   | hub thread |
-//!                     |  handshake,   |  Unregister ------------> |  owns the  |
+//!                     |  handshake,   |  Command / Unregister --> |  owns the  |
 //!                     |  tungstenite  |                           |  registry, |
-//!                     |  read(), your |  Ctrl (bounded 8):        |  pings all |
-//!                     |  Handler      |  Pong/Close replies,      +------------+
-//!                     +---------------+  Close, Finish                 | broadcasts, pings:
-//!                            |  |             |                        | writer idle? send
-//!                            |  |             |                        | now, else queue
+//!                     |  read(), your |  Ctrl (bounded 8):        |  channels, |
+//!                     |  Handler      |  Pong/Close replies,      |  pings all |
+//!                     +---------------+  Close, Finish            +------------+
+//!                            |  |             |                        | broadcasts, /ws
+//!                            |  |             |                        | replies and pushes,
+//!                            |  |             |                        | pings: writer idle?
+//!                            |  |             |                        | send now, else queue
 //!                            |  +--- data ----|------> WireFrame queue (bounded 256)
 //!                            |   (echo, send) v              |        |
 //!                            |          +---------------+ <--+        |
@@ -40,9 +42,10 @@
 //! - The **accept thread** owns the listener; it blocks in `accept()` and spawns a
 //!   reader per client. Shutdown wakes it by connecting to it.
 //! - A **reader thread** owns one client's read side and protocol state. It reads the
-//!   HTTP request head itself ([`Request`], answering `/healthz`, `404`, `426`, `403`...),
-//!   then runs tungstenite's `read()` with the idle timeout as the socket timeout, and
-//!   calls your [`Handler`] for each message.
+//!   HTTP request head itself ([`Request`]: plain-HTTP resources such as `/healthz`,
+//!   `/metrics`, the demo page and `POST /api/publish` are answered there, and refusals
+//!   such as `404`, `426`, `403`), then runs tungstenite's `read()` with the idle timeout
+//!   as the socket timeout, and calls your [`Handler`] for each message.
 //! - A **writer thread** makes every blocking write to one client's socket. It is fed
 //!   by a bounded data queue and a small control channel (tungstenite's Pong and Close
 //!   replies come through it), so frames never interleave and a broadcast reaches an
@@ -57,17 +60,18 @@
 //!   ([`pubsub`]): it executes every `sub`, `pub`, `unsub` and `history` command, so it is
 //!   each channel's sequencer, and offsets, history and fan-out agree by construction.
 //!
-//! Each of those lives in a module of its own name: `accept`, `connection`, `writer`,
-//! `hub`, `shutdown`; the I/O-free rules they apply sit in `handshake`, `registry`,
-//! `keepalive`, `close_policy`, `rate_limit`, `utf8_guard` and `wire`, each with unit tests and no
-//! sockets.
+//! Each of those lives in a module of its own name under `src/server/`: `accept`,
+//! `connection`, `writer`, `hub` (with `commands`, its `/ws` side), `shutdown`; the
+//! I/O-free rules they apply sit in `registry` and, under `src/ws/`, `handshake`,
+//! `keepalive`, `close_policy`, `rate_limit`, `utf8_guard` and `wire`, and the channel
+//! state in [`pubsub`], each with unit tests and no sockets.
 //!
 //! ## Why threads
 //!
 //! A blocked thread costs its stack pages and a kernel task, and nothing else: it uses
 //! no CPU until the kernel wakes it. With 128 KiB stacks and 1 KiB read buffers, ten
-//! thousand idle clients fit in under 1 GiB, kernel included (see the README's
-//! benchmarks), and the code reads top to bottom. The price is two threads per client:
+//! thousand idle clients fit in under 1 GiB, kernel included (about 70 KiB each:
+//! `docs/benchmarks.md`, "What the figures say"), and the code reads top to bottom. The price is two threads per client:
 //! waking a thread costs more than writing a small frame (so the hub writes broadcasts
 //! itself when a client's writer is idle), and the kernel's limits bound the count
 //! (`vm.max_map_count` allows about 8 000 connections by default; `pid_max`, 32768,
@@ -162,7 +166,8 @@
 //! let reply = json_of(ws.read().unwrap());
 //! assert_eq!(reply["ok"]["offset"], 0); // a new channel, nothing published yet
 //!
-//! // From any thread of the program: returns once every subscriber has it queued.
+//! // From any thread of the program: returns once the publication is in history and
+//! // has been offered to every subscriber (written, or queued for its writer).
 //! let pos = server.hub().publish("news", json!({"title": "hello"})).unwrap();
 //! assert_eq!(pos.offset, 1);
 //! let push = json_of(ws.read().unwrap());
