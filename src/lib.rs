@@ -181,7 +181,7 @@
 //! [`client::Client`] is one blocking client connection built the same way (a reader
 //! thread, a writer thread that alone writes the socket); [`client::ReconnectingClient`]
 //! keeps a session going across disconnects with exponential backoff and jitter
-//! ([`backoff`]). `examples/client.rs` is a chat client; `wshub connect` is the CLI.
+//! ([`client::backoff`]). `examples/client.rs` is a chat client; `wshub connect` is the CLI.
 //! [`client::pubsub::ChannelClient`] speaks the channels protocol of `/ws` on top of it:
 //! subscribe, publish with acks, and resume after a reconnect with nothing lost or
 //! repeated (`examples/channels.rs`; `wshub connect --channel NAME`).
