@@ -12,12 +12,15 @@
 //!                        TcpListener
 //!                            |  accept() (blocking)
 //!                    +---------------+   past max_connections   +-----------------+
-//!                    | accept thread |------------------------->| overflow thread |-> 503
-//!                    +---------------+   bounded(64) sockets    +-----------------+
+//!                    | accept thread |------------------------->| overflow thread |
+//!                    +---------------+  503 at once, then up to +-----------------+
+//!                            |          64 sockets to close      reads, then closes
 //!                            | spawns one per client
 //!                            v
-//!   client ==bytes==> +---------------+  HubMsg (bounded 16384)   +------------+
-//!                     | reader thread |  Register / Broadcast /   | hub thread |
+//!   client ==bytes==> +---------------+  HubMsg (bounded 16384,   +------------+
+//!                     | reader thread |  a byte budget, 8 broad-  | hub thread |
+//!                     |               |  casts per connection):   |            |
+//!                     |               |  Register / Broadcast /   |            |
 //!                     |  handshake,   |  Command / Unregister --> |  owns the  |
 //!                     |  tungstenite  |                           |  registry, |
 //!                     |  read(), your |  Ctrl (bounded 8):        |  channels, |
@@ -27,7 +30,7 @@
 //!                            |  |             |                        | replies and pushes,
 //!                            |  |             |                        | pings: writer idle?
 //!                            |  |             |                        | send now, else queue
-//!                            |  +--- data ----|------> WireFrame queue (bounded 256)
+//!                            |  +--- data ----|------> WireFrame queue (256, 4 MiB)
 //!                            |   (echo, send) v              |        |
 //!                            |          +---------------+ <--+        |
 //!   client <==bytes======================| writer thread |<-- write lock (one writer at
@@ -69,9 +72,9 @@
 //! ## Why threads
 //!
 //! A blocked thread costs its stack pages and a kernel task, and nothing else: it uses
-//! no CPU until the kernel wakes it. With 128 KiB stacks and 1 KiB read buffers, ten
-//! thousand idle clients fit in under 1 GiB, kernel included (about 70 KiB each:
-//! `docs/benchmarks.md`, "What the figures say"), and the code reads top to bottom. The price is two threads per client:
+//! no CPU until the kernel wakes it. An idle client costs its threads' touched stack
+//! pages, its read buffer and the kernel's socket (`docs/benchmarks.md` gives the
+//! figures), and the code reads top to bottom. The price is two threads per client:
 //! waking a thread costs more than writing a small frame (so the hub writes broadcasts
 //! itself when a client's writer is idle), and the kernel's limits bound the count
 //! (`vm.max_map_count` allows about 8 000 connections by default; `pid_max`, 32768,
