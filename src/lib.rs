@@ -21,13 +21,15 @@
 //!                     | reader thread |  a byte budget, 8 broad-  | hub thread |
 //!                     |               |  casts per connection):   |            |
 //!                     |               |  Register / Broadcast /   |            |
-//!                     |  handshake,   |  Unregister ------------> |  owns the  |
+//!                     |  handshake,   |  Command / Unregister --> |  owns the  |
 //!                     |  tungstenite  |                           |  registry, |
-//!                     |  read(), your |  Ctrl (bounded 8):        |  pings all |
-//!                     |  Handler      |  Pong/Close replies,      +------------+
-//!                     +---------------+  Close, Finish                 | broadcasts, pings:
-//!                            |  |             |                        | writer idle? send
-//!                            |  |             |                        | now, else queue
+//!                     |  read(), your |  Ctrl (bounded 8):        |  channels, |
+//!                     |  Handler      |  Pong/Close replies,      |  pings all |
+//!                     +---------------+  Close, Finish            +------------+
+//!                            |  |             |                        | broadcasts, /ws
+//!                            |  |             |                        | replies and pushes,
+//!                            |  |             |                        | pings: writer idle?
+//!                            |  |             |                        | send now, else queue
 //!                            |  +--- data ----|------> WireFrame queue (256, 4 MiB)
 //!                            |   (echo, send) v              |        |
 //!                            |          +---------------+ <--+        |
@@ -43,9 +45,10 @@
 //! - The **accept thread** owns the listener; it blocks in `accept()` and spawns a
 //!   reader per client. Shutdown wakes it by connecting to it.
 //! - A **reader thread** owns one client's read side and protocol state. It reads the
-//!   HTTP request head itself ([`Request`], answering `/healthz`, `404`, `426`, `403`...),
-//!   then runs tungstenite's `read()` with the idle timeout as the socket timeout, and
-//!   calls your [`Handler`] for each message.
+//!   HTTP request head itself ([`Request`]: plain-HTTP resources such as `/healthz`,
+//!   `/metrics`, the demo page and `POST /api/publish` are answered there, and refusals
+//!   such as `404`, `426`, `403`), then runs tungstenite's `read()` with the idle timeout
+//!   as the socket timeout, and calls your [`Handler`] for each message.
 //! - A **writer thread** makes every blocking write to one client's socket. It is fed
 //!   by a bounded data queue and a small control channel (tungstenite's Pong and Close
 //!   replies come through it), so frames never interleave and a broadcast reaches an
@@ -60,17 +63,18 @@
 //!   ([`pubsub`]): it executes every `sub`, `pub`, `unsub` and `history` command, so it is
 //!   each channel's sequencer, and offsets, history and fan-out agree by construction.
 //!
-//! Each of those lives in a module of its own name: `accept`, `connection`, `writer`,
-//! `hub`, `shutdown`; the I/O-free rules they apply sit in `handshake`, `registry`,
-//! `keepalive`, `close_policy`, `rate_limit`, `utf8_guard` and `wire`, each with unit tests and no
-//! sockets.
+//! Each of those lives in a module of its own name under `src/server/`: `accept`,
+//! `connection`, `writer`, `hub` (with `commands`, its `/ws` side), `shutdown`; the
+//! I/O-free rules they apply sit in `registry` and, under `src/ws/`, `handshake`,
+//! `keepalive`, `close_policy`, `rate_limit`, `utf8_guard` and `wire`, and the channel
+//! state in [`pubsub`], each with unit tests and no sockets.
 //!
 //! ## Why threads
 //!
 //! A blocked thread costs its stack pages and a kernel task, and nothing else: it uses
 //! no CPU until the kernel wakes it. An idle client costs its threads' touched stack
-//! pages, its read buffer and the kernel's socket (the benchmarks give the figures), and
-//! the code reads top to bottom. The price is two threads per client:
+//! pages, its read buffer and the kernel's socket (`docs/benchmarks.md` gives the
+//! figures), and the code reads top to bottom. The price is two threads per client:
 //! waking a thread costs more than writing a small frame (so the hub writes broadcasts
 //! itself when a client's writer is idle), and the kernel's limits bound the count
 //! (`vm.max_map_count` allows about 8 000 connections by default; `pid_max`, 32768,
@@ -165,7 +169,8 @@
 //! let reply = json_of(ws.read().unwrap());
 //! assert_eq!(reply["ok"]["offset"], 0); // a new channel, nothing published yet
 //!
-//! // From any thread of the program: returns once every subscriber has it queued.
+//! // From any thread of the program: returns once the publication is in history and
+//! // has been offered to every subscriber (written, or queued for its writer).
 //! let pos = server.hub().publish("news", json!({"title": "hello"})).unwrap();
 //! assert_eq!(pos.offset, 1);
 //! let push = json_of(ws.read().unwrap());
@@ -179,7 +184,7 @@
 //! [`client::Client`] is one blocking client connection built the same way (a reader
 //! thread, a writer thread that alone writes the socket); [`client::ReconnectingClient`]
 //! keeps a session going across disconnects with exponential backoff and jitter
-//! ([`backoff`]). `examples/client.rs` is a chat client; `wshub connect` is the CLI.
+//! ([`client::backoff`]). `examples/client.rs` is a chat client; `wshub connect` is the CLI.
 //! [`client::pubsub::ChannelClient`] speaks the channels protocol of `/ws` on top of it:
 //! subscribe, publish with acks, and resume after a reconnect with nothing lost or
 //! repeated (`examples/channels.rs`; `wshub connect --channel NAME`).

@@ -148,3 +148,29 @@ fn reconnect_survives_a_server_restart_with_growing_delays() {
     );
     assert!(!out.contains("gave up"), "{out}");
 }
+
+#[test]
+fn channels_recovers_the_publications_missed_while_cut_off_once_each_in_order() {
+    let out = run_example("channels");
+    assert_in_order(
+        &out,
+        &[
+            "subscribed (recovered: None)",
+            "received offset 1: {\"tick\":1}",
+            "received offset 2: {\"tick\":2}",
+            "received offset 3: {\"tick\":3}",
+            "published ticks 4 to 6 while the reader was away",
+            "reader disconnected",
+            "subscribed (recovered: Some(true))",
+            "received offset 4: {\"tick\":4}",
+            "received offset 5: {\"tick\":5}",
+            "received offset 6: {\"tick\":6}",
+        ],
+    );
+    assert_eq!(
+        out.matches("received offset").count(),
+        6,
+        "each offset once:\n{out}"
+    );
+    assert!(!out.contains("recovered: Some(false)"), "{out}");
+}
