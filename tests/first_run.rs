@@ -237,3 +237,23 @@ fn a_server_without_builtin_routes_serves_only_its_own() {
         server.shutdown();
     });
 }
+
+#[test]
+fn metrics_can_be_turned_off_and_on_from_the_command_line() {
+    watchdog(LIMIT, || {
+        for (switch, want) in [("off", "HTTP/1.1 404 Not Found"), ("on", "HTTP/1.1 200 OK")] {
+            let (child, lines) = serve_until_listening(&["--addr", "127.0.0.1:0", "--metrics", switch]);
+            let last = lines.last().unwrap();
+            let addr: std::net::SocketAddr = last
+                .split("listening on ")
+                .nth(1)
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
+            let answer = raw_exchange(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+            stop(child);
+            assert_eq!(status_line(&answer), want, "--metrics {switch}");
+        }
+    });
+}

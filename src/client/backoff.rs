@@ -47,26 +47,24 @@ use rand::{RngExt, SeedableRng};
 
 /// Default first delay: 1 s. Long enough that a server which refuses connections is not
 /// hammered, short enough that a brief blip (a restart) costs a user about a second.
-pub const DEFAULT_INITIAL_DELAY: Duration = Duration::from_secs(1);
+pub(crate) const DEFAULT_INITIAL_DELAY: Duration = Duration::from_secs(1);
 
 /// Default cap on the base delay: 30 s. Beyond that a client that has been away for a
 /// while would notice the server's return too late; with jitter the longest wait is 45 s.
-pub const DEFAULT_MAX_DELAY: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_MAX_DELAY: Duration = Duration::from_secs(30);
 
 /// Default growth factor: each failure doubles the base delay.
-pub const DEFAULT_FACTOR: f64 = 2.0;
+pub(crate) const DEFAULT_FACTOR: f64 = 2.0;
 
 /// How the delays grow. Build it with [`BackoffConfig::default`] and set what you need.
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[non_exhaustive]
 pub struct BackoffConfig {
-    /// Base delay before the first retry. Default [`DEFAULT_INITIAL_DELAY`] (1 s).
+    /// Base delay before the first retry. Default 1 s.
     pub initial: Duration,
-    /// Cap on the base delay; the jitter comes on top. Default [`DEFAULT_MAX_DELAY`]
-    /// (30 s).
+    /// Cap on the base delay; the jitter comes on top. Default 30 s.
     pub max: Duration,
-    /// Factor the base delay grows by after each failure; at least 1. Default
-    /// [`DEFAULT_FACTOR`] (2).
+    /// Factor the base delay grows by after each failure; at least 1. Default 2.
     pub factor: f64,
     /// Add a random `[0, d/2)` to each base delay `d`. Default on; turn it off only for
     /// a single client, never for a fleet.

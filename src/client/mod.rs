@@ -95,7 +95,7 @@ pub use url::WsUrl;
 /// [`Client::send`] blocks. The same 256 the server allows per client: a burst of sends
 /// is absorbed while the writer is momentarily behind, and a connection whose writer is
 /// stuck pins at most 256 messages.
-pub const DEFAULT_QUEUE_SIZE: usize = 256;
+pub(crate) const DEFAULT_QUEUE_SIZE: usize = 256;
 
 /// Events (received messages and connection events) that may wait for you before the
 /// reader stops reading the socket. 256 absorbs a burst of broadcasts while your thread
@@ -110,15 +110,15 @@ pub(crate) const CTRL_QUEUE_SIZE: usize = 16;
 /// Largest message accepted from the server: 16 MiB. Four times the server's own limit
 /// on what clients send, so an echo of anything the server accepts fits, while a
 /// hostile server cannot make us buffer without bound.
-pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 << 20;
+pub(crate) const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 << 20;
 
 /// Largest frame payload accepted from the server: 16 MiB (tungstenite's default).
-pub const DEFAULT_MAX_FRAME_SIZE: usize = 16 << 20;
+pub(crate) const DEFAULT_MAX_FRAME_SIZE: usize = 16 << 20;
 
 /// Bytes read from the socket at a time: 16 KiB. tungstenite's default of 128 KiB is
 /// allocated per connection; a client seldom has many, but a test or a load generator
 /// may hold hundreds, and 16 KiB still reads a typical message in one call.
-pub const DEFAULT_READ_BUFFER_SIZE: usize = 16 * 1024;
+pub(crate) const DEFAULT_READ_BUFFER_SIZE: usize = 16 * 1024;
 
 /// Stack of every client thread (reader, writer, supervisor, connector): 256 KiB. They
 /// keep their buffers on the heap; this leaves ample room for tungstenite's parser and
@@ -162,13 +162,13 @@ pub struct ClientConfig {
     /// refused with [`ClientError::InvalidHeader`].
     pub headers: Vec<(String, String)>,
     /// Messages queued for the writer before [`Client::send`] blocks. Default
-    /// [`DEFAULT_QUEUE_SIZE`].
+    /// 256.
     pub queue_size: usize,
-    /// Largest message accepted from the server. Default [`DEFAULT_MAX_MESSAGE_SIZE`].
+    /// Largest message accepted from the server. Default 16 MiB (a server may send more than it accepts).
     pub max_message_size: usize,
-    /// Largest frame accepted from the server. Default [`DEFAULT_MAX_FRAME_SIZE`].
+    /// Largest frame accepted from the server. Default 16 MiB.
     pub max_frame_size: usize,
-    /// Bytes read from the socket at a time. Default [`DEFAULT_READ_BUFFER_SIZE`].
+    /// Bytes read from the socket at a time. Default 16 KiB.
     pub read_buffer_size: usize,
 }
 

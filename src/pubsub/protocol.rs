@@ -148,7 +148,8 @@ pub struct Publication {
     pub from: Option<ClientInfo>,
 }
 
-/// The `ok` of a `sub` reply, and (without `recovered`) of a `history` reply.
+/// The `ok` of a `sub` reply and of a `history` reply; `recovered` only when the command
+/// had `since`.
 ///
 /// Generic over the publication type so the server can send publications it keeps
 /// already encoded; a client reads `Snapshot` (of [`Publication`]s).
@@ -161,7 +162,8 @@ pub struct Snapshot<P = Publication> {
     /// The publications: recovered ones for `sub` with `since`, none for `sub` without;
     /// the history asked for by `history`. Oldest first.
     pub pubs: Vec<P>,
-    /// Only on `sub` with `since`: whether every publication after `since` is in `pubs`.
+    /// Only on `sub` or `history` with `since`: whether every publication after `since`
+    /// is in `pubs`.
     /// `false` means the client must reload its state from the application.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recovered: Option<bool>,
@@ -320,7 +322,7 @@ pub enum ServerFrame {
 
 /// A frame the server could not take as a command: what to answer. `id` is `None` when
 /// the frame had no valid id (answered `{"err":..}`); the code is always
-/// [`ErrorCode::BadRequest`] or, for a field over a size limit, [`ErrorCode::LimitExceeded`].
+/// [`ErrorCode::BadRequest`] (a field over a size limit included).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejected {
     /// The command's id, when it had a valid one.

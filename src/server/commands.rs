@@ -101,7 +101,8 @@ impl Hubside<'_> {
         self.send(conn, reply);
     }
 
-    /// A publication through the server API: no `from`, no key.
+    /// A publication through the server API (`Hub::publish*`, `POST /api/publish`): no
+    /// `from`; a key when the caller gave one.
     pub(crate) fn api_publish(&mut self, p: ApiPublish, now: Instant) {
         let result = self
             .publish(&p.ch, &p.data, p.key.as_deref(), None, now)

@@ -149,7 +149,7 @@ pub struct Config {
     /// [`Server::local_addr`]: crate::Server::local_addr
     pub addr: SocketAddr,
     /// Messages queued per client before it is disconnected as a slow consumer.
-    /// Default [`DEFAULT_QUEUE_SIZE`].
+    /// Default 256.
     pub queue_size: usize,
     /// Time a client has to send a complete HTTP request head. Default 5 s: a slowloris
     /// client holds a thread for at most this long.
@@ -176,16 +176,16 @@ pub struct Config {
     /// sending its own. Default 10 s.
     pub drain_timeout: Duration,
     /// Connections (in handshake or open) beyond which new ones get `503`.
-    /// Default [`DEFAULT_MAX_CONNECTIONS`].
+    /// Default 10 000.
     pub max_connections: usize,
     /// Allowed `Origin` header values. Empty: any origin. Otherwise a handshake whose
     /// `Origin` is missing from the list gets `403` (cross-site WebSocket hijacking).
     pub allowed_origins: Vec<String>,
     /// Largest message a client may send, in bytes; bigger gets Close 1009.
-    /// Default [`DEFAULT_MAX_MESSAGE_SIZE`].
+    /// Default 1 MiB.
     pub max_message_size: usize,
     /// Largest frame payload a client may send, in bytes; bigger gets Close 1009.
-    /// Default [`DEFAULT_MAX_FRAME_SIZE`]. Clamped to `max_message_size`.
+    /// Default 1 MiB. Clamped to `max_message_size`.
     pub max_frame_size: usize,
     /// Messages per second one connection may send, pings and pongs included; over it
     /// gets Close 1008. `None` (the default): no limit.
@@ -202,9 +202,9 @@ pub struct Config {
     /// messages) the client is a slow consumer and is cut. A single message larger than
     /// this still goes to an empty queue. Default 4 MiB.
     pub max_queue_bytes: usize,
-    /// Bytes read from a socket at a time. Default [`DEFAULT_READ_BUFFER_SIZE`].
+    /// Bytes read from a socket at a time. Default 1 KiB.
     pub read_buffer_size: usize,
-    /// Stack size of every connection thread. Default [`DEFAULT_THREAD_STACK_SIZE`].
+    /// Stack size of every connection thread. Default 128 KiB.
     pub thread_stack_size: usize,
     /// Serve the demo page at `GET /`. Default `true`. (`GET /wshub.js`, the browser
     /// client, is served either way.)

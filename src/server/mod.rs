@@ -6,7 +6,7 @@
 //!
 //! Every blocking call here has an exit: a socket timeout, a shutdown of the socket
 //! that wakes it, or a message on a channel. The rules these threads apply are I/O-free
-//! and live in [`crate::ws`].
+//! and live in `src/ws/`.
 
 mod accept;
 mod capacity;

@@ -25,7 +25,7 @@ pub(crate) struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run the WebSocket server (/echo, /chat, /healthz) until SIGINT or SIGTERM.
+    /// Run the WebSocket server (/ws channels, /echo, /chat, /healthz, the demo page) until SIGINT or SIGTERM.
     Serve(serve::Args),
     /// Connect to a WebSocket server: stdin lines out as text, messages to stdout.
     Connect(connect::Args),

@@ -65,7 +65,13 @@ pub struct Args {
     #[arg(long)]
     no_demo: bool,
     /// Serve Prometheus metrics at /metrics: on or off.
-    #[arg(long, value_name = "on|off", default_value = "on", value_parser = parse_switch)]
+    #[arg(
+        long,
+        value_name = "on|off",
+        default_value = "on",
+        value_parser = parse_switch,
+        action = clap::ArgAction::Set
+    )]
     metrics: bool,
     /// Turn on POST /api/publish, guarded by this key (`Authorization: apikey KEY`).
     /// Prefer --api-key-file: a command line is visible to other users.
