@@ -160,7 +160,9 @@ impl<T> State<T> {
         deadline: Instant,
         answer: T,
     ) -> Result<Vec<Action<T>>, ChannelError> {
-        check_channel(command.channel())?;
+        if let Some(ch) = command.channel() {
+            check_channel(ch)?;
+        }
         let number = self.next_call;
         self.next_call += 1;
         self.calls.insert(
@@ -247,6 +249,7 @@ impl<T> State<T> {
                 self.on_unsub_push(ch, code, reason, &mut out)
             }
             Ok(ServerFrame::Reply(reply)) => self.on_reply(reply, &mut out),
+            Ok(ServerFrame::Push(push)) => log::debug!("ignoring a {push:?} push"),
             // A push of a kind this version does not know is ignored, as the protocol
             // asks; anything else unreadable is worth a warning.
             Err(e) if is_push(text) => log::debug!("ignoring an unknown push ({e}): {}", cut(text)),
@@ -280,6 +283,7 @@ impl<T> State<T> {
             Command::Sub {
                 ch: ch.to_owned(),
                 since: sub.position.clone(),
+                joins: false,
             },
         ));
     }
