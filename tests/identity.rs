@@ -249,3 +249,61 @@ fn the_authorizer_hook_decides_hello_pub_and_presence() {
         assert_eq!(guest.push()["data"], 1);
     });
 }
+
+fn wshub(args: &[&str], input: &str) -> std::process::Output {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wshub"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("wshub runs");
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap(); // then EOF
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn the_cli_token_command_makes_a_token_the_server_accepts_within_its_channels() {
+    watchdog(LIMIT, || {
+        let server = token_server(Duration::from_secs(5));
+        let out = wshub(
+            &[
+                "token",
+                "--secret",
+                SECRET,
+                "--user",
+                "ann",
+                "--channels",
+                "room:*",
+                "--ttl",
+                "1h",
+            ],
+            "",
+        );
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let t = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+        let mut p = Peer::connect(server.local_addr());
+        assert_eq!(p.ok(json!({"op":"hello","token":t}))["user"], "ann");
+        p.ok(json!({"op":"sub","ch":"room:1"}));
+        assert_eq!(p.err_code(json!({"op":"sub","ch":"lobby"})), 3);
+    });
+}
+
+#[test]
+fn the_cli_connect_with_a_token_publishes_in_token_mode() {
+    watchdog(LIMIT, || {
+        let server = token_server(Duration::from_secs(5));
+        let t = token("ann", None, None, SystemTime::now());
+        let url = format!("ws://{}/ws", server.local_addr());
+        let out = wshub(&["connect", &url, "--channel", "room", "--token", &t], "hi\n");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert!(stderr.contains("hello: user \"ann\""), "{stderr}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "\"hi\"");
+        // Without a token the server refuses the subscription: exit 1, and says why.
+        let out = wshub(&["connect", &url, "--channel", "room", "--no-reconnect"], "hi\n");
+        assert!(!out.status.success());
+    });
+}
