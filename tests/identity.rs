@@ -307,3 +307,26 @@ fn the_cli_connect_with_a_token_publishes_in_token_mode() {
         assert!(!out.status.success());
     });
 }
+
+#[test]
+fn the_serve_log_says_why_a_token_was_refused_without_printing_it() {
+    watchdog(LIMIT, || {
+        let dir = std::env::temp_dir().join(format!("wshub-identity-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let secret_file = dir.join("secret");
+        std::fs::write(&secret_file, format!("{SECRET}\n")).unwrap();
+        let mut server = ServeProcess::start(&["--token-secret-file", secret_file.to_str().unwrap()]);
+        let forged = issue_token(b"not-the-secret", "ann", None, None, None, SystemTime::now());
+        refused_with_4001(server.addr, &forged);
+        let line = server.wait_for_line("hello refused", Duration::from_secs(10));
+        assert!(line.contains("bad signature"), "{line}");
+        assert!(!line.contains(&forged), "the log printed the token: {line}");
+        // The secret file's token is accepted: the file was read and trimmed.
+        let mut p = Peer::connect(server.addr);
+        p.ok(json!({"op":"hello","token":token("ann", None, None, SystemTime::now())}));
+        drop(p);
+        server.signal(libc::SIGTERM);
+        server.wait_exit(Duration::from_secs(20));
+        let _ = std::fs::remove_dir_all(&dir);
+    });
+}

@@ -861,4 +861,35 @@ mod tests {
         }
         assert_eq!(delivered(&s.on_text(&push("a", 1))), [1]);
     }
+
+    #[test]
+    fn hello_goes_first_on_every_connection_then_the_subscriptions_with_joins() {
+        let hello = Command::Hello {
+            token: Some("t".into()),
+            user: None,
+            info: None,
+        };
+        let mut s: Test = State::with_identity(Some(hello), true);
+        s.subscribe("a".into(), None).unwrap();
+        for _ in 0..2 {
+            let frames = sent(&s.connected());
+            assert_eq!(frames[0]["op"], "hello");
+            assert_eq!(frames[0]["token"], "t");
+            assert_eq!(frames[1]["op"], "sub");
+            assert_eq!(frames[1]["joins"], true);
+            s.disconnected();
+        }
+    }
+
+    #[test]
+    fn joins_and_leaves_of_subscribed_channels_are_events_and_others_are_dropped() {
+        let mut s: Test = State::default();
+        s.subscribe("a".into(), None).unwrap();
+        s.connected();
+        let join = json!({"push":"join","ch":"a","client":"2","user":"ann"}).to_string();
+        let out = s.on_text(&join);
+        assert!(matches!(&out[..], [Action::Emit(ChannelEvent::Join(m))] if m.user == "ann"));
+        let other = json!({"push":"leave","ch":"b","client":"2","user":"ann"}).to_string();
+        assert!(s.on_text(&other).is_empty());
+    }
 }
