@@ -6,14 +6,13 @@ mod client_support;
 mod support;
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
-use crossbeam_channel::RecvTimeoutError;
 use wshub::client::Event;
 use wshub::client::pubsub::{ChannelClient, ChannelConfig, ChannelEvent};
 use wshub::pubsub::auth::issue_token;
 
-use client_support::{EVENT_LIMIT, fast_reconnect};
+use client_support::fast_reconnect;
 use support::{start, test_config, watchdog};
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -26,16 +25,7 @@ fn client(addr: SocketAddr, f: impl FnOnce(&mut ChannelConfig)) -> ChannelClient
 }
 
 fn wait_for(client: &ChannelClient, what: &str, want: impl Fn(&ChannelEvent) -> bool) -> ChannelEvent {
-    let deadline = Instant::now() + EVENT_LIMIT;
-    let mut skipped = Vec::new();
-    loop {
-        match client.events().recv_deadline(deadline) {
-            Ok(e) if want(&e) => return e,
-            Ok(e) => skipped.push(format!("{e:?}")),
-            Err(RecvTimeoutError::Timeout) => panic!("no {what} within {EVENT_LIMIT:?}; saw {skipped:#?}"),
-            Err(RecvTimeoutError::Disconnected) => panic!("events ended before {what}; saw {skipped:#?}"),
-        }
-    }
+    client_support::wait_for(client.events(), what, want)
 }
 
 fn subscribed(client: &ChannelClient, ch: &str) {

@@ -380,6 +380,17 @@ pub(crate) fn run(inbox: Receiver<HubMsg>, config: HubConfig, metrics: Arc<Metri
     // Encoded once each: every connection gets the same bytes.
     let going_away = WireFrame::close(GOING_AWAY, GOING_AWAY_REASON);
     let ping = WireFrame::ping();
+    // The hub's `/ws` state, borrowed for one command or one departure.
+    macro_rules! side {
+        () => {
+            Hubside {
+                channels: &mut channels,
+                registry: &mut registry,
+                presence: &mut presence,
+                metrics: &metrics,
+            }
+        };
+    }
     loop {
         // Sleep until a message arrives, the next ping is due or the next sweep; nothing
         // else wakes us.
@@ -420,13 +431,7 @@ pub(crate) fn run(inbox: Receiver<HubMsg>, config: HubConfig, metrics: Arc<Metri
             Some(HubMsg::Unregister(id)) => {
                 handshaking.remove(&id);
                 let removed = registry.remove(id).is_some();
-                Hubside {
-                    channels: &mut channels,
-                    registry: &mut registry,
-                    presence: &mut presence,
-                    metrics: &metrics,
-                }
-                .forget(id);
+                side!().forget(id);
                 if removed {
                     pings.compact(registry.len(), |id| registry.contains(id));
                 }
@@ -444,34 +449,18 @@ pub(crate) fn run(inbox: Receiver<HubMsg>, config: HubConfig, metrics: Arc<Metri
                 for (id, peer) in out.slow {
                     info!("connection {id}: slow consumer (queue full), disconnecting");
                     peer.cut();
-                    Hubside {
-                        channels: &mut channels,
-                        registry: &mut registry,
-                        presence: &mut presence,
-                        metrics: &metrics,
-                    }
-                    .forget(id);
+                    side!().forget(id);
                 }
             }
             Some(HubMsg::Command(cmd)) => {
-                let mut side = Hubside {
-                    channels: &mut channels,
-                    registry: &mut registry,
-                    presence: &mut presence,
-                    metrics: &metrics,
-                };
+                let mut side = side!();
                 side.execute(*cmd, Instant::now());
             }
             Some(HubMsg::AwaitHello(id)) => {
                 awaiting_hello.push_back((Instant::now() + hello_timeout, id));
             }
             Some(HubMsg::Publish(p)) => {
-                let mut side = Hubside {
-                    channels: &mut channels,
-                    registry: &mut registry,
-                    presence: &mut presence,
-                    metrics: &metrics,
-                };
+                let mut side = side!();
                 side.api_publish(*p, Instant::now());
             }
             Some(HubMsg::Stats(reply)) => {

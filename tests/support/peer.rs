@@ -25,6 +25,11 @@ impl Peer {
         }
     }
 
+    /// Sends `text` as a text frame, as is.
+    pub fn send_text(&mut self, text: &str) {
+        self.ws.send(Message::text(text)).expect("send");
+    }
+
     /// The next JSON frame from the server.
     pub fn frame(&mut self) -> Value {
         match next_data(&mut self.ws) {
@@ -38,7 +43,7 @@ impl Peer {
         let id = self.next_id;
         self.next_id += 1;
         cmd["id"] = json!(id);
-        self.ws.send(Message::text(cmd.to_string())).expect("send");
+        self.send_text(&cmd.to_string());
         id
     }
 
