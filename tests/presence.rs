@@ -186,3 +186,51 @@ fn the_list_is_capped_by_max_presence_list_but_the_counts_are_exact() {
         );
     });
 }
+
+#[test]
+fn a_slow_consumer_cut_produces_exactly_one_leave() {
+    watchdog(LIMIT, || {
+        let mut c = test_config();
+        c.queue_size = 2;
+        let server = start(c);
+        let addr = server.local_addr();
+        let (mut watcher, _) = hello(addr, "wendy");
+        watcher.ok(json!({"op":"sub","ch":"room","joins":true}));
+        // Subscribes to a flood and to the room, then stops reading.
+        let (mut slow, slow_id) = hello(addr, "slow");
+        slow.ok(json!({"op":"sub","ch":"room"}));
+        slow.ok(json!({"op":"sub","ch":"flood"}));
+        assert_eq!(watcher.push()["push"], "join");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flooding = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut publisher = Peer::connect(addr);
+                let data = "x".repeat(64 * 1024);
+                let mut n = 0;
+                // Bounded: far more than the socket buffers and the queue hold.
+                while n < 2000 && !stop.load(std::sync::atomic::Ordering::Acquire) {
+                    publisher.ok(json!({"op":"pub","ch":"flood","data":data}));
+                    n += 1;
+                }
+                n
+            })
+        };
+        let leave = watcher.push();
+        stop.store(true, std::sync::atomic::Ordering::Release);
+        assert_eq!(leave["push"], "leave", "{leave}");
+        assert_eq!(leave["client"], slow_id.as_str());
+        let published = flooding.join().unwrap();
+        assert!(published < 2000, "the slow consumer was never cut");
+        // No second leave, not even once its reader has noticed the cut and gone (and
+        // the publisher's too): only the watcher is left.
+        drop(slow);
+        let open = wait_for_count(1, Duration::from_secs(10), || server.connections());
+        assert_eq!(open, 1, "the cut connection's threads ended");
+        let mut other = Peer::connect(addr);
+        other.ok(json!({"op":"pub","ch":"room","data":"next"}));
+        assert_eq!(watcher.push()["data"], "next");
+        assert_eq!(watcher.ok(json!({"op":"presence","ch":"room"}))["num_clients"], 1);
+        assert!(watcher.pushes.is_empty(), "{:?}", watcher.pushes);
+    });
+}
