@@ -150,12 +150,14 @@ fn token_mode_an_expired_token_is_error_7_then_4001() {
 }
 
 #[test]
-fn token_mode_a_wrong_signature_is_error_7_then_4001() {
+fn token_mode_a_wrong_signature_is_error_7_then_4001_and_counted() {
     watchdog(LIMIT, || {
         let server = token_server(Duration::from_secs(5));
         let forged = issue_token(b"not-the-secret", "ann", None, None, None, SystemTime::now());
         let r = refused_with_4001(server.local_addr(), &forged);
         assert!(r["err"]["msg"].as_str().unwrap().contains("signature"), "{r}");
+        let metrics = raw_exchange(server.local_addr(), b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(metrics.contains("wshub_hellos_refused_total 1\n"), "{metrics}");
     });
 }
 

@@ -51,6 +51,8 @@ fn join_and_leave_reach_watchers_in_order_with_publications() {
             seen,
             ["pub before", "join ann", "pub inside", "leave ann", "pub after"]
         );
+        let metrics = raw_exchange(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(metrics.contains("wshub_presence_pushes_total 2\n"), "{metrics}");
     });
 }
 

@@ -33,6 +33,7 @@ use serde_json::Value;
 use tungstenite::{Message, Utf8Bytes};
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 
 use crate::pubsub::auth::Identity;
 use crate::pubsub::encode;
@@ -177,7 +178,10 @@ impl Hubside<'_> {
         let frame = text_frame(encode::push_frame(&push(event.member)));
         for watcher in event.to {
             match self.registry.get(watcher).map(|peer| peer.offer(&frame)) {
-                Some(Offer::Queued) => self.metrics.sent(1, frame.payload().len()),
+                Some(Offer::Queued) => {
+                    self.metrics.sent(1, frame.payload().len());
+                    self.metrics.presence_pushes.fetch_add(1, Relaxed);
+                }
                 None => {}
                 Some(offer) => self.drop_conn(watcher, offer),
             }

@@ -195,6 +195,7 @@ fn ws_command(conn: &Connection, request: protocol::Request) {
             Err(err) => {
                 // The message names the rule that failed, never the token.
                 info!("connection {}: hello refused: {}", conn.id(), err.msg);
+                conn.hub().metrics().hellos_refused.fetch_add(1, Relaxed);
                 refuse(err);
                 if auth.requires_hello() {
                     let _ = conn.close(UNAUTHORIZED_CLOSE, "unauthorized");
