@@ -54,8 +54,11 @@
 //!   everyone else carries on. The hub also pings every connection once per
 //!   `ping_interval` the same way, so an idle connection's threads sleep until its client
 //!   sends something (its Pong, at the least). It also owns the channels of `/ws`
-//!   ([`pubsub`]): it executes every `sub`, `pub`, `unsub` and `history` command, so it is
-//!   each channel's sequencer, and offsets, history and fan-out agree by construction.
+//!   ([`pubsub`]): it executes every `sub`, `pub`, `unsub`, `history`, `hello` and
+//!   `presence` command, so it is each channel's sequencer, and offsets, history, fan-out
+//!   and join/leave pushes agree by construction. Who a client is and what it may do
+//!   ([`pubsub::auth::Authorizer`]) is decided on its reader thread before a command
+//!   reaches the hub.
 //!
 //! Each of those lives in a module of its own name: `accept`, `connection`, `writer`,
 //! `hub`, `shutdown`; the I/O-free rules they apply sit in `handshake`, `registry`,

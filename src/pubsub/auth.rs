@@ -180,17 +180,31 @@ impl JwtAuthorizer {
         }
     }
 
-    /// Checks `token` and returns the identity it carries; the error says why not (and
-    /// never contains the token). `exp` is compared with the system clock.
+    /// Checks `token` against the system clock; see [`check_token_at`](Self::check_token_at).
     pub fn check_token(&self, token: &str) -> Result<Identity, ErrorBody> {
+        self.check_token_at(token, SystemTime::now())
+    }
+
+    /// Checks `token` as of `now` and returns the identity it carries; the error says
+    /// why not (and never contains the token). A token with `exp` is expired from that
+    /// second on (no leeway).
+    pub fn check_token_at(&self, token: &str, now: SystemTime) -> Result<Identity, ErrorBody> {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_required_spec_claims(&["sub"]);
-        validation.leeway = 0;
+        // `exp` is checked below against `now`, not the crate's own clock.
+        validation.validate_exp = false;
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &validation)
             .map_err(|e| unauthorized(token_error(e.kind())))?;
         let Claims {
-            sub, info, channels, ..
+            sub,
+            exp,
+            info,
+            channels,
         } = data.claims;
+        let now_secs = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        if exp.is_some_and(|exp| now_secs >= exp) {
+            return Err(unauthorized("token expired"));
+        }
         if sub.len() > MAX_USER_LEN {
             return Err(unauthorized(format!("sub is longer than {MAX_USER_LEN} bytes")));
         }
@@ -212,7 +226,6 @@ fn unauthorized(msg: impl Into<String>) -> ErrorBody {
 /// Why a token was refused, in words that name the rule and never the token.
 fn token_error(kind: &ErrorKind) -> String {
     match kind {
-        ErrorKind::ExpiredSignature => "token expired".into(),
         ErrorKind::InvalidSignature => "token has a bad signature".into(),
         ErrorKind::InvalidAlgorithm => "token alg is not HS256".into(),
         ErrorKind::MissingRequiredClaim(c) => format!("token has no {c} claim"),
@@ -296,6 +309,18 @@ mod tests {
         assert_eq!(who.info, Some(json!({"name":"Ann"})));
         assert!(who.may_use("room:1"));
         assert!(!who.may_use("lobby"));
+    }
+
+    #[test]
+    fn a_token_expires_at_its_exp_second() {
+        let issued = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let t = issue_token(SECRET, "ann", None, None, Some(Duration::from_secs(60)), issued);
+        let a = JwtAuthorizer::new(SECRET);
+        assert!(a.check_token_at(&t, issued + Duration::from_secs(59)).is_ok());
+        let e = a
+            .check_token_at(&t, issued + Duration::from_secs(60))
+            .unwrap_err();
+        assert!(e.msg.contains("expired"), "{}", e.msg);
     }
 
     #[test]

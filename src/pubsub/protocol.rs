@@ -8,8 +8,8 @@
 //!   an `"op"` with its fields ([`Command`]).
 //! - Server to client: a [`Reply`] to each command, with the same id (`{"id":N,"ok":..}`
 //!   or `{"id":N,"err":..}`), an id-less `{"err":..}` for a frame that has no valid id,
-//!   and [`Push`]es (`{"push":"pub",..}`, `{"push":"unsub",..}`). [`ServerFrame`] reads
-//!   any of them.
+//!   and [`Push`]es (`{"push":"pub",..}`, `{"push":"unsub",..}`, `{"push":"join",..}`,
+//!   `{"push":"leave",..}`). [`ServerFrame`] reads any of them.
 //!
 //! Every type derives both `Serialize` and `Deserialize`, so either side can write and
 //! read it. Unknown fields are ignored (a newer peer may add some); a known field of the

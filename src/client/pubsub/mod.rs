@@ -12,6 +12,13 @@
 //! position; if the connection is lost before the ack, the same `pub`, with the same
 //! idempotency key, is sent again on the next connection, and the server applies it once.
 //!
+//! **Identity and presence.** With [`ChannelConfig::token`] (a server in token mode) or
+//! [`ChannelConfig::user`], every connection starts with `hello`, before the
+//! subscriptions are sent again, and the answer is [`ChannelEvent::Welcome`] or
+//! [`ChannelEvent::HelloRefused`]. [`ChannelClient::presence`] lists a channel's
+//! subscribers; with [`ChannelConfig::joins`], [`ChannelEvent::Join`] and
+//! [`ChannelEvent::Leave`] arrive in order with the channel's publications.
+//!
 //! **Threads.** The session's own (see [`ReconnectingClient`]) and one *protocol
 //! thread*, which **owns** the subscriptions, the commands waiting for their replies and
 //! the positions delivered (an I/O-free `State`, unit-tested without sockets). It
