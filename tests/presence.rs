@@ -327,3 +327,53 @@ fn a_join_leave_storm_does_not_stall_publications_on_other_channels() {
         assert!(p99 < Duration::from_secs(1), "publications stalled: p99 {p99:?}");
     });
 }
+
+#[test]
+fn the_cli_connect_with_joins_prints_joins_and_leaves_on_stderr() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    watchdog(LIMIT, || {
+        let server = start(test_config());
+        let addr = server.local_addr();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wshub"))
+            .args([
+                "connect",
+                &format!("ws://{addr}/ws"),
+                "--channel",
+                "room",
+                "--user",
+                "bob",
+                "--joins",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("wshub connect starts");
+        let stdin = child.stdin.take(); // held open: the session stays up
+        let (tx, lines) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let wait_line = |needle: &str| loop {
+            match lines.recv_timeout(Duration::from_secs(10)) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("no stderr line containing {needle:?}"),
+            }
+        };
+        wait_line("subscribed to room");
+        let (mut ann, ann_id) = hello(addr, "ann");
+        ann.ok(json!({"op":"sub","ch":"room"}));
+        let joined = wait_line("ann joined room");
+        assert!(joined.contains(&format!("client {ann_id}")), "{joined}");
+        ann.ok(json!({"op":"unsub","ch":"room"}));
+        wait_line("ann left room");
+        let _ = child.kill();
+        let _ = child.wait();
+        drop(stdin);
+    });
+}
