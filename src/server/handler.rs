@@ -157,21 +157,29 @@ impl Handler for Ws {
 /// Checks a valid command against the connection's identity and the authorizer, then
 /// forwards it to the hub; answers a refusal itself.
 fn ws_command(conn: &Connection, request: protocol::Request) {
-    let auth = &*conn.inner.authorizer;
-    let id = request.id;
-    let refuse = |err: ErrorBody| {
-        let _ = conn.send(Message::Text(encode::reply(&Reply::<Empty>::err(Some(id), err))));
+    let Some((identity, presence_any)) = admit(conn, &request) else {
+        return;
     };
-    let forward = |identity: Option<Arc<Identity>>, presence_any: bool| {
-        let cmd = ConnCommand {
-            conn: conn.id(),
-            request: request.clone(),
-            identity,
-            presence_any,
-        };
-        // Fails only when the hub has stopped: the server is going away and the drain
-        // closes this connection.
-        let _ = conn.hub().send(HubMsg::Command(Box::new(cmd)));
+    let cmd = ConnCommand {
+        conn: conn.id(),
+        request,
+        identity,
+        presence_any,
+    };
+    // Fails only when the hub has stopped: the server is going away and the drain closes
+    // this connection.
+    let _ = conn.hub().send(HubMsg::Command(Box::new(cmd)));
+}
+
+/// Whether `request` may go to the hub, and with what: for `hello`, the identity the
+/// authorizer found; for `presence`, whether the authorizer lets this client list a
+/// channel it is not subscribed to. `None` when refused (the refusal already answered).
+fn admit(conn: &Connection, request: &protocol::Request) -> Option<(Option<Arc<Identity>>, bool)> {
+    let auth = &*conn.inner.authorizer;
+    let refuse = |err: ErrorBody| {
+        let reply = encode::reply(&Reply::<Empty>::err(Some(request.id), err));
+        let _ = conn.send(Message::Text(reply));
+        None
     };
     if let Command::Hello { token, user, info } = &request.command {
         if conn.inner.identity.get().is_some() {
@@ -186,11 +194,11 @@ fn ws_command(conn: &Connection, request: protocol::Request) {
             user: user.as_deref(),
             info: info.as_ref(),
         };
-        match auth.hello(&hello) {
+        return match auth.hello(&hello) {
             Ok(who) => {
                 let who = Arc::new(who);
                 let _ = conn.inner.identity.set(who.clone());
-                forward(Some(who), false);
+                Some((Some(who), false))
             }
             Err(err) => {
                 // The message names the rule that failed, never the token.
@@ -200,9 +208,9 @@ fn ws_command(conn: &Connection, request: protocol::Request) {
                 if auth.requires_hello() {
                     let _ = conn.close(UNAUTHORIZED_CLOSE, "unauthorized");
                 }
+                None
             }
-        }
-        return;
+        };
     }
     let who = match conn.inner.identity.get() {
         Some(who) => who,
@@ -229,7 +237,7 @@ fn ws_command(conn: &Connection, request: protocol::Request) {
         }
         presence_any = action == Action::Presence && auth.presence_without_subscription(who, ch);
     }
-    forward(None, presence_any);
+    Some((None, presence_any))
 }
 
 /// A handle on one open connection, given to its handler. Cheap to clone.
