@@ -60,8 +60,11 @@
 //!   everyone else carries on. The hub also pings every connection once per
 //!   `ping_interval` the same way, so an idle connection's threads sleep until its client
 //!   sends something (its Pong, at the least). It also owns the channels of `/ws`
-//!   ([`pubsub`]): it executes every `sub`, `pub`, `unsub` and `history` command, so it is
-//!   each channel's sequencer, and offsets, history and fan-out agree by construction.
+//!   ([`pubsub`]): it executes every `sub`, `pub`, `unsub`, `history`, `hello` and
+//!   `presence` command, so it is each channel's sequencer, and offsets, history, fan-out
+//!   and join/leave pushes agree by construction. Who a client is and what it may do
+//!   ([`pubsub::auth::Authorizer`]) is decided on its reader thread before a command
+//!   reaches the hub.
 //!
 //! Each of those lives in a module of its own name under `src/server/`: `accept`,
 //! `connection`, `writer`, `hub` (with `commands`, its `/ws` side), `shutdown`; the
@@ -209,7 +212,7 @@ mod ws;
 pub use pubsub::protocol::StreamPosition;
 pub use server::{
     ApiKey, Chat, Config, ConfigError, Connection, DrainReport, Echo, Error, HEALTH_PATH, Handler, Hub,
-    PublishError, SendError, Server, ServerBuilder, ShutdownHandle, Ws,
+    PublishError, SendError, Server, ServerBuilder, ShutdownHandle, TokenSecret, Ws,
 };
 pub use tungstenite::Message;
 pub use ws::handshake::{MAX_REQUEST_HEAD, Request};

@@ -13,12 +13,11 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::RecvTimeoutError;
 use serde_json::{Value, json};
 use wshub::client::Event;
 use wshub::client::pubsub::{ChannelClient, ChannelConfig, ChannelError, ChannelEvent};
 
-use client_support::{EVENT_LIMIT, closed_addr, fast_reconnect};
+use client_support::{closed_addr, fast_reconnect};
 use proxy::Proxy;
 use support::{Server, start, test_config, watchdog};
 
@@ -37,16 +36,7 @@ fn client(addr: SocketAddr) -> ChannelClient {
 
 /// Waits for the first event for which `want` is true, skipping others.
 fn wait_for(client: &ChannelClient, what: &str, want: impl Fn(&ChannelEvent) -> bool) -> ChannelEvent {
-    let deadline = Instant::now() + EVENT_LIMIT;
-    let mut skipped = Vec::new();
-    loop {
-        match client.events().recv_deadline(deadline) {
-            Ok(e) if want(&e) => return e,
-            Ok(e) => skipped.push(format!("{e:?}")),
-            Err(RecvTimeoutError::Timeout) => panic!("no {what} within {EVENT_LIMIT:?}; saw {skipped:#?}"),
-            Err(RecvTimeoutError::Disconnected) => panic!("events ended before {what}; saw {skipped:#?}"),
-        }
-    }
+    client_support::wait_for(client.events(), what, want)
 }
 
 /// Subscribes and waits for the server's confirmation; returns `recovered`.

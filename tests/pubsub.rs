@@ -6,104 +6,17 @@
 
 mod support;
 
-use std::collections::VecDeque;
-use std::net::{Shutdown, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use support::peer::Peer;
 use support::*;
-use tungstenite::Message;
 use tungstenite::client::IntoClientRequest;
-use tungstenite::stream::MaybeTlsStream;
 
 const LIMIT: Duration = Duration::from_secs(60);
-
-/// A protocol v1 client: numbered commands, replies matched by id, pushes kept in order.
-struct Peer {
-    ws: Client,
-    next_id: u64,
-    pushes: VecDeque<Value>,
-}
-
-impl Peer {
-    fn connect(addr: SocketAddr) -> Peer {
-        Peer {
-            ws: connect(addr, "/ws"),
-            next_id: 1,
-            pushes: VecDeque::new(),
-        }
-    }
-
-    fn send_text(&mut self, text: &str) {
-        self.ws.send(Message::text(text)).expect("send");
-    }
-
-    /// The next JSON frame from the server.
-    fn frame(&mut self) -> Value {
-        match next_data(&mut self.ws) {
-            Message::Text(t) => serde_json::from_str(&t).expect("server sent JSON"),
-            other => panic!("expected a text frame, got {other:?}"),
-        }
-    }
-
-    /// Sends `cmd` with the next id, without waiting; returns the id.
-    fn send_cmd(&mut self, mut cmd: Value) -> u64 {
-        let id = self.next_id;
-        self.next_id += 1;
-        cmd["id"] = json!(id);
-        self.send_text(&cmd.to_string());
-        id
-    }
-
-    /// Reads until the reply to `id`, keeping pushes that come first.
-    fn reply(&mut self, id: u64) -> Value {
-        loop {
-            let f = self.frame();
-            if f.get("push").is_some() {
-                self.pushes.push_back(f);
-            } else if f["id"] == json!(id) {
-                return f;
-            } else {
-                panic!("unexpected frame while waiting for reply {id}: {f}");
-            }
-        }
-    }
-
-    /// Sends `cmd` and returns its reply.
-    fn cmd(&mut self, cmd: Value) -> Value {
-        let id = self.send_cmd(cmd);
-        self.reply(id)
-    }
-
-    /// Sends `cmd` and returns its `ok` body; panics on an error reply.
-    fn ok(&mut self, cmd: Value) -> Value {
-        let r = self.cmd(cmd.clone());
-        match r.get("ok") {
-            Some(ok) => ok.clone(),
-            None => panic!("{cmd} failed: {r}"),
-        }
-    }
-
-    /// The next push.
-    fn push(&mut self) -> Value {
-        if let Some(p) = self.pushes.pop_front() {
-            return p;
-        }
-        let f = self.frame();
-        assert!(f.get("push").is_some(), "expected a push, got {f}");
-        f
-    }
-
-    /// Cuts the TCP connection without a Close frame.
-    fn cut(self) {
-        if let MaybeTlsStream::Plain(s) = self.ws.get_ref() {
-            let _ = s.shutdown(Shutdown::Both);
-        }
-    }
-}
 
 fn server_with(f: impl FnOnce(&mut Config)) -> Server {
     let mut c = test_config();

@@ -127,6 +127,39 @@ impl From<&str> for ApiKey {
     }
 }
 
+/// The secret token mode checks `hello` tokens with (HS256). Like [`ApiKey`], `Debug`
+/// does not show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TokenSecret(Vec<u8>);
+
+impl TokenSecret {
+    /// The secret itself.
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for TokenSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenSecret(<redacted>)")
+    }
+}
+
+impl From<&str> for TokenSecret {
+    fn from(secret: &str) -> TokenSecret {
+        TokenSecret(secret.as_bytes().to_vec())
+    }
+}
+
+impl From<Vec<u8>> for TokenSecret {
+    fn from(secret: Vec<u8>) -> TokenSecret {
+        TokenSecret(secret)
+    }
+}
+
+/// The default of [`Config::max_presence_list`].
+pub(crate) const DEFAULT_MAX_PRESENCE_LIST: usize = 1000;
+
 /// Configuration of a [`Server`](crate::Server).
 ///
 /// Build it with [`Config::default`] and set the fields you need; the server calls
@@ -236,6 +269,13 @@ pub struct Config {
     /// 64 KiB. `0`: leave it to the kernel's autotuning (up to `net.ipv4.tcp_wmem`'s
     /// maximum, megabytes, per connection).
     pub send_buffer_size: usize,
+    /// Token mode on `/ws`: `hello` with an HS256 JWT signed by this secret must come
+    /// first, within the handshake timeout (else Close 4001). `None` (the default): open
+    /// mode, `hello` optional. An authorizer set on the builder takes precedence.
+    pub token_secret: Option<TokenSecret>,
+    /// Members a `presence` reply lists at most (the counts are always exact).
+    /// Default 1000.
+    pub max_presence_list: usize,
 }
 
 impl Default for Config {
@@ -268,6 +308,8 @@ impl Default for Config {
             max_channels: DEFAULT_MAX_CHANNELS,
 
             send_buffer_size: DEFAULT_SEND_BUFFER_SIZE,
+            token_secret: None,
+            max_presence_list: DEFAULT_MAX_PRESENCE_LIST,
         }
     }
 }
@@ -314,6 +356,9 @@ impl Config {
             return Err(ConfigError::new(
                 "max subscriptions and max channels must be at least 1",
             ));
+        }
+        if self.token_secret.as_ref().is_some_and(|s| s.0.is_empty()) {
+            return Err(ConfigError::new("the token secret must not be empty"));
         }
         if self
             .api_key

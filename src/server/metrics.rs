@@ -127,6 +127,10 @@ pub(crate) struct Metrics {
     pub recoveries: [AtomicU64; 2],
     /// Errors from the channel engine (the in-memory engine has none).
     pub engine_errors: AtomicU64,
+    /// `hello`s the authorizer refused (bad, expired or missing token...).
+    pub hellos_refused: AtomicU64,
+    /// `join` and `leave` pushes handed to watchers.
+    pub presence_pushes: AtomicU64,
 }
 
 impl Metrics {
@@ -334,6 +338,18 @@ fn encode_all(s: &Scrape, mut e: DescriptorEncoder<'_>) -> Result<(), fmt::Error
         "publications",
         "Publications sequenced on channels",
         load(&m.publications),
+    )?;
+    counter(
+        &mut e,
+        "hellos_refused",
+        "hello commands refused by the authorizer",
+        load(&m.hellos_refused),
+    )?;
+    counter(
+        &mut e,
+        "presence_pushes",
+        "join and leave pushes handed to watchers",
+        load(&m.presence_pushes),
     )?;
     let (buckets, sum, count) = m.fanout.read();
     let mut h = e.encode_descriptor(

@@ -25,7 +25,7 @@ mod shutdown;
 mod start;
 mod writer;
 
-pub use config::{ApiKey, Config};
+pub use config::{ApiKey, Config, TokenSecret};
 pub use error::{ConfigError, Error, PublishError, SendError};
 pub use handler::{Chat, Connection, Echo, HEALTH_PATH, Handler, Ws};
 pub use hub::Hub;

@@ -24,7 +24,7 @@ pub fn fast_reconnect() -> ReconnectConfig {
 
 /// Waits for the first event for which `want` is true; other events are skipped and
 /// listed in the failure message. Fails after `limit`, or if the channel ends first.
-pub fn wait_for(events: &Receiver<Event>, what: &str, want: impl Fn(&Event) -> bool) -> Event {
+pub fn wait_for<E: std::fmt::Debug>(events: &Receiver<E>, what: &str, want: impl Fn(&E) -> bool) -> E {
     let deadline = Instant::now() + EVENT_LIMIT;
     let mut skipped = Vec::new();
     loop {
