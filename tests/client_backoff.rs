@@ -25,8 +25,6 @@ fn the_backoff_sequence_with_a_seeded_rng_doubles_caps_jitters_and_resets() {
         );
         first_run.push(delay);
     }
-    // The jitter is really there: not every delay sits on its base.
-    assert!(first_run.iter().zip(bases).any(|(delay, d)| *delay != secs(d)));
 
     // A success resets to the initial delay.
     backoff.reset();
@@ -42,6 +40,39 @@ fn the_backoff_sequence_with_a_seeded_rng_doubles_caps_jitters_and_resets() {
     let mut again = Backoff::with_seed(config, 2024);
     let second_run: Vec<Duration> = bases.iter().map(|_| again.next_delay()).collect();
     assert_eq!(first_run, second_run);
+}
+
+#[test]
+fn the_jitter_spreads_delays_over_the_whole_half_delay_window() {
+    // With the cap at the initial delay every draw has the same base d = 1 s, so the
+    // delays are d + j with j uniform in [0, d/2). Over 2000 draws the extremes come
+    // within 2 % of d of both ends (a miss has probability (0.96)^2000 per end, about
+    // 1e-35), and each tenth of the window gets its share: a narrower window (say
+    // [0, d/4)) or a jitter piled at one end fails here.
+    let mut config = BackoffConfig::default();
+    config.initial = Duration::from_secs(1);
+    config.max = Duration::from_secs(1);
+    let mut backoff = Backoff::with_seed(config, 99);
+    let draws: Vec<f64> = (0..2000).map(|_| backoff.next_delay().as_secs_f64()).collect();
+    let min = draws.iter().cloned().fold(f64::INFINITY, f64::min);
+    let max = draws.iter().cloned().fold(0.0, f64::max);
+    assert!(
+        (1.0..1.02).contains(&min),
+        "smallest delay {min} s, expected just above 1 s"
+    );
+    assert!(
+        (1.48..1.5).contains(&max),
+        "largest delay {max} s, expected just below 1.5 s"
+    );
+    let mut tenths = [0usize; 10];
+    for d in &draws {
+        tenths[((d - 1.0) / 0.05) as usize] += 1;
+    }
+    // 200 expected in each; 120 is more than five standard deviations (13) below.
+    assert!(
+        tenths.iter().all(|n| *n >= 120),
+        "draws per tenth of the window: {tenths:?}"
+    );
 }
 
 #[test]

@@ -15,7 +15,12 @@ pub use wshub::{Config, Server};
 
 /// Runs `body` on its own thread and fails the test if it takes longer than `limit`:
 /// a hang fails instead of stalling CI.
+///
+/// A fired watchdog ends the whole test process (after naming the test): the body is
+/// still running and cannot be stopped, and its threads and sockets would otherwise
+/// skew whatever runs next in this binary (a thread-count baseline, a serial lock).
 pub fn watchdog<T: Send + 'static>(limit: Duration, body: impl FnOnce() -> T + Send + 'static) -> T {
+    let test = thread::current().name().unwrap_or("<unnamed>").to_owned();
     let (tx, rx) = mpsc::channel();
     let h = thread::spawn(move || {
         let _ = tx.send(body());
@@ -29,8 +34,15 @@ pub fn watchdog<T: Send + 'static>(limit: Duration, body: impl FnOnce() -> T + S
             Err(panic) => std::panic::resume_unwind(panic),
             Ok(()) => unreachable!("the body sent nothing but did not panic"),
         },
-        Err(mpsc::RecvTimeoutError::Timeout) => panic!("watchdog: test body still running after {limit:?}"),
+        Err(mpsc::RecvTimeoutError::Timeout) => watchdog_fired(&test, limit),
     }
+}
+
+/// Ends the test process because `test` outlived `limit`. Exit code 101, as a failed
+/// test binary's.
+pub fn watchdog_fired(test: &str, limit: Duration) -> ! {
+    eprintln!("watchdog: test {test} still running after {limit:?}; ending the test process");
+    std::process::exit(101)
 }
 
 /// A config on a free loopback port, with short timeouts suited to tests.
@@ -132,17 +144,33 @@ impl Raw {
         self.sock.write_all(&client_frame(first_byte, payload)).unwrap();
     }
 
-    /// Reads one server frame: (first byte, payload). `None` at EOF or reset.
+    /// Reads one server frame: (first byte, payload). `None` at EOF, reset or read
+    /// timeout; [`Raw::next_frame`] tells them apart.
     pub fn read_frame(&mut self) -> Option<(u8, Vec<u8>)> {
+        self.next_frame().ok()
+    }
+
+    /// Reads one server frame: (first byte, payload), or how the read ended instead.
+    pub fn next_frame(&mut self) -> Result<(u8, Vec<u8>), ReadEnd> {
         loop {
             if let Some((frame, used)) = parse_server_frame(&self.buf) {
                 self.buf.drain(..used);
-                return Some(frame);
+                return Ok(frame);
             }
             let mut chunk = [0u8; 65536];
             match self.sock.read(&mut chunk) {
-                Ok(0) | Err(_) => return None,
+                Ok(0) => return Err(ReadEnd::Eof),
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Err(ReadEnd::TimedOut);
+                }
+                Err(e) => return Err(ReadEnd::Error(e.kind())),
             }
         }
     }
@@ -157,12 +185,43 @@ impl Raw {
         }
     }
 
-    /// True when the server has closed the TCP connection (EOF or reset) after any
-    /// remaining frames.
-    pub fn closed_by_server(&mut self) -> bool {
-        while self.read_frame().is_some() {}
-        true
+    /// Reads frames until a Close; returns its code and reason (`None` for a Close
+    /// without a code, or no Close before the end). Skips pings and data.
+    pub fn read_close(&mut self) -> Option<(u16, String)> {
+        loop {
+            let (b0, payload) = self.read_frame()?;
+            if b0 & 0x0F == 0x8 {
+                if payload.len() < 2 {
+                    return None;
+                }
+                let code = u16::from_be_bytes([payload[0], payload[1]]);
+                return Some((code, String::from_utf8_lossy(&payload[2..]).into_owned()));
+            }
+        }
     }
+
+    /// True when the server closes the TCP connection (EOF or reset) after any
+    /// remaining frames; false when it is still open at the socket's read timeout.
+    pub fn closed_by_server(&mut self) -> bool {
+        loop {
+            match self.next_frame() {
+                Ok(_) => {}
+                Err(ReadEnd::TimedOut) => return false,
+                Err(ReadEnd::Eof | ReadEnd::Error(_)) => return true,
+            }
+        }
+    }
+}
+
+/// How a [`Raw`] read ended without a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadEnd {
+    /// The server closed the connection cleanly (FIN).
+    Eof,
+    /// Nothing arrived within the socket's read timeout: the connection is still open.
+    TimedOut,
+    /// Any other error (a reset, most often).
+    Error(std::io::ErrorKind),
 }
 
 /// A masked client frame with the given first byte (FIN, RSV and opcode).
@@ -354,4 +413,59 @@ impl Raw {
         self.sock.read_to_end(&mut rest)?;
         Ok(rest)
     }
+}
+
+/// The receive buffer the kernel gives `sock` now.
+pub fn recv_buffer(sock: &TcpStream) -> usize {
+    sockopt(sock, libc::SO_RCVBUF, None)
+}
+
+/// Fixes `sock`'s receive buffer at about `bytes` (the kernel doubles the value for its
+/// bookkeeping): it no longer grows on its own, so a client that stops reading stops
+/// the server's writes after a known amount. Returns the size the kernel reports.
+pub fn fix_recv_buffer(sock: &TcpStream, bytes: usize) -> usize {
+    sockopt(sock, libc::SO_RCVBUF, Some(bytes as libc::c_int))
+}
+
+fn sockopt(sock: &TcpStream, opt: libc::c_int, set: Option<libc::c_int>) -> usize {
+    use std::os::fd::AsRawFd;
+    let size = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    if let Some(value) = set {
+        // SAFETY: setsockopt(2) reads one c_int through a valid pointer.
+        let rc = unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&value as *const libc::c_int).cast(),
+                size,
+            )
+        };
+        assert_eq!(rc, 0, "setsockopt");
+    }
+    let mut value: libc::c_int = 0;
+    let mut len = size;
+    // SAFETY: getsockopt(2) writes one c_int and its length through valid pointers.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            opt,
+            (&mut value as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(rc, 0, "getsockopt");
+    value as usize
+}
+
+/// The most a TCP send buffer grows to (the third field of `tcp_wmem`): with the
+/// receiver's buffer fixed, the most a server can write to a client that stops reading.
+pub fn max_send_buffer() -> usize {
+    std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem")
+        .expect("tcp_wmem")
+        .split_whitespace()
+        .nth(2)
+        .and_then(|v| v.parse().ok())
+        .expect("tcp_wmem's maximum")
 }
