@@ -10,76 +10,88 @@ use tungstenite::Message;
 
 const LIMIT: Duration = Duration::from_secs(30);
 
+/// Runs `wshub ARGS` to its end; one that is still running after 10 s is killed and
+/// fails the test (these commands all exit at once: help, or a refused start).
 fn wshub(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_wshub"))
-        .args(args)
-        .output()
-        .expect("wshub runs")
+    output_within(
+        Command::new(env!("CARGO_BIN_EXE_wshub"))
+            .args(args)
+            .stdin(std::process::Stdio::null()),
+        Duration::from_secs(10),
+    )
 }
 
 #[test]
 fn help_and_version_work() {
-    let help = wshub(&["serve", "--help"]);
-    assert!(help.status.success());
-    let text = String::from_utf8_lossy(&help.stdout);
-    for flag in [
-        "--addr",
-        "--queue-size",
-        "--idle-timeout",
-        "--ping-interval",
-        "--write-timeout",
-        "--drain-timeout",
-    ] {
-        assert!(text.contains(flag), "--help lists {flag}");
-    }
-    let version = wshub(&["--version"]);
-    assert!(version.status.success());
-    assert!(String::from_utf8_lossy(&version.stdout).starts_with("wshub "));
+    watchdog(LIMIT, || {
+        let help = wshub(&["serve", "--help"]);
+        assert!(help.status.success());
+        let text = String::from_utf8_lossy(&help.stdout);
+        for flag in [
+            "--addr",
+            "--queue-size",
+            "--idle-timeout",
+            "--ping-interval",
+            "--write-timeout",
+            "--drain-timeout",
+        ] {
+            assert!(text.contains(flag), "--help lists {flag}");
+        }
+        let version = wshub(&["--version"]);
+        assert!(version.status.success());
+        assert!(String::from_utf8_lossy(&version.stdout).starts_with("wshub "));
+    });
 }
 
 #[test]
 fn a_bad_flag_prints_usage_and_exits_2() {
-    for args in [
-        &["serve", "--no-such-flag"][..],
-        &["serve", "--idle-timeout", "soon"],
-        &["serve", "--max-message-size", "lots"],
-        &["serve", "--addr", "not-an-address"],
-    ] {
-        let out = wshub(args);
-        assert_eq!(out.status.code(), Some(2), "{args:?}");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.starts_with("error: "), "{args:?}: {err}");
-        assert!(err.contains("Usage") || err.contains("--help"), "{args:?}: {err}");
-    }
+    watchdog(LIMIT, || {
+        for args in [
+            &["serve", "--no-such-flag"][..],
+            &["serve", "--idle-timeout", "soon"],
+            &["serve", "--max-message-size", "lots"],
+            &["serve", "--addr", "not-an-address"],
+        ] {
+            let out = wshub(args);
+            assert_eq!(out.status.code(), Some(2), "{args:?}");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.starts_with("error: "), "{args:?}: {err}");
+            assert!(err.contains("Usage") || err.contains("--help"), "{args:?}: {err}");
+        }
+    });
 }
 
 #[test]
 fn address_in_use_is_one_clear_line_and_exit_1() {
-    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = taken.local_addr().unwrap().to_string();
-    let out = wshub(&["serve", "--addr", &addr]);
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(
-        err.contains(&format!("cannot listen on {addr}: address already in use")),
-        "{err}"
-    );
+    watchdog(LIMIT, || {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap().to_string();
+        let out = wshub(&["serve", "--addr", &addr]);
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.contains(&format!("cannot listen on {addr}: address already in use")),
+            "{err}"
+        );
+    });
 }
 
 #[test]
 fn ping_interval_not_shorter_than_idle_timeout_is_a_startup_error() {
-    let out = wshub(&[
-        "serve",
-        "--addr",
-        "127.0.0.1:0",
-        "--ping-interval",
-        "30s",
-        "--idle-timeout",
-        "30s",
-    ]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("ping interval"));
+    watchdog(LIMIT, || {
+        let out = wshub(&[
+            "serve",
+            "--addr",
+            "127.0.0.1:0",
+            "--ping-interval",
+            "30s",
+            "--idle-timeout",
+            "30s",
+        ]);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("ping interval"));
+    });
 }
 
 #[test]
@@ -121,12 +133,22 @@ fn a_second_sigint_exits_at_once_without_draining() {
 }
 
 #[test]
-fn the_server_refuses_connections_after_it_exits() {
+fn the_server_refuses_connections_from_the_start_of_its_drain() {
     watchdog(LIMIT, || {
-        let mut server = ServeProcess::start(&[]);
+        let mut server = ServeProcess::start(&["--drain-timeout", "60s"]);
         let addr = server.addr;
-        server.signal(libc::SIGINT);
+        // A client that does not answer the Close keeps the drain going.
+        let mut mute = Raw::connect(addr, "/echo");
+        server.signal(libc::SIGTERM);
+        // The drain stops accepting before it sends Close 1001.
+        assert_eq!(mute.read_close_code(), Some(1001));
+        assert!(
+            std::net::TcpStream::connect(addr).is_err(),
+            "a connection was accepted during the drain"
+        );
+        assert!(server.child.try_wait().unwrap().is_none(), "still draining");
+        mute.send_frame(0x88, &1001u16.to_be_bytes());
         assert_eq!(server.wait_exit(Duration::from_secs(10)).code(), Some(0));
-        assert!(std::net::TcpStream::connect(addr).is_err());
+        assert!(std::net::TcpStream::connect(addr).is_err(), "and after it exits");
     });
 }

@@ -16,11 +16,12 @@ use support::{ServeProcess, watchdog};
 const LIMIT: Duration = Duration::from_secs(20);
 
 fn wshub(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_wshub"))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("wshub runs")
+    support::output_within(
+        Command::new(env!("CARGO_BIN_EXE_wshub"))
+            .args(args)
+            .stdin(Stdio::null()),
+        LIMIT,
+    )
 }
 
 /// Runs `wshub connect ARGS` with stdin kept open (as at a terminal) until it exits on

@@ -41,7 +41,12 @@ pub fn watchdog<T: Send + 'static>(limit: Duration, body: impl FnOnce() -> T + S
 /// Ends the test process because `test` outlived `limit`. Exit code 101, as a failed
 /// test binary's.
 pub fn watchdog_fired(test: &str, limit: Duration) -> ! {
-    eprintln!("watchdog: test {test} still running after {limit:?}; ending the test process");
+    // Straight to the process's stderr: the harness captures `eprintln!` in a test's
+    // thread and would lose the line when the process exits.
+    let _ = writeln!(
+        std::io::stderr(),
+        "watchdog: test {test} still running after {limit:?}; ending the test process"
+    );
     std::process::exit(101)
 }
 
@@ -468,4 +473,45 @@ pub fn max_send_buffer() -> usize {
         .nth(2)
         .and_then(|v| v.parse().ok())
         .expect("tcp_wmem's maximum")
+}
+
+/// Runs `command` to its end, as `Command::output` does, but kills it and fails the test
+/// if it is still running after `limit`: a regression that makes it hang (a server that
+/// starts instead of refusing its flags, say) fails instead of stalling the suite, and
+/// leaves no process behind.
+pub fn output_within(command: &mut std::process::Command, limit: Duration) -> std::process::Output {
+    use std::process::Stdio;
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the command starts");
+    let collect = |pipe: Option<Box<dyn Read + Send>>| {
+        thread::spawn(move || {
+            let mut out = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut out);
+            }
+            out
+        })
+    };
+    let stdout = collect(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let stderr = collect(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{command:?} still running after {limit:?}; killed");
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
+    std::process::Output {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    }
 }
