@@ -582,3 +582,161 @@ fn a_custom_route_runs_its_handler_and_can_broadcast_from_another_thread() {
         assert_eq!(next_data(&mut ws), Message::text("from afar"));
     });
 }
+
+#[test]
+fn a_write_blocked_for_the_write_timeout_disconnects_the_client() {
+    watchdog(LIMIT, || {
+        let mut config = test_config();
+        config.write_timeout = Duration::from_millis(500);
+        // Room for everything: this client is not cut as a slow consumer, only by the
+        // write timeout.
+        config.queue_size = 1000;
+        let server = start(config);
+        let mut stuck = Raw::connect(server.local_addr(), "/chat");
+        let buffers = fix_recv_buffer(&stuck.sock, 64 * 1024) + max_send_buffer();
+        stuck.send_frame(0x81, b"joined");
+        assert_eq!(stuck.read_frame(), Some((0x81, b"joined".to_vec())));
+        // More than the buffers hold, and we stop reading: the writer blocks in write().
+        let count = 2 * buffers / (64 * 1024) + 10;
+        assert!(count < 1000);
+        let hub = server.hub();
+        for _ in 0..count {
+            hub.broadcast("/chat", Message::binary(vec![1u8; 64 * 1024]))
+                .unwrap();
+        }
+        // Without reading a byte, the connection ends: its slot is freed...
+        let left = wait_for_count(0, Duration::from_secs(10), || server.connections());
+        assert_eq!(left, 0, "the connection outlived its blocked write");
+        // ...and the socket is closed under what we have not read.
+        stuck.sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        assert!(stuck.closed_by_server());
+    });
+}
+
+#[test]
+fn send_to_a_client_that_reads_too_slowly_returns_slow_consumer_and_cuts_it() {
+    watchdog(LIMIT, || {
+        const FRAME: usize = 1 << 20;
+        let mut config = test_config();
+        config.queue_size = 4;
+        config.write_timeout = Duration::from_millis(300);
+        let (tx, rx) = mpsc::channel();
+        let server = Server::builder(config)
+            .route("/flood", move |conn: &wshub::Connection, _msg: Message| {
+                // Sends until the queue stays full for the write timeout.
+                for sent in 0..1000usize {
+                    if let Err(e) = conn.send(Message::binary(vec![0u8; FRAME])) {
+                        tx.send((sent, e)).unwrap();
+                        return;
+                    }
+                }
+                tx.send((1000, wshub::SendError::Closed)).unwrap();
+            })
+            .start()
+            .unwrap();
+        let mut raw = Raw::connect(server.local_addr(), "/flood");
+        fix_recv_buffer(&raw.sock, 64 * 1024);
+        // The client reads, but slowly: 16 KiB every 10 ms (at most 1.6 MB/s). The
+        // writer's socket writes keep making progress (a write fails only after a whole
+        // write timeout without a byte sent), yet a batch of four 1 MiB frames takes it
+        // seconds, so the queue behind it stays full for longer than the write timeout:
+        // the sender waits that long, then gives up. (Not reading at all would end the
+        // connection by the writer's own write timeout first: `Closed`, not this.)
+        let mut trickle = raw.sock.try_clone().unwrap();
+        let reader = thread::spawn(move || {
+            let mut chunk = vec![0u8; 16 * 1024];
+            loop {
+                thread::sleep(Duration::from_millis(10));
+                match std::io::Read::read(&mut trickle, &mut chunk) {
+                    Ok(0) => return Ok(()),
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Ok(()),
+                    Err(e) => return Err(e),
+                }
+            }
+        });
+        raw.send_frame(0x81, b"go");
+        let (sent, err) = rx.recv_timeout(Duration::from_secs(20)).expect("send gave up");
+        assert_eq!(err, wshub::SendError::SlowConsumer, "after {sent} sends");
+        assert!(sent >= 4, "the queue's 4 places were used first: {sent}");
+        // The connection is cut: the slow reader meets the end of the stream.
+        reader
+            .join()
+            .unwrap()
+            .expect("the connection ends, not our read timeout");
+        let left = wait_for_count(0, Duration::from_secs(10), || server.connections());
+        assert_eq!(left, 0);
+    });
+}
+
+#[test]
+fn a_connection_that_registers_during_the_drain_also_gets_1001() {
+    watchdog(LIMIT, || {
+        let mut config = test_config();
+        config.drain_timeout = Duration::from_secs(5);
+        config.handshake_timeout = Duration::from_secs(20);
+        let server = start(config);
+        let addr = server.local_addr();
+        // One client open, and one still in its handshake when the drain begins.
+        let mut open = Raw::connect(addr, "/echo");
+        let request = upgrade_request("/echo", "");
+        let (first, rest) = request.as_bytes().split_at(20);
+        let mut late = std::net::TcpStream::connect(addr).unwrap();
+        std::io::Write::write_all(&mut late, first).unwrap();
+        wait_until(Duration::from_secs(10), "both connections taken", || {
+            server.connections() == 2
+        });
+        let drain = thread::spawn(move || server.shutdown());
+        // The open client's 1001 shows the hub is draining; now the late one upgrades.
+        assert_eq!(open.read_close_code(), Some(1001));
+        std::io::Write::write_all(&mut late, rest).unwrap();
+        let mut late = Raw::after_upgrade(late);
+        assert_eq!(
+            late.read_close_code(),
+            Some(1001),
+            "the late client is drained too"
+        );
+        for raw in [&mut open, &mut late] {
+            raw.send_frame(0x88, &1001u16.to_be_bytes());
+        }
+        let report = drain.join().unwrap();
+        assert_eq!(
+            report.connections, 1,
+            "only the open one was counted at the start"
+        );
+        assert!(!report.cut, "both answered before the deadline");
+    });
+}
+
+#[test]
+fn a_handler_stuck_in_user_code_is_counted_as_an_abandoned_thread() {
+    watchdog(LIMIT, || {
+        let mut config = test_config();
+        config.drain_timeout = Duration::from_millis(300);
+        config.handshake_timeout = Duration::from_millis(300);
+        let (entered_tx, entered) = mpsc::channel();
+        let (release, released) = crossbeam_channel::bounded::<()>(0);
+        let server = Server::builder(config)
+            .route("/stuck", move |_conn: &wshub::Connection, _msg: Message| {
+                entered_tx.send(()).unwrap();
+                // Stuck until the test lets go (bounded, so a failure leaves no thread).
+                let _ = released.recv_timeout(Duration::from_secs(20));
+            })
+            .start()
+            .unwrap();
+        let baseline = thread_count();
+        let mut raw = Raw::connect(server.local_addr(), "/stuck");
+        raw.send_frame(0x81, b"hang");
+        entered
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the handler runs");
+        let report = server.shutdown();
+        assert!(report.cut);
+        assert_eq!(report.abandoned_threads, 1, "{report:?}");
+        // Let it go: the abandoned thread then ends by itself.
+        release.send(()).unwrap();
+        drop(raw);
+        let now = wait_for_threads(baseline, Duration::from_secs(10));
+        assert!(now <= baseline, "threads left: {now} (baseline {baseline})");
+    });
+}

@@ -108,6 +108,16 @@ pub fn wait_for_count(baseline: usize, limit: Duration, count: impl Fn() -> usiz
     }
 }
 
+/// Polls `done` (bounded) until it is true; fails the test with `what` after `limit`.
+/// For states the server shows no event for (its connection count, say).
+pub fn wait_until(limit: Duration, what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "not within {limit:?}: {what}");
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Sends raw bytes and returns everything the server answers until it closes.
 pub fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
     let mut s = TcpStream::connect(addr).unwrap();
@@ -391,25 +401,31 @@ impl Drop for ServeProcess {
 /// say); panics unless the answer is 101.
 pub fn raw_connect_with(addr: SocketAddr, path: &str, extra: &str) -> Raw {
     let mut sock = TcpStream::connect(addr).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     sock.write_all(upgrade_request(path, extra).as_bytes()).unwrap();
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 1024];
-    let end = loop {
-        let n = sock.read(&mut chunk).expect("handshake response");
-        assert!(n > 0, "server closed during the handshake");
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    let rest = buf.split_off(end);
-    Raw { sock, buf: rest }
+    Raw::after_upgrade(sock)
 }
 
 impl Raw {
+    /// Reads the answer to an upgrade request already written on `sock`; panics
+    /// unless it is 101.
+    pub fn after_upgrade(mut sock: TcpStream) -> Raw {
+        sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 1024];
+        let end = loop {
+            let n = sock.read(&mut chunk).expect("handshake response");
+            assert!(n > 0, "server closed during the handshake");
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        let rest = buf.split_off(end);
+        Raw { sock, buf: rest }
+    }
+
     /// Everything the server still sends until it closes the connection, frames not yet
     /// parsed included: `Ok` on a clean end of stream (its FIN), `Err` on a reset or when
     /// the stream does not end within the socket's read timeout.
