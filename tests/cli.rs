@@ -152,3 +152,70 @@ fn the_server_refuses_connections_from_the_start_of_its_drain() {
         assert!(std::net::TcpStream::connect(addr).is_err(), "and after it exits");
     });
 }
+
+/// The `max connections lowered from A to B: LIMIT leaves room...` line among the
+/// start-up lines, as (A, B, LIMIT).
+fn lowered(startup: &[String]) -> (usize, usize, String) {
+    let line = startup
+        .iter()
+        .find(|l| l.contains("max connections lowered from "))
+        .unwrap_or_else(|| panic!("no lowering line in {startup:#?}"));
+    let rest = line.split("max connections lowered from ").nth(1).unwrap();
+    let (from, rest) = rest.split_once(" to ").unwrap();
+    let (to, rest) = rest.split_once(": ").unwrap();
+    let (limit, tail) = rest.split_once(" leaves room for no more").unwrap();
+    assert!(
+        tail.contains("each connection needs 2 threads and 8 memory mappings"),
+        "{line}"
+    );
+    (from.parse().unwrap(), to.parse().unwrap(), limit.to_owned())
+}
+
+#[test]
+fn max_connections_beyond_what_the_kernel_allows_is_lowered_at_start_with_a_warning() {
+    watchdog(LIMIT, || {
+        // A billion connections: no kernel's mapping or thread limits allow that.
+        let mut server = ServeProcess::start(&["--max-connections", "1000000000"]);
+        let (from, to, limit) = lowered(&server.startup);
+        assert_eq!(from, 1_000_000_000);
+        assert!(
+            limit == "vm.max_map_count" || limit == "the thread limit",
+            "{limit}"
+        );
+        // Each connection needs 8 mappings and 2 threads: at most this many fit.
+        let map_count: usize = std::fs::read_to_string("/proc/sys/vm/max_map_count")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!((1..=map_count / 8).contains(&to), "lowered to {to}");
+        server.signal(libc::SIGTERM);
+        assert_eq!(server.wait_exit(Duration::from_secs(10)).code(), Some(0));
+    });
+}
+
+#[test]
+fn a_lowered_max_connections_is_enforced_with_503() {
+    // The limit is lowered with RLIMIT_NPROC, which the kernel does not enforce for
+    // root: as root the low limit only feeds the server's ceiling. As anyone else it
+    // would also stop the child's own threads, so the test needs root.
+    // SAFETY: geteuid(2) has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root (RLIMIT_NPROC is enforced for other users)");
+        return;
+    }
+    watchdog(LIMIT, || {
+        // 64 threads are the server's margin; what is left over gives a handful of
+        // connections.
+        let mut server = ServeProcess::start_with_rlimits(&[(libc::RLIMIT_NPROC, 64 + 10)], &[]);
+        let (from, to, limit) = lowered(&server.startup);
+        assert_eq!((from, limit.as_str()), (10_000, "the thread limit"));
+        assert!((1..=5).contains(&to), "lowered to {to}");
+        let open: Vec<Raw> = (0..to).map(|_| Raw::connect(server.addr, "/echo")).collect();
+        let over = raw_exchange(server.addr, upgrade_request("/echo", "").as_bytes());
+        assert_eq!(status_line(&over), "HTTP/1.1 503 Service Unavailable");
+        drop(open);
+        server.signal(libc::SIGTERM);
+        assert_eq!(server.wait_exit(Duration::from_secs(10)).code(), Some(0));
+    });
+}

@@ -129,7 +129,12 @@ fn serve_on(addr: std::net::SocketAddr) -> ServeProcess {
         .spawn()
         .expect("wshub serve starts");
     let lines = lines(child.stderr.take().expect("stderr"));
-    let serve = ServeProcess { child, addr, lines };
+    let serve = ServeProcess {
+        child,
+        addr,
+        lines,
+        startup: Vec::new(),
+    };
     serve.wait_for_line("listening on", Duration::from_secs(10));
     serve
 }
@@ -336,4 +341,30 @@ fn connect_help_lists_its_flags() {
     ] {
         assert!(text.contains(flag), "--help lists {flag}");
     }
+}
+
+#[test]
+fn connect_prints_a_binary_message_as_its_length_and_hex_never_raw_bytes() {
+    watchdog(LIMIT, || {
+        struct Greeter;
+        impl wshub::Handler for Greeter {
+            fn on_open(&self, conn: &wshub::Connection) {
+                // A newline and a NUL among the bytes: raw output would break the line.
+                conn.send(wshub::Message::binary(vec![0x00, 0x0a, 0xff, 0x41])).unwrap();
+                conn.send(wshub::Message::binary(Vec::new())).unwrap();
+                conn.send(wshub::Message::text("done")).unwrap();
+            }
+            fn on_message(&self, _conn: &wshub::Connection, _msg: wshub::Message) {}
+        }
+        let server = wshub::Server::builder(support::test_config())
+            .route("/bin", Greeter)
+            .start()
+            .unwrap();
+        let client = ConnectProcess::start(&[&format!("ws://{}/bin", server.local_addr())]);
+        assert_eq!(client.next_stdout(), "[binary 4 bytes] 000aff41");
+        assert_eq!(client.next_stdout(), "[binary 0 bytes]");
+        assert_eq!(client.next_stdout(), "done");
+        drop(client);
+        server.shutdown();
+    });
 }

@@ -280,17 +280,31 @@ pub struct ServeProcess {
     pub child: std::process::Child,
     pub addr: SocketAddr,
     pub lines: mpsc::Receiver<String>,
+    /// The lines logged before `listening on` (a lowered connection limit, say).
+    pub startup: Vec<String>,
 }
 
 impl ServeProcess {
     /// Starts `wshub serve --addr 127.0.0.1:0 ARGS...` and waits for `listening on`.
     pub fn start(args: &[&str]) -> ServeProcess {
-        ServeProcess::start_with_nofile(None, args)
+        ServeProcess::start_with_rlimits(&[], args)
     }
 
     /// As [`ServeProcess::start`], with the child's soft open-files limit set to `nofile`
     /// (when given) before it runs.
     pub fn start_with_nofile(nofile: Option<libc::rlim_t>, args: &[&str]) -> ServeProcess {
+        match nofile {
+            Some(n) => ServeProcess::start_with_rlimits(&[(libc::RLIMIT_NOFILE, n)], args),
+            None => ServeProcess::start(args),
+        }
+    }
+
+    /// As [`ServeProcess::start`], with the child's soft limits for the given resources
+    /// set before it runs (each hard limit stays).
+    pub fn start_with_rlimits(
+        rlimits: &[(libc::__rlimit_resource_t, libc::rlim_t)],
+        args: &[&str],
+    ) -> ServeProcess {
         use std::io::BufRead;
         use std::os::unix::process::CommandExt;
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_wshub"));
@@ -304,23 +318,28 @@ impl ServeProcess {
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped());
-        if let Some(nofile) = nofile {
+        let mut limits = Vec::new();
+        for &(resource, soft) in rlimits {
             let mut limit = libc::rlimit {
                 rlim_cur: 0,
                 rlim_max: 0,
             };
             // SAFETY: getrlimit writes one rlimit through a valid pointer.
-            assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) }, 0);
-            limit.rlim_cur = nofile; // the soft limit; the hard one stays
+            assert_eq!(unsafe { libc::getrlimit(resource, &mut limit) }, 0);
+            limit.rlim_cur = soft; // the soft limit; the hard one stays
+            limits.push((resource, limit));
+        }
+        if !limits.is_empty() {
             // SAFETY: between fork and exec the closure only calls setrlimit(2), which
-            // is async-signal-safe, on a value computed before the fork.
+            // is async-signal-safe, on values computed before the fork.
             unsafe {
                 command.pre_exec(move || {
-                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
-                        Ok(())
-                    } else {
-                        Err(std::io::Error::last_os_error())
+                    for (resource, limit) in &limits {
+                        if libc::setrlimit(*resource, limit) != 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
                     }
+                    Ok(())
                 });
             }
         }
@@ -335,13 +354,15 @@ impl ServeProcess {
             }
         });
         // Warnings (a lowered connection limit, say) may come first.
+        let mut startup = Vec::new();
         let first = loop {
             let line = lines
                 .recv_timeout(Duration::from_secs(10))
-                .expect("a `listening on` line");
+                .unwrap_or_else(|_| panic!("a `listening on` line; saw {startup:#?}"));
             if line.contains("listening on ") {
                 break line;
             }
+            startup.push(line);
         };
         let addr = first
             .split("listening on ")
@@ -350,7 +371,12 @@ impl ServeProcess {
             .trim()
             .parse()
             .unwrap();
-        ServeProcess { child, addr, lines }
+        ServeProcess {
+            child,
+            addr,
+            lines,
+            startup,
+        }
     }
 
     /// Sends a signal to the child (by its PID).
