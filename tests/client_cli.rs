@@ -350,7 +350,8 @@ fn connect_prints_a_binary_message_as_its_length_and_hex_never_raw_bytes() {
         impl wshub::Handler for Greeter {
             fn on_open(&self, conn: &wshub::Connection) {
                 // A newline and a NUL among the bytes: raw output would break the line.
-                conn.send(wshub::Message::binary(vec![0x00, 0x0a, 0xff, 0x41])).unwrap();
+                conn.send(wshub::Message::binary(vec![0x00, 0x0a, 0xff, 0x41]))
+                    .unwrap();
                 conn.send(wshub::Message::binary(Vec::new())).unwrap();
                 conn.send(wshub::Message::text("done")).unwrap();
             }

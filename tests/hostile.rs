@@ -331,6 +331,34 @@ fn websocket_headers_without_upgrade_get_400() {
 }
 
 #[test]
+fn plain_get_on_a_websocket_path_unknown_path_and_other_methods_get_426_404_405() {
+    let _serial = serial();
+    watchdog(LIMIT, || {
+        let case = Case::start(test_config());
+        let cases = [
+            (
+                "GET /echo HTTP/1.1\r\nHost: x\r\n\r\n".to_owned(),
+                "HTTP/1.1 426 Upgrade Required",
+            ),
+            (upgrade_request("/nowhere", ""), "HTTP/1.1 404 Not Found"),
+            (
+                upgrade_request("/echo", "").replacen("GET", "POST", 1),
+                "HTTP/1.1 405 Method Not Allowed",
+            ),
+            (
+                "DELETE /chat HTTP/1.1\r\nHost: x\r\n\r\n".to_owned(),
+                "HTTP/1.1 405 Method Not Allowed",
+            ),
+        ];
+        for (request, status) in &cases {
+            let r = http_exchange(case.addr, request.as_bytes());
+            assert_eq!(status_line(&r), *status, "for {request:?}");
+        }
+        case.finish();
+    });
+}
+
+#[test]
 fn wrong_websocket_version_gets_426_naming_version_13() {
     let _serial = serial();
     watchdog(LIMIT, || {
