@@ -512,7 +512,8 @@ fn new_connections_are_refused_from_the_start_of_the_drain() {
         let drain = thread::spawn(move || server.shutdown());
         // The drain stops accepting before it sends Close 1001: once we have the Close,
         // the drain is under way and the listener must be gone.
-        assert_eq!(mute.read_close_code(), Some(1001));
+        let (code, reason) = mute.read_close().expect("the drain's Close");
+        assert_eq!((code, reason.as_str()), (1001, "server shutting down"));
         let refused = std::net::TcpStream::connect(addr);
         assert!(refused.is_err(), "a connection was accepted during the drain");
         assert!(
