@@ -453,7 +453,7 @@ fn shutdown_delivers_queued_messages_before_close_1001() {
         while ws.read().is_ok() {}
         let report = drain.join().unwrap();
         assert_eq!(report.connections, 2);
-        assert!(!report.cut);
+        assert_eq!(cut_count(report.cut), 0);
     });
 }
 
@@ -473,7 +473,10 @@ fn shutdown_ends_within_the_drain_timeout_when_clients_never_answer() {
         // deadline (it would wait forever), and must wait for them up to it.
         let report = rx.recv_timeout(Duration::from_secs(10)).expect("drain finishes");
         assert_eq!(report.connections, 5);
-        assert!(report.cut, "the mute clients were cut at the deadline");
+        assert!(
+            cut_count(report.cut) > 0,
+            "the mute clients were cut at the deadline"
+        );
         assert!(report.elapsed < Duration::from_secs(8), "{:?}", report.elapsed);
         assert!(started.elapsed() >= Duration::from_millis(500));
         assert_eq!(report.abandoned_threads, 0);
@@ -494,7 +497,7 @@ fn the_drain_deadline_also_cuts_connections_still_in_their_handshake() {
             thread::yield_now();
         }
         let report = server.shutdown();
-        assert!(report.cut);
+        assert!(cut_count(report.cut) > 0);
         // Generous: without the cut the drain would wait out the 60 s handshake timeout.
         assert!(report.elapsed < Duration::from_secs(10), "{:?}", report.elapsed);
     });
@@ -524,7 +527,7 @@ fn new_connections_are_refused_from_the_start_of_the_drain() {
         mute.send_frame(0x88, &1001u16.to_be_bytes());
         let report = drain.join().unwrap();
         assert_eq!(report.connections, 1);
-        assert!(!report.cut);
+        assert_eq!(cut_count(report.cut), 0);
         assert!(std::net::TcpStream::connect(addr).is_err(), "and after it");
     });
 }
@@ -617,35 +620,38 @@ fn a_write_blocked_for_the_write_timeout_disconnects_the_client() {
 #[test]
 fn send_to_a_client_that_reads_too_slowly_returns_slow_consumer_and_cuts_it() {
     watchdog(LIMIT, || {
-        const FRAME: usize = 1 << 20;
+        const FRAME: usize = 8 << 20;
         let mut config = test_config();
         config.queue_size = 4;
-        config.write_timeout = Duration::from_millis(300);
+        config.write_timeout = Duration::from_secs(2);
         let (tx, rx) = mpsc::channel();
         let server = Server::builder(config)
             .route("/flood", move |conn: &wshub::Connection, _msg: Message| {
                 // Sends until the queue stays full for the write timeout.
-                for sent in 0..1000usize {
+                for sent in 0..100usize {
                     if let Err(e) = conn.send(Message::binary(vec![0u8; FRAME])) {
                         tx.send((sent, e)).unwrap();
                         return;
                     }
                 }
-                tx.send((1000, wshub::SendError::Closed)).unwrap();
+                tx.send((100, wshub::SendError::Closed)).unwrap();
             })
             .start()
             .unwrap();
-        let mut raw = Raw::connect(server.local_addr(), "/flood");
-        fix_recv_buffer(&raw.sock, 64 * 1024);
-        // The client reads, but slowly: 16 KiB every 10 ms (at most 1.6 MB/s). The
-        // writer's socket writes keep making progress (a write fails only after a whole
-        // write timeout without a byte sent), yet a batch of four 1 MiB frames takes it
-        // seconds, so the queue behind it stays full for longer than the write timeout:
-        // the sender waits that long, then gives up. (Not reading at all would end the
-        // connection by the writer's own write timeout first: `Closed`, not this.)
+        let raw = Raw::connect(server.local_addr(), "/flood");
+        // The client reads, but slowly: 40 KiB every 10 ms, about 4 MB/s. Two rates
+        // bound what works. The writer's blocking write fails only after a whole write
+        // timeout without a byte taken, and the kernel wakes a writer blocked on a full
+        // send buffer (at most 4 MiB) once half of it has drained: faster than 1 MB/s
+        // keeps the writer going. The sender waits for room in the queue while the
+        // writer works through its batch (four 8 MiB frames): slower than 16 MB/s keeps
+        // the queue full for longer than the write timeout, and the sender gives up.
+        // Our reads may run late on a loaded machine (4x margin) but never early.
+        // (A client that does not read at all ends by the writer's own write timeout
+        // first: `Closed`, not this.)
         let mut trickle = raw.sock.try_clone().unwrap();
         let reader = thread::spawn(move || {
-            let mut chunk = vec![0u8; 16 * 1024];
+            let mut chunk = vec![0u8; 40 * 1024];
             loop {
                 thread::sleep(Duration::from_millis(10));
                 match std::io::Read::read(&mut trickle, &mut chunk) {
@@ -656,6 +662,7 @@ fn send_to_a_client_that_reads_too_slowly_returns_slow_consumer_and_cuts_it() {
                 }
             }
         });
+        let mut raw = raw;
         raw.send_frame(0x81, b"go");
         let (sent, err) = rx.recv_timeout(Duration::from_secs(20)).expect("send gave up");
         assert_eq!(err, wshub::SendError::SlowConsumer, "after {sent} sends");
@@ -705,7 +712,7 @@ fn a_connection_that_registers_during_the_drain_also_gets_1001() {
             report.connections, 1,
             "only the open one was counted at the start"
         );
-        assert!(!report.cut, "both answered before the deadline");
+        assert_eq!(cut_count(report.cut), 0, "both answered before the deadline");
     });
 }
 
@@ -732,7 +739,7 @@ fn a_handler_stuck_in_user_code_is_counted_as_an_abandoned_thread() {
             .recv_timeout(Duration::from_secs(10))
             .expect("the handler runs");
         let report = server.shutdown();
-        assert!(report.cut);
+        assert!(cut_count(report.cut) > 0);
         assert_eq!(report.abandoned_threads, 1, "{report:?}");
         // Let it go: the abandoned thread then ends by itself.
         release.send(()).unwrap();
