@@ -1,5 +1,6 @@
 //! The reconnect delays with a seeded RNG: within [d, 1.5·d), doubling, capped, reset
-//! after a success, and the same for the same seed.
+//! after a success, and the same for the same seed; the jitter's spread over its whole
+//! window; which configurations are valid, and the message for one that is not.
 
 use std::time::Duration;
 
@@ -85,4 +86,42 @@ fn jitter_off_gives_exactly_the_doubling_capped_sequence() {
     let mut backoff = Backoff::with_seed(config, 0);
     let got: Vec<u128> = (0..5).map(|_| backoff.next_delay().as_millis()).collect();
     assert_eq!(got, [100, 300, 900, 1000, 1000]);
+}
+
+#[test]
+fn the_boundaries_of_a_valid_configuration_are_valid() {
+    // A factor of exactly 1 (a constant delay) and a cap equal to the initial delay are
+    // allowed; just past either is refused.
+    let mut config = BackoffConfig::default();
+    config.factor = 1.0;
+    config.max = config.initial;
+    assert!(config.validate().is_ok(), "{:?}", config.validate());
+    config.factor = 0.999;
+    assert!(config.validate().is_err());
+    config.factor = 1.0;
+    config.max = config.initial - Duration::from_nanos(1);
+    assert!(config.validate().is_err());
+}
+
+#[test]
+fn a_refused_configuration_says_which_rule_it_broke() {
+    let mut config = BackoffConfig::default();
+    config.factor = 0.5;
+    let err = config.validate().unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "the backoff factor must be a finite number of at least 1"
+    );
+    let mut config = BackoffConfig::default();
+    config.initial = Duration::ZERO;
+    assert!(config.validate().unwrap_err().to_string().contains("initial"));
+}
+
+#[test]
+fn a_backoff_reports_the_configuration_it_follows() {
+    let mut config = BackoffConfig::default();
+    config.initial = Duration::from_millis(250);
+    config.factor = 3.0;
+    let backoff = Backoff::with_seed(config, 5);
+    assert_eq!(backoff.config(), &config);
 }
