@@ -2,7 +2,6 @@
 
 mod support;
 
-use std::process::Command;
 use std::time::Duration;
 
 use support::*;
@@ -13,12 +12,7 @@ const LIMIT: Duration = Duration::from_secs(30);
 /// Runs `wshub ARGS` to its end; one that is still running after 10 s is killed and
 /// fails the test (these commands all exit at once: help, or a refused start).
 fn wshub(args: &[&str]) -> std::process::Output {
-    output_within(
-        Command::new(env!("CARGO_BIN_EXE_wshub"))
-            .args(args)
-            .stdin(std::process::Stdio::null()),
-        Duration::from_secs(10),
-    )
+    wshub_output(args, Duration::from_secs(10))
 }
 
 #[test]

@@ -16,12 +16,7 @@ use support::{ServeProcess, watchdog};
 const LIMIT: Duration = Duration::from_secs(20);
 
 fn wshub(args: &[&str]) -> Output {
-    support::output_within(
-        Command::new(env!("CARGO_BIN_EXE_wshub"))
-            .args(args)
-            .stdin(Stdio::null()),
-        LIMIT,
-    )
+    support::wshub_output(args, LIMIT)
 }
 
 /// Runs `wshub connect ARGS` with stdin kept open (as at a terminal) until it exits on

@@ -59,16 +59,28 @@ fn next_seen(rx: &mpsc::Receiver<Seen>) -> Seen {
     rx.recv_timeout(Duration::from_secs(10)).expect("a handler call")
 }
 
+/// The first call recorded must be `on_open`; returns its connection id.
+fn opened(rx: &mpsc::Receiver<Seen>) -> u64 {
+    match next_seen(rx) {
+        Seen::Open(id) => id,
+        other => panic!("on_open first, not {other:?}"),
+    }
+}
+
+/// A client on the recording route, past its greeting (sent from `on_open`).
+fn greeted(server: &Server) -> Client {
+    let mut ws = connect(server.local_addr(), "/rec");
+    assert_eq!(next_data(&mut ws), Message::text("welcome"));
+    ws
+}
+
 #[test]
 fn on_open_runs_before_any_message_and_can_send_to_the_client() {
     watchdog(LIMIT, || {
         let (server, seen) = recording_server();
-        let mut ws = connect(server.local_addr(), "/rec");
         // Nothing sent yet: the greeting comes from on_open alone.
-        assert_eq!(next_data(&mut ws), Message::text("welcome"));
-        let Seen::Open(id) = next_seen(&seen) else {
-            panic!("on_open first")
-        };
+        let mut ws = greeted(&server);
+        let id = opened(&seen);
         ws.send(Message::text("hi")).unwrap();
         assert_eq!(next_data(&mut ws), Message::text("hi"));
         assert_eq!(next_seen(&seen), Seen::Message(id, "hi".into()));
@@ -81,8 +93,7 @@ fn on_open_runs_before_any_message_and_can_send_to_the_client() {
 fn on_close_runs_once_after_the_last_message_when_the_client_leaves() {
     watchdog(LIMIT, || {
         let (server, seen) = recording_server();
-        let mut ws = connect(server.local_addr(), "/rec");
-        assert_eq!(next_data(&mut ws), Message::text("welcome"));
+        let mut ws = greeted(&server);
         for m in ["a", "b"] {
             ws.send(Message::text(m)).unwrap();
             assert_eq!(next_data(&mut ws), Message::text(m));
@@ -90,9 +101,7 @@ fn on_close_runs_once_after_the_last_message_when_the_client_leaves() {
         ws.close(None).unwrap();
         while ws.read().is_ok() {}
         drop(ws);
-        let Seen::Open(id) = next_seen(&seen) else {
-            panic!("on_open first")
-        };
+        let id = opened(&seen);
         assert_eq!(next_seen(&seen), Seen::Message(id, "a".into()));
         assert_eq!(next_seen(&seen), Seen::Message(id, "b".into()));
         assert_eq!(next_seen(&seen), Seen::Close(id));
@@ -106,11 +115,7 @@ fn on_close_runs_once_after_the_last_message_when_the_client_leaves() {
 fn on_close_runs_for_every_connection_the_drain_closes_before_shutdown_returns() {
     watchdog(LIMIT, || {
         let (server, seen) = recording_server();
-        let addr = server.local_addr();
-        let mut clients: Vec<Client> = (0..3).map(|_| connect(addr, "/rec")).collect();
-        for ws in &mut clients {
-            assert_eq!(next_data(ws), Message::text("welcome"));
-        }
+        let clients: Vec<Client> = (0..3).map(|_| greeted(&server)).collect();
         let readers: Vec<_> = clients
             .into_iter()
             .map(|mut ws| std::thread::spawn(move || while ws.read().is_ok() {}))

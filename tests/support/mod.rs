@@ -517,6 +517,16 @@ pub fn max_send_buffer() -> usize {
         .expect("tcp_wmem's maximum")
 }
 
+/// Runs `wshub ARGS` (stdin: /dev/null) to its end with [`output_within`]'s deadline.
+pub fn wshub_output(args: &[&str], limit: Duration) -> std::process::Output {
+    output_within(
+        std::process::Command::new(env!("CARGO_BIN_EXE_wshub"))
+            .args(args)
+            .stdin(std::process::Stdio::null()),
+        limit,
+    )
+}
+
 /// Runs `command` to its end, as `Command::output` does, but kills it and fails the test
 /// if it is still running after `limit`: a regression that makes it hang (a server that
 /// starts instead of refusing its flags, say) fails instead of stalling the suite, and
