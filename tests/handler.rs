@@ -172,7 +172,7 @@ fn still_serving(server: &Server) {
     assert_eq!(next_data(&mut ws), Message::text("still there"));
 }
 
-/// After a panic: a neighbour on the panicking route and a newcomer on another are
+/// After a panic: a client already connected (`neighbour`) and a newcomer on `/echo` are
 /// served, and the server shuts down with no thread left behind.
 fn others_carry_on(server: Server, mut neighbour: Client) {
     neighbour.send(Message::text("after")).unwrap();
