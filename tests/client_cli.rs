@@ -16,11 +16,7 @@ use support::{ServeProcess, watchdog};
 const LIMIT: Duration = Duration::from_secs(20);
 
 fn wshub(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_wshub"))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("wshub runs")
+    support::wshub_output(args, LIMIT)
 }
 
 /// Runs `wshub connect ARGS` with stdin kept open (as at a terminal) until it exits on
@@ -142,7 +138,12 @@ fn serve_on(addr: std::net::SocketAddr) -> ServeProcess {
         .spawn()
         .expect("wshub serve starts");
     let lines = lines(child.stderr.take().expect("stderr"));
-    let serve = ServeProcess { child, addr, lines };
+    let serve = ServeProcess {
+        child,
+        addr,
+        lines,
+        startup: Vec::new(),
+    };
     serve.wait_for_line("listening on", Duration::from_secs(10));
     serve
 }
@@ -502,4 +503,30 @@ fn channel_mode_refuses_a_bad_channel_name_with_exit_2() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("invalid channel"), "{stderr}");
+}
+#[test]
+fn connect_prints_a_binary_message_as_its_length_and_hex_never_raw_bytes() {
+    watchdog(LIMIT, || {
+        struct Greeter;
+        impl wshub::Handler for Greeter {
+            fn on_open(&self, conn: &wshub::Connection) {
+                // A newline and a NUL among the bytes: raw output would break the line.
+                conn.send(wshub::Message::binary(vec![0x00, 0x0a, 0xff, 0x41]))
+                    .unwrap();
+                conn.send(wshub::Message::binary(Vec::new())).unwrap();
+                conn.send(wshub::Message::text("done")).unwrap();
+            }
+            fn on_message(&self, _conn: &wshub::Connection, _msg: wshub::Message) {}
+        }
+        let server = wshub::Server::builder(support::test_config())
+            .route("/bin", Greeter)
+            .start()
+            .unwrap();
+        let client = ConnectProcess::start(&[&format!("ws://{}/bin", server.local_addr())]);
+        assert_eq!(client.next_stdout(), "[binary 4 bytes] 000aff41");
+        assert_eq!(client.next_stdout(), "[binary 0 bytes]");
+        assert_eq!(client.next_stdout(), "done");
+        drop(client);
+        server.shutdown();
+    });
 }

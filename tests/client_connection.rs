@@ -119,8 +119,9 @@ fn close_sends_exactly_one_masked_close_with_the_code_and_waits_for_the_reply() 
         let started = Instant::now();
         client.close(4000, "bye").unwrap();
         client.close(1000, "again").unwrap(); // a second close sends nothing more
+        // The reply came: well under the 5 s close timeout it would otherwise wait out.
         assert!(
-            started.elapsed() < Duration::from_secs(2),
+            started.elapsed() < Duration::from_secs(4),
             "close took {:?}",
             started.elapsed()
         );
@@ -268,8 +269,9 @@ fn a_server_that_never_answers_the_handshake_times_out() {
         let started = Instant::now();
         let err = Client::connect(&url, &config).unwrap_err();
         assert!(matches!(err, ClientError::HandshakeTimeout(_)), "{err:?}");
+        // Generous: the timeout is 300 ms; the default (10 s) would fail this.
         assert!(
-            started.elapsed() < Duration::from_secs(3),
+            started.elapsed() < Duration::from_secs(8),
             "{:?}",
             started.elapsed()
         );
@@ -326,8 +328,11 @@ fn an_unanswered_close_gives_up_after_the_close_timeout() {
         let started = Instant::now();
         client.close(1000, "").unwrap();
         let took = started.elapsed();
+        // At least the timeout (less the clock's slack); at most a generous multiple of
+        // it, since a loaded machine may run the client late. Not waiting forever is
+        // what the upper bound checks.
         assert!(
-            took >= Duration::from_millis(250) && took < Duration::from_secs(3),
+            took >= Duration::from_millis(250) && took < Duration::from_secs(10),
             "{took:?}"
         );
         let end = wait_for(client.events(), "disconnect", |e| {

@@ -172,4 +172,22 @@ mod tests {
         assert_eq!(s.len(), 10);
         assert_eq!(ping_open(&mut s, t0 + 10 * SEC), (0..10).collect::<Vec<_>>());
     }
+
+    #[test]
+    fn compaction_starts_one_entry_past_twice_the_live_count_plus_the_slack() {
+        // The threshold exactly: 2 x 10 live + the slack entries are tolerated, one more
+        // is not. (Found by scripts/mutants: `>=` for `>` and `2 + live` for `2 * live`
+        // passed every other test.)
+        let t0 = Instant::now();
+        let mut s = PingSchedule::new(10 * SEC);
+        let at_threshold = 2 * 10 + COMPACT_SLACK;
+        for id in 0..at_threshold as u64 {
+            s.add(id, t0);
+        }
+        s.compact(10, |id| id < 10);
+        assert_eq!(s.len(), at_threshold, "at the threshold: no pass");
+        s.add(at_threshold as u64, t0);
+        s.compact(10, |id| id < 10);
+        assert_eq!(s.len(), 10, "one past it: compacted");
+    }
 }

@@ -243,8 +243,9 @@ pub fn parse_client_frame(buf: &[u8]) -> Option<(SeenFrame, usize)> {
 
 /// A minimal in-order echo server on tungstenite, one thread per connection: each
 /// message is echoed before the next is read, so a Close reply always comes after
-/// every echo. (The wshub server may send its Close reply ahead of queued echoes,
-/// which RFC 6455 §5.5.1 allows; tests of the client's close ordering use this one.)
+/// every echo. (The wshub server promises the same order, its writer flushing queued
+/// echoes ahead of a Close; this one is simply smaller, and independent of the server,
+/// for the tests of the client's close ordering.)
 pub struct EchoServer {
     pub addr: SocketAddr,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,

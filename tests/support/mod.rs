@@ -17,7 +17,12 @@ pub mod peer;
 
 /// Runs `body` on its own thread and fails the test if it takes longer than `limit`:
 /// a hang fails instead of stalling CI.
+///
+/// A fired watchdog ends the whole test process (after naming the test): the body is
+/// still running and cannot be stopped, and its threads and sockets would otherwise
+/// skew whatever runs next in this binary (a thread-count baseline, a serial lock).
 pub fn watchdog<T: Send + 'static>(limit: Duration, body: impl FnOnce() -> T + Send + 'static) -> T {
+    let test = thread::current().name().unwrap_or("<unnamed>").to_owned();
     let (tx, rx) = mpsc::channel();
     let h = thread::spawn(move || {
         let _ = tx.send(body());
@@ -31,8 +36,20 @@ pub fn watchdog<T: Send + 'static>(limit: Duration, body: impl FnOnce() -> T + S
             Err(panic) => std::panic::resume_unwind(panic),
             Ok(()) => unreachable!("the body sent nothing but did not panic"),
         },
-        Err(mpsc::RecvTimeoutError::Timeout) => panic!("watchdog: test body still running after {limit:?}"),
+        Err(mpsc::RecvTimeoutError::Timeout) => watchdog_fired(&test, limit),
     }
+}
+
+/// Ends the test process because `test` outlived `limit`. Exit code 101, as a failed
+/// test binary's.
+pub fn watchdog_fired(test: &str, limit: Duration) -> ! {
+    // Straight to the process's stderr: the harness captures `eprintln!` in a test's
+    // thread and would lose the line when the process exits.
+    let _ = writeln!(
+        std::io::stderr(),
+        "watchdog: test {test} still running after {limit:?}; ending the test process"
+    );
+    std::process::exit(101)
 }
 
 /// A config on a free loopback port, with short timeouts suited to tests.
@@ -93,6 +110,16 @@ pub fn wait_for_count(baseline: usize, limit: Duration, count: impl Fn() -> usiz
     }
 }
 
+/// Polls `done` (bounded) until it is true; fails the test with `what` after `limit`.
+/// For states the server shows no event for (its connection count, say).
+pub fn wait_until(limit: Duration, what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "not within {limit:?}: {what}");
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Sends raw bytes and returns everything the server answers until it closes.
 pub fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
     let mut s = TcpStream::connect(addr).unwrap();
@@ -134,17 +161,33 @@ impl Raw {
         self.sock.write_all(&client_frame(first_byte, payload)).unwrap();
     }
 
-    /// Reads one server frame: (first byte, payload). `None` at EOF or reset.
+    /// Reads one server frame: (first byte, payload). `None` at EOF, reset or read
+    /// timeout; [`Raw::next_frame`] tells them apart.
     pub fn read_frame(&mut self) -> Option<(u8, Vec<u8>)> {
+        self.next_frame().ok()
+    }
+
+    /// Reads one server frame: (first byte, payload), or how the read ended instead.
+    pub fn next_frame(&mut self) -> Result<(u8, Vec<u8>), ReadEnd> {
         loop {
             if let Some((frame, used)) = parse_server_frame(&self.buf) {
                 self.buf.drain(..used);
-                return Some(frame);
+                return Ok(frame);
             }
             let mut chunk = [0u8; 65536];
             match self.sock.read(&mut chunk) {
-                Ok(0) | Err(_) => return None,
+                Ok(0) => return Err(ReadEnd::Eof),
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Err(ReadEnd::TimedOut);
+                }
+                Err(e) => return Err(ReadEnd::Error(e.kind())),
             }
         }
     }
@@ -159,12 +202,43 @@ impl Raw {
         }
     }
 
-    /// True when the server has closed the TCP connection (EOF or reset) after any
-    /// remaining frames.
-    pub fn closed_by_server(&mut self) -> bool {
-        while self.read_frame().is_some() {}
-        true
+    /// Reads frames until a Close; returns its code and reason (`None` for a Close
+    /// without a code, or no Close before the end). Skips pings and data.
+    pub fn read_close(&mut self) -> Option<(u16, String)> {
+        loop {
+            let (b0, payload) = self.read_frame()?;
+            if b0 & 0x0F == 0x8 {
+                if payload.len() < 2 {
+                    return None;
+                }
+                let code = u16::from_be_bytes([payload[0], payload[1]]);
+                return Some((code, String::from_utf8_lossy(&payload[2..]).into_owned()));
+            }
+        }
     }
+
+    /// True when the server closes the TCP connection (EOF or reset) after any
+    /// remaining frames; false when it is still open at the socket's read timeout.
+    pub fn closed_by_server(&mut self) -> bool {
+        loop {
+            match self.next_frame() {
+                Ok(_) => {}
+                Err(ReadEnd::TimedOut) => return false,
+                Err(ReadEnd::Eof | ReadEnd::Error(_)) => return true,
+            }
+        }
+    }
+}
+
+/// How a [`Raw`] read ended without a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadEnd {
+    /// The server closed the connection cleanly (FIN).
+    Eof,
+    /// Nothing arrived within the socket's read timeout: the connection is still open.
+    TimedOut,
+    /// Any other error (a reset, most often).
+    Error(std::io::ErrorKind),
 }
 
 /// A masked client frame with the given first byte (FIN, RSV and opcode).
@@ -208,17 +282,31 @@ pub struct ServeProcess {
     pub child: std::process::Child,
     pub addr: SocketAddr,
     pub lines: mpsc::Receiver<String>,
+    /// The lines logged before `listening on` (a lowered connection limit, say).
+    pub startup: Vec<String>,
 }
 
 impl ServeProcess {
     /// Starts `wshub serve --addr 127.0.0.1:0 ARGS...` and waits for `listening on`.
     pub fn start(args: &[&str]) -> ServeProcess {
-        ServeProcess::start_with_nofile(None, args)
+        ServeProcess::start_with_rlimits(&[], args)
     }
 
     /// As [`ServeProcess::start`], with the child's soft open-files limit set to `nofile`
     /// (when given) before it runs.
     pub fn start_with_nofile(nofile: Option<libc::rlim_t>, args: &[&str]) -> ServeProcess {
+        match nofile {
+            Some(n) => ServeProcess::start_with_rlimits(&[(libc::RLIMIT_NOFILE, n)], args),
+            None => ServeProcess::start(args),
+        }
+    }
+
+    /// As [`ServeProcess::start`], with the child's soft limits for the given resources
+    /// set before it runs (each hard limit stays).
+    pub fn start_with_rlimits(
+        rlimits: &[(libc::__rlimit_resource_t, libc::rlim_t)],
+        args: &[&str],
+    ) -> ServeProcess {
         use std::io::BufRead;
         use std::os::unix::process::CommandExt;
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_wshub"));
@@ -232,23 +320,28 @@ impl ServeProcess {
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped());
-        if let Some(nofile) = nofile {
+        let mut limits = Vec::new();
+        for &(resource, soft) in rlimits {
             let mut limit = libc::rlimit {
                 rlim_cur: 0,
                 rlim_max: 0,
             };
             // SAFETY: getrlimit writes one rlimit through a valid pointer.
-            assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) }, 0);
-            limit.rlim_cur = nofile; // the soft limit; the hard one stays
+            assert_eq!(unsafe { libc::getrlimit(resource, &mut limit) }, 0);
+            limit.rlim_cur = soft; // the soft limit; the hard one stays
+            limits.push((resource, limit));
+        }
+        if !limits.is_empty() {
             // SAFETY: between fork and exec the closure only calls setrlimit(2), which
-            // is async-signal-safe, on a value computed before the fork.
+            // is async-signal-safe, on values computed before the fork.
             unsafe {
                 command.pre_exec(move || {
-                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
-                        Ok(())
-                    } else {
-                        Err(std::io::Error::last_os_error())
+                    for (resource, limit) in &limits {
+                        if libc::setrlimit(*resource, limit) != 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
                     }
+                    Ok(())
                 });
             }
         }
@@ -263,13 +356,15 @@ impl ServeProcess {
             }
         });
         // Warnings (a lowered connection limit, say) may come first.
+        let mut startup = Vec::new();
         let first = loop {
             let line = lines
                 .recv_timeout(Duration::from_secs(10))
-                .expect("a `listening on` line");
+                .unwrap_or_else(|_| panic!("a `listening on` line; saw {startup:#?}"));
             if line.contains("listening on ") {
                 break line;
             }
+            startup.push(line);
         };
         let addr = first
             .split("listening on ")
@@ -281,7 +376,12 @@ impl ServeProcess {
             .unwrap_or_default()
             .parse()
             .unwrap();
-        ServeProcess { child, addr, lines }
+        ServeProcess {
+            child,
+            addr,
+            lines,
+            startup,
+        }
     }
 
     /// Sends a signal to the child (by its PID).
@@ -332,25 +432,31 @@ impl Drop for ServeProcess {
 /// say); panics unless the answer is 101.
 pub fn raw_connect_with(addr: SocketAddr, path: &str, extra: &str) -> Raw {
     let mut sock = TcpStream::connect(addr).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     sock.write_all(upgrade_request(path, extra).as_bytes()).unwrap();
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 1024];
-    let end = loop {
-        let n = sock.read(&mut chunk).expect("handshake response");
-        assert!(n > 0, "server closed during the handshake");
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    let rest = buf.split_off(end);
-    Raw { sock, buf: rest }
+    Raw::after_upgrade(sock)
 }
 
 impl Raw {
+    /// Reads the answer to an upgrade request already written on `sock`; panics
+    /// unless it is 101.
+    pub fn after_upgrade(mut sock: TcpStream) -> Raw {
+        sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 1024];
+        let end = loop {
+            let n = sock.read(&mut chunk).expect("handshake response");
+            assert!(n > 0, "server closed during the handshake");
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        let rest = buf.split_off(end);
+        Raw { sock, buf: rest }
+    }
+
     /// Everything the server still sends until it closes the connection, frames not yet
     /// parsed included: `Ok` on a clean end of stream (its FIN), `Err` on a reset or when
     /// the stream does not end within the socket's read timeout.
@@ -358,5 +464,111 @@ impl Raw {
         let mut rest = std::mem::take(&mut self.buf);
         self.sock.read_to_end(&mut rest)?;
         Ok(rest)
+    }
+}
+
+/// The receive buffer the kernel gives `sock` now.
+pub fn recv_buffer(sock: &TcpStream) -> usize {
+    sockopt(sock, libc::SO_RCVBUF, None)
+}
+
+/// Fixes `sock`'s receive buffer at about `bytes` (the kernel doubles the value for its
+/// bookkeeping): it no longer grows on its own, so a client that stops reading stops
+/// the server's writes after a known amount. Returns the size the kernel reports.
+pub fn fix_recv_buffer(sock: &TcpStream, bytes: usize) -> usize {
+    sockopt(sock, libc::SO_RCVBUF, Some(bytes as libc::c_int))
+}
+
+fn sockopt(sock: &TcpStream, opt: libc::c_int, set: Option<libc::c_int>) -> usize {
+    use std::os::fd::AsRawFd;
+    let size = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    if let Some(value) = set {
+        // SAFETY: setsockopt(2) reads one c_int through a valid pointer.
+        let rc = unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&value as *const libc::c_int).cast(),
+                size,
+            )
+        };
+        assert_eq!(rc, 0, "setsockopt");
+    }
+    let mut value: libc::c_int = 0;
+    let mut len = size;
+    // SAFETY: getsockopt(2) writes one c_int and its length through valid pointers.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            opt,
+            (&mut value as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(rc, 0, "getsockopt");
+    value as usize
+}
+
+/// The most a TCP send buffer grows to (the third field of `tcp_wmem`): with the
+/// receiver's buffer fixed, the most a server can write to a client that stops reading.
+pub fn max_send_buffer() -> usize {
+    std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem")
+        .expect("tcp_wmem")
+        .split_whitespace()
+        .nth(2)
+        .and_then(|v| v.parse().ok())
+        .expect("tcp_wmem's maximum")
+}
+
+/// Runs `wshub ARGS` (stdin: /dev/null) to its end with [`output_within`]'s deadline.
+pub fn wshub_output(args: &[&str], limit: Duration) -> std::process::Output {
+    output_within(
+        std::process::Command::new(env!("CARGO_BIN_EXE_wshub"))
+            .args(args)
+            .stdin(std::process::Stdio::null()),
+        limit,
+    )
+}
+
+/// Runs `command` to its end, as `Command::output` does, but kills it and fails the test
+/// if it is still running after `limit`: a regression that makes it hang (a server that
+/// starts instead of refusing its flags, say) fails instead of stalling the suite, and
+/// leaves no process behind.
+pub fn output_within(command: &mut std::process::Command, limit: Duration) -> std::process::Output {
+    use std::process::Stdio;
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the command starts");
+    let collect = |pipe: Option<Box<dyn Read + Send>>| {
+        thread::spawn(move || {
+            let mut out = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut out);
+            }
+            out
+        })
+    };
+    let stdout = collect(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let stderr = collect(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{command:?} still running after {limit:?}; killed");
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
+    std::process::Output {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
     }
 }
