@@ -200,7 +200,7 @@ mod ws;
 
 pub use pubsub::protocol::StreamPosition;
 pub use server::{
-    ApiKey, Chat, Config, ConfigError, Connection, DrainReport, Echo, Error, HEALTH_PATH, Handler, Hub,
+    ApiKey, Chat, Config, Engine, ConfigError, Connection, DrainReport, Echo, Error, HEALTH_PATH, Handler, Hub,
     PublishError, SendError, Server, ServerBuilder, ShutdownHandle, Ws,
 };
 pub use tungstenite::Message;

@@ -196,7 +196,28 @@ pub struct Config {
     /// Channels whose state may exist at once; past it `sub` or `pub` to a new channel
     /// gets error 4. Default 10 000.
     pub max_channels: usize,
+    /// Where channel streams live: [`Engine::Memory`] (the default) or
+    /// [`Engine::Redis`], shared by every node using the same Redis. See `docs/redis.md`.
+    pub engine: Engine,
+    /// With the Redis engine: the limit on connecting to Redis and on each reply from it.
+    /// A `pub` that gets no answer within it fails with error 6. Default 2 s.
+    pub engine_timeout: Duration,
 }
+
+/// Where `/ws` channel streams (epochs, offsets, history, idempotency keys) live.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Engine {
+    /// In this process (the default): one node, nothing else to run.
+    #[default]
+    Memory,
+    /// In the Redis at this URL (`redis://HOST:PORT/DB`), so channels span every node
+    /// that uses it. Needs the `redis` cargo feature (the binary has it).
+    Redis(String),
+}
+
+/// The default [`Config::engine_timeout`].
+pub const DEFAULT_ENGINE_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Default for Config {
     fn default() -> Self {
@@ -223,6 +244,8 @@ impl Default for Config {
             idempotency_window: DEFAULT_IDEMPOTENCY_WINDOW,
             max_subscriptions: DEFAULT_MAX_SUBSCRIPTIONS,
             max_channels: DEFAULT_MAX_CHANNELS,
+            engine: Engine::Memory,
+            engine_timeout: DEFAULT_ENGINE_TIMEOUT,
         }
     }
 }
@@ -239,6 +262,7 @@ impl Config {
             ("drain timeout", self.drain_timeout),
             ("history TTL", self.history_ttl),
             ("idempotency window", self.idempotency_window),
+            ("engine timeout", self.engine_timeout),
         ];
         for (name, d) in nonzero {
             if d.is_zero() {
@@ -282,6 +306,18 @@ impl Config {
             return Err(ConfigError::new(
                 "the API key must be non-empty and have no whitespace",
             ));
+        }
+        if let Engine::Redis(url) = &self.engine {
+            if !cfg!(feature = "redis") {
+                return Err(ConfigError::new(
+                    "the Redis engine needs wshub built with the `redis` feature",
+                ));
+            }
+            if !url.starts_with("redis://") {
+                return Err(ConfigError::new(format!(
+                    "engine must be `memory` or redis://HOST:PORT/DB, not {url:?}"
+                )));
+            }
         }
         if self.thread_stack_size < MIN_THREAD_STACK_SIZE {
             return Err(ConfigError::new(format!(

@@ -46,6 +46,11 @@ use tungstenite::Message;
 use crate::pubsub::protocol::{ErrorBody, ErrorCode, MAX_KEY_LEN, StreamPosition, validate_channel};
 use crate::pubsub::{Channels, Limits};
 use crate::server::commands::{ApiPublish, ConnCommand, Hubside};
+use crate::server::engine::EngineHealth;
+#[cfg(not(feature = "redis"))]
+use crate::server::hub::off::{Out, Remote, RemoteEvent};
+#[cfg(feature = "redis")]
+use crate::server::redis::{Event as RemoteEvent, Out, RedisSide as Remote};
 use crate::server::error::{PublishError, SendError};
 use crate::server::metrics::{HubStats, Metrics};
 use crate::server::registry::{ConnId, Offer, Peer, Registry};
@@ -109,6 +114,45 @@ pub(crate) enum HubMsg {
     Stop,
     /// A scrape of `/metrics` asks for the sizes only the hub can see.
     Stats(Sender<HubStats>),
+    /// What the Redis engine's threads report (boxed: the inbox's slots stay small).
+    Redis(Box<RemoteEvent>),
+}
+
+/// Without the `redis` feature the Redis engine cannot exist: these types have no
+/// values, so the hub's calls into them compile to nothing.
+#[cfg(not(feature = "redis"))]
+mod off {
+    use super::{ApiPublish, HubStats, Metrics, PeerHandle, Registry};
+    use crate::pubsub::ConnId;
+    use crate::pubsub::protocol::Request;
+
+    #[derive(Debug)]
+    pub(crate) enum RemoteEvent {}
+    pub(crate) enum Remote {}
+    pub(crate) struct Out<'a> {
+        pub registry: &'a mut Registry<PeerHandle>,
+        pub metrics: &'a Metrics,
+    }
+    impl Remote {
+        pub(crate) fn execute(&mut self, _: ConnId, _: Request, _: &mut Out<'_>) {
+            match *self {}
+        }
+        pub(crate) fn api_publish(&mut self, _: ApiPublish) {
+            match *self {}
+        }
+        pub(crate) fn event(&mut self, e: RemoteEvent, _: &mut Out<'_>) {
+            match e {}
+        }
+        pub(crate) fn remove_conn(&mut self, _: ConnId) {
+            match *self {}
+        }
+        pub(crate) fn stats(&self) -> HubStats {
+            match *self {}
+        }
+        pub(crate) fn stop(&mut self) {
+            match *self {}
+        }
+    }
 }
 
 /// The hub's handle on one connection: its two queues and its socket.
@@ -173,6 +217,7 @@ pub struct Hub {
     /// The routes' paths: the only topics a client can be on. Fixed at start.
     topics: Arc<[Box<str>]>,
     metrics: Arc<Metrics>,
+    engine: Arc<EngineHealth>,
 }
 
 impl std::fmt::Debug for HubMsg {
@@ -188,13 +233,29 @@ impl std::fmt::Debug for HubMsg {
             HubMsg::Cut => "Cut",
             HubMsg::Stop => "Stop",
             HubMsg::Stats(_) => "Stats",
+            HubMsg::Redis(_) => "Redis",
         })
     }
 }
 
 impl Hub {
-    pub(crate) fn new(tx: Sender<HubMsg>, topics: Arc<[Box<str>]>, metrics: Arc<Metrics>) -> Hub {
-        Hub { tx, topics, metrics }
+    pub(crate) fn new(
+        tx: Sender<HubMsg>,
+        topics: Arc<[Box<str>]>,
+        metrics: Arc<Metrics>,
+        engine: Arc<EngineHealth>,
+    ) -> Hub {
+        Hub {
+            tx,
+            topics,
+            metrics,
+            engine,
+        }
+    }
+
+    /// Whether the channel engine is reachable, for `/healthz`.
+    pub(crate) fn engine_health(&self) -> &EngineHealth {
+        &self.engine
     }
 
     /// The server's counters, for the threads that count.
@@ -328,6 +389,7 @@ pub(crate) fn run(
     ping_interval: Duration,
     limits: Limits,
     metrics: Arc<Metrics>,
+    mut remote: Option<Remote>,
 ) -> DrainTally {
     let mut tally = DrainTally::default();
     let mut registry: Registry<PeerHandle> = Registry::default();
@@ -381,6 +443,9 @@ pub(crate) fn run(
             Some(HubMsg::Unregister(id)) => {
                 handshaking.remove(&id);
                 channels.remove_conn(id);
+                if let Some(r) = remote.as_mut() {
+                    r.remove_conn(id);
+                }
                 if registry.remove(id).is_some() {
                     pings.compact(registry.len(), |id| registry.contains(id));
                 }
@@ -398,7 +463,33 @@ pub(crate) fn run(
                 for (id, peer) in out.slow {
                     info!("connection {id}: slow consumer (queue full), disconnecting");
                     channels.remove_conn(id);
+                    if let Some(r) = remote.as_mut() {
+                        r.remove_conn(id);
+                    }
                     peer.cut();
+                }
+            }
+            Some(HubMsg::Command(cmd)) if remote.is_some() => {
+                if let Some(r) = remote.as_mut() {
+                    let mut out = Out {
+                        registry: &mut registry,
+                        metrics: &metrics,
+                    };
+                    r.execute(cmd.conn, cmd.request, &mut out);
+                }
+            }
+            Some(HubMsg::Publish(p)) if remote.is_some() => {
+                if let Some(r) = remote.as_mut() {
+                    r.api_publish(*p);
+                }
+            }
+            Some(HubMsg::Redis(event)) => {
+                if let Some(r) = remote.as_mut() {
+                    let mut out = Out {
+                        registry: &mut registry,
+                        metrics: &metrics,
+                    };
+                    r.event(*event, &mut out);
                 }
             }
             Some(HubMsg::Command(cmd)) => {
@@ -418,10 +509,13 @@ pub(crate) fn run(
                 side.api_publish(*p, Instant::now());
             }
             Some(HubMsg::Stats(reply)) => {
-                let _ = reply.try_send(HubStats {
-                    channels: channels.store().channel_count(),
-                    subscriptions: channels.subscription_total(),
-                    history_bytes: channels.store().history_bytes(),
+                let _ = reply.try_send(match &remote {
+                    Some(r) => r.stats(),
+                    None => HubStats {
+                        channels: channels.store().channel_count(),
+                        subscriptions: channels.subscription_total(),
+                        history_bytes: channels.store().history_bytes(),
+                    },
                 });
             }
             Some(HubMsg::Drain(reply)) => {
@@ -464,6 +558,12 @@ pub(crate) fn run(
                 None => false,
             });
         }
+    }
+    // Its threads may be handing over a result: with the inbox gone that fails at once
+    // instead of waiting, so they see their senders dropped and end.
+    drop(inbox);
+    if let Some(r) = remote.as_mut() {
+        r.stop();
     }
     tally
 }

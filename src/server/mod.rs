@@ -13,18 +13,21 @@ mod capacity;
 mod commands;
 mod config;
 mod connection;
+mod engine;
 mod error;
 mod handler;
 mod http;
 mod hub;
 mod metrics;
 mod queue;
+#[cfg(feature = "redis")]
+mod redis;
 mod registry;
 mod shutdown;
 mod start;
 mod writer;
 
-pub use config::{ApiKey, Config};
+pub use config::{ApiKey, Config, Engine};
 pub use error::{ConfigError, Error, PublishError, SendError};
 pub use handler::{Chat, Connection, Echo, HEALTH_PATH, Handler, Ws};
 pub use hub::Hub;

@@ -15,8 +15,13 @@ use log::{info, warn};
 
 use crate::server::accept::{self, Acceptor};
 use crate::server::capacity::{self, SystemLimits};
+#[cfg(feature = "redis")]
+use crate::server::config::Engine;
 use crate::server::config::{Config, DEFAULT_MAX_CONNECTIONS};
+use crate::server::engine::EngineHealth;
 use crate::server::connection::Shared;
+#[cfg(feature = "redis")]
+use crate::server::error::ConfigError;
 use crate::server::error::Error;
 use crate::server::handler::{Handler, Routes};
 use crate::server::hub::{self, HUB_QUEUE, Hub};
@@ -98,12 +103,14 @@ impl ServerBuilder {
 
         let metrics = Arc::new(Metrics::default());
         let (hub_tx, hub_rx) = bounded(HUB_QUEUE);
-        let hub = Hub::new(hub_tx, routes.paths(), metrics.clone());
+        let health = Arc::new(EngineHealth::up());
+        let hub = Hub::new(hub_tx.clone(), routes.paths(), metrics.clone(), health.clone());
         let ping_interval = config.ping_interval;
         let limits = config.channel_limits();
         let hub_metrics = metrics.clone();
+        let remote = remote_engine(&config, limits, health, hub_tx)?;
         let hub_thread = spawn("wshub-hub", move || {
-            hub::run(hub_rx, ping_interval, limits, hub_metrics)
+            hub::run(hub_rx, ping_interval, limits, hub_metrics, remote)
         })?;
 
         let (overflow_tx, overflow_rx) = bounded(accept::OVERFLOW_QUEUE);
@@ -169,6 +176,35 @@ fn widen_backlog(listener: &TcpListener) {
     if let Err(e) = socket2::SockRef::from(listener).listen(LISTEN_BACKLOG) {
         log::debug!("could not widen the listen backlog: {e}");
     }
+}
+
+/// Starts the Redis engine's threads when the config asks for it. Redis need not be up:
+/// the engine reconnects, and `/healthz` says it is down meanwhile.
+#[cfg(feature = "redis")]
+fn remote_engine(
+    config: &Config,
+    limits: crate::pubsub::Limits,
+    health: Arc<EngineHealth>,
+    hub: crossbeam_channel::Sender<hub::HubMsg>,
+) -> Result<Option<crate::server::redis::RedisSide>, Error> {
+    let Engine::Redis(url) = &config.engine else {
+        return Ok(None);
+    };
+    health.set_pubsub(false);
+    crate::server::redis::RedisSide::start(url, config.engine_timeout, limits, health, hub)
+        .map(Some)
+        .map_err(|e| Error::Config(ConfigError::new(e)))
+}
+
+/// Without the `redis` feature, [`Config::validate`] has refused `Engine::Redis`.
+#[cfg(not(feature = "redis"))]
+fn remote_engine(
+    _config: &Config,
+    _limits: crate::pubsub::Limits,
+    _health: Arc<EngineHealth>,
+    _hub: crossbeam_channel::Sender<hub::HubMsg>,
+) -> Result<Option<hub::off::Remote>, Error> {
+    Ok(None)
 }
 
 fn spawn<T: Send + 'static>(
