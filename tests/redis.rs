@@ -1,0 +1,368 @@
+//! The Redis engine (issue #13) against a real `redis-server` started per test
+//! (`support/redis.rs`): several wshub nodes share channels, offsets, history and
+//! idempotency keys; node loss, Redis loss and a Redis restarted empty are each
+//! visible to clients and lose nothing silently. Two nodes are two `Server`s in this
+//! process, or a `wshub serve` child where a signal is the subject. Each test runs under
+//! a watchdog and synchronises on replies, pushes and `/healthz`, not on sleeps.
+#![cfg(feature = "redis")]
+
+#[path = "support/redis.rs"]
+mod redis_support;
+mod support;
+
+use std::collections::VecDeque;
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use redis_support::RedisServer;
+use serde_json::{Value, json};
+use support::*;
+use tungstenite::Message;
+use wshub::{Engine, PublishError};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// A node on `url`.
+fn node(url: &str) -> Server {
+    let mut c = test_config();
+    c.engine = Engine::Redis(url.to_owned());
+    start(c)
+}
+
+/// A protocol v1 client: numbered commands, replies matched by id, pushes kept in order.
+struct Peer {
+    ws: Client,
+    next_id: u64,
+    pushes: VecDeque<Value>,
+}
+
+impl Peer {
+    fn connect(addr: SocketAddr) -> Peer {
+        Peer {
+            ws: connect(addr, "/ws"),
+            next_id: 1,
+            pushes: VecDeque::new(),
+        }
+    }
+
+    fn frame(&mut self) -> Value {
+        match next_data(&mut self.ws) {
+            Message::Text(t) => serde_json::from_str(&t).expect("server sent JSON"),
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+
+    /// Sends `cmd` and returns its reply, keeping pushes that come first.
+    fn cmd(&mut self, mut cmd: Value) -> Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        cmd["id"] = json!(id);
+        self.ws.send(Message::text(cmd.to_string())).expect("send");
+        loop {
+            let f = self.frame();
+            if f.get("push").is_some() {
+                self.pushes.push_back(f);
+            } else if f["id"] == json!(id) {
+                return f;
+            } else {
+                panic!("unexpected frame while waiting for reply {id}: {f}");
+            }
+        }
+    }
+
+    /// Subscribes; returns the reply's `ok`.
+    fn sub(&mut self, ch: &str, since: Option<Value>) -> Value {
+        let mut cmd = json!({"op": "sub", "ch": ch});
+        if let Some(s) = since {
+            cmd["since"] = s;
+        }
+        let r = self.cmd(cmd);
+        r.get("ok").cloned().unwrap_or_else(|| panic!("sub failed: {r}"))
+    }
+
+    fn publish(&mut self, ch: &str, data: Value) -> Value {
+        self.cmd(json!({"op": "pub", "ch": ch, "data": data}))
+    }
+
+    /// The next push.
+    fn push(&mut self) -> Value {
+        match self.pushes.pop_front() {
+            Some(p) => p,
+            None => {
+                let f = self.frame();
+                assert!(f.get("push").is_some(), "expected a push, got {f}");
+                f
+            }
+        }
+    }
+
+    /// The offsets of the next `n` publication pushes.
+    fn offsets(&mut self, n: usize) -> Vec<u64> {
+        (0..n)
+            .map(|_| {
+                let p = self.push();
+                assert_eq!(p["push"], "pub", "{p}");
+                p["offset"].as_u64().unwrap()
+            })
+            .collect()
+    }
+
+    /// Nothing more has been pushed: a command's reply comes with no push before it.
+    fn assert_no_push(&mut self) {
+        self.cmd(json!({"op": "history", "ch": "-", "limit": 0}));
+        assert!(self.pushes.is_empty(), "unexpected pushes: {:?}", self.pushes);
+    }
+}
+
+fn healthz(addr: SocketAddr) -> String {
+    raw_exchange(addr, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+}
+
+/// Polls `/healthz` (bounded) until its status line contains `want`.
+fn wait_health(addr: SocketAddr, want: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = healthz(addr);
+        if status_line(&r).contains(want) {
+            return r;
+        }
+        assert!(Instant::now() < deadline, "/healthz never said {want}: {r}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_publication_on_one_node_reaches_subscribers_on_both_with_the_same_offsets() {
+    let Some(redis) = RedisServer::start_or_skip("same_offsets") else { return };
+    watchdog(LIMIT, move || {
+        let (a, b) = (node(&redis.url()), node(&redis.url()));
+        let mut on_a = Peer::connect(a.local_addr());
+        let mut on_b = Peer::connect(b.local_addr());
+        let sa = on_a.sub("room", None);
+        let sb = on_b.sub("room", None);
+        assert_eq!(sa["epoch"], sb["epoch"], "one epoch for the channel on every node");
+        let mut publisher = Peer::connect(a.local_addr());
+        for n in 1..=5u64 {
+            let ack = publisher.publish("room", json!({"n": n}));
+            assert_eq!(ack["ok"]["offset"], n, "{ack}");
+            assert_eq!(ack["ok"]["epoch"], sa["epoch"]);
+        }
+        assert_eq!(on_a.offsets(5), vec![1, 2, 3, 4, 5]);
+        assert_eq!(on_b.offsets(5), vec![1, 2, 3, 4, 5]);
+        on_a.assert_no_push();
+        on_b.assert_no_push();
+        drop(redis);
+    });
+}
+
+#[test]
+fn two_publishers_on_two_nodes_produce_one_order_seen_everywhere() {
+    let Some(redis) = RedisServer::start_or_skip("one_order") else { return };
+    watchdog(LIMIT, move || {
+        let (a, b) = (node(&redis.url()), node(&redis.url()));
+        let addrs = [a.local_addr(), a.local_addr(), b.local_addr(), b.local_addr()];
+        let mut subs: Vec<Peer> = addrs.iter().map(|&addr| Peer::connect(addr)).collect();
+        for s in &mut subs {
+            s.sub("race", None);
+        }
+        const EACH: u64 = 50;
+        let publishers: Vec<_> = [a.local_addr(), b.local_addr()]
+            .into_iter()
+            .enumerate()
+            .map(|(p, addr)| {
+                thread::spawn(move || {
+                    let mut peer = Peer::connect(addr);
+                    for n in 0..EACH {
+                        let ack = peer.publish("race", json!({"p": p, "n": n}));
+                        assert!(ack.get("ok").is_some(), "{ack}");
+                    }
+                })
+            })
+            .collect();
+        for p in publishers {
+            p.join().unwrap();
+        }
+        let mut seen = Vec::new();
+        for s in &mut subs {
+            let pushes: Vec<Value> = (0..2 * EACH).map(|_| s.push()).collect();
+            let offsets: Vec<u64> = pushes.iter().map(|p| p["offset"].as_u64().unwrap()).collect();
+            assert_eq!(offsets, (1..=2 * EACH).collect::<Vec<_>>(), "no gap, no duplicate");
+            for p in 0..2 {
+                let ns: Vec<u64> = pushes
+                    .iter()
+                    .filter(|x| x["data"]["p"] == p)
+                    .map(|x| x["data"]["n"].as_u64().unwrap())
+                    .collect();
+                assert_eq!(ns, (0..EACH).collect::<Vec<_>>(), "each publisher's order is kept");
+            }
+            seen.push(pushes.iter().map(|p| p["data"].clone()).collect::<Vec<_>>());
+        }
+        assert!(seen.windows(2).all(|w| w[0] == w[1]), "every subscriber saw one order");
+        drop(redis);
+    });
+}
+
+#[test]
+fn history_and_idempotency_keys_are_shared_by_every_node() {
+    let Some(redis) = RedisServer::start_or_skip("shared_history") else { return };
+    watchdog(LIMIT, move || {
+        let (a, b) = (node(&redis.url()), node(&redis.url()));
+        let mut on_a = Peer::connect(a.local_addr());
+        let mut on_b = Peer::connect(b.local_addr());
+        let first = on_a.cmd(json!({"op": "pub", "ch": "h", "data": 1, "key": "k1"}));
+        let again = on_b.cmd(json!({"op": "pub", "ch": "h", "data": 1, "key": "k1"}));
+        assert_eq!(first["ok"], again["ok"], "a repeated key publishes nothing new");
+        on_a.publish("h", json!(2));
+        on_a.publish("h", json!(3));
+        let h = on_b.cmd(json!({"op": "history", "ch": "h", "limit": 2}));
+        let pubs: Vec<_> = h["ok"]["pubs"].as_array().unwrap().iter().map(|p| p["data"].clone()).collect();
+        assert_eq!(pubs, vec![json!(2), json!(3)], "{h}");
+        assert_eq!(h["ok"]["offset"], 3);
+        let api = b.hub().publish("h", json!(4)).unwrap();
+        assert_eq!(api.offset, 4);
+        assert_eq!(json!(api.epoch), first["ok"]["epoch"]);
+        drop(redis);
+    });
+}
+
+/// A `wshub serve` child on a free port, using `url`; ready once `/healthz` is 200.
+fn child_node(url: &str) -> (Child, SocketAddr) {
+    let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_wshub"))
+        .args(["serve", "--addr", &addr.to_string(), "--engine", url, "--drain-timeout", "2s"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("wshub serve starts");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::net::TcpStream::connect(addr).is_ok_and(|_| status_line(&healthz(addr)).contains("200")) {
+        assert!(Instant::now() < deadline, "the child node never became healthy");
+        thread::sleep(Duration::from_millis(20));
+    }
+    (child, addr)
+}
+
+/// A subscriber on a child node that is stopped with `signal` moves to another node with
+/// `since` and gets every publication it missed, once.
+fn a_stopped_node_s_subscriber_recovers_on_another(signal: &'static str) {
+    let Some(redis) = RedisServer::start_or_skip(signal) else { return };
+    watchdog(LIMIT, move || {
+        let (mut child, addr_a) = child_node(&redis.url());
+        let b = node(&redis.url());
+        let mut sub = Peer::connect(addr_a);
+        let snap = sub.sub("feed", None);
+        for n in 1..=3 {
+            b.hub().publish("feed", json!(n)).unwrap();
+        }
+        assert_eq!(sub.offsets(3), vec![1, 2, 3]);
+        let since = json!({"epoch": snap["epoch"], "offset": 3});
+        if signal == "KILL" {
+            child.kill().unwrap();
+        } else {
+            let ok = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+            assert!(ok.success());
+        }
+        child.wait().unwrap();
+        // Published while the subscriber has no node.
+        for n in 4..=7 {
+            b.hub().publish("feed", json!(n)).unwrap();
+        }
+        drop(sub);
+        let mut moved = Peer::connect(b.local_addr());
+        let r = moved.sub("feed", Some(since));
+        assert_eq!(r["recovered"], true, "{r}");
+        let recovered: Vec<u64> = r["pubs"].as_array().unwrap().iter().map(|p| p["offset"].as_u64().unwrap()).collect();
+        assert_eq!(recovered, vec![4, 5, 6, 7]);
+        b.hub().publish("feed", json!(8)).unwrap();
+        assert_eq!(moved.offsets(1), vec![8]);
+        moved.assert_no_push();
+        drop(redis);
+    });
+}
+
+#[test]
+fn a_subscriber_whose_node_gets_sigterm_recovers_everything_on_another_node() {
+    a_stopped_node_s_subscriber_recovers_on_another("TERM");
+}
+
+#[test]
+fn a_subscriber_whose_node_gets_sigkill_recovers_everything_on_another_node() {
+    a_stopped_node_s_subscriber_recovers_on_another("KILL");
+}
+
+#[test]
+fn redis_down_is_error_6_and_503_and_redis_back_empty_is_a_new_epoch() {
+    let Some(mut redis) = RedisServer::start_or_skip("redis_down") else { return };
+    watchdog(LIMIT, move || {
+        let a = node(&redis.url());
+        wait_health(a.local_addr(), "200");
+        let mut sub = Peer::connect(a.local_addr());
+        let snap = sub.sub("c", None);
+        a.hub().publish("c", json!(1)).unwrap();
+        a.hub().publish("c", json!(2)).unwrap();
+        assert_eq!(sub.offsets(2), vec![1, 2]);
+
+        redis.stop();
+        // The subscriber is told: its subscription ends with code 6.
+        let told = sub.push();
+        assert_eq!(told["push"], "unsub", "{told}");
+        assert_eq!(told["ch"], "c");
+        assert_eq!(told["code"], 6);
+        let health = wait_health(a.local_addr(), "503");
+        assert!(health.contains("engine down"), "{health}");
+        let mut publisher = Peer::connect(a.local_addr());
+        let err = publisher.publish("c", json!(3));
+        assert_eq!(err["err"]["code"], 6, "nothing is acked while Redis is down: {err}");
+        match a.hub().publish("c", json!(3)) {
+            Err(PublishError::Rejected(e)) => assert_eq!(u16::from(e.code), 6),
+            other => panic!("expected error 6, got {other:?}"),
+        }
+        let resub = sub.cmd(json!({"op": "sub", "ch": "c", "since": {"epoch": snap["epoch"], "offset": 2}}));
+        assert_eq!(resub["err"]["code"], 6, "{resub}");
+
+        redis.restart();
+        wait_health(a.local_addr(), "200");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let ack = loop {
+            let r = publisher.cmd(json!({"op": "pub", "ch": "c", "data": 3, "key": "three"}));
+            if r.get("ok").is_some() {
+                break r;
+            }
+            assert_eq!(r["err"]["code"], 6, "{r}");
+            assert!(Instant::now() < deadline, "publishing never resumed");
+            thread::sleep(Duration::from_millis(50));
+        };
+        assert_ne!(ack["ok"]["epoch"], snap["epoch"], "Redis restarted empty: a new epoch");
+        assert_eq!(ack["ok"]["offset"], 1);
+        let r = sub.sub("c", Some(json!({"epoch": snap["epoch"], "offset": 2})));
+        assert_eq!(r["recovered"], false, "{r}");
+        assert_eq!(r["epoch"], ack["ok"]["epoch"]);
+        publisher.publish("c", json!(4));
+        assert_eq!(sub.offsets(1), vec![2]);
+    });
+}
+
+#[test]
+fn a_gap_in_what_redis_delivers_ends_the_subscription_with_code_6() {
+    let Some(redis) = RedisServer::start_or_skip("gap") else { return };
+    watchdog(LIMIT, move || {
+        let a = node(&redis.url());
+        let mut sub = Peer::connect(a.local_addr());
+        let snap = sub.sub("g", None);
+        a.hub().publish("g", json!(1)).unwrap();
+        assert_eq!(sub.offsets(1), vec![1]);
+        // Offset 5 arrives where 2 was due: this node missed something.
+        let epoch = snap["epoch"].as_str().unwrap();
+        let fake = format!("{epoch} 5 {{\"ch\":\"g\",\"offset\":5,\"data\":0}}");
+        redis.command(&["PUBLISH", "wshub:live:g", &fake]).unwrap();
+        let told = sub.push();
+        assert_eq!((told["push"].as_str(), told["code"].as_u64()), (Some("unsub"), Some(6)), "{told}");
+        let r = sub.sub("g", Some(json!({"epoch": epoch, "offset": 1})));
+        assert_eq!(r["recovered"], true, "{r}");
+        a.hub().publish("g", json!(2)).unwrap();
+        assert_eq!(sub.offsets(1), vec![2]);
+        drop(redis);
+    });
+}
