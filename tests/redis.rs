@@ -135,14 +135,19 @@ fn wait_health(addr: SocketAddr, want: &str) -> String {
 
 #[test]
 fn a_publication_on_one_node_reaches_subscribers_on_both_with_the_same_offsets() {
-    let Some(redis) = RedisServer::start_or_skip("same_offsets") else { return };
+    let Some(redis) = RedisServer::start_or_skip("same_offsets") else {
+        return;
+    };
     watchdog(LIMIT, move || {
         let (a, b) = (node(&redis.url()), node(&redis.url()));
         let mut on_a = Peer::connect(a.local_addr());
         let mut on_b = Peer::connect(b.local_addr());
         let sa = on_a.sub("room", None);
         let sb = on_b.sub("room", None);
-        assert_eq!(sa["epoch"], sb["epoch"], "one epoch for the channel on every node");
+        assert_eq!(
+            sa["epoch"], sb["epoch"],
+            "one epoch for the channel on every node"
+        );
         let mut publisher = Peer::connect(a.local_addr());
         for n in 1..=5u64 {
             let ack = publisher.publish("room", json!({"n": n}));
@@ -159,7 +164,9 @@ fn a_publication_on_one_node_reaches_subscribers_on_both_with_the_same_offsets()
 
 #[test]
 fn two_publishers_on_two_nodes_produce_one_order_seen_everywhere() {
-    let Some(redis) = RedisServer::start_or_skip("one_order") else { return };
+    let Some(redis) = RedisServer::start_or_skip("one_order") else {
+        return;
+    };
     watchdog(LIMIT, move || {
         let (a, b) = (node(&redis.url()), node(&redis.url()));
         let addrs = [a.local_addr(), a.local_addr(), b.local_addr(), b.local_addr()];
@@ -188,25 +195,38 @@ fn two_publishers_on_two_nodes_produce_one_order_seen_everywhere() {
         for s in &mut subs {
             let pushes: Vec<Value> = (0..2 * EACH).map(|_| s.push()).collect();
             let offsets: Vec<u64> = pushes.iter().map(|p| p["offset"].as_u64().unwrap()).collect();
-            assert_eq!(offsets, (1..=2 * EACH).collect::<Vec<_>>(), "no gap, no duplicate");
+            assert_eq!(
+                offsets,
+                (1..=2 * EACH).collect::<Vec<_>>(),
+                "no gap, no duplicate"
+            );
             for p in 0..2 {
                 let ns: Vec<u64> = pushes
                     .iter()
                     .filter(|x| x["data"]["p"] == p)
                     .map(|x| x["data"]["n"].as_u64().unwrap())
                     .collect();
-                assert_eq!(ns, (0..EACH).collect::<Vec<_>>(), "each publisher's order is kept");
+                assert_eq!(
+                    ns,
+                    (0..EACH).collect::<Vec<_>>(),
+                    "each publisher's order is kept"
+                );
             }
             seen.push(pushes.iter().map(|p| p["data"].clone()).collect::<Vec<_>>());
         }
-        assert!(seen.windows(2).all(|w| w[0] == w[1]), "every subscriber saw one order");
+        assert!(
+            seen.windows(2).all(|w| w[0] == w[1]),
+            "every subscriber saw one order"
+        );
         drop(redis);
     });
 }
 
 #[test]
 fn history_and_idempotency_keys_are_shared_by_every_node() {
-    let Some(redis) = RedisServer::start_or_skip("shared_history") else { return };
+    let Some(redis) = RedisServer::start_or_skip("shared_history") else {
+        return;
+    };
     watchdog(LIMIT, move || {
         let (a, b) = (node(&redis.url()), node(&redis.url()));
         let mut on_a = Peer::connect(a.local_addr());
@@ -217,7 +237,12 @@ fn history_and_idempotency_keys_are_shared_by_every_node() {
         on_a.publish("h", json!(2));
         on_a.publish("h", json!(3));
         let h = on_b.cmd(json!({"op": "history", "ch": "h", "limit": 2}));
-        let pubs: Vec<_> = h["ok"]["pubs"].as_array().unwrap().iter().map(|p| p["data"].clone()).collect();
+        let pubs: Vec<_> = h["ok"]["pubs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["data"].clone())
+            .collect();
         assert_eq!(pubs, vec![json!(2), json!(3)], "{h}");
         assert_eq!(h["ok"]["offset"], 3);
         let api = b.hub().publish("h", json!(4)).unwrap();
@@ -231,7 +256,15 @@ fn history_and_idempotency_keys_are_shared_by_every_node() {
 fn child_node(url: &str) -> (Child, SocketAddr) {
     let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_wshub"))
-        .args(["serve", "--addr", &addr.to_string(), "--engine", url, "--drain-timeout", "2s"])
+        .args([
+            "serve",
+            "--addr",
+            &addr.to_string(),
+            "--engine",
+            url,
+            "--drain-timeout",
+            "2s",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -247,7 +280,9 @@ fn child_node(url: &str) -> (Child, SocketAddr) {
 /// A subscriber on a child node that is stopped with `signal` moves to another node with
 /// `since` and gets every publication it missed, once.
 fn a_stopped_node_s_subscriber_recovers_on_another(signal: &'static str) {
-    let Some(redis) = RedisServer::start_or_skip(signal) else { return };
+    let Some(redis) = RedisServer::start_or_skip(signal) else {
+        return;
+    };
     watchdog(LIMIT, move || {
         let (mut child, addr_a) = child_node(&redis.url());
         let b = node(&redis.url());
@@ -261,7 +296,10 @@ fn a_stopped_node_s_subscriber_recovers_on_another(signal: &'static str) {
         if signal == "KILL" {
             child.kill().unwrap();
         } else {
-            let ok = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+            let ok = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status()
+                .unwrap();
             assert!(ok.success());
         }
         child.wait().unwrap();
@@ -273,7 +311,12 @@ fn a_stopped_node_s_subscriber_recovers_on_another(signal: &'static str) {
         let mut moved = Peer::connect(b.local_addr());
         let r = moved.sub("feed", Some(since));
         assert_eq!(r["recovered"], true, "{r}");
-        let recovered: Vec<u64> = r["pubs"].as_array().unwrap().iter().map(|p| p["offset"].as_u64().unwrap()).collect();
+        let recovered: Vec<u64> = r["pubs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["offset"].as_u64().unwrap())
+            .collect();
         assert_eq!(recovered, vec![4, 5, 6, 7]);
         b.hub().publish("feed", json!(8)).unwrap();
         assert_eq!(moved.offsets(1), vec![8]);
@@ -294,7 +337,9 @@ fn a_subscriber_whose_node_gets_sigkill_recovers_everything_on_another_node() {
 
 #[test]
 fn redis_down_is_error_6_and_503_and_redis_back_empty_is_a_new_epoch() {
-    let Some(mut redis) = RedisServer::start_or_skip("redis_down") else { return };
+    let Some(mut redis) = RedisServer::start_or_skip("redis_down") else {
+        return;
+    };
     watchdog(LIMIT, move || {
         let a = node(&redis.url());
         wait_health(a.local_addr(), "200");
@@ -314,7 +359,10 @@ fn redis_down_is_error_6_and_503_and_redis_back_empty_is_a_new_epoch() {
         assert!(health.contains("engine down"), "{health}");
         let mut publisher = Peer::connect(a.local_addr());
         let err = publisher.publish("c", json!(3));
-        assert_eq!(err["err"]["code"], 6, "nothing is acked while Redis is down: {err}");
+        assert_eq!(
+            err["err"]["code"], 6,
+            "nothing is acked while Redis is down: {err}"
+        );
         match a.hub().publish("c", json!(3)) {
             Err(PublishError::Rejected(e)) => assert_eq!(u16::from(e.code), 6),
             other => panic!("expected error 6, got {other:?}"),
@@ -334,7 +382,10 @@ fn redis_down_is_error_6_and_503_and_redis_back_empty_is_a_new_epoch() {
             assert!(Instant::now() < deadline, "publishing never resumed");
             thread::sleep(Duration::from_millis(50));
         };
-        assert_ne!(ack["ok"]["epoch"], snap["epoch"], "Redis restarted empty: a new epoch");
+        assert_ne!(
+            ack["ok"]["epoch"], snap["epoch"],
+            "Redis restarted empty: a new epoch"
+        );
         assert_eq!(ack["ok"]["offset"], 1);
         let r = sub.sub("c", Some(json!({"epoch": snap["epoch"], "offset": 2})));
         assert_eq!(r["recovered"], false, "{r}");
@@ -346,7 +397,9 @@ fn redis_down_is_error_6_and_503_and_redis_back_empty_is_a_new_epoch() {
 
 #[test]
 fn a_gap_in_what_redis_delivers_ends_the_subscription_with_code_6() {
-    let Some(redis) = RedisServer::start_or_skip("gap") else { return };
+    let Some(redis) = RedisServer::start_or_skip("gap") else {
+        return;
+    };
     watchdog(LIMIT, move || {
         let a = node(&redis.url());
         let mut sub = Peer::connect(a.local_addr());
@@ -358,7 +411,11 @@ fn a_gap_in_what_redis_delivers_ends_the_subscription_with_code_6() {
         let fake = format!("{epoch} 5 {{\"ch\":\"g\",\"offset\":5,\"data\":0}}");
         redis.command(&["PUBLISH", "wshub:live:g", &fake]).unwrap();
         let told = sub.push();
-        assert_eq!((told["push"].as_str(), told["code"].as_u64()), (Some("unsub"), Some(6)), "{told}");
+        assert_eq!(
+            (told["push"].as_str(), told["code"].as_u64()),
+            (Some("unsub"), Some(6)),
+            "{told}"
+        );
         let r = sub.sub("g", Some(json!({"epoch": epoch, "offset": 1})));
         assert_eq!(r["recovered"], true, "{r}");
         a.hub().publish("g", json!(2)).unwrap();

@@ -45,9 +45,7 @@ pub fn continuity(last: Option<&StreamPosition>, epoch: &str, offset: u64) -> Co
 /// holds consecutive offsets, so the rest follow). `first` is `None` when nothing was
 /// read.
 pub fn recovered(since: &StreamPosition, epoch: &str, top: u64, first: Option<u64>) -> bool {
-    since.epoch == epoch
-        && since.offset <= top
-        && (since.offset == top || first == Some(since.offset + 1))
+    since.epoch == epoch && since.offset <= top && (since.offset == top || first == Some(since.offset + 1))
 }
 
 /// A publication encoded without its offset, which only the engine assigns: the text
@@ -91,7 +89,9 @@ pub fn parse_live(message: &str) -> Option<(&str, u64, &str)> {
     let (epoch, rest) = message.split_once(' ')?;
     let (offset, publication) = rest.split_once(' ')?;
     let offset = offset.parse().ok()?;
-    publication.starts_with('{').then_some((epoch, offset, publication))
+    publication
+        .starts_with('{')
+        .then_some((epoch, offset, publication))
 }
 
 #[cfg(test)]
@@ -151,7 +151,10 @@ mod tests {
     #[test]
     fn a_live_message_reads_back() {
         let m = live_message("ab12", 9, r#"{"ch":"a","offset":9,"data":"x y"}"#);
-        assert_eq!(parse_live(&m), Some(("ab12", 9, r#"{"ch":"a","offset":9,"data":"x y"}"#)));
+        assert_eq!(
+            parse_live(&m),
+            Some(("ab12", 9, r#"{"ch":"a","offset":9,"data":"x y"}"#))
+        );
         assert_eq!(parse_live("hello"), None);
         assert_eq!(parse_live("e x {}"), None);
         assert_eq!(parse_live("e 1 nope"), None);

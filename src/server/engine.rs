@@ -25,11 +25,13 @@ impl EngineHealth {
     }
 
     /// The command connection worked (`true`) or failed.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn set_commands(&self, ok: bool) {
         self.commands.store(ok, Ordering::Relaxed);
     }
 
     /// The PUB/SUB connection is up (`true`) or down.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn set_pubsub(&self, ok: bool) {
         self.pubsub.store(ok, Ordering::Relaxed);
     }

@@ -47,12 +47,12 @@ use crate::pubsub::protocol::{ErrorBody, ErrorCode, MAX_KEY_LEN, StreamPosition,
 use crate::pubsub::{Channels, Limits};
 use crate::server::commands::{ApiPublish, ConnCommand, Hubside};
 use crate::server::engine::EngineHealth;
+use crate::server::error::{PublishError, SendError};
 #[cfg(not(feature = "redis"))]
 use crate::server::hub::off::{Out, Remote, RemoteEvent};
+use crate::server::metrics::{HubStats, Metrics};
 #[cfg(feature = "redis")]
 use crate::server::redis::{Event as RemoteEvent, Out, RedisSide as Remote};
-use crate::server::error::{PublishError, SendError};
-use crate::server::metrics::{HubStats, Metrics};
 use crate::server::registry::{ConnId, Offer, Peer, Registry};
 use crate::server::writer::{Ctrl, WriteSide};
 use crate::ws::close_policy::GOING_AWAY;
@@ -115,13 +115,14 @@ pub(crate) enum HubMsg {
     /// A scrape of `/metrics` asks for the sizes only the hub can see.
     Stats(Sender<HubStats>),
     /// What the Redis engine's threads report (boxed: the inbox's slots stay small).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     Redis(Box<RemoteEvent>),
 }
 
 /// Without the `redis` feature the Redis engine cannot exist: these types have no
 /// values, so the hub's calls into them compile to nothing.
 #[cfg(not(feature = "redis"))]
-mod off {
+pub(crate) mod off {
     use super::{ApiPublish, HubStats, Metrics, PeerHandle, Registry};
     use crate::pubsub::ConnId;
     use crate::pubsub::protocol::Request;
@@ -129,6 +130,7 @@ mod off {
     #[derive(Debug)]
     pub(crate) enum RemoteEvent {}
     pub(crate) enum Remote {}
+    #[allow(dead_code)]
     pub(crate) struct Out<'a> {
         pub registry: &'a mut Registry<PeerHandle>,
         pub metrics: &'a Metrics,

@@ -18,8 +18,8 @@ use crate::server::capacity::{self, SystemLimits};
 #[cfg(feature = "redis")]
 use crate::server::config::Engine;
 use crate::server::config::{Config, DEFAULT_MAX_CONNECTIONS};
-use crate::server::engine::EngineHealth;
 use crate::server::connection::Shared;
+use crate::server::engine::EngineHealth;
 #[cfg(feature = "redis")]
 use crate::server::error::ConfigError;
 use crate::server::error::Error;

@@ -69,7 +69,16 @@ impl RedisServer {
     pub fn restart(&mut self) {
         self.stop();
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .arg("--dir")
             .arg(&self.dir)
             .stdout(Stdio::null())
@@ -79,7 +88,10 @@ impl RedisServer {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.command(&["PING"]).as_deref() != Some("+PONG") {
-            assert!(Instant::now() < deadline, "redis-server did not answer PING within 10 s");
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not answer PING within 10 s"
+            );
             thread::sleep(Duration::from_millis(20));
         }
     }

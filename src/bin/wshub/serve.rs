@@ -103,7 +103,9 @@ fn parse_engine(s: &str) -> Result<Engine, String> {
     match s {
         "memory" => Ok(Engine::Memory),
         url if url.starts_with("redis://") => Ok(Engine::Redis(url.to_owned())),
-        other => Err(format!("expected `memory` or redis://HOST:PORT/DB, not {other:?}")),
+        other => Err(format!(
+            "expected `memory` or redis://HOST:PORT/DB, not {other:?}"
+        )),
     }
 }
 

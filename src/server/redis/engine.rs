@@ -14,7 +14,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use log::{info, warn};
 use rand::RngExt;
 use redis::{Client, Connection, RedisError, Script};
@@ -109,54 +109,70 @@ impl EngineThread {
         }
     }
 
-    /// Runs jobs until the hub is gone.
+    /// Runs jobs until the hub is gone. While the connection is down it also reconnects
+    /// on its own at each backoff deadline, so `/healthz` turns green again without
+    /// waiting for a client's `pub`.
     pub(crate) fn run(mut self, jobs: Receiver<Job>) {
-        for job in jobs.iter() {
-            match job {
-                Job::Publish {
-                    ch,
-                    template,
-                    key,
-                    to,
-                } => {
-                    let result = self.publish(&ch, &template, key.as_deref());
-                    match to {
-                        PubTarget::Api(reply) => {
-                            let _ = reply.send(result.map_err(PublishError::Rejected));
-                        }
-                        PubTarget::Conn { conn, id } => {
-                            let text = match result {
-                                Ok(pos) => encode::reply(&Reply::ok(id, pos)),
-                                Err(e) => encode::reply(&Reply::<Empty>::err(Some(id), e)),
-                            };
-                            self.tell(Event::Reply { conn, text });
-                        }
+        loop {
+            let next = match self.retry_at.filter(|_| self.con.is_none()) {
+                Some(at) => jobs.recv_deadline(at),
+                None => jobs.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            };
+            match next {
+                Ok(job) => self.handle(job),
+                Err(RecvTimeoutError::Timeout) => {
+                    let _ = self.connection();
+                }
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        }
+    }
+
+    fn handle(&mut self, job: Job) {
+        match job {
+            Job::Publish {
+                ch,
+                template,
+                key,
+                to,
+            } => {
+                let result = self.publish(&ch, &template, key.as_deref());
+                match to {
+                    PubTarget::Api(reply) => {
+                        let _ = reply.send(result.map_err(PublishError::Rejected));
+                    }
+                    PubTarget::Conn { conn, id } => {
+                        let text = match result {
+                            Ok(pos) => encode::reply(&Reply::ok(id, pos)),
+                            Err(e) => encode::reply(&Reply::<Empty>::err(Some(id), e)),
+                        };
+                        self.tell(Event::Reply { conn, text });
                     }
                 }
-                Job::Read {
-                    ch,
-                    conn,
-                    id,
-                    since,
-                    limit,
-                    sub,
-                } => {
-                    let result = self.read(&ch, since.as_ref(), limit, sub.is_some());
-                    match sub {
-                        Some(ticket) => self.tell(Event::Snapshot {
-                            ch,
-                            conn,
-                            id,
-                            ticket,
-                            result,
-                        }),
-                        None => {
-                            let text = match result {
-                                Ok(snap) => encode::snapshot_reply(id, &snap),
-                                Err(e) => encode::reply(&Reply::<Empty>::err(Some(id), e)),
-                            };
-                            self.tell(Event::Reply { conn, text });
-                        }
+            }
+            Job::Read {
+                ch,
+                conn,
+                id,
+                since,
+                limit,
+                sub,
+            } => {
+                let result = self.read(&ch, since.as_ref(), limit, sub.is_some());
+                match sub {
+                    Some(ticket) => self.tell(Event::Snapshot {
+                        ch,
+                        conn,
+                        id,
+                        ticket,
+                        result,
+                    }),
+                    None => {
+                        let text = match result {
+                            Ok(snap) => encode::snapshot_reply(id, &snap),
+                            Err(e) => encode::reply(&Reply::<Empty>::err(Some(id), e)),
+                        };
+                        self.tell(Event::Reply { conn, text });
                     }
                 }
             }
@@ -189,9 +205,7 @@ impl EngineThread {
                 }
             }
         }
-        self.con
-            .as_mut()
-            .ok_or_else(|| unavailable("no connection"))
+        self.con.as_mut().ok_or_else(|| unavailable("no connection"))
     }
 
     fn connect(&self) -> Result<Connection, RedisError> {
@@ -211,10 +225,7 @@ impl EngineThread {
     }
 
     /// Runs `f` on the connection; an I/O error or a timeout drops the connection.
-    fn call<T>(
-        &mut self,
-        f: impl FnOnce(&mut Connection) -> Result<T, RedisError>,
-    ) -> Result<T, ErrorBody> {
+    fn call<T>(&mut self, f: impl FnOnce(&mut Connection) -> Result<T, RedisError>) -> Result<T, ErrorBody> {
         let con = self.connection()?;
         f(con).map_err(|e| {
             if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
@@ -264,7 +275,11 @@ impl EngineThread {
         let cap = self.limits.history_size as u64;
         // A `sub` reads everything after `since` (at most the history size); a `history`
         // reads at most `limit`.
-        let limit = if create { cap } else { limit.unwrap_or(cap).min(cap) };
+        let limit = if create {
+            cap
+        } else {
+            limit.unwrap_or(cap).min(cap)
+        };
         let script = self.read.clone();
         let epoch = new_epoch();
         let (epoch, top, entries): (String, u64, Vec<String>) = self.call(|con| {

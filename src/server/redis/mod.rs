@@ -68,10 +68,11 @@ const JOB_QUEUE: usize = 4096;
 /// How the engine's connections retry: quickly at first (a Redis restart is short),
 /// at most every 5 s, with jitter so a fleet of nodes does not reconnect in step.
 pub(crate) fn reconnect_backoff() -> BackoffConfig {
-    let mut b = BackoffConfig::default();
-    b.initial = Duration::from_millis(100);
-    b.max = Duration::from_secs(5);
-    b
+    BackoffConfig {
+        initial: Duration::from_millis(100),
+        max: Duration::from_secs(5),
+        ..BackoffConfig::default()
+    }
 }
 
 /// The Redis names of one wshub channel.
@@ -297,10 +298,13 @@ impl RedisSide {
     }
 
     fn job(&self, job: Job) -> Result<(), ErrorBody> {
-        match self.jobs.as_ref().map(|j| j.try_send(job)) {
-            Some(Ok(())) => Ok(()),
-            Some(Err(TrySendError::Full(_))) => Err(busy()),
-            _ => Err(not_here()),
+        let Some(jobs) = &self.jobs else {
+            return Err(not_here());
+        };
+        match jobs.try_send(job) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => Err(busy()),
+            Err(TrySendError::Disconnected(_)) => Err(not_here()),
         }
     }
 
@@ -541,7 +545,8 @@ impl RedisSide {
                 let waiting: Vec<_> = node.pending.iter().map(|(c, p)| (*c, p.id)).collect();
                 for (conn, id) in waiting {
                     self.drop_sub(conn, &ch);
-                    let e = ErrorBody::new(ErrorCode::Unavailable, "engine unavailable: Redis is unreachable");
+                    let e =
+                        ErrorBody::new(ErrorCode::Unavailable, "engine unavailable: Redis is unreachable");
                     self.offer(out, conn, encode::reply(&Reply::<Empty>::err(Some(id), e)));
                 }
             }
@@ -571,7 +576,10 @@ impl RedisSide {
                     let pending: Vec<_> = self.nodes[&ch].pending.iter().map(|(c, p)| (*c, p.id)).collect();
                     for (conn, id) in pending {
                         self.drop_sub(conn, &ch);
-                        let e = ErrorBody::new(ErrorCode::Unavailable, "engine unavailable: Redis connection lost");
+                        let e = ErrorBody::new(
+                            ErrorCode::Unavailable,
+                            "engine unavailable: Redis connection lost",
+                        );
                         self.offer(out, conn, encode::reply(&Reply::<Empty>::err(Some(id), e)));
                     }
                     let live: Vec<ConnId> = self.subs.subscribers(&ch).collect();
