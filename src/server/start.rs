@@ -104,11 +104,11 @@ impl ServerBuilder {
         let metrics = Arc::new(Metrics::default());
         let (hub_tx, hub_rx) = bounded(HUB_QUEUE);
         let health = Arc::new(EngineHealth::up());
-        let hub = Hub::new(hub_tx.clone(), routes.paths(), metrics.clone(), health.clone());
+        let hub = Hub::new(hub_tx, routes.paths(), metrics.clone(), health.clone());
         let ping_interval = config.ping_interval;
         let limits = config.channel_limits();
         let hub_metrics = metrics.clone();
-        let remote = remote_engine(&config, limits, health, hub_tx)?;
+        let remote = remote_engine(&config, limits, health, hub.clone())?;
         let hub_thread = spawn("wshub-hub", move || {
             hub::run(hub_rx, ping_interval, limits, hub_metrics, remote)
         })?;
@@ -185,7 +185,7 @@ fn remote_engine(
     config: &Config,
     limits: crate::pubsub::Limits,
     health: Arc<EngineHealth>,
-    hub: crossbeam_channel::Sender<hub::HubMsg>,
+    hub: Hub,
 ) -> Result<Option<crate::server::redis::RedisSide>, Error> {
     let Engine::Redis(url) = &config.engine else {
         return Ok(None);
@@ -202,7 +202,7 @@ fn remote_engine(
     _config: &Config,
     _limits: crate::pubsub::Limits,
     _health: Arc<EngineHealth>,
-    _hub: crossbeam_channel::Sender<hub::HubMsg>,
+    _hub: Hub,
 ) -> Result<Option<hub::off::Remote>, Error> {
     Ok(None)
 }

@@ -14,7 +14,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 use log::{info, warn};
 use rand::RngExt;
 use redis::{Client, Connection, RedisError, Script};
@@ -27,7 +27,7 @@ use crate::pubsub::relay::{self, Template};
 use crate::pubsub::{ConnId, Limits};
 use crate::server::engine::EngineHealth;
 use crate::server::error::PublishError;
-use crate::server::hub::HubMsg;
+use crate::server::hub::{Hub, HubMsg};
 
 /// How long a channel's epoch and top offset stay in Redis after its last `pub` or
 /// `sub`: past it the channel starts again with a new epoch (as a channel dropped from
@@ -73,7 +73,7 @@ pub(crate) struct EngineThread {
     timeout: Duration,
     limits: Limits,
     health: Arc<EngineHealth>,
-    hub: Sender<HubMsg>,
+    hub: Hub,
     publish: Script,
     read: Script,
 }
@@ -93,7 +93,7 @@ impl EngineThread {
         timeout: Duration,
         limits: Limits,
         health: Arc<EngineHealth>,
-        hub: Sender<HubMsg>,
+        hub: Hub,
     ) -> EngineThread {
         EngineThread {
             client,

@@ -55,7 +55,7 @@ use crate::pubsub::{Channels, ConnId, Limits, Published, Store};
 use crate::server::commands::{ApiPublish, text_frame};
 use crate::server::engine::EngineHealth;
 use crate::server::error::PublishError;
-use crate::server::hub::{HubMsg, PeerHandle};
+use crate::server::hub::{Hub, PeerHandle};
 use crate::server::metrics::{HubStats, Metrics};
 use crate::server::registry::{Offer, Peer, Registry};
 use engine::{EngineThread, Job};
@@ -258,7 +258,7 @@ impl RedisSide {
         timeout: Duration,
         limits: Limits,
         health: Arc<EngineHealth>,
-        hub: Sender<HubMsg>,
+        hub: Hub,
     ) -> Result<RedisSide, String> {
         let client = redis::Client::open(url).map_err(|e| format!("engine {url:?}: {e}"))?;
         let (jobs_tx, jobs_rx) = bounded(JOB_QUEUE);

@@ -15,7 +15,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 use log::{info, warn};
 use redis::{Client, Connection};
 
@@ -24,7 +24,7 @@ use crate::client::backoff::Backoff;
 use crate::pubsub::encode::Encoded;
 use crate::pubsub::relay;
 use crate::server::engine::EngineHealth;
-use crate::server::hub::HubMsg;
+use crate::server::hub::{Hub, HubMsg};
 
 /// How long a read on the PUB/SUB connection waits before the thread looks at its
 /// requests again: the most a `sub` on a channel new to this node waits for its Redis
@@ -52,7 +52,7 @@ pub(crate) fn run(
     client: Client,
     timeout: Duration,
     ctl: Receiver<Ctl>,
-    hub: Sender<HubMsg>,
+    hub: Hub,
     health: Arc<EngineHealth>,
 ) {
     let tell = |e: Event| {
