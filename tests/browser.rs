@@ -168,6 +168,32 @@ fn two_pages_chat_and_see_the_same_offsets() {
 }
 
 #[test]
+fn two_pages_show_who_is_online_and_see_a_page_leave() {
+    watchdog(TEST_LIMIT, || {
+        let Some(b) = browser_or_skip("who is online") else {
+            return;
+        };
+        let server = start(test_config());
+        let addr = server.local_addr();
+        let (alice, bob) = two_pages(&b, "lobby", addr, addr);
+        let both = "return document.getElementById('who').textContent === 'alice, bob'";
+        b.wait_for("Bob's page to list alice and bob", both, SHOW);
+        b.switch_to(&alice);
+        b.wait_for("Alice's page to list alice and bob (Bob's join)", both, SHOW);
+        keep_screenshot(&b, "who-is-online.png");
+        b.switch_to(&bob);
+        b.exec("window.wshubDemo.client.close()", json!([]));
+        b.switch_to(&alice);
+        b.wait_for(
+            "Alice's page to see Bob leave",
+            "return document.getElementById('who').textContent === 'alice'",
+            SHOW,
+        );
+        assert_eq!(text_of(&b, "online"), "1 connection, 1 user");
+    });
+}
+
+#[test]
 fn pages_reconnect_after_a_server_restart_and_say_they_did_not_recover() {
     watchdog(TEST_LIMIT, || {
         let Some(b) = browser_or_skip("server restart") else {

@@ -423,3 +423,26 @@ fn a_gap_in_what_redis_delivers_ends_the_subscription_with_code_6() {
         drop(redis);
     });
 }
+
+#[test]
+fn presence_with_the_redis_engine_is_refused_not_answered_for_one_node_only() {
+    let Some(redis) = RedisServer::start_or_skip("presence_refused") else {
+        return;
+    };
+    watchdog(LIMIT, move || {
+        let a = node(&redis.url());
+        let mut peer = Peer::connect(a.local_addr());
+        let hello = peer.cmd(json!({"op": "hello", "user": "ann"}));
+        assert!(
+            hello.get("ok").is_some(),
+            "hello works with either engine: {hello}"
+        );
+        let p = peer.cmd(json!({"op": "presence", "ch": "p"}));
+        assert_eq!(p["err"]["code"], 1, "{p}");
+        let s = peer.cmd(json!({"op": "sub", "ch": "p", "joins": true}));
+        assert_eq!(s["err"]["code"], 1, "{s}");
+        assert!(s["err"]["msg"].as_str().unwrap().contains("Redis"), "{s}");
+        peer.sub("p", None);
+        drop(redis);
+    });
+}

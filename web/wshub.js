@@ -21,10 +21,17 @@
  * Events on the client (EventTarget, `event.detail`):
  *   "state"      {state: "connecting" | "open" | "reconnecting" | "closed", attempt, delay}
  *   "error"      {code, msg}: an error reply with no command to give it to
+ *   "hello"      {client, user}: the server accepted the hello (sent on every connection)
+ *   "hellofailed" {code, msg}: it refused it (in token mode it then closes with 4001)
  * Events on a subscription:
  *   "subscribed" {ch, epoch, offset, recovered (true/false, or null on the first sub), missed}
  *   "pub"        {ch, offset, data, from}
  *   "unsub"      {ch, code, reason}: the server ended the subscription
+ *   "join"       {ch, client, user, info}: another connection subscribed (with {joins: true})
+ *   "leave"      {ch, client, user, info}: another connection left (unsub, closed, died, cut)
+ *
+ * Presence: client.presence(ch) resolves with {clients: [{client, user, info}],
+ * num_clients, num_users} (for a channel this client is subscribed to).
  */
 (function (global) {
   "use strict";
@@ -62,6 +69,12 @@
 
     _emit(type, detail) {
       this.dispatchEvent(new CustomEvent(type, { detail }));
+    }
+
+    /** Delivers one push that waited for the sub reply, in its order. */
+    _deliverPush(m) {
+      if (m.push === "pub") this._deliver(m);
+      else this._emit(m.push, { ch: m.ch, client: m.client, user: m.user, info: m.info || null });
     }
 
     /** Delivers one publication unless its offset was delivered already. */
@@ -149,11 +162,13 @@
       this._setState("closed");
     }
 
-    /** Subscribes to `ch`; `onPub(pub)` (optional) is added as a "pub" listener. */
-    subscribe(ch, onPub) {
+    /** Subscribes to `ch`; `onPub(pub)` (optional) is added as a "pub" listener.
+     *  options: {joins: true} also delivers "join" and "leave" events. */
+    subscribe(ch, onPub, options) {
       let sub = this.subs.get(ch);
       if (!sub) {
         sub = new Subscription(this, ch);
+        sub.joins = !!(options && options.joins);
         this.subs.set(ch, sub);
         if (this.state === "open") this._sendSub(sub);
       }
@@ -185,6 +200,11 @@
       return this._call(cmd, true);
     }
 
+    /** Who is subscribed to `ch`: resolves with {clients, num_clients, num_users}. */
+    presence(ch) {
+      return this._call({ op: "presence", ch }, true);
+    }
+
     /** Sends a command and returns a promise of its ok reply. `resend`: send it again
      *  after a reconnect when no reply came (safe for pub with a key, and for reads). */
     _call(cmd, resend) {
@@ -208,6 +228,7 @@
     _sendSub(sub) {
       const cmd = { op: "sub", ch: sub.ch };
       if (sub.epoch !== null && sub.offset !== null) cmd.since = { epoch: sub.epoch, offset: sub.offset };
+      if (sub.joins) cmd.joins = true;
       sub.active = false;
       sub.pending = [];
       const id = this.nextId++;
@@ -242,7 +263,7 @@
       if (sub.offset < ok.offset) sub.offset = ok.offset;
       const early = sub.pending;
       sub.pending = [];
-      for (const p of early) sub._deliver(p);
+      for (const p of early) sub._deliverPush(p);
     }
 
     _onOpen(ws) {
@@ -252,9 +273,14 @@
       this.attempt = 0;
       this._setState("open");
       if (this.hello) {
-        // Servers that do not know `hello` answer with an error, which is ignored.
+        // Sent before the subscriptions, so the server knows who resubscribes.
         const id = this.nextId++;
-        this.calls.set(id, { cmd: Object.assign({ op: "hello" }, this.hello), internal: true, resolve() {}, reject() {} });
+        this.calls.set(id, {
+          cmd: Object.assign({ op: "hello" }, this.hello),
+          internal: true,
+          resolve: (ok) => this._emit("hello", ok),
+          reject: (err) => this._emit("hellofailed", { code: err.code, msg: err.message }),
+        });
         this._send(id, this.calls.get(id));
       }
       for (const sub of this.subs.values()) this._sendSub(sub);
@@ -273,10 +299,10 @@
       } catch (e) {
         return;
       }
-      if (msg.push === "pub") {
+      if (msg.push === "pub" || msg.push === "join" || msg.push === "leave") {
         const sub = this.subs.get(msg.ch);
         if (!sub) return;
-        if (sub.active) sub._deliver(msg);
+        if (sub.active) sub._deliverPush(msg);
         else sub.pending.push(msg);
         return;
       }

@@ -81,6 +81,11 @@ pub fn snapshot_reply(id: u64, snap: &Snapshot<Encoded>) -> Utf8Bytes {
     Utf8Bytes::from(out)
 }
 
+/// Any push but a publication's (`join`, `leave`, `unsub`), through its `serde` type.
+pub fn push_frame(push: &super::protocol::Push) -> Utf8Bytes {
+    Utf8Bytes::from(serde_json::to_string(push).unwrap_or_default())
+}
+
 /// Any other reply, through its `serde` type.
 pub fn reply<T: Serialize>(reply: &Reply<T>) -> Utf8Bytes {
     Utf8Bytes::from(serde_json::to_string(reply).unwrap_or_default())

@@ -13,6 +13,9 @@
 //! - [`encode`]: the server's output, each publication encoded once.
 //! - [`history`], [`recovery`], [`idempotency`]: the ring of recent publications, the
 //!   `since` decision, the `(channel, key)` cache.
+//! - [`auth`]: who a client is and what it may do ([`auth::Authorizer`]), called on the
+//!   readers, not here.
+//! - [`presence`]: identities, channel members, join/leave watchers, owned by the hub.
 //! - [`channel`]: [`MemoryStore`], the default engine: epochs, offsets, history.
 //! - [`Channels`]: which connection is subscribed to what (always local to this server)
 //!   in front of a [`Store`], the seam where another engine (Redis, issue #13) can stand
@@ -26,10 +29,12 @@
 //! snapshot in one step too. So the reply to a `sub` and the pushes after it join with no
 //! gap and no duplicate, and every subscriber sees one order.
 
+pub mod auth;
 pub mod channel;
 pub mod encode;
 pub mod history;
 pub mod idempotency;
+pub mod presence;
 pub mod protocol;
 pub mod recovery;
 pub mod relay;
@@ -217,11 +222,19 @@ impl<S: Store> Channels<S> {
         self.store.close(ch);
     }
 
-    /// Drops every subscription of `conn` (it has gone, or was cut).
-    pub fn remove_conn(&mut self, conn: ConnId) {
-        for ch in self.by_conn.remove(&conn).unwrap_or_default() {
-            self.leave(conn, &ch);
+    /// Drops every subscription of `conn` (it has gone, or was cut) and returns the
+    /// channels it was subscribed to (none the second time).
+    pub fn remove_conn(&mut self, conn: ConnId) -> Vec<Arc<str>> {
+        let chs = self.by_conn.remove(&conn).unwrap_or_default();
+        for ch in &chs {
+            self.leave(conn, ch);
         }
+        chs
+    }
+
+    /// Whether `conn` is subscribed to `ch`.
+    pub fn is_subscribed(&self, conn: ConnId, ch: &str) -> bool {
+        self.by_channel.get(ch).is_some_and(|m| m.contains(&conn))
     }
 
     /// Publishes; the caller then offers the publication to [`subscribers`](Self::subscribers).

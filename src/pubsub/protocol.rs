@@ -48,11 +48,25 @@ pub struct StreamPosition {
 
 /// A command's operation and fields, tagged by `"op"`.
 ///
-/// `#[non_exhaustive]`: later versions add ops (`hello`, `presence`).
+/// `#[non_exhaustive]`: later versions may add ops.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "lowercase")]
 #[non_exhaustive]
 pub enum Command {
+    /// Say who this client is: a `token` (token mode) or a `user` (open mode), and the
+    /// `info` its presence entry carries. The reply is a [`Welcome`].
+    Hello {
+        /// A signed token (JWT); required in token mode, ignored in open mode.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<String>,
+        /// The user name, in open mode (default `""`); ignored in token mode.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<String>,
+        /// A JSON object of at most [`MAX_INFO_LEN`] bytes, attached to the presence
+        /// entry (in token mode the token's `info` claim wins).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        info: Option<Value>,
+    },
     /// Subscribe to `ch`. With `since`, recover what was published after it.
     Sub {
         /// The channel.
@@ -60,6 +74,9 @@ pub enum Command {
         /// The last position the client saw, to recover from.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         since: Option<StreamPosition>,
+        /// Also push `join` and `leave` when other connections subscribe to or leave `ch`.
+        #[serde(default, skip_serializing_if = "is_false")]
+        joins: bool,
     },
     /// End the subscription to `ch`.
     Unsub {
@@ -89,6 +106,15 @@ pub enum Command {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         limit: Option<u64>,
     },
+    /// Who is subscribed to `ch`: a [`PresenceList`].
+    Presence {
+        /// The channel.
+        ch: String,
+    },
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl Command {
@@ -99,22 +125,68 @@ impl Command {
             Command::Unsub { .. } => "unsub",
             Command::Pub { .. } => "pub",
             Command::History { .. } => "history",
+            Command::Hello { .. } => "hello",
+            Command::Presence { .. } => "presence",
         }
     }
 
-    /// The channel the command is about.
-    pub fn channel(&self) -> &str {
+    /// The channel the command is about (`None` for `hello`).
+    pub fn channel(&self) -> Option<&str> {
         match self {
             Command::Sub { ch, .. }
             | Command::Unsub { ch }
             | Command::Pub { ch, .. }
-            | Command::History { ch, .. } => ch,
+            | Command::History { ch, .. }
+            | Command::Presence { ch } => Some(ch),
+            Command::Hello { .. } => None,
         }
     }
 }
 
 /// The ops this version knows; any other is error 1 ("unknown op").
-pub const OPS: &[&str] = &["sub", "unsub", "pub", "history"];
+pub const OPS: &[&str] = &["hello", "sub", "unsub", "pub", "history", "presence"];
+
+/// The largest presence `info`, in bytes of its JSON text (a `hello`'s or a token's).
+pub const MAX_INFO_LEN: usize = 1024;
+
+/// The longest user name, in bytes.
+pub const MAX_USER_LEN: usize = 255;
+
+/// The `ok` of a `hello` reply: `{"client":"<connection id>","user":"<user>"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// This connection's id, as `from.client` and presence entries show it.
+    pub client: String,
+    /// The user the server took this client for.
+    pub user: String,
+}
+
+/// One connection in a channel's presence, and the body of `push join` / `push leave`
+/// (with `ch`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Member {
+    /// The channel: set in pushes, absent in a [`PresenceList`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ch: Option<String>,
+    /// The connection's id.
+    pub client: String,
+    /// Its user (`""` when it never said).
+    pub user: String,
+    /// Its presence info, when it has any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub info: Option<Value>,
+}
+
+/// The `ok` of a `presence` reply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PresenceList {
+    /// The subscribed connections, at most the server's presence-list limit of them.
+    pub clients: Vec<Member>,
+    /// How many connections are subscribed (exact, even past the list limit).
+    pub num_clients: u64,
+    /// How many distinct users they are (exact).
+    pub num_users: u64,
+}
 
 /// One command as sent: `{"id":N,"op":..,..}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -288,8 +360,8 @@ impl<T> Reply<T> {
 
 /// A message the server sends unasked, tagged by `"push"`.
 ///
-/// `#[non_exhaustive]`: later versions add pushes (`join`, `leave`); a client should
-/// ignore a push it does not know.
+/// `#[non_exhaustive]`: later versions may add pushes; a client should ignore a push it
+/// does not know.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "push", rename_all = "lowercase")]
 #[non_exhaustive]
@@ -306,6 +378,10 @@ pub enum Push {
         /// Human-readable detail.
         reason: String,
     },
+    /// Another connection subscribed to a channel this one subscribed to with `joins`.
+    Join(Member),
+    /// Another connection left such a channel: it unsubscribed, closed, died or was cut.
+    Leave(Member),
 }
 
 /// Anything the server sends on `/ws`: a reply or a push.
@@ -362,7 +438,20 @@ pub fn parse_request(text: &str) -> Result<Request, Rejected> {
     }
     let command: Command =
         serde_json::from_value(Value::Object(map)).map_err(|e| Rejected::bad(Some(id), e.to_string()))?;
-    validate_channel(command.channel()).map_err(|msg| Rejected::bad(Some(id), msg))?;
+    if let Some(ch) = command.channel() {
+        validate_channel(ch).map_err(|msg| Rejected::bad(Some(id), msg))?;
+    }
+    if let Command::Hello { user, info, .. } = &command {
+        if user.as_ref().is_some_and(|u| u.len() > MAX_USER_LEN) {
+            return Err(Rejected::bad(
+                Some(id),
+                format!("\"user\" must be at most {MAX_USER_LEN} bytes"),
+            ));
+        }
+        if let Some(info) = info {
+            validate_info(info).map_err(|err| Rejected { id: Some(id), err })?;
+        }
+    }
     if let Command::Pub { key: Some(key), .. } = &command {
         if key.is_empty() || key.len() > MAX_KEY_LEN {
             return Err(Rejected::bad(
@@ -372,6 +461,25 @@ pub fn parse_request(text: &str) -> Result<Request, Rejected> {
         }
     }
     Ok(Request { id, command })
+}
+
+/// Checks a presence `info`: a JSON object (error 1) of at most [`MAX_INFO_LEN`] bytes
+/// as JSON text (error 4).
+pub fn validate_info(info: &Value) -> Result<(), ErrorBody> {
+    if !info.is_object() {
+        return Err(ErrorBody::new(
+            ErrorCode::BadRequest,
+            "\"info\" must be a JSON object",
+        ));
+    }
+    let len = serde_json::to_string(info).map_or(usize::MAX, |s| s.len());
+    if len > MAX_INFO_LEN {
+        return Err(ErrorBody::new(
+            ErrorCode::LimitExceeded,
+            format!("\"info\" must be at most {MAX_INFO_LEN} bytes of JSON, got {len}"),
+        ));
+    }
+    Ok(())
 }
 
 fn valid_id(map: &Map<String, Value>) -> Option<u64> {
@@ -414,6 +522,7 @@ mod tests {
         let req = Request {
             id: 7,
             command: Command::Sub {
+                joins: false,
                 ch: "room:1".into(),
                 since: Some(StreamPosition {
                     epoch: "ab".into(),

@@ -16,6 +16,14 @@
 //!
 //! A connection whose queue is full is a slow consumer: it is cut at once, as on `/chat`,
 //! and its subscriptions end with it (its client recovers with `since`).
+//!
+//! Presence ([`Presence`]) changes in the same step as the subscription it follows: a
+//! `sub` offers its `join` to the channel's watchers right after its reply, an `unsub`
+//! its `leave`, and a connection that goes (closed, dead, cut) one `leave` per channel,
+//! exactly once, through [`Hubside::forget`]. So watchers see joins, leaves and
+//! publications of one channel in the one order the hub executed them. Identity and
+//! permissions were checked on the connection's reader before the command got here
+//! ([`crate::pubsub::auth`]); only "is it subscribed" (for `presence`) needs the hub.
 
 use std::time::Instant;
 
@@ -24,8 +32,14 @@ use log::info;
 use serde_json::Value;
 use tungstenite::{Message, Utf8Bytes};
 
+use std::sync::Arc;
+
+use crate::pubsub::auth::Identity;
 use crate::pubsub::encode;
-use crate::pubsub::protocol::{Command, Empty, Reply, Request, StreamPosition};
+use crate::pubsub::presence::{Event, Presence};
+use crate::pubsub::protocol::{
+    Command, Empty, ErrorBody, ErrorCode, Push, Reply, Request, StreamPosition, Welcome,
+};
 use crate::pubsub::{Channels, ConnId};
 use crate::server::error::PublishError;
 use crate::server::hub::PeerHandle;
@@ -40,6 +54,11 @@ pub(crate) struct ConnCommand {
     pub conn: ConnId,
     /// The command.
     pub request: Request,
+    /// For `hello`: who the reader's authorizer found the client to be.
+    pub identity: Option<Arc<Identity>>,
+    /// For `presence`: the authorizer lets this client list the channel without being
+    /// subscribed to it.
+    pub presence_any: bool,
 }
 
 /// A publication through [`Hub::publish`](crate::Hub::publish).
@@ -60,13 +79,19 @@ pub(crate) struct ApiPublish {
 pub(crate) struct Hubside<'a> {
     pub channels: &'a mut Channels,
     pub registry: &'a mut Registry<PeerHandle>,
+    pub presence: &'a mut Presence,
     pub metrics: &'a Metrics,
 }
 
 impl Hubside<'_> {
     /// Executes one command and offers its reply (and, for `pub`, the pushes).
     pub(crate) fn execute(&mut self, cmd: ConnCommand, now: Instant) {
-        let ConnCommand { conn, request } = cmd;
+        let ConnCommand {
+            conn,
+            request,
+            identity,
+            presence_any,
+        } = cmd;
         // A connection cut as a slow consumer may still have commands in the inbox:
         // they would only rebuild state for a connection that is gone.
         if self.registry.get(conn).is_none() {
@@ -74,17 +99,41 @@ impl Hubside<'_> {
         }
         let id = request.id;
         let reply = match request.command {
-            Command::Sub { ch, since } => match self.channels.subscribe(conn, &ch, since.as_ref(), now) {
-                Ok(snap) => {
-                    self.metrics.recovery(snap.recovered);
-                    encode::snapshot_reply(id, &snap)
+            Command::Hello { .. } => self.hello(conn, id, identity),
+            Command::Sub { ch, since, joins } => {
+                match self.channels.subscribe(conn, &ch, since.as_ref(), now) {
+                    Ok(snap) => {
+                        self.metrics.recovery(snap.recovered);
+                        // The reply first, so the subscriber's own view starts before any
+                        // push; then the others hear of it.
+                        self.send(conn, encode::snapshot_reply(id, &snap));
+                        let join = self.presence.join(conn, &ch, joins);
+                        self.announce(Push::Join, join);
+                        return;
+                    }
+                    Err(e) => encode::reply(&Reply::<Empty>::err(Some(id), e)),
+                }
+            }
+            Command::Unsub { ch } => match self.channels.unsubscribe(conn, &ch) {
+                Ok(()) => {
+                    self.send(conn, encode::reply(&Reply::ok(id, Empty {})));
+                    let leave = self.presence.leave(conn, &ch);
+                    self.announce(Push::Leave, leave);
+                    return;
                 }
                 Err(e) => encode::reply(&Reply::<Empty>::err(Some(id), e)),
             },
-            Command::Unsub { ch } => match self.channels.unsubscribe(conn, &ch) {
-                Ok(()) => encode::reply(&Reply::ok(id, Empty {})),
-                Err(e) => encode::reply(&Reply::<Empty>::err(Some(id), e)),
-            },
+            Command::Presence { ch } => {
+                if presence_any || self.channels.is_subscribed(conn, &ch) {
+                    encode::reply(&Reply::ok(id, self.presence.list(&ch)))
+                } else {
+                    let e = ErrorBody::new(
+                        ErrorCode::Forbidden,
+                        format!("presence of {ch} is for its subscribers"),
+                    );
+                    encode::reply(&Reply::<Empty>::err(Some(id), e))
+                }
+            }
             Command::Pub { ch, data, key } => {
                 match self.publish(&ch, &data, key.as_deref(), Some(conn), now) {
                     Ok(position) => encode::reply(&Reply::ok(id, position)),
@@ -99,6 +148,51 @@ impl Hubside<'_> {
             }
         };
         self.send(conn, reply);
+    }
+
+    /// Records who `conn` is; error 2 once it has subscribed to anything (its presence
+    /// entries are already out under the old name).
+    fn hello(&mut self, conn: ConnId, id: u64, identity: Option<Arc<Identity>>) -> Utf8Bytes {
+        if self.channels.subscription_count(conn) > 0 || self.presence.is_identified(conn) {
+            let e = ErrorBody::new(ErrorCode::BadState, "hello must be the first command");
+            return encode::reply(&Reply::<Empty>::err(Some(id), e));
+        }
+        let who = identity.unwrap_or_default();
+        self.presence.identify(conn, &who.user, who.info.clone());
+        encode::reply(&Reply::ok(
+            id,
+            Welcome {
+                client: conn.to_string(),
+                user: who.user.clone(),
+            },
+        ))
+    }
+
+    /// Offers a join or leave to the watchers it names; a watcher too slow to take it
+    /// is cut (and its own leaves follow).
+    fn announce(&mut self, push: fn(crate::pubsub::protocol::Member) -> Push, event: Event) {
+        if event.to.is_empty() {
+            return;
+        }
+        let frame = text_frame(encode::push_frame(&push(event.member)));
+        for watcher in event.to {
+            match self.registry.get(watcher).map(|peer| peer.offer(&frame)) {
+                Some(Offer::Queued) => self.metrics.sent(1, frame.payload().len()),
+                None => {}
+                Some(offer) => self.drop_conn(watcher, offer),
+            }
+        }
+    }
+
+    /// Ends every subscription of `conn`, which has gone or been cut, with one `leave`
+    /// per channel to its watchers, and forgets who it was. A second call finds nothing
+    /// left, so each connection's leaves go out exactly once.
+    pub(crate) fn forget(&mut self, conn: ConnId) {
+        for ch in self.channels.remove_conn(conn) {
+            let leave = self.presence.leave(conn, &ch);
+            self.announce(Push::Leave, leave);
+        }
+        self.presence.forget(conn);
     }
 
     /// A publication through the server API: no `from`, no key.
@@ -153,14 +247,14 @@ impl Hubside<'_> {
     }
 
     /// Forgets a connection that could not take a frame; a slow one is cut.
-    fn drop_conn(&mut self, conn: ConnId, offer: Offer) {
-        self.channels.remove_conn(conn);
+    pub(crate) fn drop_conn(&mut self, conn: ConnId, offer: Offer) {
         if let Some(peer) = self.registry.remove(conn) {
             if offer == Offer::Full {
                 info!("connection {conn}: slow consumer on /ws (queue full), disconnecting");
                 peer.cut();
             }
         }
+        self.forget(conn);
     }
 }
 

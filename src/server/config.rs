@@ -105,6 +105,39 @@ impl From<&str> for ApiKey {
     }
 }
 
+/// The secret token mode checks `hello` tokens with (HS256). Like [`ApiKey`], `Debug`
+/// does not show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TokenSecret(Vec<u8>);
+
+impl TokenSecret {
+    /// The secret itself.
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for TokenSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenSecret(<redacted>)")
+    }
+}
+
+impl From<&str> for TokenSecret {
+    fn from(secret: &str) -> TokenSecret {
+        TokenSecret(secret.as_bytes().to_vec())
+    }
+}
+
+impl From<Vec<u8>> for TokenSecret {
+    fn from(secret: Vec<u8>) -> TokenSecret {
+        TokenSecret(secret)
+    }
+}
+
+/// The default of [`Config::max_presence_list`].
+pub(crate) const DEFAULT_MAX_PRESENCE_LIST: usize = 1000;
+
 /// Configuration of a [`Server`](crate::Server).
 ///
 /// Build it with [`Config::default`] and set the fields you need; the server calls
@@ -202,6 +235,13 @@ pub struct Config {
     /// With the Redis engine: the limit on connecting to Redis and on each reply from it.
     /// A `pub` that gets no answer within it fails with error 6. Default 2 s.
     pub engine_timeout: Duration,
+    /// Token mode on `/ws`: `hello` with an HS256 JWT signed by this secret must come
+    /// first, within the handshake timeout (else Close 4001). `None` (the default): open
+    /// mode, `hello` optional. An authorizer set on the builder takes precedence.
+    pub token_secret: Option<TokenSecret>,
+    /// Members a `presence` reply lists at most (the counts are always exact).
+    /// Default 1000.
+    pub max_presence_list: usize,
 }
 
 /// Where `/ws` channel streams (epochs, offsets, history, idempotency keys) live.
@@ -246,6 +286,8 @@ impl Default for Config {
             max_channels: DEFAULT_MAX_CHANNELS,
             engine: Engine::Memory,
             engine_timeout: DEFAULT_ENGINE_TIMEOUT,
+            token_secret: None,
+            max_presence_list: DEFAULT_MAX_PRESENCE_LIST,
         }
     }
 }
@@ -294,6 +336,9 @@ impl Config {
             return Err(ConfigError::new(
                 "max subscriptions and max channels must be at least 1",
             ));
+        }
+        if self.token_secret.as_ref().is_some_and(|s| s.0.is_empty()) {
+            return Err(ConfigError::new("the token secret must not be empty"));
         }
         if self.read_buffer_size < 256 {
             return Err(ConfigError::new("read buffer size must be at least 256 bytes"));

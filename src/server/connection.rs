@@ -61,6 +61,8 @@ const HEAD_CHUNK: usize = 1024;
 pub(crate) struct Shared {
     pub config: Config,
     pub routes: Routes,
+    /// Who `/ws` clients are and what they may do; called on the readers.
+    pub authorizer: Arc<dyn crate::pubsub::auth::Authorizer>,
     pub hub: Hub,
     pub metrics: Arc<Metrics>,
 }
@@ -364,6 +366,7 @@ fn serve(sock: Arc<TcpStream>, id: ConnId, upgrade: Upgrade, writer: WriterLink,
         write: side.clone(),
         hub: shared.hub.clone(),
         write_timeout: config.write_timeout,
+        authorizer: shared.authorizer.clone(),
     });
     let registered = shared
         .hub

@@ -19,11 +19,18 @@ use crossbeam_channel::{SendTimeoutError, Sender};
 use crate::server::queue::{OutboundTx, PushError};
 use tungstenite::Message;
 
+use std::sync::OnceLock;
+
+use log::info;
+
+use crate::pubsub::auth::{Action, Authorizer, Hello, Identity};
 use crate::pubsub::encode;
-use crate::pubsub::protocol::{SUBPROTOCOL, parse_request};
+use crate::pubsub::protocol::{
+    self, Command, Empty, ErrorBody, ErrorCode, Reply, SUBPROTOCOL, parse_request,
+};
 use crate::server::commands::ConnCommand;
 use crate::server::error::SendError;
-use crate::server::hub::{Hub, HubMsg};
+use crate::server::hub::{Hub, HubMsg, UNAUTHORIZED_CLOSE};
 use crate::server::registry::ConnId;
 use crate::server::writer::{Ctrl, WriteSide};
 use crate::ws::close_policy::UNSUPPORTED_DATA;
@@ -112,22 +119,25 @@ impl Handler for Chat {
 /// open), and sends valid commands to the hub, which executes them in one order for
 /// every connection and writes the replies and pushes. A binary frame gets Close 1003.
 /// Selects the subprotocol `wshub.v1` when the client offers it.
+///
+/// Identity and permissions are checked here too, on the reader, before a command is
+/// forwarded: the server's [`Authorizer`] takes the `hello` and is asked about each
+/// `sub`, `pub`, `history` and `presence`, so user code never runs on the hub thread.
+/// The identity lives in the [`Connection`] (set once, by this thread).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Ws;
 
 impl Handler for Ws {
+    fn on_open(&self, conn: &Connection) {
+        if conn.inner.authorizer.requires_hello() {
+            let _ = conn.hub().send(HubMsg::AwaitHello(conn.id()));
+        }
+    }
+
     fn on_message(&self, conn: &Connection, msg: Message) {
         match msg {
             Message::Text(text) => match parse_request(&text) {
-                Ok(request) => {
-                    let cmd = ConnCommand {
-                        conn: conn.id(),
-                        request,
-                    };
-                    // Fails only when the hub has stopped: the server is going away and
-                    // the drain closes this connection.
-                    let _ = conn.hub().send(HubMsg::Command(Box::new(cmd)));
-                }
+                Ok(request) => ws_command(conn, request),
                 Err(rejected) => {
                     let _ = conn.send(Message::Text(encode::reply(&rejected.reply())));
                 }
@@ -142,6 +152,83 @@ impl Handler for Ws {
     fn subprotocols(&self) -> &'static [&'static str] {
         &[SUBPROTOCOL]
     }
+}
+
+/// Checks a valid command against the connection's identity and the authorizer, then
+/// forwards it to the hub; answers a refusal itself.
+fn ws_command(conn: &Connection, request: protocol::Request) {
+    let auth = &*conn.inner.authorizer;
+    let id = request.id;
+    let refuse = |err: ErrorBody| {
+        let _ = conn.send(Message::Text(encode::reply(&Reply::<Empty>::err(Some(id), err))));
+    };
+    let forward = |identity: Option<Arc<Identity>>, presence_any: bool| {
+        let cmd = ConnCommand {
+            conn: conn.id(),
+            request: request.clone(),
+            identity,
+            presence_any,
+        };
+        // Fails only when the hub has stopped: the server is going away and the drain
+        // closes this connection.
+        let _ = conn.hub().send(HubMsg::Command(Box::new(cmd)));
+    };
+    if let Command::Hello { token, user, info } = &request.command {
+        if conn.inner.identity.get().is_some() {
+            return refuse(ErrorBody::new(
+                ErrorCode::BadState,
+                "hello must be the first command, and only one",
+            ));
+        }
+        let hello = Hello {
+            conn: conn.id(),
+            token: token.as_deref(),
+            user: user.as_deref(),
+            info: info.as_ref(),
+        };
+        match auth.hello(&hello) {
+            Ok(who) => {
+                let who = Arc::new(who);
+                let _ = conn.inner.identity.set(who.clone());
+                forward(Some(who), false);
+            }
+            Err(err) => {
+                // The message names the rule that failed, never the token.
+                info!("connection {}: hello refused: {}", conn.id(), err.msg);
+                refuse(err);
+                if auth.requires_hello() {
+                    let _ = conn.close(UNAUTHORIZED_CLOSE, "unauthorized");
+                }
+            }
+        }
+        return;
+    }
+    let who = match conn.inner.identity.get() {
+        Some(who) => who,
+        None if auth.requires_hello() => {
+            return refuse(ErrorBody::new(
+                ErrorCode::Unauthorized,
+                "send hello with a valid token first",
+            ));
+        }
+        // Open mode: a first command other than hello makes the client anonymous.
+        None => conn.inner.identity.get_or_init(Arc::default),
+    };
+    let action = match &request.command {
+        Command::Sub { .. } => Some(Action::Subscribe),
+        Command::Pub { .. } => Some(Action::Publish),
+        Command::History { .. } => Some(Action::History),
+        Command::Presence { .. } => Some(Action::Presence),
+        _ => None,
+    };
+    let mut presence_any = false;
+    if let (Some(action), Some(ch)) = (action, request.command.channel()) {
+        if let Err(err) = auth.allow(who, action, ch) {
+            return refuse(err);
+        }
+        presence_any = action == Action::Presence && auth.presence_without_subscription(who, ch);
+    }
+    forward(None, presence_any);
 }
 
 /// A handle on one open connection, given to its handler. Cheap to clone.
@@ -159,6 +246,10 @@ struct ConnInner {
     write: Arc<WriteSide>,
     hub: Hub,
     write_timeout: Duration,
+    authorizer: Arc<dyn Authorizer>,
+    /// Who the client is on `/ws`: set once, by the reader, on `hello` (or, in open
+    /// mode, anonymous on its first other command).
+    identity: OnceLock<Arc<Identity>>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -179,6 +270,7 @@ pub(crate) struct ConnParts {
     pub write: Arc<WriteSide>,
     pub hub: Hub,
     pub write_timeout: Duration,
+    pub authorizer: Arc<dyn Authorizer>,
 }
 
 impl Connection {
@@ -194,6 +286,8 @@ impl Connection {
                 write: p.write,
                 hub: p.hub,
                 write_timeout: p.write_timeout,
+                authorizer: p.authorizer,
+                identity: OnceLock::new(),
             }),
         }
     }
@@ -206,6 +300,12 @@ impl Connection {
     /// The path the client connected to, which is also its broadcast topic.
     pub fn path(&self) -> &str {
         self.inner.request.path()
+    }
+
+    /// Who the client is on `/ws`, once its `hello` was accepted (or, in open mode, it
+    /// sent another command first: the anonymous identity). `None` before that.
+    pub fn identity(&self) -> Option<&Identity> {
+        self.inner.identity.get().map(|who| &**who)
     }
 
     /// The client's upgrade request: path, query, headers.

@@ -31,7 +31,7 @@
 //! own messages in the order it sent them (its reader sends them to the hub in order).
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{Shutdown, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,7 +43,8 @@ use crate::server::queue::OutboundTx;
 use log::{debug, info, trace};
 use tungstenite::Message;
 
-use crate::pubsub::protocol::{ErrorBody, ErrorCode, MAX_KEY_LEN, StreamPosition, validate_channel};
+use crate::pubsub::presence::Presence;
+use crate::pubsub::protocol::{Command, ErrorBody, ErrorCode, MAX_KEY_LEN, StreamPosition, validate_channel};
 use crate::pubsub::{Channels, Limits};
 use crate::server::commands::{ApiPublish, ConnCommand, Hubside};
 use crate::server::engine::EngineHealth;
@@ -102,6 +103,9 @@ pub(crate) enum HubMsg {
     },
     /// A `/ws` command from a connection (boxed: the inbox's slots stay small).
     Command(Box<ConnCommand>),
+    /// A `/ws` connection in token mode opened: close it with 4001 unless it has sent a
+    /// valid `hello` within the handshake timeout.
+    AwaitHello(ConnId),
     /// A publication through [`Hub::publish`].
     Publish(Box<ApiPublish>),
     /// Shutdown has begun: Close 1001 (after what is queued) to every connection, and to
@@ -198,6 +202,18 @@ impl PeerHandle {
         }
     }
 
+    /// Sends Close 4001 after everything queued, through the writer; cuts the connection
+    /// if even its control channel is full.
+    fn close_unauthorized(&self) {
+        let close = Ctrl::Close {
+            code: UNAUTHORIZED_CLOSE,
+            reason: Cow::Borrowed("no valid hello"),
+        };
+        if let Err(TrySendError::Full(_)) = self.ctrl.try_send(close) {
+            self.cut();
+        }
+    }
+
     /// Cuts the connection: both directions shut, which wakes its reader and writer.
     pub(crate) fn cut(&self) {
         let _ = self.write.sock.shutdown(Shutdown::Both);
@@ -230,6 +246,7 @@ impl std::fmt::Debug for HubMsg {
             HubMsg::Unregister(_) => "Unregister",
             HubMsg::Broadcast { .. } => "Broadcast",
             HubMsg::Command(_) => "Command",
+            HubMsg::AwaitHello(_) => "AwaitHello",
             HubMsg::Publish(_) => "Publish",
             HubMsg::Drain(_) => "Drain",
             HubMsg::Cut => "Cut",
@@ -385,17 +402,42 @@ const MIN_SWEEP: Duration = Duration::from_millis(100);
 /// Sweeps are at most this far apart.
 const MAX_SWEEP: Duration = Duration::from_secs(10);
 
+/// The close code for a `/ws` client that did not identify itself in token mode: no
+/// valid `hello` within the handshake timeout, or a refused one.
+pub(crate) const UNAUTHORIZED_CLOSE: u16 = 4001;
+
+/// What the hub needs to know of the configuration.
+pub(crate) struct HubConfig {
+    /// How often every connection is pinged.
+    pub ping_interval: Duration,
+    /// The channel state's bounds.
+    pub limits: Limits,
+    /// How long a token-mode connection has for its `hello` (the handshake timeout).
+    pub hello_timeout: Duration,
+    /// Members a `presence` reply lists at most.
+    pub max_presence_list: usize,
+}
+
 /// Runs the hub loop until [`HubMsg::Stop`]. See the module docs.
 pub(crate) fn run(
     inbox: Receiver<HubMsg>,
-    ping_interval: Duration,
-    limits: Limits,
+    config: HubConfig,
     metrics: Arc<Metrics>,
     mut remote: Option<Remote>,
 ) -> DrainTally {
+    let HubConfig {
+        ping_interval,
+        limits,
+        hello_timeout,
+        max_presence_list,
+    } = config;
     let mut tally = DrainTally::default();
     let mut registry: Registry<PeerHandle> = Registry::default();
     let mut channels = Channels::in_memory(limits);
+    let mut presence = Presence::in_memory(max_presence_list);
+    // Token-mode connections that have until then for their `hello`, oldest first (one
+    // timeout for all, so the order of arrival is the order of the deadlines).
+    let mut awaiting_hello: VecDeque<(Instant, ConnId)> = VecDeque::new();
     let sweep_every = sweep_interval(&limits);
     let mut next_sweep = Instant::now() + sweep_every;
     let mut pings = PingSchedule::new(ping_interval);
@@ -411,7 +453,8 @@ pub(crate) fn run(
         // else wakes us.
         let ping_due = pings.next_due().filter(|_| !draining);
         let sweep_due = channels.has_state().then_some(next_sweep);
-        let next = match ping_due.into_iter().chain(sweep_due).min() {
+        let hello_due = awaiting_hello.front().map(|(due, _)| *due);
+        let next = match ping_due.into_iter().chain(sweep_due).chain(hello_due).min() {
             Some(due) => inbox.recv_deadline(due),
             None => inbox.recv().map_err(|_| RecvTimeoutError::Disconnected),
         };
@@ -444,11 +487,18 @@ pub(crate) fn run(
             }
             Some(HubMsg::Unregister(id)) => {
                 handshaking.remove(&id);
-                channels.remove_conn(id);
+                let removed = registry.remove(id).is_some();
+                Hubside {
+                    channels: &mut channels,
+                    registry: &mut registry,
+                    presence: &mut presence,
+                    metrics: &metrics,
+                }
+                .forget(id);
                 if let Some(r) = remote.as_mut() {
                     r.remove_conn(id);
                 }
-                if registry.remove(id).is_some() {
+                if removed {
                     pings.compact(registry.len(), |id| registry.contains(id));
                 }
             }
@@ -464,14 +514,23 @@ pub(crate) fn run(
                 trace!("broadcast on {topic} queued for {}", out.delivered);
                 for (id, peer) in out.slow {
                     info!("connection {id}: slow consumer (queue full), disconnecting");
-                    channels.remove_conn(id);
                     if let Some(r) = remote.as_mut() {
                         r.remove_conn(id);
                     }
                     peer.cut();
+                    Hubside {
+                        channels: &mut channels,
+                        registry: &mut registry,
+                        presence: &mut presence,
+                        metrics: &metrics,
+                    }
+                    .forget(id);
                 }
             }
-            Some(HubMsg::Command(cmd)) if remote.is_some() => {
+            // `hello` is about the connection, not a channel: the same with either engine.
+            Some(HubMsg::Command(cmd))
+                if remote.is_some() && !matches!(cmd.request.command, Command::Hello { .. }) =>
+            {
                 if let Some(r) = remote.as_mut() {
                     let mut out = Out {
                         registry: &mut registry,
@@ -498,14 +557,19 @@ pub(crate) fn run(
                 let mut side = Hubside {
                     channels: &mut channels,
                     registry: &mut registry,
+                    presence: &mut presence,
                     metrics: &metrics,
                 };
                 side.execute(*cmd, Instant::now());
+            }
+            Some(HubMsg::AwaitHello(id)) => {
+                awaiting_hello.push_back((Instant::now() + hello_timeout, id));
             }
             Some(HubMsg::Publish(p)) => {
                 let mut side = Hubside {
                     channels: &mut channels,
                     registry: &mut registry,
+                    presence: &mut presence,
                     metrics: &metrics,
                 };
                 side.api_publish(*p, Instant::now());
@@ -543,6 +607,19 @@ pub(crate) fn run(
             Some(HubMsg::Stop) => break,
         }
         let now = Instant::now();
+        while let Some(&(due, id)) = awaiting_hello.front() {
+            if due > now {
+                break;
+            }
+            awaiting_hello.pop_front();
+            if presence.is_identified(id) {
+                continue;
+            }
+            if let Some(peer) = registry.get(id) {
+                info!("connection {id}: no valid hello within {hello_timeout:?}, closing with 4001");
+                peer.close_unauthorized();
+            }
+        }
         if now >= next_sweep {
             channels.expire(now);
             next_sweep = now + sweep_every;

@@ -27,7 +27,7 @@ mod shutdown;
 mod start;
 mod writer;
 
-pub use config::{ApiKey, Config, Engine};
+pub use config::{ApiKey, Config, Engine, TokenSecret};
 pub use error::{ConfigError, Error, PublishError, SendError};
 pub use handler::{Chat, Connection, Echo, HEALTH_PATH, Handler, Ws};
 pub use hub::Hub;

@@ -13,6 +13,7 @@ use std::thread;
 use crossbeam_channel::{Receiver, Sender, bounded};
 use log::{info, warn};
 
+use crate::pubsub::auth::{Authorizer, JwtAuthorizer, Open};
 use crate::server::accept::{self, Acceptor};
 use crate::server::capacity::{self, SystemLimits};
 #[cfg(feature = "redis")]
@@ -24,7 +25,7 @@ use crate::server::engine::EngineHealth;
 use crate::server::error::ConfigError;
 use crate::server::error::Error;
 use crate::server::handler::{Handler, Routes};
-use crate::server::hub::{self, HUB_QUEUE, Hub};
+use crate::server::hub::{self, HUB_QUEUE, Hub, HubConfig};
 use crate::server::metrics::Metrics;
 use crate::server::shutdown::{self, DrainReport, Running, ShutdownHandle};
 
@@ -35,6 +36,7 @@ use crate::server::shutdown::{self, DrainReport, Running, ShutdownHandle};
 pub struct ServerBuilder {
     config: Config,
     routes: Routes,
+    authorizer: Option<Arc<dyn Authorizer>>,
 }
 
 impl ServerBuilder {
@@ -43,6 +45,15 @@ impl ServerBuilder {
     /// topic named `path`.
     pub fn route(mut self, path: &str, handler: impl Handler) -> ServerBuilder {
         self.routes.insert(path, Arc::new(handler));
+        self
+    }
+
+    /// Decides who `/ws` clients are and what they may do (`hello`, and each `sub`,
+    /// `pub`, `history` and `presence`), in place of the default: [`JwtAuthorizer`] when
+    /// [`Config::token_secret`] is set, else [`Open`]. It runs on each connection's
+    /// reader thread, never on the hub thread, so it may block briefly.
+    pub fn authorizer(mut self, authorizer: impl Authorizer) -> ServerBuilder {
+        self.authorizer = Some(Arc::new(authorizer));
         self
     }
 
@@ -71,7 +82,11 @@ impl ServerBuilder {
 
     /// Validates the configuration, binds, starts the threads and returns at once.
     pub fn start(self) -> Result<Server, Error> {
-        let ServerBuilder { mut config, routes } = self;
+        let ServerBuilder {
+            mut config,
+            routes,
+            authorizer,
+        } = self;
         config.validate()?;
         let listener = TcpListener::bind(config.addr).map_err(|source| Error::Bind {
             addr: config.addr,
@@ -105,13 +120,21 @@ impl ServerBuilder {
         let (hub_tx, hub_rx) = bounded(HUB_QUEUE);
         let health = Arc::new(EngineHealth::up());
         let hub = Hub::new(hub_tx, routes.paths(), metrics.clone(), health.clone());
-        let ping_interval = config.ping_interval;
-        let limits = config.channel_limits();
+        let remote = remote_engine(&config, config.channel_limits(), health, hub.clone())?;
+        let hub_config = HubConfig {
+            ping_interval: config.ping_interval,
+            limits: config.channel_limits(),
+            hello_timeout: config.handshake_timeout,
+            max_presence_list: config.max_presence_list,
+        };
         let hub_metrics = metrics.clone();
-        let remote = remote_engine(&config, limits, health, hub.clone())?;
         let hub_thread = spawn("wshub-hub", move || {
-            hub::run(hub_rx, ping_interval, limits, hub_metrics, remote)
+            hub::run(hub_rx, hub_config, hub_metrics, remote)
         })?;
+        let authorizer = authorizer.unwrap_or_else(|| match &config.token_secret {
+            Some(secret) => Arc::new(JwtAuthorizer::new(secret.expose())),
+            None => Arc::new(Open),
+        });
 
         let (overflow_tx, overflow_rx) = bounded(accept::OVERFLOW_QUEUE);
         let overflow_metrics = metrics.clone();
@@ -130,6 +153,7 @@ impl ServerBuilder {
             shared: Arc::new(Shared {
                 config,
                 routes,
+                authorizer,
                 hub: hub.clone(),
                 metrics,
             }),
@@ -247,6 +271,7 @@ impl Server {
         ServerBuilder {
             config,
             routes: Routes::default(),
+            authorizer: None,
         }
     }
 

@@ -13,6 +13,8 @@ use tungstenite::{Message, WebSocket};
 
 pub use wshub::{Config, Server};
 
+pub mod peer;
+
 /// Runs `body` on its own thread and fails the test if it takes longer than `limit`:
 /// a hang fails instead of stalling CI.
 pub fn watchdog<T: Send + 'static>(limit: Duration, body: impl FnOnce() -> T + Send + 'static) -> T {

@@ -2,6 +2,7 @@
 //! flags write them. They belong to the binary, not to the library's API.
 
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Parses a listen address: `127.0.0.1:8080`, `[::1]:8080`, `0.0.0.0:8080`, or a host
@@ -100,6 +101,21 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
         .checked_mul(scale)
         .and_then(|v| usize::try_from(v).ok())
         .ok_or_else(|| format!("size {text:?} is too large"))
+}
+
+/// A secret from the flag, else from the file (trimmed), else none.
+pub fn read_secret(
+    flag: Option<String>,
+    file: Option<PathBuf>,
+    what: &str,
+) -> Result<Option<String>, String> {
+    match (flag, file) {
+        (Some(s), _) => Ok(Some(s)),
+        (None, Some(path)) => std::fs::read_to_string(&path)
+            .map(|s| Some(s.trim().to_owned()))
+            .map_err(|e| format!("cannot read the {what} file {}: {e}", path.display())),
+        (None, None) => Ok(None),
+    }
 }
 
 #[cfg(test)]

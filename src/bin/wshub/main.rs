@@ -11,6 +11,7 @@ mod connect;
 mod logging;
 mod serve;
 mod signals;
+mod token;
 
 /// A blocking, thread-per-connection WebSocket server and client.
 #[derive(Parser, Debug)]
@@ -29,6 +30,8 @@ enum Command {
     Serve(serve::Args),
     /// Connect to a WebSocket server: stdin lines out as text, messages to stdout.
     Connect(connect::Args),
+    /// Print a token (HS256 JWT) for a server in token mode (`serve --token-secret`).
+    Token(token::Args),
 }
 
 fn main() -> ExitCode {
@@ -38,5 +41,6 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Connect(args) => connect::run(args),
+        Command::Token(args) => token::run(args),
     }
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use log::{error, info, warn};
 use wshub::{Config, Engine, Server};
 
-use crate::args::{parse_addr, parse_duration, parse_size, parse_switch};
+use crate::args::{parse_addr, parse_duration, parse_size, parse_switch, read_secret};
 
 /// Flags of `wshub serve`. Defaults are [`wshub::Config::default`]'s.
 #[derive(clap::Args, Debug)]
@@ -89,6 +89,18 @@ pub struct Args {
     /// /ws channels that may exist at once; sub or pub to a new one past it is error 4.
     #[arg(long, default_value_t = 10_000)]
     max_channels: usize,
+    /// Token mode on /ws: hello with an HS256 JWT signed by this secret must come first,
+    /// within the handshake timeout (else Close 4001). Prefer --token-secret-file: a
+    /// command line is visible to other users. Make tokens with `wshub token`.
+    #[arg(long, value_name = "SECRET", conflicts_with = "token_secret_file")]
+    token_secret: Option<String>,
+    /// As --token-secret, with the secret read from this file (surrounding whitespace
+    /// ignored).
+    #[arg(long, value_name = "PATH")]
+    token_secret_file: Option<PathBuf>,
+    /// Members a /ws presence reply lists at most (the counts are always exact).
+    #[arg(long, default_value_t = 1000)]
+    max_presence_list: usize,
     /// Where /ws channel streams live: `memory` (this process) or redis://HOST:PORT/DB
     /// (shared by every wshub using that Redis; see docs/redis.md).
     #[arg(long, value_name = "memory|redis://HOST:PORT/DB", default_value = "memory", value_parser = parse_engine)]
@@ -110,7 +122,7 @@ fn parse_engine(s: &str) -> Result<Engine, String> {
 }
 
 impl Args {
-    /// The configuration the flags ask for; fails only when the key file cannot be read.
+    /// The configuration the flags ask for; fails only when a key or secret file cannot be read.
     fn into_config(self) -> Result<Config, String> {
         let mut c = Config::default();
         c.addr = self.addr;
@@ -129,16 +141,10 @@ impl Args {
         c.thread_stack_size = self.thread_stack_size;
         c.demo = !self.no_demo;
         c.metrics = self.metrics;
-        c.api_key = match (self.api_key, self.api_key_file) {
-            (Some(key), _) => Some(key.into()),
-            (None, Some(path)) => Some(
-                std::fs::read_to_string(&path)
-                    .map_err(|e| format!("cannot read the API key file {}: {e}", path.display()))?
-                    .trim()
-                    .into(),
-            ),
-            (None, None) => None,
-        };
+        c.api_key = read_secret(self.api_key, self.api_key_file, "API key")?.map(Into::into);
+        c.token_secret = read_secret(self.token_secret, self.token_secret_file, "token secret")?
+            .map(|s| s.as_str().into());
+        c.max_presence_list = self.max_presence_list;
         c.history_size = self.history_size;
         c.history_ttl = self.history_ttl;
         c.idempotency_window = self.idempotency_window;

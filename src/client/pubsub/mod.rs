@@ -70,7 +70,9 @@ use rand::RngExt;
 use serde_json::Value;
 
 use crate::pubsub::protocol::{Command, SUBPROTOCOL};
-pub use crate::pubsub::protocol::{ErrorBody, ErrorCode, Publication, Snapshot, StreamPosition};
+pub use crate::pubsub::protocol::{
+    ErrorBody, ErrorCode, Member, PresenceList, Publication, Snapshot, StreamPosition,
+};
 
 use super::{ClientError, EVENT_QUEUE_SIZE, Event, ReconnectConfig, ReconnectingClient, THREAD_STACK_SIZE};
 
@@ -89,9 +91,29 @@ pub struct ChannelConfig {
     /// How long [`ChannelClient::publish`] waits for the ack, across reconnects. Default
     /// 10 s.
     pub publish_timeout: Duration,
-    /// How long [`ChannelClient::history`] waits for its reply, across reconnects.
-    /// Default 10 s.
+    /// How long [`ChannelClient::history`] and [`ChannelClient::presence`] wait for
+    /// their reply, across reconnects. Default 10 s.
     pub history_timeout: Duration,
+    /// A token for `hello` (a server in token mode needs one). Default none.
+    pub token: Option<String>,
+    /// The user for `hello` (open mode). Default none.
+    pub user: Option<String>,
+    /// Presence info for `hello`: a JSON object of at most 1 KiB. Default none.
+    pub info: Option<Value>,
+    /// Ask every subscription for joins and leaves ([`ChannelEvent::Join`],
+    /// [`ChannelEvent::Leave`]). Default `false`.
+    pub joins: bool,
+}
+
+impl ChannelConfig {
+    /// The `hello` sent first on every connection: when a token, user or info is set.
+    fn hello(&self) -> Option<Command> {
+        (self.token.is_some() || self.user.is_some() || self.info.is_some()).then(|| Command::Hello {
+            token: self.token.clone(),
+            user: self.user.clone(),
+            info: self.info.clone(),
+        })
+    }
 }
 
 impl Default for ChannelConfig {
@@ -100,6 +122,10 @@ impl Default for ChannelConfig {
             reconnect: ReconnectConfig::default(),
             publish_timeout: Duration::from_secs(10),
             history_timeout: Duration::from_secs(10),
+            token: None,
+            user: None,
+            info: None,
+            joins: false,
         }
     }
 }
@@ -147,6 +173,23 @@ pub enum ChannelEvent {
         /// Human-readable detail.
         reason: String,
     },
+    /// The server accepted this connection's `hello` (sent first on every connection
+    /// when [`ChannelConfig`] has a token, user or info).
+    Welcome {
+        /// This connection's id on the server.
+        client: String,
+        /// The user the server took it for.
+        user: String,
+    },
+    /// The server refused the `hello`: in token mode it closes the connection (4001)
+    /// next; the session reconnects and tries again with the same token, so stop it if
+    /// the error is fatal.
+    HelloRefused(ChannelError),
+    /// Another connection subscribed to a channel subscribed here (with
+    /// [`ChannelConfig::joins`]).
+    Join(Member),
+    /// Another connection left such a channel (unsubscribed, closed, died, was cut).
+    Leave(Member),
     /// A publication on a subscribed channel. For each channel the offsets go up by one
     /// each time within an epoch, each delivered once.
     Publication {
@@ -279,7 +322,8 @@ impl ChannelClient {
         let (calls_tx, calls_rx) = bounded(CALL_QUEUE_SIZE);
         let (events_tx, events_rx) = bounded(EVENT_QUEUE_SIZE);
         let (closing_tx, closing_rx) = bounded(0);
-        let protocol = Protocol::new(session.clone(), calls_rx, events_tx, closing_rx);
+        let state = state::State::with_identity(config.hello(), config.joins);
+        let protocol = Protocol::new(session.clone(), calls_rx, events_tx, closing_rx, state);
         let handle = thread::Builder::new()
             .name("wshub-channels".into())
             .stack_size(THREAD_STACK_SIZE)
@@ -371,6 +415,17 @@ impl ChannelClient {
         };
         match self.call(command, self.config.history_timeout)? {
             Answered::History(snapshot) => Ok(snapshot),
+            other => Err(ChannelError::BadReply(format!("{other:?}"))),
+        }
+    }
+
+    /// Who is subscribed to `ch` (the server lists only its subscribers' channels,
+    /// unless its authorizer allows more): at most the server's list limit of members,
+    /// with exact counts. Waits at most [`ChannelConfig::history_timeout`].
+    pub fn presence(&self, ch: &str) -> Result<PresenceList, ChannelError> {
+        let command = Command::Presence { ch: ch.to_owned() };
+        match self.call(command, self.config.history_timeout)? {
+            Answered::Presence(list) => Ok(list),
             other => Err(ChannelError::BadReply(format!("{other:?}"))),
         }
     }

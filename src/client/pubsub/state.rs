@@ -20,6 +20,11 @@
 //!   the next connection, so the server applies it once. A `pub` or `history` made while
 //!   disconnected waits for the next connection. Each has a deadline, after which its
 //!   caller is answered [`ChannelError::Timeout`].
+//! - **Hello first.** With an identity configured, every connection starts with `hello`
+//!   (before the subscriptions are sent again), so the server knows who resubscribes.
+//!   Its answer is an event ([`ChannelEvent::Welcome`] or [`ChannelEvent::HelloRefused`]).
+//! - **Joins and leaves** of subscribed channels are events in the order the server
+//!   sent them, between the publications of the same channel.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Instant;
@@ -30,7 +35,8 @@ use serde_json::Value;
 
 use super::{ChannelError, ChannelEvent};
 use crate::pubsub::protocol::{
-    Command, ErrorCode, Outcome, Publication, Push, Reply, Request, ServerFrame, Snapshot, StreamPosition,
+    Command, ErrorCode, Outcome, PresenceList, Publication, Push, Reply, Request, ServerFrame, Snapshot,
+    StreamPosition, Welcome,
 };
 
 /// Pushes kept for a subscription whose `sub` reply has not arrived yet.
@@ -54,6 +60,8 @@ pub(crate) enum Answered {
     Published(StreamPosition),
     /// A `history` reply.
     History(Snapshot),
+    /// A `presence` reply.
+    Presence(PresenceList),
 }
 
 /// A subscription the application asked for.
@@ -82,6 +90,8 @@ enum InFlight {
     Sub(String),
     /// An `unsub`: its reply only confirms.
     Unsub,
+    /// The connection's `hello`.
+    Hello,
     /// A `pub` or `history`: the key into `calls`.
     Call(u64),
 }
@@ -96,11 +106,17 @@ pub(crate) struct State<T> {
     /// Calls by a number of their own that survives reconnects (command ids do not).
     calls: BTreeMap<u64, Call<T>>,
     next_call: u64,
+    /// Sent first on every connection, when set.
+    hello: Option<Command>,
+    /// Every `sub` asks for joins and leaves.
+    joins: bool,
 }
 
 impl<T> Default for State<T> {
     fn default() -> Self {
         State {
+            hello: None,
+            joins: false,
             connected: false,
             next_id: 1,
             subs: BTreeMap::new(),
@@ -112,6 +128,16 @@ impl<T> Default for State<T> {
 }
 
 impl<T> State<T> {
+    /// A state that says `hello` (a [`Command::Hello`]) first on every connection, and
+    /// asks every subscription for joins and leaves when `joins`.
+    pub fn with_identity(hello: Option<Command>, joins: bool) -> State<T> {
+        State {
+            hello,
+            joins,
+            ..State::default()
+        }
+    }
+
     /// Subscribes to `ch`, resuming after `since` if given (a position the application
     /// kept): sent now if connected, else on the next connection.
     pub fn subscribe(
@@ -160,7 +186,9 @@ impl<T> State<T> {
         deadline: Instant,
         answer: T,
     ) -> Result<Vec<Action<T>>, ChannelError> {
-        check_channel(command.channel())?;
+        if let Some(ch) = command.channel() {
+            check_channel(ch)?;
+        }
         let number = self.next_call;
         self.next_call += 1;
         self.calls.insert(
@@ -183,6 +211,11 @@ impl<T> State<T> {
     pub fn connected(&mut self) -> Vec<Action<T>> {
         self.connected = true;
         let mut out = Vec::new();
+        if let Some(hello) = self.hello.clone() {
+            let id = self.take_id();
+            self.in_flight.insert(id, InFlight::Hello);
+            out.push(send(id, hello));
+        }
         let channels: Vec<String> = self.subs.keys().cloned().collect();
         for ch in channels {
             self.send_sub(&ch, &mut out);
@@ -247,6 +280,8 @@ impl<T> State<T> {
                 self.on_unsub_push(ch, code, reason, &mut out)
             }
             Ok(ServerFrame::Reply(reply)) => self.on_reply(reply, &mut out),
+            Ok(ServerFrame::Push(Push::Join(m))) => self.on_member(m, true, &mut out),
+            Ok(ServerFrame::Push(Push::Leave(m))) => self.on_member(m, false, &mut out),
             // A push of a kind this version does not know is ignored, as the protocol
             // asks; anything else unreadable is worth a warning.
             Err(e) if is_push(text) => log::debug!("ignoring an unknown push ({e}): {}", cut(text)),
@@ -280,6 +315,7 @@ impl<T> State<T> {
             Command::Sub {
                 ch: ch.to_owned(),
                 since: sub.position.clone(),
+                joins: self.joins,
             },
         ));
     }
@@ -307,6 +343,16 @@ impl<T> State<T> {
         match self.in_flight.remove(&id) {
             None => log::debug!("ignoring a reply to command {id}, which is no longer waiting"),
             Some(InFlight::Unsub) => {}
+            Some(InFlight::Hello) => out.push(Action::Emit(match reply.outcome {
+                Outcome::Ok(v) => match decode::<Welcome>(v) {
+                    Ok(w) => ChannelEvent::Welcome {
+                        client: w.client,
+                        user: w.user,
+                    },
+                    Err(e) => ChannelEvent::HelloRefused(e),
+                },
+                Outcome::Err(e) => ChannelEvent::HelloRefused(ChannelError::Server(e)),
+            })),
             Some(InFlight::Sub(ch)) => self.on_sub_reply(ch, id, reply.outcome, out),
             Some(InFlight::Call(number)) => {
                 let Some(call) = self.calls.remove(&number) else {
@@ -315,6 +361,7 @@ impl<T> State<T> {
                 let result = match (&call.command, reply.outcome) {
                     (_, Outcome::Err(e)) => Err(ChannelError::Server(e)),
                     (Command::Pub { .. }, Outcome::Ok(v)) => decode(v).map(Answered::Published),
+                    (Command::Presence { .. }, Outcome::Ok(v)) => decode(v).map(Answered::Presence),
                     (_, Outcome::Ok(v)) => decode(v).map(Answered::History),
                 };
                 out.push(Action::Answer(call.answer, result));
@@ -363,6 +410,20 @@ impl<T> State<T> {
         for p in early.into_iter().flatten() {
             self.deliver(p, out);
         }
+    }
+
+    /// A join or leave of a subscribed channel, delivered as it comes: the server sends
+    /// them after the `sub` reply, in order with the publications.
+    fn on_member(&mut self, m: crate::pubsub::protocol::Member, join: bool, out: &mut Vec<Action<T>>) {
+        let Some(ch) = m.ch.clone() else { return };
+        if !self.subs.contains_key(&ch) {
+            return;
+        }
+        out.push(Action::Emit(if join {
+            ChannelEvent::Join(m)
+        } else {
+            ChannelEvent::Leave(m)
+        }));
     }
 
     fn on_publication(&mut self, p: Publication, out: &mut Vec<Action<T>>) {

@@ -57,13 +57,14 @@ impl Protocol {
         calls: Receiver<Call>,
         events: Sender<ChannelEvent>,
         closing: Receiver<()>,
+        state: State<Answer>,
     ) -> Protocol {
         Protocol {
             session,
             calls,
             events,
             closing,
-            state: State::default(),
+            state,
             ending: false,
         }
     }

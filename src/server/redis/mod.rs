@@ -196,6 +196,15 @@ fn not_here() -> ErrorBody {
     ErrorBody::new(ErrorCode::Unavailable, "streams are kept in Redis")
 }
 
+/// Presence is kept per node by the memory engine only: with Redis a node's list would
+/// miss every other node's members, so it is refused rather than answered wrong.
+fn no_presence() -> ErrorBody {
+    ErrorBody::new(
+        ErrorCode::BadRequest,
+        "presence (the presence command, sub with joins) is not available with the Redis engine yet",
+    )
+}
+
 fn busy() -> ErrorBody {
     ErrorBody::new(ErrorCode::Unavailable, "engine busy, retry later")
 }
@@ -330,7 +339,10 @@ impl RedisSide {
         }
         let id = request.id;
         let done = match request.command {
-            Command::Sub { ch, since } => self.sub(conn, id, ch, since),
+            Command::Sub { joins: true, .. } | Command::Presence { .. } | Command::Hello { .. } => {
+                Err(no_presence())
+            }
+            Command::Sub { ch, since, .. } => self.sub(conn, id, ch, since),
             Command::Unsub { ch } => self.subs.unsubscribe(conn, &ch).map(|()| {
                 if let Some(node) = self.nodes.get_mut(&ch) {
                     node.pending.remove(&conn);

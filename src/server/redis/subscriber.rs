@@ -71,7 +71,7 @@ pub(crate) fn run(
                 }
                 backoff.reset();
                 health.set_pubsub(true);
-                match serve(&mut con, &ctl, &tell) {
+                match serve(&mut con, timeout, &ctl, &tell) {
                     Ended::Stop => return,
                     Ended::Lost(why) => {
                         warn!("engine: Redis PUB/SUB connection lost: {why}");
@@ -104,29 +104,45 @@ pub(crate) fn run(
 }
 
 /// Serves one connection until it fails or the hub is gone.
-fn serve(con: &mut Connection, ctl: &Receiver<Ctl>, tell: &impl Fn(Event)) -> Ended {
+fn serve(con: &mut Connection, timeout: Duration, ctl: &Receiver<Ctl>, tell: &impl Fn(Event)) -> Ended {
     let mut ps = con.as_pubsub();
-    if let Err(e) = ps.set_read_timeout(Some(POLL)) {
-        return Ended::Lost(e.to_string());
-    }
+    // The read timeout is `POLL` while waiting for publications, and the engine timeout
+    // while waiting for Redis's answer to a (un)subscribe, which a busy Redis may take
+    // longer than `POLL` to give.
+    let mut polling = false;
     loop {
         loop {
-            match ctl.try_recv() {
-                Ok(Ctl::Subscribe { ch, round }) => match ps.subscribe(Names::new(&ch).live) {
+            let req = match ctl.try_recv() {
+                Ok(req) => req,
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => return Ended::Stop,
+            };
+            if polling {
+                if let Err(e) = ps.set_read_timeout(Some(timeout)) {
+                    return Ended::Lost(e.to_string());
+                }
+                polling = false;
+            }
+            match req {
+                Ctl::Subscribe { ch, round } => match ps.subscribe(Names::new(&ch).live) {
                     Ok(()) => tell(Event::Subscribed { ch, round }),
                     Err(e) => {
                         tell(Event::SubscribeFailed { ch, round });
                         return Ended::Lost(e.to_string());
                     }
                 },
-                Ok(Ctl::Unsubscribe { ch }) => {
+                Ctl::Unsubscribe { ch } => {
                     if let Err(e) = ps.unsubscribe(Names::new(&ch).live) {
                         return Ended::Lost(e.to_string());
                     }
                 }
-                Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => return Ended::Stop,
             }
+        }
+        if !polling {
+            if let Err(e) = ps.set_read_timeout(Some(POLL)) {
+                return Ended::Lost(e.to_string());
+            }
+            polling = true;
         }
         match ps.get_message() {
             Ok(msg) => {

@@ -26,7 +26,7 @@ use crossbeam_channel::{Receiver, Sender, at, bounded, never, select};
 use serde_json::Value;
 use wshub::client::Event;
 use wshub::client::pubsub::{
-    ChannelClient, ChannelConfig, ChannelError, ChannelEvent, StreamPosition, random_key,
+    ChannelClient, ChannelConfig, ChannelError, ChannelEvent, Member, StreamPosition, random_key,
 };
 use wshub::client::{ReconnectConfig, WsUrl};
 use wshub::pubsub::protocol::Push;
@@ -46,6 +46,9 @@ pub fn run(
     let mut config = ChannelConfig::default();
     config.reconnect = reconnect;
     config.publish_timeout = args.publish_timeout;
+    config.token = args.token.clone();
+    config.user = args.user.clone();
+    config.joins = args.joins;
     let client = match ChannelClient::start(&url.to_string(), config) {
         Ok(c) => Arc::new(c),
         Err(ChannelError::Client(e)) => return start_failed(&e),
@@ -117,6 +120,14 @@ fn publish_once(client: &ChannelClient, channel: &str, data: Value) -> Result<St
             other => return other,
         }
     }
+}
+
+/// One join or leave, on stderr: `ann joined room (client 7) {"name":"Ann"}`.
+fn print_member(what: &str, m: &Member) {
+    let user = if m.user.is_empty() { "(anonymous)" } else { &m.user };
+    let info = m.info.as_ref().map(|i| format!(" {i}")).unwrap_or_default();
+    let ch = m.ch.as_deref().unwrap_or_default();
+    eprintln!("{user} {what} {ch} (client {}){info}", m.client);
 }
 
 /// The main thread's state.
@@ -228,6 +239,15 @@ impl Printer {
                     ),
                 }
             }
+            ChannelEvent::Welcome { client, user } => {
+                eprintln!("hello: user {user:?} (client {client})");
+            }
+            ChannelEvent::HelloRefused(error) => {
+                eprintln!("error: the server refused hello: {error}");
+                return Err(ExitCode::from(1));
+            }
+            ChannelEvent::Join(m) => print_member("joined", &m),
+            ChannelEvent::Leave(m) => print_member("left", &m),
             ChannelEvent::SubscribeFailed { ch, error } => {
                 eprintln!("error: cannot subscribe to {ch}: {error}");
                 return Err(ExitCode::from(1));

@@ -58,6 +58,16 @@ pub struct Args {
     /// (with the same idempotency key, so it is published once).
     #[arg(long, default_value = "10s", value_parser = parse_duration, requires = "channel")]
     publish_timeout: Duration,
+    /// With --channel: say hello with this token first on every connection (a server in
+    /// token mode needs one; make it with `wshub token`).
+    #[arg(long, value_name = "TOKEN", requires = "channel")]
+    token: Option<String>,
+    /// With --channel: say hello as this user first on every connection (open mode).
+    #[arg(long, value_name = "NAME", requires = "channel")]
+    user: Option<String>,
+    /// With --channel: print who joins and leaves the channel on stderr.
+    #[arg(long, requires = "channel")]
+    joins: bool,
     /// Keep the session open after stdin ends (until Ctrl-C), and keep trying to connect
     /// even if no connection was ever made.
     #[arg(long)]
