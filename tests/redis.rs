@@ -10,7 +10,6 @@
 mod redis_support;
 mod support;
 
-use std::collections::VecDeque;
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, Command, Stdio};
 use std::thread;
@@ -18,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use redis_support::RedisServer;
 use serde_json::{Value, json};
+use support::peer::Peer;
 use support::*;
-use tungstenite::Message;
 use wshub::{Engine, PublishError};
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -31,89 +30,34 @@ fn node(url: &str) -> Server {
     start(c)
 }
 
-/// A protocol v1 client: numbered commands, replies matched by id, pushes kept in order.
-struct Peer {
-    ws: Client,
-    next_id: u64,
-    pushes: VecDeque<Value>,
+/// Subscribes; returns the reply's `ok`.
+fn subscribe(peer: &mut Peer, ch: &str, since: Option<Value>) -> Value {
+    let mut cmd = json!({"op": "sub", "ch": ch});
+    if let Some(s) = since {
+        cmd["since"] = s;
+    }
+    peer.ok(cmd)
 }
 
-impl Peer {
-    fn connect(addr: SocketAddr) -> Peer {
-        Peer {
-            ws: connect(addr, "/ws"),
-            next_id: 1,
-            pushes: VecDeque::new(),
-        }
-    }
+fn publish(peer: &mut Peer, ch: &str, data: Value) -> Value {
+    peer.cmd(json!({"op": "pub", "ch": ch, "data": data}))
+}
 
-    fn frame(&mut self) -> Value {
-        match next_data(&mut self.ws) {
-            Message::Text(t) => serde_json::from_str(&t).expect("server sent JSON"),
-            other => panic!("expected a text frame, got {other:?}"),
-        }
-    }
+/// The offsets of the next `n` publication pushes.
+fn offsets(peer: &mut Peer, n: usize) -> Vec<u64> {
+    (0..n)
+        .map(|_| {
+            let p = peer.push();
+            assert_eq!(p["push"], "pub", "{p}");
+            p["offset"].as_u64().unwrap()
+        })
+        .collect()
+}
 
-    /// Sends `cmd` and returns its reply, keeping pushes that come first.
-    fn cmd(&mut self, mut cmd: Value) -> Value {
-        let id = self.next_id;
-        self.next_id += 1;
-        cmd["id"] = json!(id);
-        self.ws.send(Message::text(cmd.to_string())).expect("send");
-        loop {
-            let f = self.frame();
-            if f.get("push").is_some() {
-                self.pushes.push_back(f);
-            } else if f["id"] == json!(id) {
-                return f;
-            } else {
-                panic!("unexpected frame while waiting for reply {id}: {f}");
-            }
-        }
-    }
-
-    /// Subscribes; returns the reply's `ok`.
-    fn sub(&mut self, ch: &str, since: Option<Value>) -> Value {
-        let mut cmd = json!({"op": "sub", "ch": ch});
-        if let Some(s) = since {
-            cmd["since"] = s;
-        }
-        let r = self.cmd(cmd);
-        r.get("ok").cloned().unwrap_or_else(|| panic!("sub failed: {r}"))
-    }
-
-    fn publish(&mut self, ch: &str, data: Value) -> Value {
-        self.cmd(json!({"op": "pub", "ch": ch, "data": data}))
-    }
-
-    /// The next push.
-    fn push(&mut self) -> Value {
-        match self.pushes.pop_front() {
-            Some(p) => p,
-            None => {
-                let f = self.frame();
-                assert!(f.get("push").is_some(), "expected a push, got {f}");
-                f
-            }
-        }
-    }
-
-    /// The offsets of the next `n` publication pushes.
-    fn offsets(&mut self, n: usize) -> Vec<u64> {
-        (0..n)
-            .map(|_| {
-                let p = self.push();
-                assert_eq!(p["push"], "pub", "{p}");
-                p["offset"].as_u64().unwrap()
-            })
-            .collect()
-    }
-
-    /// Nothing more has been pushed: a command's reply comes with no push before it.
-    fn assert_no_push(&mut self) {
-        self.cmd(json!({"op": "history", "ch": "-", "limit": 0}));
-        assert!(self.pushes.is_empty(), "unexpected pushes: {:?}", self.pushes);
-    }
+/// Nothing more has been pushed: a command's reply comes with no push before it.
+fn assert_no_push(peer: &mut Peer) {
+    peer.cmd(json!({"op": "history", "ch": "-", "limit": 0}));
+    assert!(peer.pushes.is_empty(), "unexpected pushes: {:?}", peer.pushes);
 }
 
 fn healthz(addr: SocketAddr) -> String {
@@ -142,22 +86,22 @@ fn a_publication_on_one_node_reaches_subscribers_on_both_with_the_same_offsets()
         let (a, b) = (node(&redis.url()), node(&redis.url()));
         let mut on_a = Peer::connect(a.local_addr());
         let mut on_b = Peer::connect(b.local_addr());
-        let sa = on_a.sub("room", None);
-        let sb = on_b.sub("room", None);
+        let sa = subscribe(&mut on_a, "room", None);
+        let sb = subscribe(&mut on_b, "room", None);
         assert_eq!(
             sa["epoch"], sb["epoch"],
             "one epoch for the channel on every node"
         );
         let mut publisher = Peer::connect(a.local_addr());
         for n in 1..=5u64 {
-            let ack = publisher.publish("room", json!({"n": n}));
+            let ack = publish(&mut publisher, "room", json!({"n": n}));
             assert_eq!(ack["ok"]["offset"], n, "{ack}");
             assert_eq!(ack["ok"]["epoch"], sa["epoch"]);
         }
-        assert_eq!(on_a.offsets(5), vec![1, 2, 3, 4, 5]);
-        assert_eq!(on_b.offsets(5), vec![1, 2, 3, 4, 5]);
-        on_a.assert_no_push();
-        on_b.assert_no_push();
+        assert_eq!(offsets(&mut on_a, 5), vec![1, 2, 3, 4, 5]);
+        assert_eq!(offsets(&mut on_b, 5), vec![1, 2, 3, 4, 5]);
+        assert_no_push(&mut on_a);
+        assert_no_push(&mut on_b);
         drop(redis);
     });
 }
@@ -172,7 +116,7 @@ fn two_publishers_on_two_nodes_produce_one_order_seen_everywhere() {
         let addrs = [a.local_addr(), a.local_addr(), b.local_addr(), b.local_addr()];
         let mut subs: Vec<Peer> = addrs.iter().map(|&addr| Peer::connect(addr)).collect();
         for s in &mut subs {
-            s.sub("race", None);
+            subscribe(s, "race", None);
         }
         const EACH: u64 = 50;
         let publishers: Vec<_> = [a.local_addr(), b.local_addr()]
@@ -182,7 +126,7 @@ fn two_publishers_on_two_nodes_produce_one_order_seen_everywhere() {
                 thread::spawn(move || {
                     let mut peer = Peer::connect(addr);
                     for n in 0..EACH {
-                        let ack = peer.publish("race", json!({"p": p, "n": n}));
+                        let ack = publish(&mut peer, "race", json!({"p": p, "n": n}));
                         assert!(ack.get("ok").is_some(), "{ack}");
                     }
                 })
@@ -234,8 +178,8 @@ fn history_and_idempotency_keys_are_shared_by_every_node() {
         let first = on_a.cmd(json!({"op": "pub", "ch": "h", "data": 1, "key": "k1"}));
         let again = on_b.cmd(json!({"op": "pub", "ch": "h", "data": 1, "key": "k1"}));
         assert_eq!(first["ok"], again["ok"], "a repeated key publishes nothing new");
-        on_a.publish("h", json!(2));
-        on_a.publish("h", json!(3));
+        publish(&mut on_a, "h", json!(2));
+        publish(&mut on_a, "h", json!(3));
         let h = on_b.cmd(json!({"op": "history", "ch": "h", "limit": 2}));
         let pubs: Vec<_> = h["ok"]["pubs"]
             .as_array()
@@ -287,11 +231,11 @@ fn a_stopped_node_s_subscriber_recovers_on_another(signal: &'static str) {
         let (mut child, addr_a) = child_node(&redis.url());
         let b = node(&redis.url());
         let mut sub = Peer::connect(addr_a);
-        let snap = sub.sub("feed", None);
+        let snap = subscribe(&mut sub, "feed", None);
         for n in 1..=3 {
             b.hub().publish("feed", json!(n)).unwrap();
         }
-        assert_eq!(sub.offsets(3), vec![1, 2, 3]);
+        assert_eq!(offsets(&mut sub, 3), vec![1, 2, 3]);
         let since = json!({"epoch": snap["epoch"], "offset": 3});
         if signal == "KILL" {
             child.kill().unwrap();
@@ -309,7 +253,7 @@ fn a_stopped_node_s_subscriber_recovers_on_another(signal: &'static str) {
         }
         drop(sub);
         let mut moved = Peer::connect(b.local_addr());
-        let r = moved.sub("feed", Some(since));
+        let r = subscribe(&mut moved, "feed", Some(since));
         assert_eq!(r["recovered"], true, "{r}");
         let recovered: Vec<u64> = r["pubs"]
             .as_array()
@@ -319,8 +263,8 @@ fn a_stopped_node_s_subscriber_recovers_on_another(signal: &'static str) {
             .collect();
         assert_eq!(recovered, vec![4, 5, 6, 7]);
         b.hub().publish("feed", json!(8)).unwrap();
-        assert_eq!(moved.offsets(1), vec![8]);
-        moved.assert_no_push();
+        assert_eq!(offsets(&mut moved, 1), vec![8]);
+        assert_no_push(&mut moved);
         drop(redis);
     });
 }
@@ -344,10 +288,10 @@ fn redis_down_is_error_6_and_503_and_redis_back_empty_is_a_new_epoch() {
         let a = node(&redis.url());
         wait_health(a.local_addr(), "200");
         let mut sub = Peer::connect(a.local_addr());
-        let snap = sub.sub("c", None);
+        let snap = subscribe(&mut sub, "c", None);
         a.hub().publish("c", json!(1)).unwrap();
         a.hub().publish("c", json!(2)).unwrap();
-        assert_eq!(sub.offsets(2), vec![1, 2]);
+        assert_eq!(offsets(&mut sub, 2), vec![1, 2]);
 
         redis.stop();
         // The subscriber is told: its subscription ends with code 6.
@@ -358,7 +302,7 @@ fn redis_down_is_error_6_and_503_and_redis_back_empty_is_a_new_epoch() {
         let health = wait_health(a.local_addr(), "503");
         assert!(health.contains("engine down"), "{health}");
         let mut publisher = Peer::connect(a.local_addr());
-        let err = publisher.publish("c", json!(3));
+        let err = publish(&mut publisher, "c", json!(3));
         assert_eq!(
             err["err"]["code"], 6,
             "nothing is acked while Redis is down: {err}"
@@ -387,11 +331,11 @@ fn redis_down_is_error_6_and_503_and_redis_back_empty_is_a_new_epoch() {
             "Redis restarted empty: a new epoch"
         );
         assert_eq!(ack["ok"]["offset"], 1);
-        let r = sub.sub("c", Some(json!({"epoch": snap["epoch"], "offset": 2})));
+        let r = subscribe(&mut sub, "c", Some(json!({"epoch": snap["epoch"], "offset": 2})));
         assert_eq!(r["recovered"], false, "{r}");
         assert_eq!(r["epoch"], ack["ok"]["epoch"]);
-        publisher.publish("c", json!(4));
-        assert_eq!(sub.offsets(1), vec![2]);
+        publish(&mut publisher, "c", json!(4));
+        assert_eq!(offsets(&mut sub, 1), vec![2]);
     });
 }
 
@@ -403,9 +347,9 @@ fn a_gap_in_what_redis_delivers_ends_the_subscription_with_code_6() {
     watchdog(LIMIT, move || {
         let a = node(&redis.url());
         let mut sub = Peer::connect(a.local_addr());
-        let snap = sub.sub("g", None);
+        let snap = subscribe(&mut sub, "g", None);
         a.hub().publish("g", json!(1)).unwrap();
-        assert_eq!(sub.offsets(1), vec![1]);
+        assert_eq!(offsets(&mut sub, 1), vec![1]);
         // Offset 5 arrives where 2 was due: this node missed something.
         let epoch = snap["epoch"].as_str().unwrap();
         let fake = format!("{epoch} 5 {{\"ch\":\"g\",\"offset\":5,\"data\":0}}");
@@ -416,10 +360,10 @@ fn a_gap_in_what_redis_delivers_ends_the_subscription_with_code_6() {
             (Some("unsub"), Some(6)),
             "{told}"
         );
-        let r = sub.sub("g", Some(json!({"epoch": epoch, "offset": 1})));
+        let r = subscribe(&mut sub, "g", Some(json!({"epoch": epoch, "offset": 1})));
         assert_eq!(r["recovered"], true, "{r}");
         a.hub().publish("g", json!(2)).unwrap();
-        assert_eq!(sub.offsets(1), vec![2]);
+        assert_eq!(offsets(&mut sub, 1), vec![2]);
         drop(redis);
     });
 }
@@ -442,7 +386,7 @@ fn presence_with_the_redis_engine_is_refused_not_answered_for_one_node_only() {
         let s = peer.cmd(json!({"op": "sub", "ch": "p", "joins": true}));
         assert_eq!(s["err"]["code"], 1, "{s}");
         assert!(s["err"]["msg"].as_str().unwrap().contains("Redis"), "{s}");
-        peer.sub("p", None);
+        subscribe(&mut peer, "p", None);
         drop(redis);
     });
 }
