@@ -418,6 +418,28 @@ pub(crate) struct HubConfig {
     pub max_presence_list: usize,
 }
 
+/// Ends everything `id` held on `/ws`, with either engine: its subscriptions (with their
+/// leaves) and who it was.
+fn forget(
+    id: ConnId,
+    channels: &mut Channels,
+    registry: &mut Registry<PeerHandle>,
+    presence: &mut Presence,
+    metrics: &Metrics,
+    remote: &mut Option<Remote>,
+) {
+    Hubside {
+        channels,
+        registry,
+        presence,
+        metrics,
+    }
+    .forget(id);
+    if let Some(r) = remote.as_mut() {
+        r.remove_conn(id);
+    }
+}
+
 /// Runs the hub loop until [`HubMsg::Stop`]. See the module docs.
 pub(crate) fn run(
     inbox: Receiver<HubMsg>,
@@ -488,16 +510,14 @@ pub(crate) fn run(
             Some(HubMsg::Unregister(id)) => {
                 handshaking.remove(&id);
                 let removed = registry.remove(id).is_some();
-                Hubside {
-                    channels: &mut channels,
-                    registry: &mut registry,
-                    presence: &mut presence,
-                    metrics: &metrics,
-                }
-                .forget(id);
-                if let Some(r) = remote.as_mut() {
-                    r.remove_conn(id);
-                }
+                forget(
+                    id,
+                    &mut channels,
+                    &mut registry,
+                    &mut presence,
+                    &metrics,
+                    &mut remote,
+                );
                 if removed {
                     pings.compact(registry.len(), |id| registry.contains(id));
                 }
@@ -514,17 +534,15 @@ pub(crate) fn run(
                 trace!("broadcast on {topic} queued for {}", out.delivered);
                 for (id, peer) in out.slow {
                     info!("connection {id}: slow consumer (queue full), disconnecting");
-                    if let Some(r) = remote.as_mut() {
-                        r.remove_conn(id);
-                    }
                     peer.cut();
-                    Hubside {
-                        channels: &mut channels,
-                        registry: &mut registry,
-                        presence: &mut presence,
-                        metrics: &metrics,
-                    }
-                    .forget(id);
+                    forget(
+                        id,
+                        &mut channels,
+                        &mut registry,
+                        &mut presence,
+                        &metrics,
+                        &mut remote,
+                    );
                 }
             }
             // `hello` is about the connection, not a channel: the same with either engine.
