@@ -390,3 +390,61 @@ fn presence_with_the_redis_engine_is_refused_not_answered_for_one_node_only() {
         drop(redis);
     });
 }
+
+#[test]
+fn subscribing_while_publications_stream_joins_snapshot_and_live_with_no_gap_or_duplicate() {
+    let Some(redis) = RedisServer::start_or_skip("join_under_load") else {
+        return;
+    };
+    watchdog(LIMIT, move || {
+        let (a, b) = (node(&redis.url()), node(&redis.url()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let hub = a.hub();
+        let publishing = {
+            let stop = stop.clone();
+            thread::spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    hub.publish("stream", json!(n)).unwrap();
+                    n += 1;
+                }
+            })
+        };
+        // Each subscriber joins mid-stream, some with `since` a little behind the top.
+        let mut kept = Vec::new();
+        for i in 0..12u64 {
+            let mut s = Peer::connect(b.local_addr());
+            let snap = if i % 2 == 0 {
+                subscribe(&mut s, "stream", None)
+            } else {
+                let top = a.hub().publish("stream", json!("mark")).unwrap();
+                let since = json!({"epoch": top.epoch, "offset": top.offset.saturating_sub(3)});
+                let r = subscribe(&mut s, "stream", Some(since));
+                assert_eq!(r["recovered"], true, "{r}");
+                r
+            };
+            let mut next = snap["offset"].as_u64().unwrap() + 1;
+            let first = snap["pubs"]
+                .as_array()
+                .unwrap()
+                .first()
+                .map(|p| p["offset"].as_u64().unwrap());
+            if let Some(f) = first {
+                next = f;
+                for p in snap["pubs"].as_array().unwrap() {
+                    assert_eq!(p["offset"].as_u64().unwrap(), next, "recovered in order");
+                    next += 1;
+                }
+            }
+            assert_eq!(
+                offsets(&mut s, 20),
+                (next..next + 20).collect::<Vec<_>>(),
+                "subscriber {i}"
+            );
+            kept.push(s);
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        publishing.join().unwrap();
+        drop(redis);
+    });
+}

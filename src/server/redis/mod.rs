@@ -684,7 +684,6 @@ impl RedisSide {
             Continuity::InOrder => {
                 node.last = Some(live.pos.clone());
                 let offset = live.pos.offset;
-                node.ahead.retain(|_, upto| *upto > offset);
                 let started = Instant::now();
                 let frame = text_frame(encode::push(&live.publication));
                 let mut delivered = 0;
@@ -699,6 +698,8 @@ impl RedisSide {
                         None => dropped.push((sub, Offer::Gone)),
                     }
                 }
+                // Who was ahead up to here is level with the node from now on.
+                node.ahead.retain(|_, upto| *upto > offset);
                 let slow = dropped.iter().filter(|(_, o)| *o == Offer::Full).count();
                 out.metrics
                     .publication(started.elapsed(), delivered, frame.payload().len(), slow);
