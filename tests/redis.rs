@@ -448,3 +448,14 @@ fn subscribing_while_publications_stream_joins_snapshot_and_live_with_no_gap_or_
         drop(redis);
     });
 }
+
+#[test]
+fn an_engine_that_is_neither_memory_nor_redis_is_a_usage_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_wshub"))
+        .args(["serve", "--engine", "mysql://127.0.0.1/0"])
+        .output()
+        .expect("wshub runs");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("redis://HOST:PORT/DB"), "{err}");
+}

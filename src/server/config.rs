@@ -396,6 +396,18 @@ mod tests {
     }
 
     #[test]
+    fn a_redis_engine_needs_a_redis_url() {
+        let mut c = Config {
+            engine: Engine::Redis("127.0.0.1:6379".into()),
+            ..Config::default()
+        };
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("redis://HOST:PORT/DB"), "{err}");
+        c.engine = Engine::Redis("redis://127.0.0.1:6379/0".into());
+        assert_eq!(c.validate().is_ok(), cfg!(feature = "redis"));
+    }
+
+    #[test]
     fn ping_interval_must_be_shorter_than_idle_timeout() {
         let config = Config {
             ping_interval: Duration::from_secs(60),
