@@ -16,6 +16,11 @@
 //! hub is each channel's sequencer, so offsets, history and fan-out agree by
 //! construction.
 //!
+//! With the Redis engine (`Config::engine`, `src/server/redis/`) Redis is the
+//! sequencer instead: the hub hands `pub`, `sub` and `history` to the engine's threads,
+//! is woken by their results (`HubMsg::Redis`: replies, snapshots, publications from
+//! PUB/SUB), and fans out locally; it stops those threads when it ends.
+//!
 //! The hub never blocks on a client. Each broadcast is offered to every member: written
 //! at once when that member's writer is idle and its socket has room (a non-blocking
 //! send under the connection's write lock, see [`crate::server::writer`]), else pushed on its
