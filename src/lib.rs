@@ -211,8 +211,8 @@ mod ws;
 
 pub use pubsub::protocol::StreamPosition;
 pub use server::{
-    ApiKey, Chat, Config, ConfigError, Connection, DrainReport, Echo, Error, HEALTH_PATH, Handler, Hub,
-    PublishError, SendError, Server, ServerBuilder, ShutdownHandle, TokenSecret, Ws,
+    ApiKey, Chat, Config, ConfigError, Connection, DrainReport, Echo, Engine, Error, HEALTH_PATH, Handler,
+    Hub, PublishError, SendError, Server, ServerBuilder, ShutdownHandle, TokenSecret, Ws,
 };
 pub use tungstenite::Message;
 pub use ws::handshake::{MAX_REQUEST_HEAD, Request};

@@ -37,6 +37,7 @@ pub mod idempotency;
 pub mod presence;
 pub mod protocol;
 pub mod recovery;
+pub mod relay;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -277,6 +278,11 @@ impl<S: Store> Channels<S> {
     /// Subscriptions of every connection together.
     pub fn subscription_total(&self) -> usize {
         self.by_conn.values().map(Vec::len).sum()
+    }
+
+    /// The channels `conn` is subscribed to.
+    pub fn channels_of(&self, conn: ConnId) -> impl Iterator<Item = Arc<str>> + '_ {
+        self.by_conn.get(&conn).into_iter().flatten().cloned()
     }
 
     /// How many channels `conn` is subscribed to.

@@ -264,7 +264,7 @@ impl Hubside<'_> {
 }
 
 /// A text frame of shared text, without a copy.
-fn text_frame(text: Utf8Bytes) -> WireFrame {
+pub(crate) fn text_frame(text: Utf8Bytes) -> WireFrame {
     // `from_message` is `None` only for `Message::Frame`, never for text; were it ever,
     // an empty Ping would be sent instead, harmless to every client.
     WireFrame::from_message(Message::Text(text)).unwrap_or_else(WireFrame::ping)

@@ -269,6 +269,12 @@ pub struct Config {
     /// 64 KiB. `0`: leave it to the kernel's autotuning (up to `net.ipv4.tcp_wmem`'s
     /// maximum, megabytes, per connection).
     pub send_buffer_size: usize,
+    /// Where channel streams live: [`Engine::Memory`] (the default) or
+    /// [`Engine::Redis`], shared by every node using the same Redis. See `docs/redis.md`.
+    pub engine: Engine,
+    /// With the Redis engine: the limit on connecting to Redis and on each reply from it.
+    /// A `pub` that gets no answer within it fails with error 6. Default 2 s.
+    pub engine_timeout: Duration,
     /// Token mode on `/ws`: `hello` with an HS256 JWT signed by this secret must come
     /// first, within the handshake timeout (else Close 4001). `None` (the default): open
     /// mode, `hello` optional. An authorizer set on the builder takes precedence.
@@ -277,6 +283,21 @@ pub struct Config {
     /// Default 1000.
     pub max_presence_list: usize,
 }
+
+/// Where `/ws` channel streams (epochs, offsets, history, idempotency keys) live.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Engine {
+    /// In this process (the default): one node, nothing else to run.
+    #[default]
+    Memory,
+    /// In the Redis at this URL (`redis://HOST:PORT/DB`), so channels span every node
+    /// that uses it. Needs the `redis` cargo feature (the binary has it).
+    Redis(String),
+}
+
+/// The default [`Config::engine_timeout`].
+pub const DEFAULT_ENGINE_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Default for Config {
     fn default() -> Self {
@@ -308,6 +329,8 @@ impl Default for Config {
             max_channels: DEFAULT_MAX_CHANNELS,
 
             send_buffer_size: DEFAULT_SEND_BUFFER_SIZE,
+            engine: Engine::Memory,
+            engine_timeout: DEFAULT_ENGINE_TIMEOUT,
             token_secret: None,
             max_presence_list: DEFAULT_MAX_PRESENCE_LIST,
         }
@@ -327,6 +350,7 @@ impl Config {
                 ("drain timeout", Some(self.drain_timeout)),
                 ("history TTL", Some(self.history_ttl)),
                 ("idempotency window", Some(self.idempotency_window)),
+                ("engine timeout", Some(self.engine_timeout)),
             ],
             ping_interval: Some(self.ping_interval),
             idle_timeout: Some(self.idle_timeout),
@@ -369,6 +393,18 @@ impl Config {
                 "the API key must be non-empty and have no whitespace",
             ));
         }
+        if let Engine::Redis(url) = &self.engine {
+            if !cfg!(feature = "redis") {
+                return Err(ConfigError::new(
+                    "the Redis engine needs wshub built with the `redis` feature",
+                ));
+            }
+            if !url.starts_with("redis://") {
+                return Err(ConfigError::new(format!(
+                    "engine must be `memory` or redis://HOST:PORT/DB, not {url:?}"
+                )));
+            }
+        }
         if self.thread_stack_size < MIN_THREAD_STACK_SIZE {
             return Err(ConfigError::new(format!(
                 "thread stack size must be at least {} KiB",
@@ -398,6 +434,18 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         assert!(Config::default().validate().is_ok());
+    }
+
+    #[test]
+    fn a_redis_engine_needs_a_redis_url() {
+        let mut c = Config {
+            engine: Engine::Redis("127.0.0.1:6379".into()),
+            ..Config::default()
+        };
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("redis://HOST:PORT/DB"), "{err}");
+        c.engine = Engine::Redis("redis://127.0.0.1:6379/0".into());
+        assert_eq!(c.validate().is_ok(), cfg!(feature = "redis"));
     }
 
     #[test]

@@ -218,8 +218,18 @@ fn handshake_phase(sock: &TcpStream, id: ConnId, shared: &Shared) -> Option<Upgr
     match handshake::answer(&request, endpoint, &config.allowed_origins) {
         Answer::Health => {
             let head = request.method() == "HEAD";
-            let ok = handshake::response(StatusCode::OK, "", &handshake::Content::text(b"ok"), head);
-            respond_and_close(sock, &ok, config);
+            // Green only while delivery works: with the Redis engine, only while Redis is
+            // reachable.
+            let answer = match shared.hub.engine_health().down() {
+                None => handshake::response(StatusCode::OK, "", &handshake::Content::text(b"ok"), head),
+                Some(why) => handshake::response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "",
+                    &handshake::Content::text(why.as_bytes()),
+                    head,
+                ),
+            };
+            respond_and_close(sock, &answer, config);
             None
         }
         Answer::Resource {

@@ -16,6 +16,11 @@
 //! hub is each channel's sequencer, so offsets, history and fan-out agree by
 //! construction.
 //!
+//! With the Redis engine (`Config::engine`, `src/server/redis/`) Redis is the
+//! sequencer instead: the hub hands `pub`, `sub` and `history` to the engine's threads,
+//! is woken by their results (`HubMsg::Redis`: replies, snapshots, publications from
+//! PUB/SUB), and fans out locally; it stops those threads when it ends.
+//!
 //! The hub never blocks on a client. Each broadcast is offered to every member: written
 //! at once when that member's writer is idle and its socket has room (a non-blocking
 //! send under the connection's write lock, see [`crate::server::writer`]), else pushed on its
@@ -44,12 +49,17 @@ use log::{debug, info, trace};
 use tungstenite::Message;
 
 use crate::pubsub::presence::Presence;
-use crate::pubsub::protocol::{ErrorBody, ErrorCode, MAX_KEY_LEN, StreamPosition, validate_channel};
+use crate::pubsub::protocol::{Command, ErrorBody, ErrorCode, MAX_KEY_LEN, StreamPosition, validate_channel};
 use crate::pubsub::{Channels, Limits};
 use crate::server::commands::{ApiPublish, ConnCommand, Hubside};
+use crate::server::engine::EngineHealth;
 use crate::server::error::{PublishError, SendError};
 use crate::server::flow::{Credit, Flow, InFlight};
+#[cfg(not(feature = "redis"))]
+use crate::server::hub::off::{Out, Remote, RemoteEvent};
 use crate::server::metrics::{HubStats, Metrics};
+#[cfg(feature = "redis")]
+use crate::server::redis::{Event as RemoteEvent, Out, RedisSide as Remote};
 use crate::server::registry::{ConnId, Offer, Peer, Registry};
 use crate::server::writer::{self, Ctrl, WriteSide};
 use crate::ws::close_policy::GOING_AWAY;
@@ -115,6 +125,47 @@ pub(crate) enum HubMsg {
     Stop,
     /// A scrape of `/metrics` asks for the sizes only the hub can see.
     Stats(Sender<HubStats>),
+    /// What the Redis engine's threads report (boxed: the inbox's slots stay small).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    Redis(Box<RemoteEvent>),
+}
+
+/// Without the `redis` feature the Redis engine cannot exist: these types have no
+/// values, so the hub's calls into them compile to nothing.
+#[cfg(not(feature = "redis"))]
+pub(crate) mod off {
+    use super::{ApiPublish, HubStats, Metrics, PeerHandle, Registry};
+    use crate::pubsub::ConnId;
+    use crate::pubsub::protocol::Request;
+
+    #[derive(Debug)]
+    pub(crate) enum RemoteEvent {}
+    pub(crate) enum Remote {}
+    #[allow(dead_code)]
+    pub(crate) struct Out<'a> {
+        pub registry: &'a mut Registry<PeerHandle>,
+        pub metrics: &'a Metrics,
+    }
+    impl Remote {
+        pub(crate) fn execute(&mut self, _: ConnId, _: Request, _: &mut Out<'_>) {
+            match *self {}
+        }
+        pub(crate) fn api_publish(&mut self, _: ApiPublish) {
+            match *self {}
+        }
+        pub(crate) fn event(&mut self, e: RemoteEvent, _: &mut Out<'_>) {
+            match e {}
+        }
+        pub(crate) fn remove_conn(&mut self, _: ConnId) {
+            match *self {}
+        }
+        pub(crate) fn stats(&self) -> HubStats {
+            match *self {}
+        }
+        pub(crate) fn stop(&mut self) {
+            match *self {}
+        }
+    }
 }
 
 /// The hub's handle on one connection: its two queues and its socket.
@@ -192,6 +243,7 @@ pub struct Hub {
     /// The routes' paths: the only topics a client can be on. Fixed at start.
     topics: Arc<[Box<str>]>,
     metrics: Arc<Metrics>,
+    engine: Arc<EngineHealth>,
 }
 
 /// A message in the hub's inbox, with the room it takes there
@@ -209,7 +261,12 @@ pub(crate) struct Inbox {
 
 /// The hub's inbox: [`HUB_QUEUE`] messages, broadcasts up to `max_bytes` in all; the
 /// [`Hub`] handle knows the routes' `topics` and counts into `metrics`.
-pub(crate) fn inbox(max_bytes: usize, topics: Arc<[Box<str>]>, metrics: Arc<Metrics>) -> (Hub, Inbox) {
+pub(crate) fn inbox(
+    max_bytes: usize,
+    topics: Arc<[Box<str>]>,
+    metrics: Arc<Metrics>,
+    engine: Arc<EngineHealth>,
+) -> (Hub, Inbox) {
     let (tx, rx) = bounded(HUB_QUEUE);
     let flow = Flow::new(max_bytes);
     (
@@ -218,6 +275,7 @@ pub(crate) fn inbox(max_bytes: usize, topics: Arc<[Box<str>]>, metrics: Arc<Metr
             flow: flow.clone(),
             topics,
             metrics,
+            engine,
         },
         Inbox { rx, flow },
     )
@@ -237,11 +295,17 @@ impl std::fmt::Debug for HubMsg {
             HubMsg::Cut => "Cut",
             HubMsg::Stop => "Stop",
             HubMsg::Stats(_) => "Stats",
+            HubMsg::Redis(_) => "Redis",
         })
     }
 }
 
 impl Hub {
+    /// Whether the channel engine is reachable, for `/healthz`.
+    pub(crate) fn engine_health(&self) -> &EngineHealth {
+        &self.engine
+    }
+
     /// The server's counters, for the threads that count.
     pub(crate) fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
@@ -410,8 +474,35 @@ pub(crate) struct HubConfig {
     pub max_presence_list: usize,
 }
 
+/// Ends everything `id` held on `/ws`, with either engine: its subscriptions (with their
+/// leaves) and who it was.
+fn forget(
+    id: ConnId,
+    channels: &mut Channels,
+    registry: &mut Registry<PeerHandle>,
+    presence: &mut Presence,
+    metrics: &Metrics,
+    remote: &mut Option<Remote>,
+) {
+    Hubside {
+        channels,
+        registry,
+        presence,
+        metrics,
+    }
+    .forget(id);
+    if let Some(r) = remote.as_mut() {
+        r.remove_conn(id);
+    }
+}
+
 /// Runs the hub loop until [`HubMsg::Stop`]. See the module docs.
-pub(crate) fn run(inbox: Inbox, config: HubConfig, metrics: Arc<Metrics>) -> DrainTally {
+pub(crate) fn run(
+    inbox: Inbox,
+    config: HubConfig,
+    metrics: Arc<Metrics>,
+    remote: Option<Remote>,
+) -> DrainTally {
     // However the hub ends, even by a panic: wake any sender still waiting for room in
     // the inbox, now that nothing will make it.
     struct CloseFlow(Arc<Flow>);
@@ -420,11 +511,17 @@ pub(crate) fn run(inbox: Inbox, config: HubConfig, metrics: Arc<Metrics>) -> Dra
             self.0.close();
         }
     }
-    let _close = CloseFlow(inbox.flow);
-    serve(&inbox.rx, config, &metrics)
+    let Inbox { rx, flow } = inbox;
+    let _close = CloseFlow(flow);
+    serve(rx, config, &metrics, remote)
 }
 
-fn serve(inbox: &Receiver<Envelope>, config: HubConfig, metrics: &Metrics) -> DrainTally {
+fn serve(
+    inbox: Receiver<Envelope>,
+    config: HubConfig,
+    metrics: &Metrics,
+    mut remote: Option<Remote>,
+) -> DrainTally {
     let HubConfig {
         ping_interval,
         limits,
@@ -501,7 +598,14 @@ fn serve(inbox: &Receiver<Envelope>, config: HubConfig, metrics: &Metrics) -> Dr
             Some(HubMsg::Unregister(id)) => {
                 handshaking.remove(&id);
                 let removed = registry.remove(id).is_some();
-                side!().forget(id);
+                forget(
+                    id,
+                    &mut channels,
+                    &mut registry,
+                    &mut presence,
+                    metrics,
+                    &mut remote,
+                );
                 if removed {
                     pings.compact(registry.len(), |id| registry.contains(id));
                 }
@@ -519,7 +623,40 @@ fn serve(inbox: &Receiver<Envelope>, config: HubConfig, metrics: &Metrics) -> Dr
                 for (id, peer) in out.slow {
                     info!("connection {id}: slow consumer (queue full), disconnecting");
                     peer.cut();
-                    side!().forget(id);
+                    forget(
+                        id,
+                        &mut channels,
+                        &mut registry,
+                        &mut presence,
+                        metrics,
+                        &mut remote,
+                    );
+                }
+            }
+            // `hello` is about the connection, not a channel: the same with either engine.
+            Some(HubMsg::Command(cmd))
+                if remote.is_some() && !matches!(cmd.request.command, Command::Hello { .. }) =>
+            {
+                if let Some(r) = remote.as_mut() {
+                    let mut out = Out {
+                        registry: &mut registry,
+                        metrics,
+                    };
+                    r.execute(cmd.conn, cmd.request, &mut out);
+                }
+            }
+            Some(HubMsg::Publish(p)) if remote.is_some() => {
+                if let Some(r) = remote.as_mut() {
+                    r.api_publish(*p);
+                }
+            }
+            Some(HubMsg::Redis(event)) => {
+                if let Some(r) = remote.as_mut() {
+                    let mut out = Out {
+                        registry: &mut registry,
+                        metrics,
+                    };
+                    r.event(*event, &mut out);
                 }
             }
             Some(HubMsg::Command(cmd)) => {
@@ -534,10 +671,13 @@ fn serve(inbox: &Receiver<Envelope>, config: HubConfig, metrics: &Metrics) -> Dr
                 side.api_publish(*p, Instant::now());
             }
             Some(HubMsg::Stats(reply)) => {
-                let _ = reply.try_send(HubStats {
-                    channels: channels.store().channel_count(),
-                    subscriptions: channels.subscription_total(),
-                    history_bytes: channels.store().history_bytes(),
+                let _ = reply.try_send(match &remote {
+                    Some(r) => r.stats(),
+                    None => HubStats {
+                        channels: channels.store().channel_count(),
+                        subscriptions: channels.subscription_total(),
+                        history_bytes: channels.store().history_bytes(),
+                    },
                 });
             }
             Some(HubMsg::Drain(reply)) => {
@@ -593,6 +733,12 @@ fn serve(inbox: &Receiver<Envelope>, config: HubConfig, metrics: &Metrics) -> Dr
                 None => false,
             });
         }
+    }
+    // Its threads may be handing over a result: with the inbox gone that fails at once
+    // instead of waiting, so they see their senders dropped and end.
+    drop(inbox);
+    if let Some(r) = remote.as_mut() {
+        r.stop();
     }
     tally
 }

@@ -13,6 +13,7 @@ mod capacity;
 mod commands;
 mod config;
 mod connection;
+mod engine;
 mod error;
 mod flow;
 mod handler;
@@ -20,12 +21,14 @@ mod http;
 mod hub;
 mod metrics;
 mod queue;
+#[cfg(feature = "redis")]
+mod redis;
 mod registry;
 mod shutdown;
 mod start;
 mod writer;
 
-pub use config::{ApiKey, Config, TokenSecret};
+pub use config::{ApiKey, Config, Engine, TokenSecret};
 pub use error::{ConfigError, Error, PublishError, SendError};
 pub use handler::{Chat, Connection, Echo, HEALTH_PATH, Handler, Ws};
 pub use hub::Hub;

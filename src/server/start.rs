@@ -16,8 +16,13 @@ use log::{info, warn};
 use crate::pubsub::auth::{Authorizer, JwtAuthorizer, Open};
 use crate::server::accept::{self, Acceptor};
 use crate::server::capacity::{self, SystemLimits};
+#[cfg(feature = "redis")]
+use crate::server::config::Engine;
 use crate::server::config::{Config, DEFAULT_MAX_CONNECTIONS};
 use crate::server::connection::Shared;
+use crate::server::engine::EngineHealth;
+#[cfg(feature = "redis")]
+use crate::server::error::ConfigError;
 use crate::server::error::Error;
 use crate::server::handler::{Handler, Routes};
 use crate::server::hub::{self, Hub, HubConfig};
@@ -112,7 +117,14 @@ impl ServerBuilder {
         }
 
         let metrics = Arc::new(Metrics::default());
-        let (hub, inbox) = hub::inbox(config.max_inbox_bytes, routes.paths(), metrics.clone());
+        let health = Arc::new(EngineHealth::up());
+        let (hub, inbox) = hub::inbox(
+            config.max_inbox_bytes,
+            routes.paths(),
+            metrics.clone(),
+            health.clone(),
+        );
+        let remote = remote_engine(&config, config.channel_limits(), health, hub.clone())?;
         let hub_config = HubConfig {
             ping_interval: config.ping_interval,
             limits: config.channel_limits(),
@@ -120,7 +132,9 @@ impl ServerBuilder {
             max_presence_list: config.max_presence_list,
         };
         let hub_metrics = metrics.clone();
-        let hub_thread = spawn("wshub-hub", move || hub::run(inbox, hub_config, hub_metrics))?;
+        let hub_thread = spawn("wshub-hub", move || {
+            hub::run(inbox, hub_config, hub_metrics, remote)
+        })?;
         let authorizer = authorizer.unwrap_or_else(|| match &config.token_secret {
             Some(secret) => Arc::new(JwtAuthorizer::new(secret.expose())),
             None => Arc::new(Open),
@@ -187,6 +201,35 @@ fn widen_backlog(listener: &TcpListener) {
     if let Err(e) = socket2::SockRef::from(listener).listen(LISTEN_BACKLOG) {
         log::debug!("could not widen the listen backlog: {e}");
     }
+}
+
+/// Starts the Redis engine's threads when the config asks for it. Redis need not be up:
+/// the engine reconnects, and `/healthz` says it is down meanwhile.
+#[cfg(feature = "redis")]
+fn remote_engine(
+    config: &Config,
+    limits: crate::pubsub::Limits,
+    health: Arc<EngineHealth>,
+    hub: Hub,
+) -> Result<Option<crate::server::redis::RedisSide>, Error> {
+    let Engine::Redis(url) = &config.engine else {
+        return Ok(None);
+    };
+    health.set_pubsub(false);
+    crate::server::redis::RedisSide::start(url, config.engine_timeout, limits, health, hub)
+        .map(Some)
+        .map_err(|e| Error::Config(ConfigError::new(e)))
+}
+
+/// Without the `redis` feature, [`Config::validate`] has refused `Engine::Redis`.
+#[cfg(not(feature = "redis"))]
+fn remote_engine(
+    _config: &Config,
+    _limits: crate::pubsub::Limits,
+    _health: Arc<EngineHealth>,
+    _hub: Hub,
+) -> Result<Option<hub::off::Remote>, Error> {
+    Ok(None)
 }
 
 fn spawn<T: Send + 'static>(

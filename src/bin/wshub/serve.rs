@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use log::{error, info, warn};
-use wshub::{Config, Server};
+use wshub::{Config, Engine, Server};
 
 use crate::args::{parse_addr, parse_duration, parse_size, parse_switch, read_secret};
 
@@ -120,6 +120,24 @@ pub struct Args {
     /// Members a /ws presence reply lists at most (the counts are always exact).
     #[arg(long, default_value_t = 1000)]
     max_presence_list: usize,
+    /// Where /ws channel streams live: `memory` (this process) or redis://HOST:PORT/DB
+    /// (shared by every wshub using that Redis; see docs/redis.md).
+    #[arg(long, value_name = "memory|redis://HOST:PORT/DB", default_value = "memory", value_parser = parse_engine)]
+    engine: Engine,
+    /// With --engine redis://..: the limit on connecting to Redis and on each reply.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    engine_timeout: Duration,
+}
+
+/// `memory` or a `redis://` URL.
+fn parse_engine(s: &str) -> Result<Engine, String> {
+    match s {
+        "memory" => Ok(Engine::Memory),
+        url if url.starts_with("redis://") => Ok(Engine::Redis(url.to_owned())),
+        other => Err(format!(
+            "expected `memory` or redis://HOST:PORT/DB, not {other:?}"
+        )),
+    }
 }
 
 impl Args {
@@ -155,6 +173,8 @@ impl Args {
         c.max_publish_rate = self.max_publish_rate;
         c.max_inbox_bytes = self.max_inbox_bytes;
         c.max_queue_bytes = self.max_queue_bytes;
+        c.engine = self.engine;
+        c.engine_timeout = self.engine_timeout;
         Ok(c)
     }
 }

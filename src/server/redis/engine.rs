@@ -1,0 +1,321 @@
+//! The engine thread: every command this node sends Redis (the publish script, the
+//! read script behind `sub` and `history`), one at a time, on one connection.
+//!
+//! **Owns** the node's command connection to Redis (reconnected on demand, with
+//! backoff and jitter from [`crate::client::backoff`]) and the two scripts. **Woken**
+//! by a [`Job`] from the hub; it never waits on the hub except to hand a result to its
+//! inbox, which the hub always drains. **Ends** when the hub drops its sender (the hub
+//! has stopped). Each Redis call is bounded by `Config::engine_timeout`.
+//!
+//! The hub sends work here instead of calling Redis itself, so fan-out never waits for
+//! a round trip. Jobs run in the order the hub sent them, so one connection's `pub`s get
+//! offsets in the order it sent them.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use log::{info, warn};
+use rand::RngExt;
+use redis::{Client, Connection, RedisError, Script};
+
+use super::{Event, Names, PubTarget};
+use crate::client::backoff::Backoff;
+use crate::pubsub::encode::{self, Encoded};
+use crate::pubsub::protocol::{Empty, ErrorBody, ErrorCode, Reply, Snapshot, StreamPosition};
+use crate::pubsub::relay::{self, Template};
+use crate::pubsub::{ConnId, Limits};
+use crate::server::engine::EngineHealth;
+use crate::server::error::PublishError;
+use crate::server::hub::{Hub, HubMsg};
+
+/// How long a channel's epoch and top offset stay in Redis after its last `pub` or
+/// `sub`: past it the channel starts again with a new epoch (as a channel dropped from
+/// memory does). Much longer than any history TTL, so live subscribers keep their epoch.
+pub(crate) const META_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Work for the engine thread.
+#[derive(Debug)]
+pub(crate) enum Job {
+    /// Run the publish script.
+    Publish {
+        /// The channel.
+        ch: String,
+        /// The publication without its offset.
+        template: Template,
+        /// The idempotency key.
+        key: Option<String>,
+        /// Who gets the result.
+        to: PubTarget,
+    },
+    /// Run the read script for a `sub` (creating the channel) or a `history`.
+    Read {
+        /// The channel.
+        ch: String,
+        /// The connection asking.
+        conn: ConnId,
+        /// The command's id.
+        id: u64,
+        /// Its `since`.
+        since: Option<StreamPosition>,
+        /// Its `limit` (`history` only).
+        limit: Option<u64>,
+        /// `Some(ticket)` for a `sub`: the hub's number for the pending subscription.
+        sub: Option<u64>,
+    },
+}
+
+pub(crate) struct EngineThread {
+    client: Client,
+    con: Option<Connection>,
+    retry_at: Option<Instant>,
+    backoff: Backoff,
+    timeout: Duration,
+    limits: Limits,
+    health: Arc<EngineHealth>,
+    hub: Hub,
+    publish: Script,
+    read: Script,
+}
+
+/// Error 6, for anything that went wrong between us and Redis.
+fn unavailable(why: impl std::fmt::Display) -> ErrorBody {
+    ErrorBody::new(ErrorCode::Unavailable, format!("engine unavailable: {why}"))
+}
+
+fn new_epoch() -> String {
+    format!("{:016x}", rand::rng().random::<u64>())
+}
+
+impl EngineThread {
+    pub(crate) fn new(
+        client: Client,
+        timeout: Duration,
+        limits: Limits,
+        health: Arc<EngineHealth>,
+        hub: Hub,
+    ) -> EngineThread {
+        EngineThread {
+            client,
+            con: None,
+            retry_at: None,
+            backoff: Backoff::new(super::reconnect_backoff()),
+            timeout,
+            limits,
+            health,
+            hub,
+            publish: Script::new(include_str!("publish.lua")),
+            read: Script::new(include_str!("read.lua")),
+        }
+    }
+
+    /// Runs jobs until the hub is gone. While the connection is down it also reconnects
+    /// on its own at each backoff deadline, so `/healthz` turns green again without
+    /// waiting for a client's `pub`.
+    pub(crate) fn run(mut self, jobs: Receiver<Job>) {
+        loop {
+            let next = match self.retry_at.filter(|_| self.con.is_none()) {
+                Some(at) => jobs.recv_deadline(at),
+                None => jobs.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            };
+            match next {
+                Ok(job) => self.handle(job),
+                Err(RecvTimeoutError::Timeout) => {
+                    let _ = self.connection();
+                }
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        }
+    }
+
+    fn handle(&mut self, job: Job) {
+        match job {
+            Job::Publish {
+                ch,
+                template,
+                key,
+                to,
+            } => {
+                let result = self.publish(&ch, &template, key.as_deref());
+                match to {
+                    PubTarget::Api(reply) => {
+                        let _ = reply.send(result.map_err(PublishError::Rejected));
+                    }
+                    PubTarget::Conn { conn, id } => {
+                        let text = match result {
+                            Ok(pos) => encode::reply(&Reply::ok(id, pos)),
+                            Err(e) => encode::reply(&Reply::<Empty>::err(Some(id), e)),
+                        };
+                        self.tell(Event::Reply { conn, text });
+                    }
+                }
+            }
+            Job::Read {
+                ch,
+                conn,
+                id,
+                since,
+                limit,
+                sub,
+            } => {
+                let result = self.read(&ch, since.as_ref(), limit, sub.is_some());
+                match sub {
+                    Some(ticket) => self.tell(Event::Snapshot {
+                        ch,
+                        conn,
+                        id,
+                        ticket,
+                        result,
+                    }),
+                    None => {
+                        let text = match result {
+                            Ok(snap) => encode::snapshot_reply(id, &snap),
+                            Err(e) => encode::reply(&Reply::<Empty>::err(Some(id), e)),
+                        };
+                        self.tell(Event::Reply { conn, text });
+                    }
+                }
+            }
+        }
+    }
+
+    fn tell(&self, event: Event) {
+        // The hub always drains its inbox; if it has stopped, nobody needs this.
+        let _ = self.hub.send(HubMsg::Redis(Box::new(event)));
+    }
+
+    /// The connection, (re)connecting if it is time to try.
+    fn connection(&mut self) -> Result<&mut Connection, ErrorBody> {
+        if self.con.is_none() {
+            if self.retry_at.is_some_and(|at| Instant::now() < at) {
+                return Err(unavailable("Redis is unreachable, reconnecting"));
+            }
+            match self.connect() {
+                Ok(con) => {
+                    if self.retry_at.take().is_some() {
+                        info!("engine: reconnected to Redis");
+                    }
+                    self.backoff.reset();
+                    self.health.set_commands(true);
+                    self.con = Some(con);
+                }
+                Err(e) => {
+                    self.failed(&e);
+                    return Err(unavailable(e));
+                }
+            }
+        }
+        self.con.as_mut().ok_or_else(|| unavailable("no connection"))
+    }
+
+    fn connect(&self) -> Result<Connection, RedisError> {
+        let con = self.client.get_connection_with_timeout(self.timeout)?;
+        con.set_read_timeout(Some(self.timeout))?;
+        con.set_write_timeout(Some(self.timeout))?;
+        Ok(con)
+    }
+
+    /// The connection failed: drop it and wait a backoff delay before the next try.
+    fn failed(&mut self, e: &RedisError) {
+        if self.con.take().is_some() || self.retry_at.is_none() {
+            warn!("engine: Redis command connection failed: {e}");
+        }
+        self.health.set_commands(false);
+        self.retry_at = Some(Instant::now() + self.backoff.next_delay());
+    }
+
+    /// Runs `f` on the connection; an I/O error or a timeout drops the connection.
+    fn call<T>(&mut self, f: impl FnOnce(&mut Connection) -> Result<T, RedisError>) -> Result<T, ErrorBody> {
+        let con = self.connection()?;
+        f(con).map_err(|e| {
+            if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
+                self.failed(&e);
+            }
+            unavailable(e)
+        })
+    }
+
+    fn publish(
+        &mut self,
+        ch: &str,
+        template: &Template,
+        key: Option<&str>,
+    ) -> Result<StreamPosition, ErrorBody> {
+        let names = Names::new(ch);
+        let limits = self.limits;
+        let script = self.publish.clone();
+        let epoch = new_epoch();
+        let (epoch, offset, _seen): (String, u64, u8) = self.call(|con| {
+            script
+                .key(&names.meta)
+                .key(&names.stream)
+                .key(names.idempotency(key.unwrap_or_default()))
+                .arg(&template.head)
+                .arg(&template.tail)
+                .arg(limits.history_size)
+                .arg(millis(limits.history_ttl))
+                .arg(META_TTL.as_secs())
+                .arg(&epoch)
+                .arg(millis(limits.idempotency_window))
+                .arg(&names.live)
+                .arg(if key.is_some() { "1" } else { "0" })
+                .invoke(con)
+        })?;
+        Ok(StreamPosition { epoch, offset })
+    }
+
+    fn read(
+        &mut self,
+        ch: &str,
+        since: Option<&StreamPosition>,
+        limit: Option<u64>,
+        create: bool,
+    ) -> Result<Snapshot<Encoded>, ErrorBody> {
+        let names = Names::new(ch);
+        let cap = self.limits.history_size as u64;
+        // A `sub` reads everything after `since` (at most the history size); a `history`
+        // reads at most `limit`.
+        let limit = if create {
+            cap
+        } else {
+            limit.unwrap_or(cap).min(cap)
+        };
+        let script = self.read.clone();
+        let epoch = new_epoch();
+        let (epoch, top, entries): (String, u64, Vec<String>) = self.call(|con| {
+            script
+                .key(&names.meta)
+                .key(&names.stream)
+                .arg(if create { "1" } else { "0" })
+                .arg(&epoch)
+                .arg(META_TTL.as_secs())
+                .arg(since.map_or("", |s| s.epoch.as_str()))
+                .arg(since.map_or(0, |s| s.offset.saturating_add(1)))
+                .arg(limit)
+                .arg(if create { "" } else { "newest" })
+                .invoke(con)
+        })?;
+        let mut first = None;
+        let mut pubs = Vec::with_capacity(entries.len() / 2);
+        for pair in entries.chunks_exact(2) {
+            if first.is_none() {
+                first = pair[0].split('-').next().and_then(|o| o.parse().ok());
+            }
+            pubs.push(Encoded::from(pair[1].clone()));
+        }
+        let recovered = since.map(|s| relay::recovered(s, &epoch, top, first));
+        if recovered == Some(false) {
+            pubs.clear();
+        }
+        Ok(Snapshot {
+            epoch,
+            offset: top,
+            pubs,
+            recovered,
+        })
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}

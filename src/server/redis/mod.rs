@@ -1,0 +1,725 @@
+//! The Redis engine (issue #13): channel streams (epochs, offsets, history,
+//! idempotency keys) live in Redis, so every node that uses the same Redis serves the
+//! same channels. Subscriptions and fan-out stay local to each node. See `docs/redis.md`.
+//!
+//! Three owners:
+//! - [`RedisSide`], owned by the **hub thread**: this node's subscriptions, and per
+//!   channel the last position relayed and the `sub`s waiting for their snapshot. It
+//!   never calls Redis: it sends work to the two threads below and gets their results
+//!   back as [`Event`]s in its inbox, so fan-out never waits for a round trip.
+//! - The **engine thread** ([`engine`]): the publish script and the read script, on the
+//!   node's command connection.
+//! - The **subscriber thread** ([`subscriber`]): the node's PUB/SUB connection, which
+//!   delivers every publication of the channels this node has subscribers for.
+//!
+//! Both threads end when the hub drops its senders ([`RedisSide::stop`] joins them).
+//!
+//! # Ordering
+//!
+//! The publish script gives a publication its offset, appends it to the stream and
+//! `PUBLISH`es it in one atomic step, so Redis delivers the publications of a channel
+//! to every node's PUB/SUB connection in offset order, and each node relays them in the
+//! order received. A `sub` joins history and live like this: the Redis subscription is
+//! confirmed first, then the snapshot is read; publications arriving meanwhile are
+//! buffered; the reply carries the snapshot and is followed by the buffered ones past
+//! its top. Anything published before the snapshot is in it, anything after arrives
+//! live: no gap, and offsets at or below the top are dropped: no duplicate. A node that
+//! sees an offset skipped or the epoch change (its PUB/SUB connection dropped, the
+//! channel was flushed) ends the subscriptions on that channel with `push unsub` code 6;
+//! clients resubscribe with `since` and recover from the stream.
+//!
+//! A `pub` ack goes out when the script has returned, so it can reach the publisher
+//! before its own push (which travels through Redis PUB/SUB); the memory engine sends
+//! the push first.
+
+pub(crate) mod engine;
+pub(crate) mod subscriber;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Sender, TrySendError, bounded, unbounded};
+use log::info;
+use serde_json::Value;
+use tungstenite::Utf8Bytes;
+
+use crate::client::backoff::BackoffConfig;
+use crate::pubsub::encode::{self, Encoded};
+use crate::pubsub::protocol::{
+    Command, Empty, ErrorBody, ErrorCode, Push, Reply, Request, Snapshot, StreamPosition,
+};
+use crate::pubsub::relay::{Continuity, Template, continuity};
+use crate::pubsub::{Channels, ConnId, Limits, Published, Store};
+use crate::server::commands::{ApiPublish, text_frame};
+use crate::server::engine::EngineHealth;
+use crate::server::error::PublishError;
+use crate::server::hub::{Hub, PeerHandle};
+use crate::server::metrics::{HubStats, Metrics};
+use crate::server::registry::{Offer, Peer, Registry};
+use engine::{EngineThread, Job};
+use subscriber::Ctl;
+
+/// Jobs waiting for the engine thread. Past it a `pub`, `sub` or `history` gets error 6
+/// at once: the hub never waits for the engine.
+const JOB_QUEUE: usize = 4096;
+
+/// How the engine's connections retry: quickly at first (a Redis restart is short),
+/// at most every 5 s, with jitter so a fleet of nodes does not reconnect in step.
+pub(crate) fn reconnect_backoff() -> BackoffConfig {
+    BackoffConfig {
+        initial: Duration::from_millis(100),
+        max: Duration::from_secs(5),
+        ..BackoffConfig::default()
+    }
+}
+
+/// The Redis names of one wshub channel.
+pub(crate) struct Names {
+    /// Hash: `e` the epoch, `o` the top offset.
+    pub meta: String,
+    /// Stream: the history, entry id `OFFSET-0`, field `p` the publication.
+    pub stream: String,
+    /// PUB/SUB channel.
+    pub live: String,
+    ch: String,
+}
+
+const LIVE_PREFIX: &str = "wshub:live:";
+
+impl Names {
+    pub(crate) fn new(ch: &str) -> Names {
+        Names {
+            meta: format!("wshub:meta:{ch}"),
+            stream: format!("wshub:hist:{ch}"),
+            live: format!("{LIVE_PREFIX}{ch}"),
+            ch: ch.to_owned(),
+        }
+    }
+
+    /// The idempotency key of `key` on this channel (the channel's length first, so no
+    /// two `(channel, key)` pairs share one).
+    pub(crate) fn idempotency(&self, key: &str) -> String {
+        format!("wshub:idem:{}:{}:{key}", self.ch.len(), self.ch)
+    }
+
+    /// The wshub channel of a PUB/SUB channel name.
+    pub(crate) fn channel_of(live: &str) -> Option<&str> {
+        live.strip_prefix(LIVE_PREFIX)
+    }
+}
+
+/// Where a publication's result goes.
+#[derive(Debug)]
+pub(crate) enum PubTarget {
+    /// A client's `pub`: the ack (or error) to `conn`.
+    Conn { conn: ConnId, id: u64 },
+    /// [`Hub::publish`](crate::Hub::publish): the caller.
+    Api(Sender<Result<StreamPosition, PublishError>>),
+}
+
+/// What the engine and subscriber threads tell the hub.
+#[derive(Debug)]
+pub(crate) enum Event {
+    /// A reply to offer to `conn` (a `pub` ack or a `history` reply).
+    Reply { conn: ConnId, text: Utf8Bytes },
+    /// A `sub`'s snapshot, read after its Redis subscription was confirmed.
+    Snapshot {
+        ch: String,
+        conn: ConnId,
+        id: u64,
+        ticket: u64,
+        result: Result<Snapshot<Encoded>, ErrorBody>,
+    },
+    /// Redis confirmed the subscription to `ch` asked for with `round`.
+    Subscribed { ch: String, round: u64 },
+    /// The subscription to `ch` asked for with `round` could not be made.
+    SubscribeFailed { ch: String, round: u64 },
+    /// A publication on `ch`, from PUB/SUB.
+    Live {
+        ch: String,
+        epoch: String,
+        offset: u64,
+        publication: Encoded,
+    },
+    /// The PUB/SUB connection failed: every Redis subscription is gone.
+    SubscriberLost,
+}
+
+/// The subscription bookkeeping of [`Channels`] without any stream: with the Redis
+/// engine the streams are in Redis and only the engine thread reads them.
+#[derive(Debug, Default)]
+pub(crate) struct Local;
+
+impl Store for Local {
+    fn open(
+        &mut self,
+        _ch: &str,
+        _since: Option<&StreamPosition>,
+        _now: Instant,
+    ) -> Result<Snapshot<Encoded>, ErrorBody> {
+        Ok(Snapshot {
+            epoch: String::new(),
+            offset: 0,
+            pubs: Vec::new(),
+            recovered: None,
+        })
+    }
+    fn close(&mut self, _ch: &str) {}
+    fn publish(
+        &mut self,
+        _ch: &str,
+        _data: &Value,
+        _key: Option<&str>,
+        _from: Option<ConnId>,
+        _now: Instant,
+    ) -> Result<Published, ErrorBody> {
+        Err(not_here())
+    }
+    fn history(
+        &mut self,
+        _ch: &str,
+        _since: Option<&StreamPosition>,
+        _limit: Option<u64>,
+        _now: Instant,
+    ) -> Result<Snapshot<Encoded>, ErrorBody> {
+        Err(not_here())
+    }
+    fn expire(&mut self, _now: Instant) {}
+    fn is_empty(&self) -> bool {
+        true
+    }
+}
+
+fn not_here() -> ErrorBody {
+    ErrorBody::new(ErrorCode::Unavailable, "streams are kept in Redis")
+}
+
+/// Presence is kept per node by the memory engine only: with Redis a node's list would
+/// miss every other node's members, so it is refused rather than answered wrong.
+fn no_presence() -> ErrorBody {
+    ErrorBody::new(
+        ErrorCode::BadRequest,
+        "presence (the presence command, sub with joins) is not available with the Redis engine yet",
+    )
+}
+
+fn busy() -> ErrorBody {
+    ErrorBody::new(ErrorCode::Unavailable, "engine busy, retry later")
+}
+
+/// A `sub` waiting for its snapshot.
+#[derive(Debug)]
+struct Pending {
+    id: u64,
+    ticket: u64,
+    since: Option<StreamPosition>,
+}
+
+/// A publication relayed from PUB/SUB.
+#[derive(Debug, Clone)]
+struct Live {
+    pos: StreamPosition,
+    publication: Encoded,
+}
+
+/// This node's view of one channel it has subscribers for.
+#[derive(Debug, Default)]
+struct Node {
+    /// The number of the Redis subscription asked for; a confirmation of an older one
+    /// (since unsubscribed) is ignored.
+    round: u64,
+    /// Redis confirmed the subscription: snapshots can be read.
+    subscribed: bool,
+    /// The last publication relayed.
+    last: Option<StreamPosition>,
+    /// `sub`s waiting for their snapshot.
+    pending: HashMap<ConnId, Pending>,
+    /// What arrived while some `sub` was pending.
+    buffer: Vec<Live>,
+    /// Subscribers whose snapshot reached past `last`: offsets up to theirs are skipped.
+    ahead: HashMap<ConnId, u64>,
+}
+
+/// The Redis engine on the hub thread. See the module docs.
+pub(crate) struct RedisSide {
+    subs: Channels<Local>,
+    nodes: HashMap<String, Node>,
+    next_round: u64,
+    next_ticket: u64,
+    limits: Limits,
+    jobs: Option<Sender<Job>>,
+    ctl: Option<Sender<Ctl>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// What the hub lends the Redis side for one call.
+pub(crate) struct Out<'a> {
+    pub registry: &'a mut Registry<PeerHandle>,
+    pub metrics: &'a Metrics,
+}
+
+impl RedisSide {
+    /// Starts the engine and subscriber threads for `url`.
+    pub(crate) fn start(
+        url: &str,
+        timeout: Duration,
+        limits: Limits,
+        health: Arc<EngineHealth>,
+        hub: Hub,
+    ) -> Result<RedisSide, String> {
+        let client = redis::Client::open(url).map_err(|e| format!("engine {url:?}: {e}"))?;
+        let (jobs_tx, jobs_rx) = bounded(JOB_QUEUE);
+        let (ctl_tx, ctl_rx) = unbounded();
+        let engine = EngineThread::new(client.clone(), timeout, limits, health.clone(), hub.clone());
+        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(f)
+                .map_err(|e| format!("cannot spawn {name}: {e}"))
+        };
+        let t1 = spawn("wshub-redis-cmd", Box::new(move || engine.run(jobs_rx)))?;
+        let t2 = spawn(
+            "wshub-redis-sub",
+            Box::new(move || subscriber::run(client, timeout, ctl_rx, hub, health)),
+        )?;
+        info!("engine: Redis at {url}");
+        Ok(RedisSide {
+            subs: Channels::new(Local, limits.max_subscriptions),
+            nodes: HashMap::new(),
+            next_round: 0,
+            next_ticket: 0,
+            limits,
+            jobs: Some(jobs_tx),
+            ctl: Some(ctl_tx),
+            threads: vec![t1, t2],
+        })
+    }
+
+    /// Stops both threads (each notices within its timeout) and waits for them.
+    pub(crate) fn stop(&mut self) {
+        self.jobs = None;
+        self.ctl = None;
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+
+    fn job(&self, job: Job) -> Result<(), ErrorBody> {
+        let Some(jobs) = &self.jobs else {
+            return Err(not_here());
+        };
+        match jobs.try_send(job) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => Err(busy()),
+            Err(TrySendError::Disconnected(_)) => Err(not_here()),
+        }
+    }
+
+    fn ctl(&self, ctl: Ctl) {
+        if let Some(tx) = &self.ctl {
+            let _ = tx.send(ctl);
+        }
+    }
+
+    /// The sizes `/metrics` shows.
+    pub(crate) fn stats(&self) -> HubStats {
+        HubStats {
+            channels: self.nodes.len(),
+            subscriptions: self.subs.subscription_total(),
+            history_bytes: 0,
+        }
+    }
+
+    /// Executes a `/ws` command.
+    pub(crate) fn execute(&mut self, conn: ConnId, request: Request, out: &mut Out<'_>) {
+        if out.registry.get(conn).is_none() {
+            return;
+        }
+        let id = request.id;
+        let done = match request.command {
+            Command::Sub { joins: true, .. } | Command::Presence { .. } | Command::Hello { .. } => {
+                Err(no_presence())
+            }
+            Command::Sub { ch, since, .. } => self.sub(conn, id, ch, since),
+            Command::Unsub { ch } => self.subs.unsubscribe(conn, &ch).map(|()| {
+                if let Some(node) = self.nodes.get_mut(&ch) {
+                    node.pending.remove(&conn);
+                    node.ahead.remove(&conn);
+                }
+                self.release(&ch);
+                Some(encode::reply(&Reply::ok(id, Empty {})))
+            }),
+            Command::Pub { ch, data, key } => self
+                .publish(&ch, &data, key, Some(conn), PubTarget::Conn { conn, id })
+                .map(|()| None),
+            Command::History { ch, since, limit } => self
+                .job(Job::Read {
+                    ch,
+                    conn,
+                    id,
+                    since,
+                    limit,
+                    sub: None,
+                })
+                .map(|()| None),
+        };
+        match done {
+            Ok(None) => {}
+            Ok(Some(text)) => self.offer(out, conn, text),
+            Err(e) => self.offer(out, conn, encode::reply(&Reply::<Empty>::err(Some(id), e))),
+        }
+    }
+
+    /// A publication through the server API.
+    pub(crate) fn api_publish(&mut self, p: ApiPublish) {
+        let reply = p.reply.clone();
+        if let Err(e) = self.publish(&p.ch, &p.data, p.key, None, PubTarget::Api(p.reply)) {
+            let _ = reply.send(Err(PublishError::Rejected(e)));
+        }
+    }
+
+    fn publish(
+        &mut self,
+        ch: &str,
+        data: &Value,
+        key: Option<String>,
+        from: Option<ConnId>,
+        to: PubTarget,
+    ) -> Result<(), ErrorBody> {
+        let template = Template::new(ch, data, from);
+        // The offset is not known yet: count it at its widest.
+        let len = template.len_at(u64::MAX);
+        let max = self.limits.max_publication_size;
+        if len > max {
+            return Err(ErrorBody::new(
+                ErrorCode::LimitExceeded,
+                format!("data too large: the publication is up to {len} bytes, the limit {max}"),
+            ));
+        }
+        self.job(Job::Publish {
+            ch: ch.to_owned(),
+            template,
+            key,
+            to,
+        })
+    }
+
+    fn sub(
+        &mut self,
+        conn: ConnId,
+        id: u64,
+        ch: String,
+        since: Option<StreamPosition>,
+    ) -> Result<Option<Utf8Bytes>, ErrorBody> {
+        self.subs.subscribe(conn, &ch, None, Instant::now())?;
+        self.next_ticket += 1;
+        let ticket = self.next_ticket;
+        let node = match self.nodes.get_mut(&ch) {
+            Some(node) => node,
+            None => {
+                self.next_round += 1;
+                let round = self.next_round;
+                self.ctl(Ctl::Subscribe {
+                    ch: ch.clone(),
+                    round,
+                });
+                self.nodes.entry(ch.clone()).or_insert(Node {
+                    round,
+                    ..Node::default()
+                })
+            }
+        };
+        let subscribed = node.subscribed;
+        node.pending.insert(
+            conn,
+            Pending {
+                id,
+                ticket,
+                since: since.clone(),
+            },
+        );
+        if subscribed {
+            if let Err(e) = self.read_snapshot(&ch, conn, id, ticket, since) {
+                self.drop_sub(conn, &ch);
+                return Err(e);
+            }
+        }
+        Ok(None)
+    }
+
+    fn read_snapshot(
+        &self,
+        ch: &str,
+        conn: ConnId,
+        id: u64,
+        ticket: u64,
+        since: Option<StreamPosition>,
+    ) -> Result<(), ErrorBody> {
+        self.job(Job::Read {
+            ch: ch.to_owned(),
+            conn,
+            id,
+            since,
+            limit: None,
+            sub: Some(ticket),
+        })
+    }
+
+    /// Ends `conn`'s subscription to `ch` here (no reply, no push).
+    fn drop_sub(&mut self, conn: ConnId, ch: &str) {
+        let _ = self.subs.unsubscribe(conn, ch);
+        if let Some(node) = self.nodes.get_mut(ch) {
+            node.pending.remove(&conn);
+            node.ahead.remove(&conn);
+        }
+        self.release(ch);
+    }
+
+    /// Forgets `ch` and its Redis subscription once nobody here is subscribed.
+    fn release(&mut self, ch: &str) {
+        if self.subs.subscribers(ch).next().is_none() && self.nodes.remove(ch).is_some() {
+            self.ctl(Ctl::Unsubscribe { ch: ch.to_owned() });
+        }
+    }
+
+    /// `conn` has gone: drop its subscriptions.
+    pub(crate) fn remove_conn(&mut self, conn: ConnId) {
+        let chs: Vec<Arc<str>> = self.subs.channels_of(conn).collect();
+        for ch in chs {
+            self.drop_sub(conn, &ch);
+        }
+    }
+
+    /// Offers `text` to `conn`; a full queue cuts it.
+    fn offer(&mut self, out: &mut Out<'_>, conn: ConnId, text: Utf8Bytes) {
+        let frame = text_frame(text);
+        match out.registry.get(conn).map(|peer| peer.offer(&frame)) {
+            Some(Offer::Queued) => out.metrics.sent(1, frame.payload().len()),
+            None => {}
+            Some(offer) => self.cut(out, conn, offer),
+        }
+    }
+
+    fn cut(&mut self, out: &mut Out<'_>, conn: ConnId, offer: Offer) {
+        self.remove_conn(conn);
+        if let Some(peer) = out.registry.remove(conn) {
+            if offer == Offer::Full {
+                info!("connection {conn}: slow consumer on /ws (queue full), disconnecting");
+                peer.cut();
+            }
+        }
+    }
+
+    /// Ends `conn`'s subscription to `ch` with `push unsub` code 6.
+    fn resubscribe(&mut self, out: &mut Out<'_>, conn: ConnId, ch: &str, reason: &str) {
+        self.drop_sub(conn, ch);
+        let push = Push::Unsub {
+            ch: ch.to_owned(),
+            code: ErrorCode::Unavailable,
+            reason: reason.to_owned(),
+        };
+        let text = Utf8Bytes::from(serde_json::to_string(&push).unwrap_or_default());
+        self.offer(out, conn, text);
+    }
+
+    /// Handles what the engine or subscriber thread reports.
+    pub(crate) fn event(&mut self, event: Event, out: &mut Out<'_>) {
+        match event {
+            Event::Reply { conn, text } => self.offer(out, conn, text),
+            Event::Subscribed { ch, round } => {
+                let Some(node) = self.nodes.get_mut(&ch) else {
+                    // Its node was dropped while the subscribe was under way.
+                    self.ctl(Ctl::Unsubscribe { ch });
+                    return;
+                };
+                if node.round != round || node.subscribed {
+                    return;
+                }
+                node.subscribed = true;
+                let waiting: Vec<_> = node
+                    .pending
+                    .iter()
+                    .map(|(c, p)| (*c, p.id, p.ticket, p.since.clone()))
+                    .collect();
+                for (conn, id, ticket, since) in waiting {
+                    if let Err(e) = self.read_snapshot(&ch, conn, id, ticket, since) {
+                        self.drop_sub(conn, &ch);
+                        self.offer(out, conn, encode::reply(&Reply::<Empty>::err(Some(id), e)));
+                    }
+                }
+            }
+            Event::SubscribeFailed { ch, round } => {
+                let Some(node) = self.nodes.get(&ch).filter(|n| n.round == round) else {
+                    return;
+                };
+                let waiting: Vec<_> = node.pending.iter().map(|(c, p)| (*c, p.id)).collect();
+                for (conn, id) in waiting {
+                    self.drop_sub(conn, &ch);
+                    let e =
+                        ErrorBody::new(ErrorCode::Unavailable, "engine unavailable: Redis is unreachable");
+                    self.offer(out, conn, encode::reply(&Reply::<Empty>::err(Some(id), e)));
+                }
+            }
+            Event::Snapshot {
+                ch,
+                conn,
+                id,
+                ticket,
+                result,
+            } => self.snapshot(out, &ch, conn, id, ticket, result),
+            Event::Live {
+                ch,
+                epoch,
+                offset,
+                publication,
+            } => self.live(
+                out,
+                &ch,
+                Live {
+                    pos: StreamPosition { epoch, offset },
+                    publication,
+                },
+            ),
+            Event::SubscriberLost => {
+                let chs: Vec<String> = self.nodes.keys().cloned().collect();
+                for ch in chs {
+                    let pending: Vec<_> = self.nodes[&ch].pending.iter().map(|(c, p)| (*c, p.id)).collect();
+                    for (conn, id) in pending {
+                        self.drop_sub(conn, &ch);
+                        let e = ErrorBody::new(
+                            ErrorCode::Unavailable,
+                            "engine unavailable: Redis connection lost",
+                        );
+                        self.offer(out, conn, encode::reply(&Reply::<Empty>::err(Some(id), e)));
+                    }
+                    let live: Vec<ConnId> = self.subs.subscribers(&ch).collect();
+                    for conn in live {
+                        self.resubscribe(out, conn, &ch, "engine reconnecting: resubscribe with since");
+                    }
+                }
+                // The Redis subscriptions went with the connection.
+                self.nodes.clear();
+            }
+        }
+    }
+
+    fn snapshot(
+        &mut self,
+        out: &mut Out<'_>,
+        ch: &str,
+        conn: ConnId,
+        id: u64,
+        ticket: u64,
+        result: Result<Snapshot<Encoded>, ErrorBody>,
+    ) {
+        let Some(node) = self.nodes.get_mut(ch) else {
+            return;
+        };
+        if node.pending.get(&conn).is_none_or(|p| p.ticket != ticket) {
+            return;
+        }
+        node.pending.remove(&conn);
+        let snap = match result {
+            Ok(snap) => snap,
+            Err(e) => {
+                self.drop_sub(conn, ch);
+                self.offer(out, conn, encode::reply(&Reply::<Empty>::err(Some(id), e)));
+                return;
+            }
+        };
+        out.metrics.recovery(snap.recovered);
+        // What was relayed while this `sub` waited, past its snapshot.
+        let mut at = StreamPosition {
+            epoch: snap.epoch.clone(),
+            offset: snap.offset,
+        };
+        let mut catch_up = Vec::new();
+        let mut broken = false;
+        for live in &node.buffer {
+            match continuity(Some(&at), &live.pos.epoch, live.pos.offset) {
+                Continuity::InOrder => {
+                    at = live.pos.clone();
+                    catch_up.push(live.publication.clone());
+                }
+                Continuity::Duplicate => {}
+                Continuity::Broken => {
+                    broken = true;
+                    break;
+                }
+            }
+        }
+        if node.pending.is_empty() {
+            node.buffer.clear();
+        }
+        // Later publications are checked against what the node relayed last.
+        match &node.last {
+            None => node.last = Some(at.clone()),
+            Some(last) if last.epoch == at.epoch && last.offset == at.offset => {}
+            Some(last) if last.epoch == at.epoch && last.offset < at.offset => {
+                // Relayed ones up to `at` are still on their way: skip them for this one.
+                node.ahead.insert(conn, at.offset);
+            }
+            Some(_) => broken = true,
+        }
+        self.offer(out, conn, encode::snapshot_reply(id, &snap));
+        for p in catch_up {
+            self.offer(out, conn, encode::push(&p));
+        }
+        if broken {
+            self.resubscribe(out, conn, ch, "missed publications: resubscribe with since");
+        }
+    }
+
+    fn live(&mut self, out: &mut Out<'_>, ch: &str, live: Live) {
+        let Some(node) = self.nodes.get_mut(ch) else {
+            return;
+        };
+        if !node.pending.is_empty() {
+            node.buffer.push(live.clone());
+        }
+        match continuity(node.last.as_ref(), &live.pos.epoch, live.pos.offset) {
+            Continuity::Duplicate => {}
+            Continuity::InOrder => {
+                node.last = Some(live.pos.clone());
+                let offset = live.pos.offset;
+                let started = Instant::now();
+                let frame = text_frame(encode::push(&live.publication));
+                let mut delivered = 0;
+                let mut dropped = Vec::new();
+                for sub in self.subs.subscribers(ch) {
+                    if node.pending.contains_key(&sub) || node.ahead.get(&sub).is_some_and(|u| *u >= offset) {
+                        continue;
+                    }
+                    match out.registry.get(sub).map(|peer| peer.offer(&frame)) {
+                        Some(Offer::Queued) => delivered += 1,
+                        Some(offer) => dropped.push((sub, offer)),
+                        None => dropped.push((sub, Offer::Gone)),
+                    }
+                }
+                // Who was ahead up to here is level with the node from now on.
+                node.ahead.retain(|_, upto| *upto > offset);
+                let slow = dropped.iter().filter(|(_, o)| *o == Offer::Full).count();
+                out.metrics
+                    .publication(started.elapsed(), delivered, frame.payload().len(), slow);
+                for (sub, offer) in dropped {
+                    self.cut(out, sub, offer);
+                }
+            }
+            Continuity::Broken => {
+                node.last = Some(live.pos.clone());
+                node.ahead.clear();
+                let pending: Vec<ConnId> = node.pending.keys().copied().collect();
+                let cut: Vec<ConnId> = self
+                    .subs
+                    .subscribers(ch)
+                    .filter(|c| !pending.contains(c))
+                    .collect();
+                for conn in cut {
+                    self.resubscribe(out, conn, ch, "missed publications: resubscribe with since");
+                }
+            }
+        }
+    }
+}
