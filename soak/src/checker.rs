@@ -67,6 +67,11 @@ impl Report {
     }
 }
 
+/// Where a key was acked, and in which server lifetime (if known).
+type KeyAck = (Pos, Option<u64>);
+/// One /proc sample: time, lifetime, phase, threads, fds, RSS (KiB).
+type Sample<'a> = (f64, u64, &'a str, u64, u64, u64);
+
 /// One subscription as the checker rebuilds it.
 struct Sub {
     ch: String,
@@ -131,16 +136,16 @@ pub fn check(events: &[Event], server_log: &str) -> Report {
                                 s.epoch
                             ));
                         }
-                        if let Some(Some(want)) = expect.get(chain.as_str()) {
-                            if want.epoch != s.epoch || want.offset != s.offset + 1 {
-                                r.violations.push(format!(
-                                    "gap: {chain}/{sub} {ch}: resumed after {}:{} but was at {}:{}",
-                                    s.epoch,
-                                    s.offset,
-                                    want.epoch,
-                                    want.offset - 1
-                                ));
-                            }
+                        if let Some(Some(want)) = expect.get(chain.as_str())
+                            && (want.epoch != s.epoch || want.offset != s.offset + 1)
+                        {
+                            r.violations.push(format!(
+                                "gap: {chain}/{sub} {ch}: resumed after {}:{} but was at {}:{}",
+                                s.epoch,
+                                s.offset,
+                                want.epoch,
+                                want.offset - 1
+                            ));
                         }
                         s.offset
                     }
@@ -223,6 +228,7 @@ pub fn check(events: &[Event], server_log: &str) -> Report {
             Event::End { why, .. } => match why.as_str() {
                 "rst" => r.bump("subscriptions ended: rst by the client"),
                 "stop" => r.bump("subscriptions ended: end of run"),
+                "slow-cut" => r.bump("subscriptions ended: cut after the client paused (slow consumer)"),
                 _ => r.bump("subscriptions ended: cut (server, restart)"),
             },
             Event::Ack { .. } => {}
@@ -248,7 +254,7 @@ pub fn check(events: &[Event], server_log: &str) -> Report {
     }
 
     // Acks: data, loss, keys.
-    let mut keys: HashMap<(&str, &str), Vec<(Pos, Option<u64>)>> = HashMap::new();
+    let mut keys: HashMap<(&str, &str), Vec<KeyAck>> = HashMap::new();
     for ev in events {
         let Event::Ack {
             publisher,
@@ -344,7 +350,7 @@ pub fn check(events: &[Event], server_log: &str) -> Report {
 
 /// Rule 6, and the figures: baseline, end of the first phase, after the run, peaks.
 fn resources(r: &mut Report, events: &[Event]) {
-    let samples: Vec<(f64, u64, &str, u64, u64, u64)> = events
+    let samples: Vec<Sample> = events
         .iter()
         .filter_map(|e| match e {
             Event::Sample {
@@ -359,14 +365,14 @@ fn resources(r: &mut Report, events: &[Event]) {
         })
         .collect();
     let base = samples.iter().find(|s| s.2 == "baseline");
-    let first = samples.iter().filter(|s| s.1 == 0 && s.2 == "load").last();
-    let after = samples.iter().filter(|s| s.2 == "quiet").last();
+    let first = samples.iter().rfind(|s| s.1 == 0 && s.2 == "load");
+    let after = samples.iter().rfind(|s| s.2 == "quiet");
     let (Some(base), Some(first), Some(after)) = (base, first, after) else {
         r.violations
             .push("resources: no baseline, first-phase or after-run sample of the server".into());
         return;
     };
-    let peak = |f: fn(&(f64, u64, &str, u64, u64, u64)) -> u64| samples.iter().map(f).max().unwrap_or(0);
+    let peak = |f: fn(&Sample) -> u64| samples.iter().map(f).max().unwrap_or(0);
     r.resources.push(format!(
         "server baseline: {} threads, {} fds, {} KiB RSS",
         base.3, base.4, base.5

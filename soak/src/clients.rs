@@ -162,6 +162,7 @@ pub fn subscriber(
                 Mode::Dropper => rng.ms(500, 4000),
                 Mode::Slow => rng.ms(2000, 5000),
             };
+        let mut paused = false;
         let why = loop {
             if stage.load(Ordering::Acquire) == STOP {
                 let _ = ws.close(None);
@@ -182,7 +183,8 @@ pub fn subscriber(
                     }
                     Mode::Slow => {
                         // Stop reading; the server cuts us once our queue is full.
-                        thread::sleep(rng.ms(3000, 6000));
+                        thread::sleep(rng.ms(5000, 10000));
+                        paused = true;
                         fault_at = Instant::now() + rng.ms(2000, 5000);
                     }
                 }
@@ -190,6 +192,8 @@ pub fn subscriber(
             let msg = match read(&mut ws) {
                 Ok(None) => continue,
                 Ok(Some(m)) => m,
+                // A cut after a pause is (most likely) the server's slow-consumer cut.
+                Err(_) if paused => break "slow-cut",
                 Err(_) => break "cut",
             };
             if msg.get("id").is_some() {
@@ -275,6 +279,8 @@ pub struct PubCtx {
     pub stage: Stage,
     pub life: Life,
     pub every: Duration,
+    /// Bytes of padding in each publication's data.
+    pub pad: usize,
 }
 
 /// Publishes over `/ws` with a key per publication until the stage leaves LOAD; retries a
@@ -289,8 +295,8 @@ pub fn ws_publisher(ctx: PubCtx, dir: &Path, name: String) {
         n += 1;
         let ch = &ctx.channels[n as usize % ctx.channels.len()];
         let key = format!("{name}-{n}");
-        let data = json!({"p": name, "n": n});
-        let times = if n % 50 == 0 { 2 } else { 1 };
+        let data = json!({"p": name, "n": n, "pad": ".".repeat(ctx.pad)});
+        let times = if n.is_multiple_of(50) { 2 } else { 1 };
         for _ in 0..times {
             for _try in 0..PUB_TRIES {
                 if conn.is_none() {
@@ -380,8 +386,8 @@ pub fn http_publisher(ctx: PubCtx, dir: &Path, name: String) {
     while ctx.stage.load(Ordering::Acquire) == LOAD {
         n += 1;
         let ch = &ctx.channels[n as usize % ctx.channels.len()];
-        let key = (n % 2 == 0).then(|| format!("{name}-{n}"));
-        let data = json!({"p": name, "n": n});
+        let key = n.is_multiple_of(2).then(|| format!("{name}-{n}"));
+        let data = json!({"p": name, "n": n, "pad": ".".repeat(ctx.pad)});
         let mut body = json!({"ch": ch, "data": data});
         if let Some(k) = &key {
             body["key"] = json!(k);

@@ -26,6 +26,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 /// The channels the publishers share.
 const CHANNELS: [&str; 3] = ["soak:a", "soak:b", "soak:c"];
+/// A channel of large publications, for the slow consumers.
+const BULK: &str = "soak:bulk";
 /// The server's history TTL and idempotency window: short, so the quiet phase can wait
 /// them out and check that memory comes back.
 const HISTORY_TTL_SECS: u64 = 10;
@@ -120,12 +122,19 @@ fn run(bin: &str, secs: u64, dir: &Path) -> ExitCode {
     println!("soak: seed {seed}");
     let mut workers = Vec::new();
     let mut k = 0u64;
-    for ch in CHANNELS {
-        for (mode, tag) in [
-            (Mode::Keeper, "keeper"),
-            (Mode::Dropper, "dropper"),
-            (Mode::Slow, "slow"),
-        ] {
+    let bulk = [
+        (Mode::Keeper, "keeper"),
+        (Mode::Slow, "slow"),
+        (Mode::Slow, "slow2"),
+    ];
+    let each = [
+        (Mode::Keeper, "keeper"),
+        (Mode::Dropper, "dropper"),
+        (Mode::Slow, "slow"),
+    ];
+    let roles = CHANNELS.iter().map(|c| (*c, &each[..]));
+    for (ch, roles) in roles.chain([(BULK, &bulk[..])]) {
+        for &(mode, tag) in roles {
             let (d, st, ch) = (dir.to_path_buf(), stage.clone(), ch.to_string());
             let name = format!("sub-{tag}-{}", ch.replace(':', "-"));
             k += 1;
@@ -141,12 +150,25 @@ fn run(bin: &str, secs: u64, dir: &Path) -> ExitCode {
         stage: stage.clone(),
         life: life.clone(),
         every: Duration::from_millis(15),
+        pad: 200,
     };
     let mut publishers = Vec::new();
     for i in 0..2 {
         let (c, d) = (ctx.clone(), dir.to_path_buf());
         publishers.push(thread::spawn(move || {
             clients::ws_publisher(c, &d, format!("pub-ws-{i}"))
+        }));
+    }
+    {
+        // The bulk channel: large publications, so a consumer that stops reading fills
+        // the kernel's socket buffers (megabytes on loopback) and its queue within its
+        // pause, and is cut.
+        let (mut c, d) = (ctx.clone(), dir.to_path_buf());
+        c.channels = vec![BULK.to_string()];
+        c.pad = 16 * 1024;
+        c.every = Duration::from_millis(10);
+        publishers.push(thread::spawn(move || {
+            clients::ws_publisher(c, &d, "pub-ws-bulk".into())
         }));
     }
     {
