@@ -20,7 +20,9 @@
 //!    and fds are above their baseline, or its RSS is over 110 % of its RSS at the end of
 //!    the first phase.
 //! 7. **server**: a panic line in a server log, a lifetime that did not exit 0 after
-//!    SIGTERM, an error reply to a well-formed command.
+//!    SIGTERM, an error reply to a well-formed command, a hostile client left hanging.
+//! 8. **coverage**: the run never exercised one of its faults ([`MUST_HAPPEN`]), or the
+//!    server never restarted: such a run proves nothing.
 
 use crate::event::{Event, Pos};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -341,11 +343,39 @@ pub fn check(events: &[Event], server_log: &str) -> Report {
         });
     }
 
+    coverage(&mut r);
     resources(&mut r, events);
     for line in server_log.lines().filter(|l| l.contains("panicked")) {
         r.violations.push(format!("server: panic: {line}"));
     }
     r
+}
+
+/// What a run must have exercised to count: a soak in which no client was reset, no
+/// consumer cut, no resume answered either way, or nothing published through either
+/// route, proves nothing and fails.
+pub const MUST_HAPPEN: [&str; 8] = [
+    "publications acked (ws)",
+    "publications acked (http)",
+    "acked publications delivered",
+    "recoveries true",
+    "recoveries false",
+    "subscriptions ended: rst by the client",
+    "subscriptions ended: cut after the client paused (slow consumer)",
+    "hostile clients",
+];
+
+/// Rule 8: the run exercised every fault it claims to, and the server restarted.
+fn coverage(r: &mut Report) {
+    for what in MUST_HAPPEN {
+        if r.stats.get(what).copied().unwrap_or(0) == 0 {
+            r.violations.push(format!("coverage: the run had no {what:?}"));
+        }
+    }
+    if r.stats.get("server lifetimes").copied().unwrap_or(0) < 2 {
+        r.violations
+            .push("coverage: the server was never restarted".into());
+    }
 }
 
 /// Rule 6, and the figures: baseline, end of the first phase, after the run, peaks.
@@ -483,16 +513,52 @@ mod tests {
         }
     }
 
-    /// Samples that pass rule 6, so each test sees only the rule it is about.
+    /// A side history (its own chain and channel) that passes rules 6 and 8, so each test
+    /// sees only the rule it is about.
     fn healthy() -> Vec<Event> {
+        let side = |mut e: Event| {
+            match &mut e {
+                Event::Sub { ch, .. } | Event::Deliver { ch, .. } | Event::Ack { ch, .. } => {
+                    *ch = "side".into()
+                }
+                _ => {}
+            }
+            e
+        };
+        let end = |sub: u64, why: &str| Event::End {
+            chain: "s".into(),
+            sub,
+            why: why.into(),
+        };
+        let mut http = side(ack(None, "S", 1, "s1", Some(0)));
+        if let Event::Ack { via, .. } = &mut http {
+            *via = "http".into();
+        }
         vec![
-            sample(0, "baseline", 5, 8, 1000),
-            sample(0, "load", 40, 30, 3000),
-            sample(2, "quiet", 5, 8, 3100),
+            side(sub("s", 1, None, "S", 0, None)),
+            side(deliver("s", 1, "S", 1, "s1")),
+            http,
+            end(1, "rst"),
+            side(sub("s", 2, Some(("S", 1)), "S", 1, Some(true))),
+            end(2, "slow-cut"),
+            side(sub("s", 3, Some(("S", 1)), "T", 0, Some(false))),
+            side(deliver("s", 3, "T", 1, "t1")),
+            side(ack(Some("sk"), "T", 1, "t1", Some(1))),
+            Event::Hostile {
+                kind: "garbage".into(),
+                outcome: "closed".into(),
+            },
             Event::Exit {
                 life: 0,
                 code: Some(0),
             },
+            Event::Exit {
+                life: 1,
+                code: Some(0),
+            },
+            sample(0, "baseline", 5, 8, 1000),
+            sample(0, "load", 40, 30, 3000),
+            sample(2, "quiet", 5, 8, 3100),
         ]
     }
 
@@ -524,9 +590,10 @@ mod tests {
             ack(None, "E", 3, "z", Some(0)),
         ]);
         assert!(r.violations.is_empty(), "{}", r.render());
-        assert_eq!(r.stats["recoveries true"], 1);
+        // Figures include the side history's: one recovery each way, two acks delivered.
+        assert_eq!(r.stats["recoveries true"], 2);
         assert_eq!(r.stats["deliveries recovered (sub reply pubs)"], 1);
-        assert_eq!(r.stats["acked publications delivered"], 3);
+        assert_eq!(r.stats["acked publications delivered"], 5);
     }
 
     #[test]
@@ -586,7 +653,7 @@ mod tests {
             deliver("a", 2, "F", 8, "q"),
         ]);
         assert!(r.violations.is_empty(), "{}", r.render());
-        assert_eq!(r.stats["recoveries false"], 1);
+        assert_eq!(r.stats["recoveries false"], 2);
     }
 
     #[test]
@@ -687,49 +754,52 @@ mod tests {
         assert!(r.violations.is_empty(), "{}", r.render());
     }
 
+    /// The healthy history, then one more after-run sample.
+    fn after(threads: u64, fds: u64, rss_kib: u64) -> Report {
+        let mut evs = healthy();
+        evs.push(sample(2, "quiet", threads, fds, rss_kib));
+        check(&evs, "")
+    }
+
+    #[test]
+    fn the_healthy_side_history_passes() {
+        let r = check(&healthy(), "");
+        assert!(r.violations.is_empty(), "{}", r.render());
+    }
+
+    #[test]
+    fn a_run_that_exercised_nothing_fails_coverage() {
+        // The samples alone: resources pass, nothing else happened.
+        let evs = healthy().split_off(12);
+        let r = check(&evs, "");
+        assert_eq!(r.violations.len(), MUST_HAPPEN.len() + 1, "{}", r.render());
+        assert!(
+            r.violations.iter().all(|v| v.starts_with("coverage")),
+            "{}",
+            r.render()
+        );
+    }
+
     #[test]
     fn threads_above_baseline_after_the_run_are_a_leak() {
-        let r = check(
-            &[
-                sample(0, "baseline", 5, 8, 1000),
-                sample(0, "load", 40, 30, 3000),
-                sample(2, "quiet", 7, 8, 3000),
-            ],
-            "",
-        );
-        assert_one(&r, "resources");
+        assert_one(&after(7, 8, 3000), "resources");
     }
 
     #[test]
     fn fds_above_baseline_after_the_run_are_a_leak() {
-        let r = check(
-            &[
-                sample(0, "baseline", 5, 8, 1000),
-                sample(0, "load", 40, 30, 3000),
-                sample(2, "quiet", 5, 9, 3000),
-            ],
-            "",
-        );
-        assert_one(&r, "resources");
+        assert_one(&after(5, 9, 3000), "resources");
     }
 
     #[test]
     fn rss_over_110_percent_of_the_first_phase_is_a_leak() {
-        let r = check(
-            &[
-                sample(0, "baseline", 5, 8, 1000),
-                sample(0, "load", 40, 30, 3000),
-                sample(2, "quiet", 5, 8, 3301),
-            ],
-            "",
-        );
-        assert_one(&r, "resources");
+        assert_one(&after(5, 8, 3301), "resources");
     }
 
     #[test]
     fn a_run_without_samples_fails() {
-        let r = check(&[], "");
-        assert_one(&r, "resources");
+        let mut evs = healthy();
+        evs.truncate(12);
+        assert_one(&check(&evs, ""), "resources");
     }
 
     #[test]

@@ -137,6 +137,7 @@ pub fn subscriber(
     let mut rng = Rng::new(seed);
     let mut last: Option<Pos> = None;
     let mut sub_id = 0u64;
+    let mut pause_more = Duration::ZERO;
     while stage.load(Ordering::Acquire) != STOP {
         let rcvbuf = matches!(mode, Mode::Slow).then_some(4096);
         let mut ws = match connect(addr, rcvbuf) {
@@ -183,7 +184,9 @@ pub fn subscriber(
                     }
                     Mode::Slow => {
                         // Stop reading; the server cuts us once our queue is full.
-                        thread::sleep(rng.ms(5000, 10000));
+                        // Each pause that did not get us cut makes the next longer.
+                        thread::sleep(rng.ms(5000, 10000) + pause_more);
+                        pause_more += Duration::from_secs(5);
                         paused = true;
                         fault_at = Instant::now() + rng.ms(2000, 5000);
                     }
@@ -193,7 +196,10 @@ pub fn subscriber(
                 Ok(None) => continue,
                 Ok(Some(m)) => m,
                 // A cut after a pause is (most likely) the server's slow-consumer cut.
-                Err(_) if paused => break "slow-cut",
+                Err(_) if paused => {
+                    pause_more = Duration::ZERO;
+                    break "slow-cut";
+                }
                 Err(_) => break "cut",
             };
             if msg.get("id").is_some() {
