@@ -30,7 +30,7 @@ const CHANNELS: [&str; 3] = ["soak:a", "soak:b", "soak:c"];
 const BULK: &str = "soak:bulk";
 /// The server's history TTL and idempotency window: short, so the quiet phase can wait
 /// them out and check that memory comes back.
-const HISTORY_TTL_SECS: u64 = 10;
+const HISTORY_TTL_SECS: u64 = 6;
 /// The largest message the server accepts (the oversized hostile client sends more).
 const MAX_MESSAGE: usize = 64 * 1024;
 /// How long subscribers keep reading after the publishers stopped.
