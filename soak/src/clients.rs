@@ -185,7 +185,10 @@ pub fn subscriber(
                     Mode::Slow => {
                         // Stop reading; the server cuts us once our queue is full.
                         // Each pause that did not get us cut makes the next longer.
-                        thread::sleep(rng.ms(5000, 10000) + pause_more);
+                        let until = Instant::now() + rng.ms(5000, 10000) + pause_more;
+                        while Instant::now() < until && stage.load(Ordering::Acquire) == LOAD {
+                            thread::sleep(TICK);
+                        }
                         pause_more += Duration::from_secs(5);
                         paused = true;
                         fault_at = Instant::now() + rng.ms(2000, 5000);
