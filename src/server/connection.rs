@@ -500,46 +500,34 @@ struct Ending<'a> {
 /// or cuts.
 #[inline(never)]
 fn wind_up(e: Ending<'_>) {
-    let Ending {
-        sock,
-        id,
-        end,
-        registered,
-        peer_close,
-        finish,
-        ctrl_tx,
-        writer,
-        handler,
-        conn,
-        shared,
-    } = e;
-    let close_handshake_done = end == ReadEnd::Done;
-    let close = match end {
+    let (id, shared) = (e.id, e.shared);
+    let close_handshake_done = e.end == ReadEnd::Done;
+    let close = match e.end {
         ReadEnd::Done => None,
         ReadEnd::Idle => Some((GOING_AWAY, "idle timeout")),
         ReadEnd::Fail { code, reason } => Some((code, reason)),
     };
-    if registered {
+    if e.registered {
         shared.metrics.open.fetch_sub(1, Ordering::Relaxed);
         // The first Close decides the code: the client's, else ours; neither is 1006.
-        let code = peer_close.or(close.map(|(code, _)| code)).unwrap_or(ABNORMAL);
+        let code = e.peer_close.or(close.map(|(code, _)| code)).unwrap_or(ABNORMAL);
         shared.metrics.closed(code);
     }
     if let Some((code, reason)) = close {
         debug!("connection {id}: closing with {code} ({reason})");
         // The writer sends what the handler queued before the failure ahead of the
         // Close (Autobahn 5.15: the echo, then Close 1002).
-        let _ = ctrl_tx.send(Ctrl::Close {
+        let _ = e.ctrl_tx.send(Ctrl::Close {
             code,
             reason: Cow::Borrowed(reason),
         });
     }
-    drop(finish);
-    drop(ctrl_tx);
-    let writer_end = writer.join().unwrap_or(WriterEnd::Cut);
-    let _ = shared.hub.send(HubMsg::Unregister(id));
-    let _ = guarded(id, "on_close", || handler.on_close(&conn));
-    drop(conn);
+    drop(e.finish);
+    drop(e.ctrl_tx);
+    let writer_end = e.writer.join().unwrap_or(WriterEnd::Cut);
+    leave_hub(shared, id);
+    let _ = guarded(id, "on_close", || e.handler.on_close(&e.conn));
+    drop(e.conn);
     // After a finished close handshake the client has sent its Close and must send
     // nothing more (RFC 6455 §5.5.1), so closing cannot make the kernel answer unread
     // bytes with an RST: end now, rather than a round trip later when its FIN comes. A
@@ -547,9 +535,11 @@ fn wind_up(e: Ending<'_>) {
     // A peer still there after the linger (an idle client that ignored our Close, one
     // that keeps sending) is cut: what we sent it has had its chance, and an orderly
     // close would leave the kernel holding whatever it has not read.
-    if writer_end == WriterEnd::Finished && !(close_handshake_done && nothing_unread(&sock)) && !linger(&sock)
+    if writer_end == WriterEnd::Finished
+        && !(close_handshake_done && nothing_unread(&e.sock))
+        && !linger(&e.sock)
     {
-        writer::cut(&sock);
+        writer::cut(&e.sock);
     }
     debug!("connection {id}: ended");
 }
