@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Sender, bounded};
+use crossbeam_channel::{Receiver, Sender, bounded};
 use log::{debug, error, info, warn};
 use tungstenite::Message;
 use tungstenite::protocol::{Role, WebSocket, WebSocketConfig};
@@ -35,7 +35,7 @@ use crate::server::handler::{ConnParts, Connection, Handler, Routes};
 use crate::server::http;
 use crate::server::hub::{Hub, HubMsg, PeerHandle};
 use crate::server::metrics::Metrics;
-use crate::server::queue::{OutboundTx, outbound};
+use crate::server::queue::{OutboundRx, OutboundTx, outbound};
 use crate::server::registry::ConnId;
 use crate::server::writer::{self, CTRL_QUEUE, Ctrl, WriteSide, WriterEnd, WriterTimers};
 use crate::ws::close_policy::{self, GOING_AWAY, INTERNAL_ERROR, POLICY_VIOLATION, ReadEnd};
@@ -126,24 +126,34 @@ impl Write for ReaderStream {
 }
 
 /// Runs one connection from its first byte to its end. See the module docs.
+///
+/// The two phases run in sibling frames, so that nothing the HTTP phase and the writer's
+/// spawn put on the stack sits under the WebSocket phase's reads.
 pub(crate) fn run(sock: Arc<TcpStream>, id: ConnId, shared: Arc<Shared>, _slot: SlotGuard) {
-    let Some(upgrade) = handshake_phase(&sock, id, &shared) else {
-        let _ = shared.hub.send(HubMsg::Unregister(id));
-        return;
-    };
+    match upgrade_phase(&sock, id, &shared) {
+        Some((upgrade, writer)) => serve(sock, id, upgrade, writer, &shared),
+        None => leave_hub(&shared, id),
+    }
+}
+
+/// The HTTP phase, then the writer's spawn; `Some` when the connection was upgraded and
+/// has its writer.
+#[inline(never)]
+fn upgrade_phase(sock: &Arc<TcpStream>, id: ConnId, shared: &Shared) -> Option<(Upgrade, WriterLink)> {
+    let upgrade = handshake_phase(sock, id, shared)?;
     let config = &shared.config;
     // RFC 6455 §5.1 and the idle timeout: a read that sees nothing for this long ends.
-    if sock.set_read_timeout(Some(config.idle_timeout)).is_err() {
-        let _ = shared.hub.send(HubMsg::Unregister(id));
-        return;
-    }
+    sock.set_read_timeout(Some(config.idle_timeout)).ok()?;
     // Spawned from this shallow frame rather than from `serve`: pthread_create is the
-    // deepest call a reader makes, and the pages it touches stay resident.
-    match spawn_writer(&sock, config) {
-        Ok(writer) => serve(sock, id, upgrade, writer, &shared),
+    // deepest call a reader makes, and the pages it touches stay resident. The channels
+    // are made in a frame of their own beside it, not under it: crossbeam builds each
+    // channel on the stack before boxing it.
+    let queues = writer_queues(config);
+    match spawn_writer(sock, config, queues) {
+        Ok(writer) => Some((upgrade, writer)),
         Err(e) => {
             warn!("connection {id}: cannot spawn its writer thread: {e}");
-            let _ = shared.hub.send(HubMsg::Unregister(id));
+            None
         }
     }
 }
@@ -156,10 +166,40 @@ struct WriterLink {
     side: Arc<WriteSide>,
 }
 
+/// Both ends of the two channels that feed a writer: data, then control.
+struct WriterQueues {
+    data: (OutboundTx, OutboundRx),
+    ctrl: (Sender<Ctrl>, Receiver<Ctrl>),
+}
+
+/// Makes a writer's channels, each in a frame of its own (crossbeam builds a channel on
+/// the stack before boxing it), so that no channel's construction sits on another's.
 #[inline(never)]
-fn spawn_writer(sock: &Arc<TcpStream>, config: &Config) -> io::Result<WriterLink> {
-    let (data, data_rx) = outbound(config.queue_size, config.max_queue_bytes);
-    let (ctrl, ctrl_rx) = bounded(CTRL_QUEUE);
+fn writer_queues(config: &Config) -> WriterQueues {
+    WriterQueues {
+        data: outbound(config.queue_size, config.max_queue_bytes),
+        ctrl: ctrl_channel(),
+    }
+}
+
+#[inline(never)]
+fn ctrl_channel() -> (Sender<Ctrl>, Receiver<Ctrl>) {
+    bounded(CTRL_QUEUE)
+}
+
+/// Tells the hub this connection has ended, from a frame of its own: a send inlined
+/// into [`run`] would put its temporaries under every frame of the connection's life.
+#[inline(never)]
+fn leave_hub(shared: &Shared, id: ConnId) {
+    let _ = shared.hub.send(HubMsg::Unregister(id));
+}
+
+#[inline(never)]
+fn spawn_writer(sock: &Arc<TcpStream>, config: &Config, queues: WriterQueues) -> io::Result<WriterLink> {
+    let WriterQueues {
+        data: (data, data_rx),
+        ctrl: (ctrl, ctrl_rx),
+    } = queues;
     let timers = WriterTimers {
         close_timeout: config.drain_timeout,
     };
@@ -363,6 +403,10 @@ pub(crate) fn linger_until(sock: &TcpStream, deadline: Instant) -> bool {
 }
 
 /// The WebSocket phase: writer thread, hub registration, read loop, orderly end.
+///
+/// Its own frame holds only what lives across the read loop: joining the hub and winding
+/// up run in frames of their own ([`join_hub`], [`wind_up`]), so that their temporaries
+/// (the connection's state, the hub's messages) are not under every `read`.
 #[inline(never)]
 fn serve(sock: Arc<TcpStream>, id: ConnId, upgrade: Upgrade, writer: WriterLink, shared: &Shared) {
     let Upgrade {
@@ -377,8 +421,48 @@ fn serve(sock: Arc<TcpStream>, id: ConnId, upgrade: Upgrade, writer: WriterLink,
         side,
     } = writer;
     let finish = FinishWriter(ctrl_tx.clone());
-    let config = &shared.config;
+    let (conn, registered) = join_hub(id, request, data_tx, &ctrl_tx, &side, shared);
 
+    let mut peer_close = None;
+    let end = if !registered {
+        // The hub has stopped: the server is going away.
+        ReadEnd::Fail {
+            code: GOING_AWAY,
+            reason: "server shutting down",
+        }
+    } else if let Err(why) = guarded(id, "on_open", || handler.on_open(&conn)) {
+        why
+    } else {
+        let mut ws = open_websocket(&side, &ctrl_tx, leftover, &shared.config);
+        read_loop(id, &mut ws, &conn, &*handler, shared, &mut peer_close)
+    };
+    wind_up(Ending {
+        sock,
+        id,
+        end,
+        registered,
+        peer_close,
+        finish,
+        ctrl_tx,
+        writer,
+        handler,
+        conn,
+        shared,
+    });
+}
+
+/// Makes the connection's [`Connection`] and registers it with the hub; `true` when
+/// registered (the hub is running).
+#[inline(never)]
+fn join_hub(
+    id: ConnId,
+    request: Request,
+    data_tx: OutboundTx,
+    ctrl_tx: &Sender<Ctrl>,
+    side: &Arc<WriteSide>,
+    shared: &Shared,
+) -> (Connection, bool) {
+    let config = &shared.config;
     let conn = Connection::new(ConnParts {
         id,
         request,
@@ -402,51 +486,61 @@ fn serve(sock: Arc<TcpStream>, id: ConnId, upgrade: Upgrade, writer: WriterLink,
             },
         })
         .is_ok();
-
     if registered {
         shared.metrics.open.fetch_add(1, Ordering::Relaxed);
     }
-    let mut peer_close = None;
-    let end = if !registered {
-        // The hub has stopped: the server is going away.
-        ReadEnd::Fail {
-            code: GOING_AWAY,
-            reason: "server shutting down",
-        }
-    } else if let Err(why) = guarded(id, "on_open", || handler.on_open(&conn)) {
-        why
-    } else {
-        let mut ws = open_websocket(&side, &ctrl_tx, leftover, config);
-        read_loop(id, &mut ws, &conn, &*handler, shared, &mut peer_close)
-    };
+    (conn, registered)
+}
 
-    let close_handshake_done = end == ReadEnd::Done;
-    let close = match end {
+/// What [`wind_up`] needs from [`serve`] once the read side has ended.
+struct Ending<'a> {
+    sock: Arc<TcpStream>,
+    id: ConnId,
+    end: ReadEnd,
+    registered: bool,
+    /// The code of the client's Close, if it sent one.
+    peer_close: Option<u16>,
+    finish: FinishWriter,
+    ctrl_tx: Sender<Ctrl>,
+    writer: thread::JoinHandle<WriterEnd>,
+    handler: Arc<dyn Handler>,
+    conn: Connection,
+    shared: &'a Shared,
+}
+
+/// The orderly end of an upgraded connection: counts it, closes it as its read side
+/// ended, finishes and joins the writer, leaves the hub, runs `on_close`, and lingers
+/// or cuts.
+#[inline(never)]
+fn wind_up(e: Ending<'_>) {
+    let (id, shared) = (e.id, e.shared);
+    let close_handshake_done = e.end == ReadEnd::Done;
+    let close = match e.end {
         ReadEnd::Done => None,
         ReadEnd::Idle => Some((GOING_AWAY, "idle timeout")),
         ReadEnd::Fail { code, reason } => Some((code, reason)),
     };
-    if registered {
+    if e.registered {
         shared.metrics.open.fetch_sub(1, Ordering::Relaxed);
         // The first Close decides the code: the client's, else ours; neither is 1006.
-        let code = peer_close.or(close.map(|(code, _)| code)).unwrap_or(ABNORMAL);
+        let code = e.peer_close.or(close.map(|(code, _)| code)).unwrap_or(ABNORMAL);
         shared.metrics.closed(code);
     }
     if let Some((code, reason)) = close {
         debug!("connection {id}: closing with {code} ({reason})");
         // The writer sends what the handler queued before the failure ahead of the
         // Close (Autobahn 5.15: the echo, then Close 1002).
-        let _ = ctrl_tx.send(Ctrl::Close {
+        let _ = e.ctrl_tx.send(Ctrl::Close {
             code,
             reason: Cow::Borrowed(reason),
         });
     }
-    drop(finish);
-    drop(ctrl_tx);
-    let writer_end = writer.join().unwrap_or(WriterEnd::Cut);
-    let _ = shared.hub.send(HubMsg::Unregister(id));
-    let _ = guarded(id, "on_close", || handler.on_close(&conn));
-    drop(conn);
+    drop(e.finish);
+    drop(e.ctrl_tx);
+    let writer_end = e.writer.join().unwrap_or(WriterEnd::Cut);
+    leave_hub(shared, id);
+    let _ = guarded(id, "on_close", || e.handler.on_close(&e.conn));
+    drop(e.conn);
     // After a finished close handshake the client has sent its Close and must send
     // nothing more (RFC 6455 §5.5.1), so closing cannot make the kernel answer unread
     // bytes with an RST: end now, rather than a round trip later when its FIN comes. A
@@ -454,9 +548,11 @@ fn serve(sock: Arc<TcpStream>, id: ConnId, upgrade: Upgrade, writer: WriterLink,
     // A peer still there after the linger (an idle client that ignored our Close, one
     // that keeps sending) is cut: what we sent it has had its chance, and an orderly
     // close would leave the kernel holding whatever it has not read.
-    if writer_end == WriterEnd::Finished && !(close_handshake_done && nothing_unread(&sock)) && !linger(&sock)
+    if writer_end == WriterEnd::Finished
+        && !(close_handshake_done && nothing_unread(&e.sock))
+        && !linger(&e.sock)
     {
-        writer::cut(&sock);
+        writer::cut(&e.sock);
     }
     debug!("connection {id}: ended");
 }
@@ -468,6 +564,9 @@ fn serve(sock: Arc<TcpStream>, id: ConnId, upgrade: Upgrade, writer: WriterLink,
 struct FinishWriter(Sender<Ctrl>);
 
 impl Drop for FinishWriter {
+    // Out of line: inlined, the send's temporaries would sit in `serve`'s frame, under
+    // every `read` (see [`serve`]).
+    #[inline(never)]
     fn drop(&mut self) {
         // Waits only while the control channel is full: the writer drains it or ends.
         let _ = self.0.send(Ctrl::Finish);
@@ -578,16 +677,21 @@ fn read_loop(
 
 /// Runs handler code, turning a panic into Close 1011 for this connection only.
 fn guarded(id: ConnId, what: &str, f: impl FnOnce()) -> Result<(), ReadEnd> {
-    catch_unwind(AssertUnwindSafe(f)).map_err(|panic| {
-        let text = panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "(non-string panic)".into());
-        error!("connection {id}: handler panicked in {what}: {text}");
-        ReadEnd::Fail {
-            code: INTERNAL_ERROR,
-            reason: "internal error",
-        }
-    })
+    catch_unwind(AssertUnwindSafe(f)).map_err(|panic| handler_panicked(id, what, panic))
+}
+
+/// Logs a handler's panic and says how the connection ends. Out of line: the logging's
+/// temporaries stay out of the frames `guarded` is inlined into (see [`serve`]).
+#[inline(never)]
+fn handler_panicked(id: ConnId, what: &str, panic: Box<dyn std::any::Any + Send>) -> ReadEnd {
+    let text = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(non-string panic)".into());
+    error!("connection {id}: handler panicked in {what}: {text}");
+    ReadEnd::Fail {
+        code: INTERNAL_ERROR,
+        reason: "internal error",
+    }
 }

@@ -64,8 +64,13 @@ pub(crate) enum PushError {
 }
 
 /// A queue holding at most `cap` frames and `cap_bytes` bytes.
+///
+/// Made on a reader thread, whose stack must stay within two pages (see
+/// `connection::writer_queues`): crossbeam builds each channel on the stack before boxing
+/// it, so the frames' channel is built in a frame of its own, beside `bounded`'s rather
+/// than above it.
 pub(crate) fn outbound(cap: usize, cap_bytes: usize) -> (OutboundTx, OutboundRx) {
-    let (tx, rx) = unbounded();
+    let (tx, rx) = frames_channel();
     let (space_tx, space_rx) = bounded(1);
     let bytes = Arc::new(AtomicUsize::new(0));
     (
@@ -82,6 +87,12 @@ pub(crate) fn outbound(cap: usize, cap_bytes: usize) -> (OutboundTx, OutboundRx)
             bytes,
         },
     )
+}
+
+/// The unbounded channel of an [`outbound`] queue, out of line (see there).
+#[inline(never)]
+fn frames_channel() -> (Sender<WireFrame>, Receiver<WireFrame>) {
+    unbounded()
 }
 
 impl OutboundTx {
