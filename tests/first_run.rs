@@ -51,6 +51,16 @@ fn serve_until_listening(args: &[&str]) -> (std::process::Child, Vec<String>) {
     }
 }
 
+/// The address a `listening on ADDR` line names.
+fn listening_addr(line: &str) -> std::net::SocketAddr {
+    line.split("listening on ")
+        .nth(1)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
 fn stop(mut child: std::process::Child) {
     // SAFETY: kill(2) on the PID of a child this test started and has not reaped.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
@@ -113,13 +123,7 @@ fn addr_accepts_a_host_name() {
     watchdog(LIMIT, || {
         let (child, lines) = serve_until_listening(&["--addr", "localhost:0"]);
         let last = lines.last().unwrap();
-        let addr: std::net::SocketAddr = last
-            .split("listening on ")
-            .nth(1)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
+        let addr = listening_addr(last);
         assert!(addr.ip().is_loopback(), "{last}");
         let mut ws = connect(addr, "/echo");
         ws.send(Message::text("hi")).unwrap();
@@ -244,13 +248,7 @@ fn metrics_can_be_turned_off_and_on_from_the_command_line() {
         for (switch, want) in [("off", "HTTP/1.1 404 Not Found"), ("on", "HTTP/1.1 200 OK")] {
             let (child, lines) = serve_until_listening(&["--addr", "127.0.0.1:0", "--metrics", switch]);
             let last = lines.last().unwrap();
-            let addr: std::net::SocketAddr = last
-                .split("listening on ")
-                .nth(1)
-                .unwrap()
-                .trim()
-                .parse()
-                .unwrap();
+            let addr = listening_addr(last);
             let answer = raw_exchange(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
             stop(child);
             assert_eq!(status_line(&answer), want, "--metrics {switch}");

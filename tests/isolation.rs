@@ -298,6 +298,29 @@ fn reading_member(addr: SocketAddr) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || while ws.read().is_ok() {})
 }
 
+/// A client on `path` that writes `burst` (100 client frames) over and over for 4 s, as
+/// fast as its socket takes it, and reads what comes back on another thread so that it is
+/// not cut as slow itself. Joins to the number of frames it sent.
+fn flooder(addr: SocketAddr, path: &str, burst: Vec<u8>) -> std::thread::JoinHandle<u64> {
+    let mut flooder = TcpStream::connect(addr).unwrap();
+    flooder.write_all(upgrade_request(path, "").as_bytes()).unwrap();
+    let mut drain = flooder.try_clone().unwrap();
+    let drainer = std::thread::spawn(move || {
+        let mut sink = [0u8; 64 * 1024];
+        while matches!(drain.read(&mut sink), Ok(n) if n > 0) {}
+    });
+    let stop = Instant::now() + Duration::from_secs(4);
+    std::thread::spawn(move || {
+        let mut sent = 0u64;
+        while Instant::now() < stop && flooder.write_all(&burst).is_ok() {
+            sent += 100;
+        }
+        let _ = flooder.shutdown(std::net::Shutdown::Both);
+        drainer.join().unwrap();
+        sent
+    })
+}
+
 /// How long `ws`'s own broadcast `text` takes to come back to it (skipping others').
 fn own_broadcast_latency(ws: &mut Client, text: &str) -> Duration {
     let start = Instant::now();
@@ -327,36 +350,17 @@ fn a_flooding_publisher_slows_only_itself() {
             .max()
             .unwrap();
 
-        // The flooder writes 20-byte messages as fast as its socket takes them, and
-        // reads what comes back on another thread so it is not cut as slow itself.
-        let mut flooder = TcpStream::connect(addr).unwrap();
-        flooder
-            .write_all(upgrade_request("/chat", "").as_bytes())
-            .unwrap();
-        let mut drain = flooder.try_clone().unwrap();
-        let drainer = std::thread::spawn(move || {
-            let mut sink = [0u8; 64 * 1024];
-            while matches!(drain.read(&mut sink), Ok(n) if n > 0) {}
-        });
-        let stop = Instant::now() + Duration::from_secs(4);
+        // The flooder writes 20-byte messages as fast as its socket takes them.
         let burst: Vec<u8> = (0..100)
             .flat_map(|_| client_frame(0x81, b"flood flood flood!!!"))
             .collect();
-        let writer = std::thread::spawn(move || {
-            let mut sent = 0u64;
-            while Instant::now() < stop && flooder.write_all(&burst).is_ok() {
-                sent += 100;
-            }
-            let _ = flooder.shutdown(std::net::Shutdown::Both);
-            sent
-        });
+        let writer = flooder(addr, "/chat", burst);
         std::thread::sleep(Duration::from_millis(1000));
         let flooded = (0..5)
             .map(|i| own_broadcast_latency(&mut marker, &format!("flooded {i}")))
             .max()
             .unwrap();
         let sent = writer.join().unwrap();
-        drainer.join().unwrap();
         eprintln!(
             "own broadcast, slowest of 5: {quiet:?} quiet, {flooded:?} during a flood of {sent} messages"
         );
@@ -518,16 +522,7 @@ fn a_flooding_publisher_on_ws_cannot_stall_other_channels() {
             .max()
             .unwrap();
 
-        // The flooder publishes on another channel as fast as its socket takes it, and
-        // reads its acks on another thread so that it is not cut as slow.
-        let mut flooder = TcpStream::connect(addr).unwrap();
-        flooder.write_all(upgrade_request("/ws", "").as_bytes()).unwrap();
-        let mut drain = flooder.try_clone().unwrap();
-        let drainer = std::thread::spawn(move || {
-            let mut sink = [0u8; 64 * 1024];
-            while matches!(drain.read(&mut sink), Ok(n) if n > 0) {}
-        });
-        let stop = Instant::now() + Duration::from_secs(4);
+        // The flooder publishes on another channel as fast as its socket takes it.
         let burst: Vec<u8> = (1..=100u64)
             .flat_map(|i| {
                 client_frame(
@@ -536,21 +531,13 @@ fn a_flooding_publisher_on_ws_cannot_stall_other_channels() {
                 )
             })
             .collect();
-        let writer = std::thread::spawn(move || {
-            let mut sent = 0u64;
-            while Instant::now() < stop && flooder.write_all(&burst).is_ok() {
-                sent += 100;
-            }
-            let _ = flooder.shutdown(std::net::Shutdown::Both);
-            sent
-        });
+        let writer = flooder(addr, "/ws", burst);
         std::thread::sleep(Duration::from_millis(1000));
         let flooded = (20..25)
             .map(|i| own_publication_latency(&mut calm, "calm", i))
             .max()
             .unwrap();
         let sent = writer.join().unwrap();
-        drainer.join().unwrap();
         eprintln!(
             "own pub on a calm channel, slowest of 5: {quiet:?} quiet, {flooded:?} during a flood of {sent} pubs"
         );
