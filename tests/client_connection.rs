@@ -185,6 +185,40 @@ fn a_server_close_is_answered_once_and_reported() {
 }
 
 #[test]
+fn a_server_close_1014_is_echoed_and_reported_as_1014() {
+    // 1014 ("bad gateway") is registered and sendable, but tungstenite does not know it
+    // and would report and answer it as 1002.
+    watchdog(LIMIT, || {
+        let raw = RawServer::bind();
+        let url = raw.url("/");
+        let server = thread::spawn(move || {
+            let mut conn = raw.accept();
+            conn.send_close(1014, "upstream down");
+            let reply = conn.read_frame();
+            conn.sock.shutdown(std::net::Shutdown::Write).unwrap();
+            let after = conn.frames_until_eof();
+            (reply, after)
+        });
+        let client = Client::connect(&url, &ClientConfig::default()).unwrap();
+        let end = wait_for(client.events(), "disconnect", |e| {
+            matches!(e, Event::Disconnected { .. })
+        });
+        assert_eq!(end.close_code(), Some(1014), "{end:?}");
+        assert!(
+            matches!(&end, Event::Disconnected { error: None, close: Some(f) } if f.reason == "upstream down"),
+            "{end:?}"
+        );
+        let (reply, after) = server.join().unwrap();
+        let reply = reply.expect("a Close reply");
+        assert_eq!(
+            (reply.opcode, reply.close_code(), reply.masked),
+            (0x8, Some(1014), true)
+        );
+        assert!(after.is_empty(), "nothing after the Close: {after:?}");
+    });
+}
+
+#[test]
 fn a_ping_from_the_server_gets_a_masked_pong_with_its_payload() {
     watchdog(LIMIT, || {
         let raw = RawServer::bind();

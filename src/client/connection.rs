@@ -39,11 +39,12 @@ use tungstenite::client::IntoClientRequest;
 use tungstenite::handshake::HandshakeError;
 use tungstenite::handshake::client::Request;
 use tungstenite::http::{HeaderName, HeaderValue};
-use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
+use tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
 use tungstenite::protocol::{CloseFrame, WebSocket, WebSocketConfig};
 use tungstenite::{Error as WsError, Message};
 
 use crate::ws::close_policy::{self, PROTOCOL_ERROR, ReadEnd};
+use crate::ws::peer_close::PeerClose;
 use crate::ws::wire::{self, frames_through_close};
 
 use super::{
@@ -359,6 +360,9 @@ fn start(
         sock: clone()?,
         sink: Sink::Direct(clone()?),
         deadline: Some(after(config.handshake_timeout)),
+        peer_close: PeerClose::default(),
+        head_end: 0,
+        echo_close: None,
     };
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(config.read_buffer_size)
@@ -462,6 +466,14 @@ struct ReaderStream {
     sink: Sink,
     /// While set (the handshake), every read waits at most until this instant.
     deadline: Option<Instant>,
+    /// The server's frames, followed for the code of its Close: every byte after the
+    /// response head (frames can arrive in the same read as the head's end).
+    peer_close: PeerClose,
+    /// How much of the head's end, `\r\n\r\n`, has been read (4: the head is over).
+    head_end: usize,
+    /// Set by the reader when tungstenite's next write is its 1002 answer to a Close
+    /// code it does not know but RFC 6455 registers (1014): that write becomes the echo.
+    echo_close: Option<u16>,
 }
 
 enum Sink {
@@ -472,7 +484,9 @@ enum Sink {
 impl Read for ReaderStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let Some(deadline) = self.deadline else {
-            return self.sock.read(buf);
+            let n = self.sock.read(buf)?;
+            self.follow(&buf[..n]);
+            return Ok(n);
         };
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -481,10 +495,31 @@ impl Read for ReaderStream {
         self.sock.set_read_timeout(Some(left))?;
         // tungstenite's handshake would take WouldBlock for "try again later"; this is
         // a blocking socket, so it means the deadline has passed.
-        self.sock.read(buf).map_err(|e| match e.kind() {
+        let n = self.sock.read(buf).map_err(|e| match e.kind() {
             io::ErrorKind::WouldBlock => io::ErrorKind::TimedOut.into(),
             _ => e,
-        })
+        })?;
+        self.follow(&buf[..n]);
+        Ok(n)
+    }
+}
+
+impl ReaderStream {
+    /// Hands the bytes after the response head to [`PeerClose`].
+    fn follow(&mut self, mut bytes: &[u8]) {
+        const HEAD_END: &[u8] = b"\r\n\r\n";
+        while self.head_end < HEAD_END.len() {
+            let Some((&b, rest)) = bytes.split_first() else {
+                return;
+            };
+            bytes = rest;
+            self.head_end = match b {
+                _ if b == HEAD_END[self.head_end] => self.head_end + 1,
+                b'\r' => 1,
+                _ => 0,
+            };
+        }
+        self.peer_close.feed(bytes);
     }
 }
 
@@ -493,7 +528,11 @@ impl Write for ReaderStream {
         match &mut self.sink {
             Sink::Direct(sock) => sock.write(buf),
             Sink::Writer(tx) => {
-                tx.send(buf.to_vec()).map_err(|_| {
+                let bytes = match self.echo_close.take() {
+                    Some(code) if buf.first() == Some(&0x88) => encode_close(code, ""),
+                    _ => buf.to_vec(),
+                };
+                tx.send(bytes).map_err(|_| {
                     io::Error::new(io::ErrorKind::BrokenPipe, "the writer thread has stopped")
                 })?;
                 Ok(buf.len())
@@ -507,6 +546,20 @@ impl Write for ReaderStream {
             Sink::Writer(_) => Ok(()),
         }
     }
+}
+
+/// The server's Close, when its code is one RFC 6455 lets an endpoint send but
+/// tungstenite does not know (1014, "bad gateway"): tungstenite reports and answers such a
+/// Close as 1002, as if the code were reserved.
+fn registered_close_tungstenite_refused(stream: &ReaderStream) -> Option<CloseFrame> {
+    let code = stream.peer_close.code()?;
+    if !close_code_is_sendable(code) || CloseCode::from(code).is_allowed() {
+        return None;
+    }
+    Some(CloseFrame {
+        code: CloseCode::from(code),
+        reason: stream.peer_close.reason().unwrap_or_default().to_owned().into(),
+    })
 }
 
 struct Reader {
@@ -528,8 +581,14 @@ impl Reader {
                         listening = false; // nobody is listening: read on to the close
                     }
                 }
-                Ok(Message::Close(frame)) => {
+                Ok(Message::Close(mut frame)) => {
                     self.shared.close_received.store(true, Ordering::Release);
+                    if let Some(registered) = registered_close_tungstenite_refused(ws.get_ref()) {
+                        // tungstenite turned it into 1002 and queued a 1002 answer: report
+                        // the server's own code, and echo it (RFC 6455 §5.5.1).
+                        ws.get_mut().echo_close = Some(registered.code.into());
+                        frame = Some(registered);
+                    }
                     peer_close = frame;
                     // Hand tungstenite's Close reply to the writer now (it drops it if our
                     // own Close went first), then wait, briefly, for the server to close
