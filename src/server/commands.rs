@@ -21,7 +21,10 @@
 //! `sub` offers its `join` to the channel's watchers right after its reply, an `unsub`
 //! its `leave`, and a connection that goes (closed, dead, cut) one `leave` per channel,
 //! exactly once, through [`Hubside::forget`]. So watchers see joins, leaves and
-//! publications of one channel in the one order the hub executed them. Identity and
+//! publications of one channel in the one order the hub executed them. A storm of
+//! joins and leaves is owed through [`crate::server::backlog`] and delivered in slices
+//! between the hub's messages, so it cannot stall other channels; whatever a connection
+//! is owed goes out before anything else is offered to it, which keeps that order. Identity and
 //! permissions were checked on the connection's reader before the command got here
 //! ([`crate::pubsub::auth`]); only "is it subscribed" (for `presence`) needs the hub.
 
@@ -42,6 +45,7 @@ use crate::pubsub::protocol::{
     Command, Empty, ErrorBody, ErrorCode, Push, Reply, Request, StreamPosition, Welcome,
 };
 use crate::pubsub::{Channels, ConnId};
+use crate::server::backlog::{Backlog, Delivered};
 use crate::server::error::PublishError;
 use crate::server::hub::PeerHandle;
 use crate::server::metrics::Metrics;
@@ -81,6 +85,8 @@ pub(crate) struct Hubside<'a> {
     pub channels: &'a mut Channels,
     pub registry: &'a mut Registry<PeerHandle>,
     pub presence: &'a mut Presence,
+    /// Joins and leaves still owed to their watchers (a storm's, delivered in slices).
+    pub backlog: &'a mut Backlog,
     pub metrics: &'a Metrics,
 }
 
@@ -169,22 +175,51 @@ impl Hubside<'_> {
         ))
     }
 
-    /// Offers a join or leave to the watchers it names; a watcher too slow to take it
-    /// is cut (and its own leaves follow).
+    /// Offers a join or leave to the watchers it names, now or (a storm's) through the
+    /// backlog; a watcher too slow to take it is cut (and its own leaves follow).
     fn announce(&mut self, push: fn(crate::pubsub::protocol::Member) -> Push, event: Event) {
         if event.to.is_empty() {
             return;
         }
         let frame = text_frame(encode::push_frame(&push(event.member)));
-        for watcher in event.to {
-            match self.registry.get(watcher).map(|peer| peer.offer(&frame)) {
-                Some(Offer::Queued) => {
-                    self.metrics.sent(1, frame.payload().len());
-                    self.metrics.presence_pushes.fetch_add(1, Relaxed);
-                }
-                None => {}
-                Some(offer) => self.drop_conn(watcher, offer),
-            }
+        let mut out = Delivered::default();
+        self.backlog.announce(frame, event.to, self.registry, &mut out);
+        self.delivered(out);
+    }
+
+    /// Offers up to `most` owed joins and leaves (the hub calls it between messages).
+    pub(crate) fn deliver_owed(&mut self, most: usize) {
+        let mut out = Delivered::default();
+        self.backlog.deliver(most, self.registry, &mut out);
+        self.delivered(out);
+    }
+
+    /// Offers every owed join and leave (before the drain's Close 1001).
+    pub(crate) fn settle_all(&mut self) {
+        let mut out = Delivered::default();
+        self.backlog.settle_all(self.registry, &mut out);
+        self.delivered(out);
+    }
+
+    /// Before `conn` is offered anything but a join or leave: what it is owed goes first.
+    fn settle(&mut self, conn: ConnId) {
+        if self.backlog.is_empty() {
+            return;
+        }
+        let mut out = Delivered::default();
+        self.backlog.settle(conn, self.registry, &mut out);
+        self.delivered(out);
+    }
+
+    /// Counts delivered joins and leaves, and forgets the watchers that could not take
+    /// theirs.
+    fn delivered(&mut self, out: Delivered) {
+        if out.pushes > 0 {
+            self.metrics.sent(out.pushes, out.bytes);
+            self.metrics.presence_pushes.fetch_add(out.pushes as u64, Relaxed);
+        }
+        for (conn, offer) in out.dropped {
+            self.drop_conn(conn, offer);
         }
     }
 
@@ -224,7 +259,11 @@ impl Hubside<'_> {
             let frame = text_frame(encode::push(publication));
             let mut dropped = Vec::new();
             let mut delivered = 0;
+            let mut owed = Delivered::default();
             for sub in self.channels.subscribers(ch) {
+                if !self.backlog.is_empty() {
+                    self.backlog.settle(sub, self.registry, &mut owed);
+                }
                 match self.registry.get(sub).map(|peer| peer.offer(&frame)) {
                     Some(Offer::Queued) => delivered += 1,
                     Some(offer) => dropped.push((sub, offer)),
@@ -234,6 +273,7 @@ impl Hubside<'_> {
             let slow = dropped.iter().filter(|(_, o)| *o == Offer::Full).count();
             let len = frame.payload().len();
             self.metrics.publication(started.elapsed(), delivered, len, slow);
+            self.delivered(owed);
             for (sub, offer) in dropped {
                 self.drop_conn(sub, offer);
             }
@@ -243,6 +283,7 @@ impl Hubside<'_> {
 
     /// Offers `text` to `conn`; a full queue cuts it.
     fn send(&mut self, conn: ConnId, text: Utf8Bytes) {
+        self.settle(conn);
         let frame = text_frame(text);
         match self.registry.get(conn).map(|peer| peer.offer(&frame)) {
             Some(Offer::Queued) => self.metrics.sent(1, frame.payload().len()),

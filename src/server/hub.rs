@@ -51,6 +51,7 @@ use tungstenite::Message;
 use crate::pubsub::presence::Presence;
 use crate::pubsub::protocol::{Command, ErrorBody, ErrorCode, MAX_KEY_LEN, StreamPosition, validate_channel};
 use crate::pubsub::{Channels, Limits};
+use crate::server::backlog::{Backlog, MESSAGES_PER_SLICE, SLICE};
 use crate::server::commands::{ApiPublish, ConnCommand, Hubside};
 use crate::server::engine::EngineHealth;
 use crate::server::error::{PublishError, SendError};
@@ -474,28 +475,6 @@ pub(crate) struct HubConfig {
     pub max_presence_list: usize,
 }
 
-/// Ends everything `id` held on `/ws`, with either engine: its subscriptions (with their
-/// leaves) and who it was.
-fn forget(
-    id: ConnId,
-    channels: &mut Channels,
-    registry: &mut Registry<PeerHandle>,
-    presence: &mut Presence,
-    metrics: &Metrics,
-    remote: &mut Option<Remote>,
-) {
-    Hubside {
-        channels,
-        registry,
-        presence,
-        metrics,
-    }
-    .forget(id);
-    if let Some(r) = remote.as_mut() {
-        r.remove_conn(id);
-    }
-}
-
 /// Runs the hub loop until [`HubMsg::Stop`]. See the module docs.
 pub(crate) fn run(
     inbox: Inbox,
@@ -532,6 +511,8 @@ fn serve(
     let mut registry: Registry<PeerHandle> = Registry::default();
     let mut channels = Channels::in_memory(limits);
     let mut presence = Presence::in_memory(max_presence_list);
+    let mut backlog = Backlog::default();
+    let mut messages_since_slice = 0;
     // Token-mode connections that have until then for their `hello`, oldest first (one
     // timeout for all, so the order of arrival is the order of the deadlines).
     let mut awaiting_hello: VecDeque<(Instant, ConnId)> = VecDeque::new();
@@ -552,9 +533,20 @@ fn serve(
                 channels: &mut channels,
                 registry: &mut registry,
                 presence: &mut presence,
+                backlog: &mut backlog,
                 metrics,
             }
         };
+    }
+    // Ends everything `id` held on `/ws`, with either engine: its subscriptions (with
+    // their leaves), who it was, and its engine state.
+    macro_rules! forget {
+        ($id:expr) => {{
+            side!().forget($id);
+            if let Some(r) = remote.as_mut() {
+                r.remove_conn($id);
+            }
+        }};
     }
     loop {
         // Sleep until a message arrives, the next ping is due or the next sweep; nothing
@@ -562,7 +554,15 @@ fn serve(
         let ping_due = pings.next_due().filter(|_| !draining);
         let sweep_due = channels.has_state().then_some(next_sweep);
         let hello_due = awaiting_hello.front().map(|(due, _)| *due);
-        let next = match ping_due.into_iter().chain(sweep_due).chain(hello_due).min() {
+        // Joins and leaves still owed (a storm's): do not sleep while any are.
+        let owed_due = (!backlog.is_empty()).then(Instant::now);
+        let next = match ping_due
+            .into_iter()
+            .chain(sweep_due)
+            .chain(hello_due)
+            .chain(owed_due)
+            .min()
+        {
             Some(due) => inbox.recv_deadline(due),
             None => inbox.recv().map_err(|_| RecvTimeoutError::Disconnected),
         };
@@ -598,14 +598,7 @@ fn serve(
             Some(HubMsg::Unregister(id)) => {
                 handshaking.remove(&id);
                 let removed = registry.remove(id).is_some();
-                forget(
-                    id,
-                    &mut channels,
-                    &mut registry,
-                    &mut presence,
-                    metrics,
-                    &mut remote,
-                );
+                forget!(id);
                 if removed {
                     pings.compact(registry.len(), |id| registry.contains(id));
                 }
@@ -623,14 +616,7 @@ fn serve(
                 for (id, peer) in out.slow {
                     info!("connection {id}: slow consumer (queue full), disconnecting");
                     peer.cut();
-                    forget(
-                        id,
-                        &mut channels,
-                        &mut registry,
-                        &mut presence,
-                        metrics,
-                        &mut remote,
-                    );
+                    forget!(id);
                 }
             }
             // `hello` is about the connection, not a channel: the same with either engine.
@@ -682,6 +668,8 @@ fn serve(
             }
             Some(HubMsg::Drain(reply)) => {
                 draining = true;
+                // Owed joins and leaves go before the Close (nothing may follow it).
+                side!().settle_all();
                 debug!("hub: closing {} connections with 1001", registry.len());
                 for (_, peer) in registry.iter() {
                     peer.going_away(&going_away);
@@ -714,6 +702,16 @@ fn serve(
             if let Some(peer) = registry.get(id) {
                 info!("connection {id}: no valid hello within {hello_timeout:?}, closing with 4001");
                 peer.close_unauthorized();
+            }
+        }
+        // Owed joins and leaves take a slice when the inbox is empty, and at the latest
+        // every few messages: a storm's own commands (its `sub`s) cannot crowd out
+        // other channels' publications, and a busy inbox cannot starve the backlog.
+        if !backlog.is_empty() {
+            messages_since_slice += 1;
+            if inbox.is_empty() || messages_since_slice >= MESSAGES_PER_SLICE {
+                messages_since_slice = 0;
+                side!().deliver_owed(SLICE);
             }
         }
         if now >= next_sweep {

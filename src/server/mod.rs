@@ -9,6 +9,7 @@
 //! and live in `src/ws/`.
 
 mod accept;
+mod backlog;
 mod capacity;
 mod commands;
 mod config;

@@ -22,7 +22,7 @@ use tokio::time::{sleep, sleep_until, timeout, timeout_at};
 use ws::{Msg, OP_TEXT, Ws};
 
 #[derive(Parser, Debug)]
-#[command(about = "WebSocket load generator (echo, broadcast, idle, churn, drain, pubsub, resume)")]
+#[command(about = "WebSocket load generator (echo, broadcast, idle, churn, drain, pubsub, resume, storm)")]
 struct Cli {
     /// Server address (loopback).
     #[arg(long, default_value = "127.0.0.1:9301")]
@@ -135,6 +135,19 @@ enum Mode {
         /// Seconds into publishing when every subscriber cuts its connection.
         #[arg(long, default_value_t = 2.0)]
         cut_after: f64,
+    },
+    /// The join/leave storm: as pubsub, plus W watchers of one more channel subscribed
+    /// with joins; mid-run all watchers drop and resubscribe at once. Calm channels'
+    /// delivery p99 before and during the storm.
+    Storm {
+        #[command(flatten)]
+        a: pubsub::PsArgs,
+        /// Watchers of the storm channel (subscribed with `"joins": true`).
+        #[arg(long, default_value_t = 1000)]
+        watchers: usize,
+        /// Seconds into publishing when every watcher cuts its connection.
+        #[arg(long, default_value_t = 2.0)]
+        storm_after: f64,
     },
     /// N connections, SIGTERM to the server, time until every client saw Close 1001
     /// and the process exited.
@@ -361,6 +374,11 @@ fn main() {
             } => drain(&cli, *conns, *settle, *timeout, path).await,
             Mode::Pubsub { a } => pubsub::pubsub(&cli, a).await,
             Mode::Resume { a, cut_after } => pubsub::resume_storm(&cli, a, *cut_after).await,
+            Mode::Storm {
+                a,
+                watchers,
+                storm_after,
+            } => pubsub::storm(&cli, a, *watchers, *storm_after).await,
         }
     });
     out.print();

@@ -28,6 +28,9 @@ use tokio::time::{Instant, sleep_until, timeout, timeout_at};
 use crate::ws::{Msg, OP_TEXT, Ws};
 use crate::{Cli, Out, cpu_sample, hist, ms, open_many, put_cpu, put_ramp};
 
+mod storm;
+pub use storm::storm;
+
 /// One server frame, as far as these scenarios care.
 enum Frame {
     /// `{"push":"pub",..}`: its offset and the send time stamped in `data.t`.
@@ -93,6 +96,8 @@ struct Sub {
     dups: u64,
     /// Delivery latencies of live pushes (us).
     lat: Vec<u64>,
+    /// When each of them arrived (us since the run's `base`), index for index.
+    at: Vec<u64>,
 }
 
 impl Sub {
@@ -105,9 +110,11 @@ impl Sub {
         self.next = offset + 1;
         self.received += 1;
         if let (true, Some(t)) = (live, t) {
-            let sent = base + Duration::from_nanos(t);
+            let (sent, now) = (base + Duration::from_nanos(t), Instant::now());
             self.lat
-                .push(Instant::now().saturating_duration_since(sent).as_micros() as u64);
+                .push(now.saturating_duration_since(sent).as_micros() as u64);
+            self.at
+                .push(now.saturating_duration_since(base).as_micros() as u64);
         }
     }
     fn done(&self) -> bool {
@@ -345,6 +352,7 @@ async fn open_subs(
                         gaps: 0,
                         dups: 0,
                         lat: Vec::new(),
+                        at: Vec::new(),
                     },
                 )),
                 Ok(Err(e)) => Err(e),
@@ -765,6 +773,7 @@ mod tests {
             gaps: 0,
             dups: 0,
             lat: Vec::new(),
+            at: Vec::new(),
         };
         for o in [11, 12, 14, 14, 13, 15] {
             s.on_pub(o, None, base, false);
