@@ -64,6 +64,15 @@ fn healthz(addr: SocketAddr) -> String {
     raw_exchange(addr, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
 }
 
+/// `wshub_engine_errors_total` from `/metrics`.
+fn engine_errors(addr: SocketAddr) -> u64 {
+    let r = raw_exchange(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    r.lines()
+        .find_map(|l| l.strip_prefix("wshub_engine_errors_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no wshub_engine_errors_total in {r}"))
+}
+
 /// Polls `/healthz` (bounded) until its status line contains `want`.
 fn wait_health(addr: SocketAddr, want: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -287,6 +296,7 @@ fn redis_down_is_error_6_and_503_and_redis_back_empty_is_a_new_epoch() {
     watchdog(LIMIT, move || {
         let a = node(&redis.url());
         wait_health(a.local_addr(), "200");
+        assert_eq!(engine_errors(a.local_addr()), 0, "no failure yet");
         let mut sub = Peer::connect(a.local_addr());
         let snap = subscribe(&mut sub, "c", None);
         a.hub().publish("c", json!(1)).unwrap();
@@ -301,6 +311,8 @@ fn redis_down_is_error_6_and_503_and_redis_back_empty_is_a_new_epoch() {
         assert_eq!(told["code"], 6);
         let health = wait_health(a.local_addr(), "503");
         assert!(health.contains("engine down"), "{health}");
+        let errors = engine_errors(a.local_addr());
+        assert!(errors > 0, "the outage is counted in /metrics: {errors}");
         let mut publisher = Peer::connect(a.local_addr());
         let err = publish(&mut publisher, "c", json!(3));
         assert_eq!(

@@ -1,10 +1,11 @@
 //! Whether the channel engine can be reached, for `/healthz`.
 //!
-//! **Owns** two flags, written by the Redis engine's threads (its command connection and
-//! its PUB/SUB connection) and read by any connection thread answering `/healthz`. With
-//! the memory engine both stay up. Nothing here blocks or wakes anyone.
+//! **Owns** two flags and a count, written by the Redis engine's threads (its command
+//! connection and its PUB/SUB connection) and read by any connection thread answering
+//! `/healthz` or `/metrics` (`wshub_engine_errors_total`). With the memory engine both
+//! flags stay up and the count at zero. Nothing here blocks or wakes anyone.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// The engine's reachability. Shared (`Arc`) between the engine's threads and the
 /// connection threads.
@@ -12,6 +13,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub(crate) struct EngineHealth {
     commands: AtomicBool,
     pubsub: AtomicBool,
+    /// Failures of either connection: each failed command, lost connection or failed
+    /// attempt to connect.
+    errors: AtomicU64,
 }
 
 impl EngineHealth {
@@ -21,7 +25,20 @@ impl EngineHealth {
         EngineHealth {
             commands: AtomicBool::new(true),
             pubsub: AtomicBool::new(true),
+            errors: AtomicU64::new(0),
         }
+    }
+
+    /// One more engine failure (a command that failed, a connection lost, an attempt
+    /// to connect refused).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn failed(&self) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Engine failures since the start.
+    pub(crate) fn errors(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
     }
 
     /// The command connection worked (`true`) or failed.
@@ -63,5 +80,15 @@ mod tests {
         assert!(h.down().unwrap().contains("command"));
         h.set_commands(true);
         assert_eq!(h.down(), None);
+    }
+
+    #[test]
+    fn failures_are_counted_whatever_the_flags_say() {
+        let h = EngineHealth::up();
+        assert_eq!(h.errors(), 0);
+        h.failed();
+        h.failed();
+        assert_eq!(h.errors(), 2);
+        assert_eq!(h.down(), None, "the count says nothing about now");
     }
 }

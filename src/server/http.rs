@@ -68,7 +68,11 @@ pub(crate) fn get(resource: Resource, head: bool, shared: &Shared) -> Vec<u8> {
         ),
         Resource::Metrics => {
             let stats = shared.hub.stats(HUB_STATS_WAIT);
-            let text = shared.metrics.render(shared.hub.inbox_depth(), stats);
+            let text = shared.metrics.render(
+                shared.hub.inbox_depth(),
+                stats,
+                shared.hub.engine_health().errors(),
+            );
             response(
                 StatusCode::OK,
                 "",

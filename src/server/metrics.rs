@@ -125,8 +125,6 @@ pub(crate) struct Metrics {
     pub fanout: DurationHistogram,
     /// Subscriptions with `since`, by outcome: `[not recovered, recovered]`.
     pub recoveries: [AtomicU64; 2],
-    /// Errors from the channel engine (the in-memory engine has none).
-    pub engine_errors: AtomicU64,
     /// `hello`s the authorizer refused (bad, expired or missing token...).
     pub hellos_refused: AtomicU64,
     /// `join` and `leave` pushes handed to watchers.
@@ -187,14 +185,20 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of every metric, with `inbox` (the hub's inbox
-    /// depth now), the hub's `stats` (left out when the hub did not answer) and the
-    /// process's thread count read at this moment.
-    pub(crate) fn render(self: &Arc<Self>, inbox: usize, stats: Option<HubStats>) -> String {
+    /// depth now), the hub's `stats` (left out when the hub did not answer), the channel
+    /// engine's failures so far and the process's thread count read at this moment.
+    pub(crate) fn render(
+        self: &Arc<Self>,
+        inbox: usize,
+        stats: Option<HubStats>,
+        engine_errors: u64,
+    ) -> String {
         let mut registry = Registry::with_prefix("wshub");
         registry.register_collector(Box::new(Scrape {
             metrics: self.clone(),
             inbox,
             stats,
+            engine_errors,
             threads: process_threads(),
         }));
         let mut out = String::with_capacity(8 * 1024);
@@ -221,6 +225,7 @@ struct Scrape {
     metrics: Arc<Metrics>,
     inbox: usize,
     stats: Option<HubStats>,
+    engine_errors: u64,
     threads: i64,
 }
 
@@ -405,7 +410,7 @@ fn encode_all(s: &Scrape, mut e: DescriptorEncoder<'_>) -> Result<(), fmt::Error
         &mut e,
         "engine_errors",
         "Errors from the channel engine",
-        load(&m.engine_errors),
+        s.engine_errors,
     )?;
     Ok(())
 }
@@ -429,7 +434,7 @@ mod tests {
         m.closed(1000);
         m.closed(4000);
         m.sent(3, 10);
-        let text = m.render(7, None);
+        let text = m.render(7, None, 0);
         assert_eq!(
             line(&text, "wshub_connections_rejected_total{status=\"404\"}"),
             "wshub_connections_rejected_total{status=\"404\"} 2"
@@ -448,7 +453,7 @@ mod tests {
         let m = Arc::new(Metrics::default());
         m.fanout.observe(Duration::from_micros(30));
         m.fanout.observe(Duration::from_secs(1));
-        let text = m.render(0, None);
+        let text = m.render(0, None, 0);
         assert!(
             text.contains("wshub_fanout_duration_seconds_bucket{le=\"2.5e-05\"} 0\n"),
             "{text}"

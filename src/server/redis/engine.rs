@@ -221,6 +221,7 @@ impl EngineThread {
             warn!("engine: Redis command connection failed: {e}");
         }
         self.health.set_commands(false);
+        self.health.failed();
         self.retry_at = Some(Instant::now() + self.backoff.next_delay());
     }
 

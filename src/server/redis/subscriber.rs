@@ -76,6 +76,7 @@ pub(crate) fn run(
                     Ended::Lost(why) => {
                         warn!("engine: Redis PUB/SUB connection lost: {why}");
                         health.set_pubsub(false);
+                        health.failed();
                         was_up = false;
                         tell(Event::SubscriberLost);
                     }
@@ -87,6 +88,7 @@ pub(crate) fn run(
                 }
                 was_up = false;
                 health.set_pubsub(false);
+                health.failed();
                 // Until the next try every subscribe fails at once (the `sub` gets
                 // error 6): nothing waits on a Redis that is not there.
                 let until = Instant::now() + backoff.next_delay();
