@@ -107,6 +107,14 @@ fn serve_cmd(bin: &str, addr: SocketAddr, engine: Option<&str>) -> Vec<String> {
     cmd
 }
 
+/// The Redis fault of a Redis run: still to come, Redis down since, or over (or none).
+#[derive(Clone, Copy, PartialEq)]
+enum Fault {
+    Pending,
+    Down(Instant),
+    Done,
+}
+
 /// One wshub node of the run: its process, its command line, its sampler's cell, and how
 /// many times it was restarted.
 struct Node {
@@ -124,8 +132,15 @@ impl Node {
         server::log_path(dir, self.id, self.life)
     }
 
-    /// SIGTERM, drain, exit (logged), then start again on the same port.
-    fn restart(&mut self, dir: &Path, life_log: &mut LogFile) -> Result<Option<i32>, String> {
+    /// SIGTERM, drain, exit (logged), then start again on the same port. `keys` is the
+    /// key holder's lifetime when this node holds the keys (memory mode): it moves on
+    /// before the new process can answer anything.
+    fn restart(
+        &mut self,
+        dir: &Path,
+        life_log: &mut LogFile,
+        keys: Option<&AtomicU64>,
+    ) -> Result<Option<i32>, String> {
         let code = self.srv.take().expect("running").terminate();
         life_log.log(&Event::Exit {
             node: self.id.unwrap_or(0),
@@ -133,6 +148,9 @@ impl Node {
             code,
         });
         self.life += 1;
+        if let Some(k) = keys {
+            k.store(self.life, Ordering::Release);
+        }
         let srv = Server::start(&self.cmd, self.addr, &self.log(dir))?;
         self.watch.set(srv.pid(), self.life);
         self.srv = Some(srv);
@@ -171,7 +189,7 @@ fn run(bin: &str, secs: u64, dir: &Path, redis: bool) -> ExitCode {
         engine: if redis { "redis" } else { "memory" }.into(),
         nodes: n_nodes,
     });
-    let mut nodes = Vec::new();
+    let mut nodes: Vec<Node> = Vec::new();
     for i in 0..n_nodes {
         let addr = server::free_addr();
         let id = redis.then_some(i);
@@ -180,7 +198,7 @@ fn run(bin: &str, secs: u64, dir: &Path, redis: bool) -> ExitCode {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("soak: {e}");
-                for n in nodes.drain(..).collect::<Vec<Node>>() {
+                for n in nodes {
                     if let Some(s) = n.srv {
                         s.terminate();
                     }
@@ -200,8 +218,13 @@ fn run(bin: &str, secs: u64, dir: &Path, redis: bool) -> ExitCode {
     }
     let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
     println!(
-        "soak: {} on {addrs:?}{}, {secs} s, restart every {restart_every:?}, logs in {}",
+        "soak: {} on {}{}, {secs} s, restart every {restart_every:?}, logs in {}",
         if redis { "two nodes" } else { "server" },
+        addrs
+            .iter()
+            .map(SocketAddr::to_string)
+            .collect::<Vec<_>>()
+            .join(" and "),
         url.as_deref()
             .map(|u| format!(" sharing {u}"))
             .unwrap_or_default(),
@@ -322,17 +345,15 @@ fn run(bin: &str, secs: u64, dir: &Path, redis: bool) -> ExitCode {
     }
 
     // Load, with a restart every `restart_every` (one node at a time), and in Redis mode
-    // one Redis fault: the redis-server killed and, REDIS_DOWN_FOR later, started again
-    // empty, halfway between two restarts past the middle of the run.
+    // one Redis fault: past the middle of the run, once half a period has passed since
+    // the last restart, the redis-server is killed and, REDIS_DOWN_FOR later, started
+    // again empty; no restart while it is down, nor in the half period after.
     let end = t0 + Duration::from_secs(secs);
     let mut next_restart = Instant::now() + restart_every;
+    let mut last_restart = Instant::now();
     let mut restarts = 0usize;
-    let mut redis_fault = redis.then(|| {
-        let mid = Duration::from_secs(secs / 2);
-        let slot = restart_every.as_secs().max(1);
-        let at = Instant::now() + Duration::from_secs((mid.as_secs() / slot) * slot) + restart_every / 2;
-        (at, false)
-    });
+    let fault_after = t0 + Duration::from_secs(secs / 2);
+    let mut redis_fault = if redis { Fault::Pending } else { Fault::Done };
     let mut failed = false;
     'load: while Instant::now() < end {
         thread::sleep(Duration::from_millis(100));
@@ -346,8 +367,12 @@ fn run(bin: &str, secs: u64, dir: &Path, redis: bool) -> ExitCode {
             }
         }
         let now = Instant::now();
-        if let (Some((at, down)), Some(r)) = (&mut redis_fault, &mut redis_srv) {
-            if !*down && now >= *at {
+        if let Some(r) = &mut redis_srv {
+            if redis_fault == Fault::Pending
+                && now >= fault_after
+                && now >= last_restart + restart_every / 2
+                && end.saturating_duration_since(now) > REDIS_DOWN_FOR + Duration::from_secs(5)
+            {
                 // Keys die with it: acks across this point carry no lifetime.
                 life.fetch_add(1, Ordering::AcqRel);
                 r.down();
@@ -356,8 +381,10 @@ fn run(bin: &str, secs: u64, dir: &Path, redis: bool) -> ExitCode {
                     up: false,
                 });
                 println!("soak: {:>5.1}s redis-server stopped", t0.elapsed().as_secs_f64());
-                *down = true;
-            } else if *down && now >= *at + REDIS_DOWN_FOR {
+                redis_fault = Fault::Down(now);
+            } else if let Fault::Down(at) = redis_fault
+                && now >= at + REDIS_DOWN_FOR
+            {
                 if let Err(e) = r.up() {
                     eprintln!("soak: {e}");
                     failed = true;
@@ -371,19 +398,17 @@ fn run(bin: &str, secs: u64, dir: &Path, redis: bool) -> ExitCode {
                     "soak: {:>5.1}s redis-server started again, empty",
                     t0.elapsed().as_secs_f64()
                 );
-                redis_fault = None;
+                redis_fault = Fault::Done;
+                next_restart = next_restart.max(Instant::now() + restart_every / 2);
             }
         }
-        let redis_down = matches!(redis_fault, Some((_, true)));
+        let redis_down = matches!(redis_fault, Fault::Down(_));
         if now >= next_restart && !redis_down && end.saturating_duration_since(now) > Duration::from_secs(5) {
             let n = &mut nodes[restarts % n_nodes as usize];
             restarts += 1;
             let l = n.life;
-            match n.restart(dir, &mut life_log) {
+            match n.restart(dir, &mut life_log, (!redis).then_some(&*life)) {
                 Ok(code) => {
-                    if !redis {
-                        life.store(n.life, Ordering::Release);
-                    }
                     println!(
                         "soak: {:>5.1}s restart: {}lifetime {l} exited {code:?}",
                         t0.elapsed().as_secs_f64(),
@@ -397,9 +422,10 @@ fn run(bin: &str, secs: u64, dir: &Path, redis: bool) -> ExitCode {
                 }
             }
             next_restart = Instant::now() + restart_every;
+            last_restart = Instant::now();
         }
     }
-    if let (Some((_, true)), Some(r)) = (&redis_fault, &mut redis_srv) {
+    if let (Fault::Down(_), Some(r)) = (redis_fault, &mut redis_srv) {
         // The run ended while Redis was down: bring it back so the clients can finish.
         let _ = r.up();
     }
