@@ -331,11 +331,12 @@ pub fn check(events: &[Event], server_log: &str) -> Report {
             for (p, l) in acks.iter() {
                 if *p != pos && l.is_some() && l == life {
                     r.violations.push(format!(
-                        "key: {ch} key {k} acked at {}:{} and at {}:{} in server lifetime {}",
+                        "key: {ch} key {k} acked at {}:{} and at {}:{} in {} lifetime {}",
                         p.epoch,
                         p.offset,
                         pos.epoch,
                         pos.offset,
+                        if redis { "redis-server" } else { "server" },
                         l.expect("checked")
                     ));
                 } else if *p != pos {
