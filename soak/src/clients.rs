@@ -1,6 +1,10 @@
 //! The soak's clients: subscribers that log everything they are handed, publishers over
 //! `/ws` and `POST /api/publish`, and hostile clients.
 //!
+//! With several nodes, each client starts on a node of its own and moves to the next one
+//! on every reconnection (a subscriber resumes there with `since`: it fails over), and the
+//! HTTP publisher and the hostile clients take the nodes in turn.
+//!
 //! **Owns**: each worker is one thread owning its sockets, its log file and its random
 //! state. **Woken** by its socket (reads time out every [`TICK`] so it can look at the
 //! clock and the run's [`Stage`]); **ended** by the stage reaching `Stop`. Every client is
@@ -122,10 +126,29 @@ pub enum Mode {
     Slow,
 }
 
+/// The nodes a client may use, and the one it starts on; each reconnection moves to the
+/// next (one node: always the same).
+#[derive(Clone)]
+pub struct Nodes {
+    pub addrs: Vec<SocketAddr>,
+    pub next: usize,
+}
+
+impl Nodes {
+    /// The node to use now (its index and address); the next call gives the next one.
+    pub fn take(&mut self) -> (u64, SocketAddr) {
+        let i = self.next % self.addrs.len();
+        self.next = i + 1;
+        (i as u64, self.addrs[i])
+    }
+}
+
 /// A subscriber chain: subscribes to `ch`, logs every reply and publication, and resumes
-/// with `since` (its last position) after every disconnection, until the stage is STOP.
+/// with `since` (its last position) after every disconnection, on the next node, until
+/// the stage is STOP.
+#[allow(clippy::too_many_arguments)]
 pub fn subscriber(
-    addr: SocketAddr,
+    mut nodes: Nodes,
     dir: &Path,
     name: String,
     ch: String,
@@ -140,6 +163,7 @@ pub fn subscriber(
     let mut pause_more = Duration::ZERO;
     while stage.load(Ordering::Acquire) != STOP {
         let rcvbuf = matches!(mode, Mode::Slow).then_some(4096);
+        let (node, addr) = nodes.take();
         let mut ws = match connect(addr, rcvbuf) {
             Ok(ws) => ws,
             Err(_) => {
@@ -207,6 +231,18 @@ pub fn subscriber(
             };
             if msg.get("id").is_some() {
                 let Some(ok) = msg.get("ok") else {
+                    if msg["err"]["code"].as_u64() == Some(6) {
+                        // Unavailable: the engine is down or the node drains. Retry.
+                        log.log(&Event::Refused {
+                            who: format!("{name}/{sub}"),
+                            op: "sub".into(),
+                            node,
+                        });
+                        let _ = ws.close(None);
+                        let _ = ws.flush();
+                        thread::sleep(rng.ms(50, 250));
+                        break "";
+                    }
                     log.log(&Event::Unexpected {
                         who: format!("{name}/{sub}"),
                         what: msg.to_string(),
@@ -223,6 +259,7 @@ pub fn subscriber(
                     epoch: e.clone(),
                     offset: top,
                     recovered: ok.get("recovered").and_then(Value::as_bool),
+                    node,
                 });
                 for p in ok["pubs"].as_array().into_iter().flatten() {
                     log.log(&Event::Deliver {
@@ -280,10 +317,11 @@ pub fn subscriber(
     }
 }
 
-/// What a publisher needs: where, which channels, the run's stage and the server's lifetime.
+/// What a publisher needs: where, which channels, the run's stage and the key holder's
+/// lifetime.
 #[derive(Clone)]
 pub struct PubCtx {
-    pub addr: SocketAddr,
+    pub nodes: Nodes,
     pub channels: Vec<String>,
     pub stage: Stage,
     pub life: Life,
@@ -293,11 +331,11 @@ pub struct PubCtx {
 }
 
 /// Publishes over `/ws` with a key per publication until the stage leaves LOAD; retries a
-/// publication (same key) on a new connection when its ack does not come; every 50th is
-/// sent a second time on purpose, to exercise the idempotency window.
-pub fn ws_publisher(ctx: PubCtx, dir: &Path, name: String) {
+/// publication (same key) on a new connection (the next node) when its ack does not come;
+/// every 50th is sent a second time on purpose, to exercise the idempotency window.
+pub fn ws_publisher(mut ctx: PubCtx, dir: &Path, name: String) {
     let mut log = LogFile::create(dir, &name).expect("publisher log");
-    let mut conn: Option<(Ws, Option<u64>)> = None;
+    let mut conn: Option<(Ws, u64)> = None;
     let mut id = 0u64;
     let mut n = 0u64;
     while ctx.stage.load(Ordering::Acquire) == LOAD {
@@ -309,23 +347,25 @@ pub fn ws_publisher(ctx: PubCtx, dir: &Path, name: String) {
         for _ in 0..times {
             for _try in 0..PUB_TRIES {
                 if conn.is_none() {
-                    let before = ctx.life.load(Ordering::Acquire);
-                    match connect(ctx.addr, None) {
-                        Ok(ws) => {
-                            let after = ctx.life.load(Ordering::Acquire);
-                            conn = Some((ws, (before == after).then_some(after)));
-                        }
+                    let (node, addr) = ctx.nodes.take();
+                    match connect(addr, None) {
+                        Ok(ws) => conn = Some((ws, node)),
                         Err(_) => {
                             thread::sleep(Duration::from_millis(100));
                             continue;
                         }
                     }
                 }
-                let (ws, life) = conn.as_mut().expect("connected");
+                let (ws, node) = conn.as_mut().expect("connected");
                 id += 1;
+                // The key holder's lifetime, if the same before the request and after the
+                // answer. (A restarted memory server's lifetime moves on before it starts,
+                // and an old one answers nothing once it has exited.)
+                let before = ctx.life.load(Ordering::Acquire);
                 let cmd = json!({"id": id, "op": "pub", "ch": ch, "data": data, "key": key});
                 match await_reply(ws, &cmd, id) {
                     Ok(ok) => {
+                        let same = before == ctx.life.load(Ordering::Acquire);
                         log.log(&Event::Ack {
                             publisher: name.clone(),
                             via: "ws".into(),
@@ -334,13 +374,20 @@ pub fn ws_publisher(ctx: PubCtx, dir: &Path, name: String) {
                             epoch: ok["epoch"].as_str().unwrap_or_default().into(),
                             offset: ok["offset"].as_u64().unwrap_or_default(),
                             data: canon(&data),
-                            life: *life,
+                            life: same.then_some(before),
                         });
                         break;
                     }
                     Err(Reply::Refused(err)) => {
-                        // 6 (unavailable: the server is draining) is worth a retry.
-                        if err["code"].as_u64() != Some(6) {
+                        // 6 (unavailable: the node drains, or its engine is down) is worth
+                        // a retry, with the same key.
+                        if err["code"].as_u64() == Some(6) {
+                            log.log(&Event::Refused {
+                                who: name.clone(),
+                                op: "pub".into(),
+                                node: *node,
+                            });
+                        } else {
                             log.log(&Event::Unexpected {
                                 who: name.clone(),
                                 what: err.to_string(),
@@ -387,9 +434,10 @@ fn await_reply(ws: &mut Ws, cmd: &Value, id: u64) -> Result<Value, Reply> {
     Err(Reply::Lost)
 }
 
-/// Publishes through `POST /api/publish`, one connection a request; every other
-/// publication carries a key (retried with it), the rest none (retried as new).
-pub fn http_publisher(ctx: PubCtx, dir: &Path, name: String) {
+/// Publishes through `POST /api/publish`, one connection a request, taking the nodes in
+/// turn; every other publication carries a key (retried with it), the rest none (retried
+/// as new).
+pub fn http_publisher(mut ctx: PubCtx, dir: &Path, name: String) {
     let mut log = LogFile::create(dir, &name).expect("publisher log");
     let mut n = 0u64;
     while ctx.stage.load(Ordering::Acquire) == LOAD {
@@ -403,7 +451,8 @@ pub fn http_publisher(ctx: PubCtx, dir: &Path, name: String) {
         }
         for _try in 0..PUB_TRIES {
             let before = ctx.life.load(Ordering::Acquire);
-            match http_post(ctx.addr, "/api/publish", &body.to_string()) {
+            let (node, addr) = ctx.nodes.take();
+            match http_post(addr, "/api/publish", &body.to_string()) {
                 Ok((200, ok)) => {
                     let after = ctx.life.load(Ordering::Acquire);
                     log.log(&Event::Ack {
@@ -418,7 +467,15 @@ pub fn http_publisher(ctx: PubCtx, dir: &Path, name: String) {
                     });
                     break;
                 }
-                Ok((503, _)) | Err(_) => thread::sleep(Duration::from_millis(100)),
+                Ok((503, _)) => {
+                    log.log(&Event::Refused {
+                        who: name.clone(),
+                        op: "pub".into(),
+                        node,
+                    });
+                    thread::sleep(Duration::from_millis(100));
+                }
+                Err(_) => thread::sleep(Duration::from_millis(100)),
                 Ok((status, body)) => {
                     log.log(&Event::Unexpected {
                         who: name.clone(),
@@ -452,14 +509,16 @@ pub fn http_post(addr: SocketAddr, path: &str, body: &str) -> Result<(u16, Value
     Ok((status, serde_json::from_str(body).unwrap_or(Value::Null)))
 }
 
-/// Hostile clients at a low rate, in turn: garbage bytes, an oversized frame, a slowloris.
-/// Each logs what the server did; an answer the server must never give is marked `BAD`.
-pub fn hostile(addr: SocketAddr, dir: &Path, stage: Stage, max_message: usize, seed: u64) {
+/// Hostile clients at a low rate, in turn: garbage bytes, an oversized frame, a slowloris,
+/// taking the nodes in turn. Each logs what the server did; an answer the server must
+/// never give is marked `BAD`.
+pub fn hostile(mut nodes: Nodes, dir: &Path, stage: Stage, max_message: usize, seed: u64) {
     let mut log = LogFile::create(dir, "hostile").expect("hostile log");
     let mut rng = Rng::new(seed);
     let mut turn = 0u64;
     while stage.load(Ordering::Acquire) == LOAD {
         turn += 1;
+        let (_, addr) = nodes.take();
         let (kind, outcome) = match turn % 3 {
             0 => ("garbage", garbage(addr, &mut rng)),
             1 => ("oversized", oversized(addr, max_message)),

@@ -34,6 +34,10 @@ pub enum Event {
         epoch: String,
         offset: u64,
         recovered: Option<bool>,
+        /// The node that answered (0 in the one-node memory mode; logs from before the
+        /// two-node mode have none).
+        #[serde(default)]
+        node: u64,
     },
     /// A publication handed to the subscriber: from the `sub` reply's `pubs`, or a push.
     /// `data` is its JSON, compact.
@@ -56,8 +60,9 @@ pub enum Event {
     /// server or the network closed it), or `stop` (the run is over).
     End { chain: String, sub: u64, why: String },
     /// A publication acknowledged (a `pub` ok reply, or `POST /api/publish` 200).
-    /// `life` is the server's lifetime (restart count) the ack came from, when known for
-    /// sure (the same before the request and after the answer).
+    /// `life` is the lifetime (restart count) of whatever holds the idempotency keys — the
+    /// server in memory mode, the redis-server in Redis mode — when known for sure (the
+    /// same before the request and after the answer).
     Ack {
         publisher: String,
         via: String,
@@ -70,11 +75,18 @@ pub enum Event {
     },
     /// An answer the server should never give to a well-formed command.
     Unexpected { who: String, what: String },
+    /// A command refused as temporarily unavailable (error 6 on `/ws`, `503` on the HTTP
+    /// API): the engine is down or the node is draining. Counted, never a violation:
+    /// nothing was acked, and the client retries.
+    Refused { who: String, op: String, node: u64 },
     /// A hostile client's attempt and what the server did with it.
     Hostile { kind: String, outcome: String },
     /// One sample of the server process from /proc.
     Sample {
         t: f64,
+        /// The node sampled (0 in the one-node memory mode).
+        #[serde(default)]
+        node: u64,
         life: u64,
         phase: String,
         threads: u64,
@@ -82,7 +94,19 @@ pub enum Event {
         rss_kib: u64,
     },
     /// A server lifetime ended: its exit status after SIGTERM (`None`: killed by a signal).
-    Exit { life: u64, code: Option<i32> },
+    /// `life` counts the restarts of that `node`.
+    Exit {
+        #[serde(default)]
+        node: u64,
+        life: u64,
+        code: Option<i32>,
+    },
+    /// What the run was, logged once at its start: the engine (`memory` or `redis`) and
+    /// the number of nodes. Logs without it are from a one-node memory run.
+    Run { engine: String, nodes: u64 },
+    /// The redis-server was stopped (`up: false`) or started again, empty (`up: true`):
+    /// the Redis fault phase.
+    Redis { t: f64, up: bool },
 }
 
 /// A worker's log file; each event is one line.

@@ -1,11 +1,16 @@
-//! The server under test: starts `wshub serve`, restarts it (SIGTERM, drain, start again
-//! on the same port), and samples it from /proc.
+//! The servers under test: starts `wshub serve` (one node, or two sharing a
+//! `redis-server` this module also starts), restarts a node (SIGTERM, drain, start again
+//! on the same port), and samples each node from /proc.
 //!
-//! **Owns** the server's child process ([`Server`]); the run's main thread holds it and
-//! is the only one to restart it. The [`Sampler`] thread owns the samples log and reads
-//! the current pid from a shared cell; **woken** by its one-second timer, **ended** by its
-//! stop flag. The server's lifetime counter is shared (read-only) with every worker, so an
-//! ack can be tied to the lifetime it came from.
+//! **Owns** the nodes' child processes ([`Server`]) and the redis-server's ([`Redis`]);
+//! the run's main thread holds them and is the only one to restart them. Each node has a
+//! [`Sampler`] thread that owns its samples log and reads the node's current pid from a
+//! shared cell; **woken** by its one-second timer, **ended** by its stop flag. The
+//! lifetime counter of whatever holds the idempotency keys (the server in memory mode, the
+//! redis-server in Redis mode) is shared (read-only) with every worker, so an ack can be
+//! tied to the lifetime it came from. The redis-server **ends** when its [`Redis`] is
+//! stopped or dropped (SIGKILL by PID; it persists nothing), so a failed run leaves none
+//! behind.
 
 use crate::event::{Event, LogFile};
 use std::fs::File;
@@ -133,6 +138,95 @@ pub fn probe(pid: u32) -> Option<(u64, u64, u64)> {
     Some((field("Threads:")?, fds, field("VmRSS:")?))
 }
 
+/// A `redis-server` of the run's own: 127.0.0.1 on a free port, its working directory in
+/// the run's directory, persisting nothing (so a restart starts empty).
+pub struct Redis {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+    log: PathBuf,
+}
+
+/// How long a started redis-server may take to answer `PING`.
+pub const REDIS_READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Redis {
+    /// Starts one in `dir` (created), logging to `dir/redis.log`.
+    pub fn start(dir: &Path) -> Result<Redis, String> {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let mut r = Redis {
+            child: None,
+            port: free_addr().port(),
+            dir: dir.to_path_buf(),
+            log: dir.join("redis.log"),
+        };
+        r.up()?;
+        Ok(r)
+    }
+
+    /// `redis://127.0.0.1:PORT/0`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Starts it (again, empty) on its port and waits for `PING`.
+    pub fn up(&mut self) -> Result<(), String> {
+        self.down();
+        let out = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .map_err(|e| format!("{}: {e}", self.log.display()))?;
+        let err = out.try_clone().map_err(|e| e.to_string())?;
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .map_err(|e| format!("cannot start redis-server: {e}"))?;
+        self.child = Some(child);
+        let deadline = Instant::now() + REDIS_READY_TIMEOUT;
+        while !self.pong() {
+            if Instant::now() > deadline {
+                self.down();
+                return Err(format!(
+                    "redis-server did not answer PING in {REDIS_READY_TIMEOUT:?} (see {})",
+                    self.log.display()
+                ));
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// Kills it (SIGKILL, by PID) and reaps it: everything it held is gone.
+    pub fn down(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn pong(&self) -> bool {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        let mut buf = [0u8; 5];
+        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG"
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.down();
+    }
+}
+
 /// What the sampler reads each second: the pid to sample, its lifetime, and the phase.
 #[derive(Clone)]
 pub struct Watch(Arc<Mutex<(u32, u64, &'static str)>>);
@@ -154,16 +248,19 @@ impl Watch {
     }
 }
 
-/// Samples the watched process every second into `samples.jsonl` until stopped.
+/// Samples the watched process every second into `samples.jsonl` (`samples-nN.jsonl`
+/// for node N of a several-node run) until stopped.
 pub struct Sampler {
     stop: Arc<AtomicBool>,
     handle: JoinHandle<()>,
 }
 
 impl Sampler {
-    pub fn start(dir: &Path, watch: Watch, t0: Instant) -> Sampler {
+    pub fn start(dir: &Path, node: Option<u64>, watch: Watch, t0: Instant) -> Sampler {
         let stop = Arc::new(AtomicBool::new(false));
-        let mut log = LogFile::create(dir, "samples").expect("samples log");
+        let name = node.map_or("samples".to_string(), |n| format!("samples-n{n}"));
+        let mut log = LogFile::create(dir, &name).expect("samples log");
+        let node = node.unwrap_or(0);
         let flag = stop.clone();
         let handle = thread::spawn(move || {
             while !flag.load(Ordering::Acquire) {
@@ -171,6 +268,7 @@ impl Sampler {
                 if let Some((threads, fds, rss_kib)) = probe(pid) {
                     log.log(&Event::Sample {
                         t: t0.elapsed().as_secs_f64(),
+                        node,
                         life,
                         phase: phase.into(),
                         threads,
@@ -190,10 +288,15 @@ impl Sampler {
     }
 }
 
-/// The server's lifetime (how many restarts so far), read by workers around each request.
+/// The lifetime (how many restarts so far) of whatever holds the idempotency keys, read by
+/// workers around each request.
 pub type Life = Arc<AtomicU64>;
 
-/// Where a lifetime's log goes.
-pub fn log_path(dir: &Path, life: u64) -> PathBuf {
-    dir.join(format!("server-{life:03}.log"))
+/// Where a lifetime's log goes: `server-LLL.log`, or `server-nN-LLL.log` for node N of
+/// a several-node run.
+pub fn log_path(dir: &Path, node: Option<u64>, life: u64) -> PathBuf {
+    match node {
+        None => dir.join(format!("server-{life:03}.log")),
+        Some(n) => dir.join(format!("server-n{n}-{life:03}.log")),
+    }
 }
