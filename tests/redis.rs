@@ -196,8 +196,9 @@ fn history_and_idempotency_keys_are_shared_by_every_node() {
     });
 }
 
-/// A `wshub serve` child on a free port, using `url`; ready once `/healthz` is 200.
-fn child_node(url: &str) -> (Child, SocketAddr) {
+/// A `wshub serve` child on a free port, using `url`, with `extra` flags; ready once
+/// `/healthz` is 200.
+fn child_node(url: &str, extra: &[&str]) -> (Child, SocketAddr) {
     let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_wshub"))
         .args([
@@ -209,6 +210,7 @@ fn child_node(url: &str) -> (Child, SocketAddr) {
             "--drain-timeout",
             "2s",
         ])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -228,7 +230,7 @@ fn a_stopped_node_s_subscriber_recovers_on_another(signal: &'static str) {
         return;
     };
     watchdog(LIMIT, move || {
-        let (mut child, addr_a) = child_node(&redis.url());
+        let (mut child, addr_a) = child_node(&redis.url(), &[]);
         let b = node(&redis.url());
         let mut sub = Peer::connect(addr_a);
         let snap = subscribe(&mut sub, "feed", None);
@@ -368,25 +370,181 @@ fn a_gap_in_what_redis_delivers_ends_the_subscription_with_code_6() {
     });
 }
 
+/// A node on `url` whose presence entries expire `ttl` after their last refresh.
+fn node_with_presence_ttl(url: &str, ttl: Duration) -> Server {
+    let mut c = test_config();
+    c.engine = Engine::Redis(url.to_owned());
+    c.presence_ttl = ttl;
+    c.presence_refresh = ttl / 4;
+    start(c)
+}
+
+/// A peer that said `hello` as `user` and subscribed to `ch`; returns it and its client id.
+fn member(addr: SocketAddr, user: &str, ch: &str, joins: bool) -> (Peer, String) {
+    let mut peer = Peer::connect(addr);
+    let ok = peer.ok(json!({"op": "hello", "user": user}));
+    let id = ok["client"].as_str().unwrap().to_owned();
+    peer.ok(json!({"op": "sub", "ch": ch, "joins": joins}));
+    (peer, id)
+}
+
+/// The next push, which must be a `join` or `leave` (as `kind`) on `ch`.
+fn presence_push(peer: &mut Peer, kind: &str, ch: &str) -> Value {
+    let p = peer.push();
+    assert_eq!(
+        (p["push"].as_str(), p["ch"].as_str()),
+        (Some(kind), Some(ch)),
+        "{p}"
+    );
+    p
+}
+
 #[test]
-fn presence_with_the_redis_engine_is_refused_not_answered_for_one_node_only() {
-    let Some(redis) = RedisServer::start_or_skip("presence_refused") else {
+fn client_ids_are_unique_across_nodes() {
+    let Some(redis) = RedisServer::start_or_skip("unique_ids") else {
         return;
     };
     watchdog(LIMIT, move || {
-        let a = node(&redis.url());
-        let mut peer = Peer::connect(a.local_addr());
-        let hello = peer.cmd(json!({"op": "hello", "user": "ann"}));
-        assert!(
-            hello.get("ok").is_some(),
-            "hello works with either engine: {hello}"
+        let (a, b) = (node(&redis.url()), node(&redis.url()));
+        // The first connection of each node: the same number on each.
+        let (_on_a, id_a) = member(a.local_addr(), "ann", "ids", false);
+        let (mut on_b, id_b) = member(b.local_addr(), "ann", "ids", false);
+        assert_ne!(id_a, id_b, "two nodes gave one client id");
+        // `from.client` of a publication is the same id as `hello` and presence give.
+        publish(&mut on_b, "ids", json!(1));
+        let p = on_b.push();
+        assert_eq!(p["from"]["client"], id_b.as_str(), "{p}");
+        drop(redis);
+    });
+}
+
+#[test]
+fn presence_lists_and_counts_span_two_nodes() {
+    let Some(redis) = RedisServer::start_or_skip("presence_span") else {
+        return;
+    };
+    watchdog(LIMIT, move || {
+        let (a, b) = (node(&redis.url()), node(&redis.url()));
+        let (mut ann, ann_id) = member(a.local_addr(), "ann", "p", true);
+        let (mut bob, bob_id) = member(b.local_addr(), "bob", "p", false);
+        let (mut ann2, ann2_id) = member(b.local_addr(), "ann", "p", false);
+        // Ann hears both joins: they are in Redis. Her own went before her read on her
+        // node's one command connection; that read's answer is in Redis for every node.
+        presence_push(&mut ann, "join", "p");
+        presence_push(&mut ann, "join", "p");
+        let mut want = vec![ann_id.as_str(), bob_id.as_str(), ann2_id.as_str()];
+        want.sort_unstable();
+        for (peer, who) in [(&mut ann, "from A"), (&mut bob, "from B")] {
+            let l = peer.ok(json!({"op": "presence", "ch": "p"}));
+            let counts = (l["num_clients"].as_u64(), l["num_users"].as_u64());
+            assert_eq!(counts, (Some(3), Some(2)), "{who}: {l}");
+            let mut listed: Vec<&str> = l["clients"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["client"].as_str().unwrap())
+                .collect();
+            listed.sort_unstable();
+            assert_eq!(listed, want, "{who}");
+        }
+        bob.ok(json!({"op": "unsub", "ch": "p"}));
+        assert_eq!(presence_push(&mut ann, "leave", "p")["client"], bob_id.as_str());
+        for (peer, who) in [(&mut ann, "from A"), (&mut ann2, "from B")] {
+            let l = peer.ok(json!({"op": "presence", "ch": "p"}));
+            let counts = (l["num_clients"].as_u64(), l["num_users"].as_u64());
+            assert_eq!(counts, (Some(2), Some(1)), "{who}: {l}");
+        }
+        // Not subscribed: error 3, as with the memory engine.
+        assert_eq!(bob.err_code(json!({"op": "presence", "ch": "p"})), 3);
+        drop(redis);
+    });
+}
+
+#[test]
+fn joins_and_leaves_reach_watchers_on_the_other_node_in_order_with_publications() {
+    let Some(redis) = RedisServer::start_or_skip("presence_pushes") else {
+        return;
+    };
+    watchdog(LIMIT, move || {
+        let (a, b) = (node(&redis.url()), node(&redis.url()));
+        let (mut watcher, _) = member(a.local_addr(), "wendy", "room", true);
+        let (mut bob, bob_id) = member(b.local_addr(), "bob", "room", false);
+        // Bob publishes right after his sub reply: the watcher hears of him first.
+        publish(&mut bob, "room", json!("hi"));
+        let join = presence_push(&mut watcher, "join", "room");
+        assert_eq!(
+            (join["client"].as_str(), join["user"].as_str()),
+            (Some(bob_id.as_str()), Some("bob")),
+            "{join}"
         );
-        let p = peer.cmd(json!({"op": "presence", "ch": "p"}));
-        assert_eq!(p["err"]["code"], 1, "{p}");
-        let s = peer.cmd(json!({"op": "sub", "ch": "p", "joins": true}));
-        assert_eq!(s["err"]["code"], 1, "{s}");
-        assert!(s["err"]["msg"].as_str().unwrap().contains("Redis"), "{s}");
-        subscribe(&mut peer, "p", None);
+        assert_eq!(watcher.push()["push"], "pub");
+        bob.ok(json!({"op": "unsub", "ch": "room"}));
+        let leave = presence_push(&mut watcher, "leave", "room");
+        assert_eq!(leave["client"], bob_id.as_str(), "{leave}");
+        // A connection that dies without a Close leaves too, once.
+        let (carol, carol_id) = member(b.local_addr(), "carol", "room", false);
+        assert_eq!(
+            presence_push(&mut watcher, "join", "room")["client"],
+            carol_id.as_str()
+        );
+        carol.cut();
+        let leave = presence_push(&mut watcher, "leave", "room");
+        assert_eq!(leave["client"], carol_id.as_str(), "{leave}");
+        assert_no_push(&mut watcher);
+        drop(redis);
+    });
+}
+
+#[test]
+fn a_node_killed_with_sigkill_disappears_from_presence_within_the_expiry() {
+    let Some(redis) = RedisServer::start_or_skip("presence_sigkill") else {
+        return;
+    };
+    watchdog(LIMIT, move || {
+        const TTL: Duration = Duration::from_secs(2);
+        let (mut child, addr_b) = child_node(
+            &redis.url(),
+            &["--presence-ttl", "2s", "--presence-refresh", "500ms"],
+        );
+        let a = node_with_presence_ttl(&redis.url(), TTL);
+        let (mut watcher, watcher_id) = member(a.local_addr(), "wendy", "k", true);
+        let (_doomed, doomed_id) = member(addr_b, "dan", "k", false);
+        assert_eq!(
+            presence_push(&mut watcher, "join", "k")["client"],
+            doomed_id.as_str()
+        );
+        let l = watcher.ok(json!({"op": "presence", "ch": "k"}));
+        assert_eq!(l["num_clients"], 2, "{l}");
+        // Past the expiry, the live node's refreshes keep its own member listed.
+        std::thread::sleep(TTL + TTL / 2);
+        let l = watcher.ok(json!({"op": "presence", "ch": "k"}));
+        assert_eq!(l["num_clients"], 2, "refreshed entries outlive the TTL: {l}");
+
+        child.kill().unwrap();
+        let killed = Instant::now();
+        child.wait().unwrap();
+        // The dead node's member is dropped within the TTL of its last refresh, and
+        // the watcher hears its leave (from whichever node swept it first).
+        let gone = loop {
+            let l = watcher.ok(json!({"op": "presence", "ch": "k"}));
+            if l["num_clients"] == 1 {
+                break l;
+            }
+            assert!(
+                killed.elapsed() < TTL * 2,
+                "still listed {:?} after the kill: {l}",
+                killed.elapsed()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert_eq!(gone["clients"][0]["client"], watcher_id.as_str(), "{gone}");
+        assert!(
+            killed.elapsed() <= TTL + Duration::from_secs(1),
+            "took {:?}",
+            killed.elapsed()
+        );
+        let leave = presence_push(&mut watcher, "leave", "k");
+        assert_eq!(leave["client"], doomed_id.as_str(), "{leave}");
         drop(redis);
     });
 }

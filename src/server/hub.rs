@@ -17,9 +17,11 @@
 //! construction.
 //!
 //! With the Redis engine (`Config::engine`, `src/server/redis/`) Redis is the
-//! sequencer instead: the hub hands `pub`, `sub` and `history` to the engine's threads,
-//! is woken by their results (`HubMsg::Redis`: replies, snapshots, publications from
-//! PUB/SUB), and fans out locally; it stops those threads when it ends.
+//! sequencer instead: the hub hands `pub`, `sub`, `history`, `presence`, joins and
+//! leaves to the engine's threads, is woken by their results (`HubMsg::Redis`: replies,
+//! snapshots, publications, joins and leaves from PUB/SUB) and by the next refresh of
+//! this node's presence entries, and fans out locally; it stops those threads when it
+//! ends.
 //!
 //! The hub never blocks on a client. Each broadcast is offered to every member: written
 //! at once when that member's writer is idle and its socket has room (a non-blocking
@@ -134,9 +136,12 @@ pub(crate) enum HubMsg {
 /// values, so the hub's calls into them compile to nothing.
 #[cfg(not(feature = "redis"))]
 pub(crate) mod off {
+    use std::time::Instant;
+
     use super::{ApiPublish, HubStats, Metrics, PeerHandle, Registry};
     use crate::pubsub::ConnId;
-    use crate::pubsub::protocol::Request;
+    use crate::pubsub::presence::Presence;
+    use crate::server::commands::ConnCommand;
 
     #[derive(Debug)]
     pub(crate) enum RemoteEvent {}
@@ -145,9 +150,19 @@ pub(crate) mod off {
     pub(crate) struct Out<'a> {
         pub registry: &'a mut Registry<PeerHandle>,
         pub metrics: &'a Metrics,
+        pub presence: &'a mut Presence,
     }
     impl Remote {
-        pub(crate) fn execute(&mut self, _: ConnId, _: Request, _: &mut Out<'_>) {
+        pub(crate) fn execute(&mut self, _: ConnCommand, _: &mut Out<'_>) {
+            match *self {}
+        }
+        pub(crate) fn has_subscriptions(&self, _: ConnId) -> bool {
+            match *self {}
+        }
+        pub(crate) fn next_due(&self, _: &Presence) -> Option<Instant> {
+            match *self {}
+        }
+        pub(crate) fn tick(&mut self, _: Instant, _: &Presence) {
             match *self {}
         }
         pub(crate) fn api_publish(&mut self, _: ApiPublish) {
@@ -156,7 +171,7 @@ pub(crate) mod off {
         pub(crate) fn event(&mut self, e: RemoteEvent, _: &mut Out<'_>) {
             match e {}
         }
-        pub(crate) fn remove_conn(&mut self, _: ConnId) {
+        pub(crate) fn remove_conn(&mut self, _: ConnId, _: &mut Presence) {
             match *self {}
         }
         pub(crate) fn stats(&self) -> HubStats {
@@ -472,6 +487,9 @@ pub(crate) struct HubConfig {
     pub hello_timeout: Duration,
     /// Members a `presence` reply lists at most.
     pub max_presence_list: usize,
+    /// This node's client id prefix: `""` with the memory engine, a random one drawn at
+    /// start with the Redis engine (see [`crate::pubsub::presence::client_id`]).
+    pub client_prefix: String,
 }
 
 /// Ends everything `id` held on `/ws`, with either engine: its subscriptions (with their
@@ -484,6 +502,11 @@ fn forget(
     metrics: &Metrics,
     remote: &mut Option<Remote>,
 ) {
+    // The engine's leaves first: they name the member by who it said it was, which
+    // `Hubside::forget` then forgets.
+    if let Some(r) = remote.as_mut() {
+        r.remove_conn(id, presence);
+    }
     Hubside {
         channels,
         registry,
@@ -491,9 +514,6 @@ fn forget(
         metrics,
     }
     .forget(id);
-    if let Some(r) = remote.as_mut() {
-        r.remove_conn(id);
-    }
 }
 
 /// Runs the hub loop until [`HubMsg::Stop`]. See the module docs.
@@ -527,11 +547,12 @@ fn serve(
         limits,
         hello_timeout,
         max_presence_list,
+        client_prefix,
     } = config;
     let mut tally = DrainTally::default();
     let mut registry: Registry<PeerHandle> = Registry::default();
     let mut channels = Channels::in_memory(limits);
-    let mut presence = Presence::in_memory(max_presence_list);
+    let mut presence = Presence::in_memory(max_presence_list).with_prefix(&client_prefix);
     // Token-mode connections that have until then for their `hello`, oldest first (one
     // timeout for all, so the order of arrival is the order of the deadlines).
     let mut awaiting_hello: VecDeque<(Instant, ConnId)> = VecDeque::new();
@@ -562,7 +583,14 @@ fn serve(
         let ping_due = pings.next_due().filter(|_| !draining);
         let sweep_due = channels.has_state().then_some(next_sweep);
         let hello_due = awaiting_hello.front().map(|(due, _)| *due);
-        let next = match ping_due.into_iter().chain(sweep_due).chain(hello_due).min() {
+        let refresh_due = remote.as_ref().and_then(|r| r.next_due(&presence));
+        let next = match ping_due
+            .into_iter()
+            .chain(sweep_due)
+            .chain(hello_due)
+            .chain(refresh_due)
+            .min()
+        {
             Some(due) => inbox.recv_deadline(due),
             None => inbox.recv().map_err(|_| RecvTimeoutError::Disconnected),
         };
@@ -633,7 +661,8 @@ fn serve(
                     );
                 }
             }
-            // `hello` is about the connection, not a channel: the same with either engine.
+            // `hello` is about the connection, not a channel: the same with either engine,
+            // except that the engine knows whether it came after a `sub`.
             Some(HubMsg::Command(cmd))
                 if remote.is_some() && !matches!(cmd.request.command, Command::Hello { .. }) =>
             {
@@ -641,8 +670,18 @@ fn serve(
                     let mut out = Out {
                         registry: &mut registry,
                         metrics,
+                        presence: &mut presence,
                     };
-                    r.execute(cmd.conn, cmd.request, &mut out);
+                    r.execute(*cmd, &mut out);
+                }
+            }
+            Some(HubMsg::Command(cmd)) if remote.as_ref().is_some_and(|r| r.has_subscriptions(cmd.conn)) => {
+                let e = ErrorBody::new(ErrorCode::BadState, "hello must be the first command");
+                let text = crate::pubsub::encode::reply(&crate::pubsub::protocol::Reply::<
+                    crate::pubsub::protocol::Empty,
+                >::err(Some(cmd.request.id), e));
+                if let Some(peer) = registry.get(cmd.conn) {
+                    let _ = peer.offer(&crate::server::commands::text_frame(text));
                 }
             }
             Some(HubMsg::Publish(p)) if remote.is_some() => {
@@ -655,6 +694,7 @@ fn serve(
                     let mut out = Out {
                         registry: &mut registry,
                         metrics,
+                        presence: &mut presence,
                     };
                     r.event(*event, &mut out);
                 }
@@ -719,6 +759,9 @@ fn serve(
         if now >= next_sweep {
             channels.expire(now);
             next_sweep = now + sweep_every;
+        }
+        if let Some(r) = remote.as_mut() {
+            r.tick(now, &presence);
         }
         // After a Close nothing more may be sent (RFC 6455 §5.5.1), pings included.
         if !draining {
