@@ -6,6 +6,8 @@
 //! a watchdog and synchronises on replies, pushes and `/healthz`, not on sleeps.
 #![cfg(feature = "redis")]
 
+#[path = "support/client.rs"]
+mod client_support;
 #[path = "support/redis.rs"]
 mod redis_support;
 mod support;
@@ -19,6 +21,7 @@ use redis_support::RedisServer;
 use serde_json::{Value, json};
 use support::peer::Peer;
 use support::*;
+use wshub::client::pubsub::{ChannelClient, ChannelConfig, ChannelEvent};
 use wshub::{Engine, PublishError};
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -616,4 +619,67 @@ fn an_engine_that_is_neither_memory_nor_redis_is_a_usage_error() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("redis://HOST:PORT/DB"), "{err}");
+}
+
+#[test]
+fn the_rust_client_retries_a_subscription_refused_while_redis_is_down_until_redis_is_back() {
+    let Some(mut redis) = RedisServer::start_or_skip("client_retry") else {
+        return;
+    };
+    watchdog(LIMIT, move || {
+        let a = node(&redis.url());
+        let mut config = ChannelConfig::default();
+        config.reconnect = client_support::fast_reconnect();
+        let client = ChannelClient::start(&format!("ws://{}/ws", a.local_addr()), config).unwrap();
+        let events = client.events().clone();
+        let wait =
+            |what: &str, want: &dyn Fn(&ChannelEvent) -> bool| client_support::wait_for(&events, what, want);
+        client.subscribe("r").unwrap();
+        wait("subscribed", &|e| matches!(e, ChannelEvent::Subscribed { .. }));
+        a.hub().publish("r", json!(1)).unwrap();
+        wait("publication 1", &|e| {
+            matches!(e, ChannelEvent::Publication { .. })
+        });
+
+        redis.stop();
+        // `push unsub` code 6, the resubscribe refused with error 6, again and again:
+        // the subscription is kept and retried.
+        for n in 0..2 {
+            let e = wait(&format!("retry {n}"), &|e| {
+                matches!(e, ChannelEvent::SubscribeRetrying { .. })
+            });
+            let ChannelEvent::SubscribeRetrying { ch, error, .. } = e else {
+                unreachable!()
+            };
+            assert_eq!(ch, "r");
+            assert!(!error.is_fatal(), "{error}");
+        }
+        redis.restart();
+        // Redis came back empty: subscribed again, in a new epoch (not recovered).
+        let e = wait("resubscribed", &|e| {
+            matches!(
+                e,
+                ChannelEvent::Subscribed { .. } | ChannelEvent::SubscribeFailed { .. }
+            )
+        });
+        assert!(
+            matches!(
+                e,
+                ChannelEvent::Subscribed {
+                    recovered: Some(false),
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        a.hub().publish("r", json!(2)).unwrap();
+        let e = wait("publication 2", &|e| {
+            matches!(e, ChannelEvent::Publication { .. })
+        });
+        let ChannelEvent::Publication { publication, .. } = e else {
+            unreachable!()
+        };
+        assert_eq!(publication.data, json!(2));
+        client.close();
+    });
 }
