@@ -16,7 +16,6 @@ use log::{info, warn};
 use crate::pubsub::auth::{Authorizer, JwtAuthorizer, Open};
 use crate::server::accept::{self, Acceptor};
 use crate::server::capacity::{self, SystemLimits};
-#[cfg(feature = "redis")]
 use crate::server::config::Engine;
 use crate::server::config::{Config, DEFAULT_MAX_CONNECTIONS};
 use crate::server::connection::Shared;

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
-use log::{info, warn};
+use log::{debug, info, warn};
 use rand::RngExt;
 use redis::{Client, Connection, RedisError, Script};
 
@@ -219,14 +219,16 @@ impl EngineThread {
                     }
                 }
             }
+            // While Redis is down every subscription ends (push unsub code 6) and each
+            // of these fails: the connection's own warnings say so once, not per member.
             Job::Join { ch, client, member } => {
                 if let Err(e) = self.presence_call(&ch, "add", &[client.as_str(), member.as_str()]) {
-                    warn!("engine: join of {client} to {ch} not recorded: {}", e.msg);
+                    debug!("engine: join of {client} to {ch} not recorded: {}", e.msg);
                 }
             }
             Job::Leave { ch, client } => {
                 if let Err(e) = self.presence_call(&ch, "remove", &[client.as_str()]) {
-                    warn!(
+                    debug!(
                         "engine: leave of {client} from {ch} not recorded ({}); its entry expires",
                         e.msg
                     );

@@ -1,16 +1,30 @@
 //! The Redis engine (issue #13): channel streams (epochs, offsets, history,
-//! idempotency keys) live in Redis, so every node that uses the same Redis serves the
-//! same channels. Subscriptions and fan-out stay local to each node. See `docs/redis.md`.
+//! idempotency keys) and presence live in Redis, so every node that uses the same Redis
+//! serves the same channels. Subscriptions and fan-out stay local to each node. See
+//! `docs/redis.md`.
 //!
 //! Three owners:
 //! - [`RedisSide`], owned by the **hub thread**: this node's subscriptions, and per
-//!   channel the last position relayed and the `sub`s waiting for their snapshot. It
+//!   channel the last position relayed and the `sub`s waiting for their snapshot; with
+//!   the hub's [`Presence`] (lent in [`Out`]) this node's members and watchers. It
 //!   never calls Redis: it sends work to the two threads below and gets their results
-//!   back as [`Event`]s in its inbox, so fan-out never waits for a round trip.
-//! - The **engine thread** ([`engine`]): the publish script and the read script, on the
+//!   back as [`Event`]s in its inbox, so fan-out never waits for a round trip. The hub
+//!   also wakes it every `presence_refresh` ([`RedisSide::tick`]) to refresh this
+//!   node's members' entries.
+//! - The **engine thread** ([`engine`]): the publish, read and presence scripts, on the
 //!   node's command connection.
 //! - The **subscriber thread** ([`subscriber`]): the node's PUB/SUB connection, which
-//!   delivers every publication of the channels this node has subscribers for.
+//!   delivers every publication, join and leave of the channels this node has
+//!   subscribers for.
+//!
+//! # Presence
+//!
+//! A `sub` joins once its reply has gone out: the member goes into the hub's
+//! [`Presence`] (this node's members, the source of each refresh) and a join job to the
+//! engine thread, which records it in Redis and publishes it on the channel's PUB/SUB
+//! channel. Every node, this one included, offers it to its watchers of the channel
+//! (the member itself excepted: its client id carries this node's prefix). A
+//! subscription that ends for any reason leaves the same way, once.
 //!
 //! Both threads end when the hub drops its senders ([`RedisSide::stop`] joins them).
 //!
