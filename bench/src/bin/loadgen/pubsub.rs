@@ -975,12 +975,14 @@ pub async fn pubrate(cli: &Cli, a: &RateArgs) -> Out {
                         }
                     }
                 }
-                let _ = timeout(Duration::from_secs(2), ws.close(1000)).await;
-                (ok, err, first_err, lat)
+                // Closed after the CPU sample: a connection's threads that end take their
+                // CPU time out of /proc/PID/task with them.
+                (ok, err, first_err, lat, ws)
             })
         })
         .collect();
     let (mut acked, mut errors, mut first_err, mut acks) = (0u64, 0u64, None, hist());
+    let mut open = Vec::new();
     for t in futures_util::future::join_all(tasks).await.into_iter().flatten() {
         acked += t.0;
         errors += t.1;
@@ -988,10 +990,15 @@ pub async fn pubrate(cli: &Cli, a: &RateArgs) -> Out {
             first_err = t.2;
         }
         let _ = acks.add(&t.3);
+        open.push(t.4);
     }
     let c1 = cpu_sample(pid);
     let th1 = pid.map(crate::procfs::thread_ticks).unwrap_or_default();
     let r1 = a.redis_pid.and_then(crate::procfs::cpu_ticks);
+    futures_util::future::join_all(open.into_iter().map(|mut ws| async move {
+        let _ = timeout(Duration::from_secs(2), ws.close(1000)).await;
+    }))
+    .await;
     let secs = start.elapsed().as_secs_f64();
     target.store(acked, Ordering::Relaxed);
     futures_util::future::join_all(readers).await;
