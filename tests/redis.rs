@@ -683,3 +683,53 @@ fn the_rust_client_retries_a_subscription_refused_while_redis_is_down_until_redi
         client.close();
     });
 }
+
+#[test]
+fn wshub_connect_channel_mode_shows_the_retries_while_redis_is_down() {
+    let Some(mut redis) = RedisServer::start_or_skip("cli_retry") else {
+        return;
+    };
+    watchdog(LIMIT, move || {
+        use std::io::{BufRead, BufReader};
+        let a = node(&redis.url());
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wshub"))
+            .args([
+                "connect",
+                &format!("ws://{}/ws", a.local_addr()),
+                "--channel",
+                "r",
+                "--listen",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("wshub connect starts");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut seen = Vec::new();
+        let mut wait_line = |want: &str| loop {
+            match rx.recv_timeout(Duration::from_secs(30)) {
+                Ok(line) if line.contains(want) => return line,
+                Ok(line) => seen.push(line),
+                Err(_) => panic!("no line with {want:?}; saw {seen:#?}"),
+            }
+        };
+        wait_line("subscribed to r");
+        redis.stop();
+        let retry = wait_line("cannot subscribe to r yet");
+        assert!(
+            retry.contains("error 6") && retry.contains("retrying in"),
+            "{retry}"
+        );
+        redis.restart();
+        wait_line("resubscribed to r");
+        let _ = child.kill();
+        let _ = child.wait();
+    });
+}
