@@ -199,25 +199,50 @@ fn history_and_idempotency_keys_are_shared_by_every_node() {
     });
 }
 
+/// A child process killed (by PID) when dropped, so a failing test leaves none behind.
+struct Reaped(Child);
+
+impl std::ops::Deref for Reaped {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Reaped {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A `wshub serve` child on a free port, using `url`, with `extra` flags; ready once
 /// `/healthz` is 200.
-fn child_node(url: &str, extra: &[&str]) -> (Child, SocketAddr) {
+fn child_node(url: &str, extra: &[&str]) -> (Reaped, SocketAddr) {
     let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_wshub"))
-        .args([
-            "serve",
-            "--addr",
-            &addr.to_string(),
-            "--engine",
-            url,
-            "--drain-timeout",
-            "2s",
-        ])
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("wshub serve starts");
+    let child = Reaped(
+        Command::new(env!("CARGO_BIN_EXE_wshub"))
+            .args([
+                "serve",
+                "--addr",
+                &addr.to_string(),
+                "--engine",
+                url,
+                "--drain-timeout",
+                "2s",
+            ])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("wshub serve starts"),
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     while !std::net::TcpStream::connect(addr).is_ok_and(|_| status_line(&healthz(addr)).contains("200")) {
         assert!(Instant::now() < deadline, "the child node never became healthy");
@@ -692,19 +717,21 @@ fn wshub_connect_channel_mode_shows_the_retries_while_redis_is_down() {
     watchdog(LIMIT, move || {
         use std::io::{BufRead, BufReader};
         let a = node(&redis.url());
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wshub"))
-            .args([
-                "connect",
-                &format!("ws://{}/ws", a.local_addr()),
-                "--channel",
-                "r",
-                "--listen",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("wshub connect starts");
+        let mut child = Reaped(
+            Command::new(env!("CARGO_BIN_EXE_wshub"))
+                .args([
+                    "connect",
+                    &format!("ws://{}/ws", a.local_addr()),
+                    "--channel",
+                    "r",
+                    "--listen",
+                ])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("wshub connect starts"),
+        );
         let (tx, rx) = std::sync::mpsc::channel();
         let stderr = child.stderr.take().unwrap();
         thread::spawn(move || {
@@ -713,11 +740,14 @@ fn wshub_connect_channel_mode_shows_the_retries_while_redis_is_down() {
             }
         });
         let mut seen = Vec::new();
-        let mut wait_line = |want: &str| loop {
-            match rx.recv_timeout(Duration::from_secs(30)) {
-                Ok(line) if line.contains(want) => return line,
-                Ok(line) => seen.push(line),
-                Err(_) => panic!("no line with {want:?}; saw {seen:#?}"),
+        let mut wait_line = |want: &str| {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                    Ok(line) if line.contains(want) => return line,
+                    Ok(line) => seen.push(line),
+                    Err(_) => panic!("no line with {want:?} within 20 s; saw {seen:#?}"),
+                }
             }
         };
         wait_line("subscribed to r");
@@ -729,7 +759,5 @@ fn wshub_connect_channel_mode_shows_the_retries_while_redis_is_down() {
         );
         redis.restart();
         wait_line("resubscribed to r");
-        let _ = child.kill();
-        let _ = child.wait();
     });
 }
