@@ -438,6 +438,10 @@ fn client_ids_are_unique_across_nodes() {
         let (_on_a, id_a) = member(a.local_addr(), "ann", "ids", false);
         let (mut on_b, id_b) = member(b.local_addr(), "ann", "ids", false);
         assert_ne!(id_a, id_b, "two nodes gave one client id");
+        // `hello` must come first with this engine too: after a `sub` it is error 2.
+        let mut late = Peer::connect(a.local_addr());
+        subscribe(&mut late, "ids", None);
+        assert_eq!(late.err_code(json!({"op": "hello", "user": "eve"})), 2);
         // `from.client` of a publication is the same id as `hello` and presence give.
         publish(&mut on_b, "ids", json!(1));
         let p = on_b.push();
