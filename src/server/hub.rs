@@ -156,9 +156,6 @@ pub(crate) mod off {
         pub(crate) fn execute(&mut self, _: ConnCommand, _: &mut Out<'_>) {
             match *self {}
         }
-        pub(crate) fn has_subscriptions(&self, _: ConnId) -> bool {
-            match *self {}
-        }
         pub(crate) fn next_due(&self, _: &Presence) -> Option<Instant> {
             match *self {}
         }
@@ -661,8 +658,8 @@ fn serve(
                     );
                 }
             }
-            // `hello` is about the connection, not a channel: the same with either engine,
-            // except that the engine knows whether it came after a `sub`.
+            // `hello` is about the connection, not a channel: the same with either engine
+            // (the reader has already refused one that does not come first).
             Some(HubMsg::Command(cmd))
                 if remote.is_some() && !matches!(cmd.request.command, Command::Hello { .. }) =>
             {
@@ -673,15 +670,6 @@ fn serve(
                         presence: &mut presence,
                     };
                     r.execute(*cmd, &mut out);
-                }
-            }
-            Some(HubMsg::Command(cmd)) if remote.as_ref().is_some_and(|r| r.has_subscriptions(cmd.conn)) => {
-                let e = ErrorBody::new(ErrorCode::BadState, "hello must be the first command");
-                let text = crate::pubsub::encode::reply(&crate::pubsub::protocol::Reply::<
-                    crate::pubsub::protocol::Empty,
-                >::err(Some(cmd.request.id), e));
-                if let Some(peer) = registry.get(cmd.conn) {
-                    let _ = peer.offer(&crate::server::commands::text_frame(text));
                 }
             }
             Some(HubMsg::Publish(p)) if remote.is_some() => {

@@ -390,12 +390,6 @@ impl RedisSide {
         }
     }
 
-    /// Whether `conn` holds or waits for any subscription here (a `hello` must come
-    /// before them).
-    pub(crate) fn has_subscriptions(&self, conn: ConnId) -> bool {
-        self.subs.subscription_count(conn) > 0
-    }
-
     /// When the next presence refresh is due, while this node has members.
     pub(crate) fn next_due(&self, presence: &Presence) -> Option<Instant> {
         (presence.store().channel_count() > 0).then_some(self.next_refresh)
