@@ -462,6 +462,20 @@ mod tests {
     }
 
     #[test]
+    fn the_presence_refresh_must_be_shorter_than_the_presence_ttl() {
+        let mut c = Config::default();
+        assert!(c.presence_refresh < c.presence_ttl);
+        c.presence_refresh = c.presence_ttl;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("presence refresh"), "{err}");
+        c.presence_refresh = Duration::ZERO;
+        assert!(c.validate().is_err(), "a zero refresh would spin the hub");
+        c.presence_refresh = Duration::from_millis(500);
+        c.presence_ttl = Duration::from_secs(2);
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
     fn a_redis_engine_needs_a_redis_url() {
         let mut c = Config {
             engine: Engine::Redis("127.0.0.1:6379".into()),
