@@ -528,6 +528,35 @@ fn joins_and_leaves_reach_watchers_on_the_other_node_in_order_with_publications(
 }
 
 #[test]
+fn a_node_stopped_with_sigterm_sends_its_members_leaves_at_once() {
+    let Some(redis) = RedisServer::start_or_skip("presence_sigterm") else {
+        return;
+    };
+    watchdog(LIMIT, move || {
+        // A TTL far longer than the test: only the drain's leaves can end the entry.
+        let (child, addr_b) = child_node(&redis.url(), &["--presence-ttl", "60s"]);
+        let a = node(&redis.url());
+        let (mut watcher, _) = member(a.local_addr(), "wendy", "t", true);
+        let (_leaving, leaving_id) = member(addr_b, "lee", "t", false);
+        assert_eq!(
+            presence_push(&mut watcher, "join", "t")["client"],
+            leaving_id.as_str()
+        );
+        let ok = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let leave = presence_push(&mut watcher, "leave", "t");
+        assert_eq!(leave["client"], leaving_id.as_str(), "{leave}");
+        let l = watcher.ok(json!({"op": "presence", "ch": "t"}));
+        assert_eq!(l["num_clients"], 1, "{l}");
+        drop(child);
+        drop(redis);
+    });
+}
+
+#[test]
 fn a_node_killed_with_sigkill_disappears_from_presence_within_the_expiry() {
     let Some(redis) = RedisServer::start_or_skip("presence_sigkill") else {
         return;
