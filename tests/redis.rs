@@ -6,6 +6,8 @@
 //! a watchdog and synchronises on replies, pushes and `/healthz`, not on sleeps.
 #![cfg(feature = "redis")]
 
+#[path = "support/client.rs"]
+mod client_support;
 #[path = "support/redis.rs"]
 mod redis_support;
 mod support;
@@ -19,6 +21,7 @@ use redis_support::RedisServer;
 use serde_json::{Value, json};
 use support::peer::Peer;
 use support::*;
+use wshub::client::pubsub::{ChannelClient, ChannelConfig, ChannelEvent};
 use wshub::{Engine, PublishError};
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -205,23 +208,50 @@ fn history_and_idempotency_keys_are_shared_by_every_node() {
     });
 }
 
-/// A `wshub serve` child on a free port, using `url`; ready once `/healthz` is 200.
-fn child_node(url: &str) -> (Child, SocketAddr) {
+/// A child process killed (by PID) when dropped, so a failing test leaves none behind.
+struct Reaped(Child);
+
+impl std::ops::Deref for Reaped {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Reaped {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A `wshub serve` child on a free port, using `url`, with `extra` flags; ready once
+/// `/healthz` is 200.
+fn child_node(url: &str, extra: &[&str]) -> (Reaped, SocketAddr) {
     let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_wshub"))
-        .args([
-            "serve",
-            "--addr",
-            &addr.to_string(),
-            "--engine",
-            url,
-            "--drain-timeout",
-            "2s",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("wshub serve starts");
+    let child = Reaped(
+        Command::new(env!("CARGO_BIN_EXE_wshub"))
+            .args([
+                "serve",
+                "--addr",
+                &addr.to_string(),
+                "--engine",
+                url,
+                "--drain-timeout",
+                "2s",
+            ])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("wshub serve starts"),
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     while !std::net::TcpStream::connect(addr).is_ok_and(|_| status_line(&healthz(addr)).contains("200")) {
         assert!(Instant::now() < deadline, "the child node never became healthy");
@@ -237,7 +267,7 @@ fn a_stopped_node_s_subscriber_recovers_on_another(signal: &'static str) {
         return;
     };
     watchdog(LIMIT, move || {
-        let (mut child, addr_a) = child_node(&redis.url());
+        let (mut child, addr_a) = child_node(&redis.url(), &[]);
         let b = node(&redis.url());
         let mut sub = Peer::connect(addr_a);
         let snap = subscribe(&mut sub, "feed", None);
@@ -380,25 +410,214 @@ fn a_gap_in_what_redis_delivers_ends_the_subscription_with_code_6() {
     });
 }
 
+/// A node on `url` whose presence entries expire `ttl` after their last refresh.
+fn node_with_presence_ttl(url: &str, ttl: Duration) -> Server {
+    let mut c = test_config();
+    c.engine = Engine::Redis(url.to_owned());
+    c.presence_ttl = ttl;
+    c.presence_refresh = ttl / 4;
+    start(c)
+}
+
+/// A peer that said `hello` as `user` and subscribed to `ch`; returns it and its client id.
+fn member(addr: SocketAddr, user: &str, ch: &str, joins: bool) -> (Peer, String) {
+    let mut peer = Peer::connect(addr);
+    let ok = peer.ok(json!({"op": "hello", "user": user}));
+    let id = ok["client"].as_str().unwrap().to_owned();
+    peer.ok(json!({"op": "sub", "ch": ch, "joins": joins}));
+    (peer, id)
+}
+
+/// The next push, which must be a `join` or `leave` (as `kind`) on `ch`.
+fn presence_push(peer: &mut Peer, kind: &str, ch: &str) -> Value {
+    let p = peer.push();
+    assert_eq!(
+        (p["push"].as_str(), p["ch"].as_str()),
+        (Some(kind), Some(ch)),
+        "{p}"
+    );
+    p
+}
+
 #[test]
-fn presence_with_the_redis_engine_is_refused_not_answered_for_one_node_only() {
-    let Some(redis) = RedisServer::start_or_skip("presence_refused") else {
+fn client_ids_are_unique_across_nodes() {
+    let Some(redis) = RedisServer::start_or_skip("unique_ids") else {
         return;
     };
     watchdog(LIMIT, move || {
-        let a = node(&redis.url());
-        let mut peer = Peer::connect(a.local_addr());
-        let hello = peer.cmd(json!({"op": "hello", "user": "ann"}));
-        assert!(
-            hello.get("ok").is_some(),
-            "hello works with either engine: {hello}"
+        let (a, b) = (node(&redis.url()), node(&redis.url()));
+        // The first connection of each node: the same number on each.
+        let (_on_a, id_a) = member(a.local_addr(), "ann", "ids", false);
+        let (mut on_b, id_b) = member(b.local_addr(), "ann", "ids", false);
+        assert_ne!(id_a, id_b, "two nodes gave one client id");
+        // `hello` must come first with this engine too: after a `sub` it is error 2.
+        let mut late = Peer::connect(a.local_addr());
+        subscribe(&mut late, "ids", None);
+        assert_eq!(late.err_code(json!({"op": "hello", "user": "eve"})), 2);
+        // `from.client` of a publication is the same id as `hello` and presence give.
+        publish(&mut on_b, "ids", json!(1));
+        let p = on_b.push();
+        assert_eq!(p["from"]["client"], id_b.as_str(), "{p}");
+        drop(redis);
+    });
+}
+
+#[test]
+fn presence_lists_and_counts_span_two_nodes() {
+    let Some(redis) = RedisServer::start_or_skip("presence_span") else {
+        return;
+    };
+    watchdog(LIMIT, move || {
+        let (a, b) = (node(&redis.url()), node(&redis.url()));
+        let (mut ann, ann_id) = member(a.local_addr(), "ann", "p", true);
+        let (mut bob, bob_id) = member(b.local_addr(), "bob", "p", false);
+        let (mut ann2, ann2_id) = member(b.local_addr(), "ann", "p", false);
+        // Ann hears both joins: they are in Redis. Her own went before her read on her
+        // node's one command connection; that read's answer is in Redis for every node.
+        presence_push(&mut ann, "join", "p");
+        presence_push(&mut ann, "join", "p");
+        let mut want = vec![ann_id.as_str(), bob_id.as_str(), ann2_id.as_str()];
+        want.sort_unstable();
+        for (peer, who) in [(&mut ann, "from A"), (&mut bob, "from B")] {
+            let l = peer.ok(json!({"op": "presence", "ch": "p"}));
+            let counts = (l["num_clients"].as_u64(), l["num_users"].as_u64());
+            assert_eq!(counts, (Some(3), Some(2)), "{who}: {l}");
+            let mut listed: Vec<&str> = l["clients"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["client"].as_str().unwrap())
+                .collect();
+            listed.sort_unstable();
+            assert_eq!(listed, want, "{who}");
+        }
+        bob.ok(json!({"op": "unsub", "ch": "p"}));
+        assert_eq!(presence_push(&mut ann, "leave", "p")["client"], bob_id.as_str());
+        for (peer, who) in [(&mut ann, "from A"), (&mut ann2, "from B")] {
+            let l = peer.ok(json!({"op": "presence", "ch": "p"}));
+            let counts = (l["num_clients"].as_u64(), l["num_users"].as_u64());
+            assert_eq!(counts, (Some(2), Some(1)), "{who}: {l}");
+        }
+        // Not subscribed: error 3, as with the memory engine.
+        assert_eq!(bob.err_code(json!({"op": "presence", "ch": "p"})), 3);
+        drop(redis);
+    });
+}
+
+#[test]
+fn joins_and_leaves_reach_watchers_on_the_other_node_in_order_with_publications() {
+    let Some(redis) = RedisServer::start_or_skip("presence_pushes") else {
+        return;
+    };
+    watchdog(LIMIT, move || {
+        let (a, b) = (node(&redis.url()), node(&redis.url()));
+        let (mut watcher, _) = member(a.local_addr(), "wendy", "room", true);
+        let (mut bob, bob_id) = member(b.local_addr(), "bob", "room", false);
+        // Bob publishes right after his sub reply: the watcher hears of him first.
+        publish(&mut bob, "room", json!("hi"));
+        let join = presence_push(&mut watcher, "join", "room");
+        assert_eq!(
+            (join["client"].as_str(), join["user"].as_str()),
+            (Some(bob_id.as_str()), Some("bob")),
+            "{join}"
         );
-        let p = peer.cmd(json!({"op": "presence", "ch": "p"}));
-        assert_eq!(p["err"]["code"], 1, "{p}");
-        let s = peer.cmd(json!({"op": "sub", "ch": "p", "joins": true}));
-        assert_eq!(s["err"]["code"], 1, "{s}");
-        assert!(s["err"]["msg"].as_str().unwrap().contains("Redis"), "{s}");
-        subscribe(&mut peer, "p", None);
+        assert_eq!(watcher.push()["push"], "pub");
+        bob.ok(json!({"op": "unsub", "ch": "room"}));
+        let leave = presence_push(&mut watcher, "leave", "room");
+        assert_eq!(leave["client"], bob_id.as_str(), "{leave}");
+        // A connection that dies without a Close leaves too, once.
+        let (carol, carol_id) = member(b.local_addr(), "carol", "room", false);
+        assert_eq!(
+            presence_push(&mut watcher, "join", "room")["client"],
+            carol_id.as_str()
+        );
+        carol.cut();
+        let leave = presence_push(&mut watcher, "leave", "room");
+        assert_eq!(leave["client"], carol_id.as_str(), "{leave}");
+        assert_no_push(&mut watcher);
+        drop(redis);
+    });
+}
+
+#[test]
+fn a_node_stopped_with_sigterm_sends_its_members_leaves_at_once() {
+    let Some(redis) = RedisServer::start_or_skip("presence_sigterm") else {
+        return;
+    };
+    watchdog(LIMIT, move || {
+        // A TTL far longer than the test: only the drain's leaves can end the entry.
+        let (child, addr_b) = child_node(&redis.url(), &["--presence-ttl", "60s"]);
+        let a = node(&redis.url());
+        let (mut watcher, _) = member(a.local_addr(), "wendy", "t", true);
+        let (_leaving, leaving_id) = member(addr_b, "lee", "t", false);
+        assert_eq!(
+            presence_push(&mut watcher, "join", "t")["client"],
+            leaving_id.as_str()
+        );
+        let ok = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let leave = presence_push(&mut watcher, "leave", "t");
+        assert_eq!(leave["client"], leaving_id.as_str(), "{leave}");
+        let l = watcher.ok(json!({"op": "presence", "ch": "t"}));
+        assert_eq!(l["num_clients"], 1, "{l}");
+        drop(child);
+        drop(redis);
+    });
+}
+
+#[test]
+fn a_node_killed_with_sigkill_disappears_from_presence_within_the_expiry() {
+    let Some(redis) = RedisServer::start_or_skip("presence_sigkill") else {
+        return;
+    };
+    watchdog(LIMIT, move || {
+        const TTL: Duration = Duration::from_secs(2);
+        let (mut child, addr_b) = child_node(
+            &redis.url(),
+            &["--presence-ttl", "2s", "--presence-refresh", "500ms"],
+        );
+        let a = node_with_presence_ttl(&redis.url(), TTL);
+        let (mut watcher, watcher_id) = member(a.local_addr(), "wendy", "k", true);
+        let (_doomed, doomed_id) = member(addr_b, "dan", "k", false);
+        assert_eq!(
+            presence_push(&mut watcher, "join", "k")["client"],
+            doomed_id.as_str()
+        );
+        let l = watcher.ok(json!({"op": "presence", "ch": "k"}));
+        assert_eq!(l["num_clients"], 2, "{l}");
+        // Past the expiry, the live node's refreshes keep its own member listed.
+        std::thread::sleep(TTL + TTL / 2);
+        let l = watcher.ok(json!({"op": "presence", "ch": "k"}));
+        assert_eq!(l["num_clients"], 2, "refreshed entries outlive the TTL: {l}");
+
+        child.kill().unwrap();
+        let killed = Instant::now();
+        child.wait().unwrap();
+        // The dead node's member is dropped within the TTL of its last refresh, and
+        // the watcher hears its leave (from whichever node swept it first).
+        let gone = loop {
+            let l = watcher.ok(json!({"op": "presence", "ch": "k"}));
+            if l["num_clients"] == 1 {
+                break l;
+            }
+            assert!(
+                killed.elapsed() < TTL * 2,
+                "still listed {:?} after the kill: {l}",
+                killed.elapsed()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert_eq!(gone["clients"][0]["client"], watcher_id.as_str(), "{gone}");
+        assert!(
+            killed.elapsed() <= TTL + Duration::from_secs(1),
+            "took {:?}",
+            killed.elapsed()
+        );
+        let leave = presence_push(&mut watcher, "leave", "k");
+        assert_eq!(leave["client"], doomed_id.as_str(), "{leave}");
         drop(redis);
     });
 }
@@ -470,4 +689,120 @@ fn an_engine_that_is_neither_memory_nor_redis_is_a_usage_error() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("redis://HOST:PORT/DB"), "{err}");
+}
+
+#[test]
+fn the_rust_client_retries_a_subscription_refused_while_redis_is_down_until_redis_is_back() {
+    let Some(mut redis) = RedisServer::start_or_skip("client_retry") else {
+        return;
+    };
+    watchdog(LIMIT, move || {
+        let a = node(&redis.url());
+        let mut config = ChannelConfig::default();
+        config.reconnect = client_support::fast_reconnect();
+        let client = ChannelClient::start(&format!("ws://{}/ws", a.local_addr()), config).unwrap();
+        let events = client.events().clone();
+        let wait =
+            |what: &str, want: &dyn Fn(&ChannelEvent) -> bool| client_support::wait_for(&events, what, want);
+        client.subscribe("r").unwrap();
+        wait("subscribed", &|e| matches!(e, ChannelEvent::Subscribed { .. }));
+        a.hub().publish("r", json!(1)).unwrap();
+        wait("publication 1", &|e| {
+            matches!(e, ChannelEvent::Publication { .. })
+        });
+
+        redis.stop();
+        // `push unsub` code 6, the resubscribe refused with error 6, again and again:
+        // the subscription is kept and retried.
+        for n in 0..2 {
+            let e = wait(&format!("retry {n}"), &|e| {
+                matches!(e, ChannelEvent::SubscribeRetrying { .. })
+            });
+            let ChannelEvent::SubscribeRetrying { ch, error, .. } = e else {
+                unreachable!()
+            };
+            assert_eq!(ch, "r");
+            assert!(!error.is_fatal(), "{error}");
+        }
+        redis.restart();
+        // Redis came back empty: subscribed again, in a new epoch (not recovered).
+        let e = wait("resubscribed", &|e| {
+            matches!(
+                e,
+                ChannelEvent::Subscribed { .. } | ChannelEvent::SubscribeFailed { .. }
+            )
+        });
+        assert!(
+            matches!(
+                e,
+                ChannelEvent::Subscribed {
+                    recovered: Some(false),
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        a.hub().publish("r", json!(2)).unwrap();
+        let e = wait("publication 2", &|e| {
+            matches!(e, ChannelEvent::Publication { .. })
+        });
+        let ChannelEvent::Publication { publication, .. } = e else {
+            unreachable!()
+        };
+        assert_eq!(publication.data, json!(2));
+        client.close();
+    });
+}
+
+#[test]
+fn wshub_connect_channel_mode_shows_the_retries_while_redis_is_down() {
+    let Some(mut redis) = RedisServer::start_or_skip("cli_retry") else {
+        return;
+    };
+    watchdog(LIMIT, move || {
+        use std::io::{BufRead, BufReader};
+        let a = node(&redis.url());
+        let mut child = Reaped(
+            Command::new(env!("CARGO_BIN_EXE_wshub"))
+                .args([
+                    "connect",
+                    &format!("ws://{}/ws", a.local_addr()),
+                    "--channel",
+                    "r",
+                    "--listen",
+                ])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("wshub connect starts"),
+        );
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut seen = Vec::new();
+        let mut wait_line = |want: &str| {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                    Ok(line) if line.contains(want) => return line,
+                    Ok(line) => seen.push(line),
+                    Err(_) => panic!("no line with {want:?} within 20 s; saw {seen:#?}"),
+                }
+            }
+        };
+        wait_line("subscribed to r");
+        redis.stop();
+        let retry = wait_line("cannot subscribe to r yet");
+        assert!(
+            retry.contains("error 6") && retry.contains("retrying in"),
+            "{retry}"
+        );
+        redis.restart();
+        wait_line("resubscribed to r");
+    });
 }

@@ -34,12 +34,18 @@ struct PubRef<'a> {
 /// Encodes a publication in its `pubs` form. `from` is the publishing connection's id,
 /// `None` for the server API.
 pub fn publication(ch: &str, offset: u64, data: &Value, from: Option<u64>) -> Encoded {
+    publication_from(ch, offset, data, from.map(|id| id.to_string()).as_deref())
+}
+
+/// Encodes a publication in its `pubs` form, `from` the publishing client's wire id
+/// (see [`client_id`](crate::pubsub::presence::client_id)).
+pub fn publication_from(ch: &str, offset: u64, data: &Value, from: Option<&str>) -> Encoded {
     let p = PubRef {
         ch,
         offset,
         data,
-        from: from.map(|id| ClientInfo {
-            client: id.to_string(),
+        from: from.map(|client| ClientInfo {
+            client: client.to_owned(),
         }),
     };
     // Serialising borrowed strings, integers and a `Value` cannot fail.

@@ -12,7 +12,14 @@
 //! The members of each channel live behind [`PresenceStore`], the same kind of seam as
 //! [`Store`](super::Store): [`MemoryPresence`] keeps them in this process; another
 //! engine (Redis) can keep every server's members in one place. The identities of this
-//! server's connections and the watchers (`"joins": true`) are always local.
+//! server's connections and the watchers (`"joins": true`) are always local. With the
+//! Redis engine the hub keeps this node's members here too (they are what the node
+//! refreshes in Redis) and reads the channel's whole list from Redis.
+//!
+//! **Client ids.** A connection's id on the wire ([`client_id`]) is its number on this
+//! server, behind the node's prefix when there is one: `"17"` with the memory engine
+//! (one process), `"3f9a0c6e21d4-17"` with the Redis engine, whose nodes each draw a
+//! random prefix at start, so ids are unique across every node sharing the Redis.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -21,6 +28,25 @@ use serde_json::Value;
 
 use super::ConnId;
 use super::protocol::{Member, PresenceList};
+
+/// The wire id of connection `conn` on a node with `prefix` (`""`: no prefix).
+pub fn client_id(prefix: &str, conn: ConnId) -> String {
+    if prefix.is_empty() {
+        conn.to_string()
+    } else {
+        format!("{prefix}-{conn}")
+    }
+}
+
+/// The connection behind wire id `client`, if it is one of the node with `prefix`.
+pub fn conn_of(prefix: &str, client: &str) -> Option<ConnId> {
+    let number = if prefix.is_empty() {
+        client
+    } else {
+        client.strip_prefix(prefix)?.strip_prefix('-')?
+    };
+    number.parse().ok()
+}
 
 /// One connection's presence entry: its id, user and info. Shared by every channel it
 /// is in.
@@ -73,6 +99,18 @@ impl MemoryPresence {
     /// Channels with at least one member.
     pub fn channel_count(&self) -> usize {
         self.channels.len()
+    }
+
+    /// Whether `conn` is a member of `ch`.
+    pub fn contains(&self, ch: &str, conn: ConnId) -> bool {
+        self.channels
+            .get(ch)
+            .is_some_and(|m| m.members.contains_key(&conn))
+    }
+
+    /// Every channel with its members, in no particular order.
+    pub fn channels(&self) -> impl Iterator<Item = (&str, impl Iterator<Item = &Arc<Entry>>)> {
+        self.channels.iter().map(|(ch, m)| (&**ch, m.members.values()))
     }
 }
 
@@ -139,6 +177,8 @@ pub struct Event {
 pub struct Presence<P = MemoryPresence> {
     store: P,
     max_list: usize,
+    /// This node's client id prefix (see [`client_id`]).
+    prefix: Arc<str>,
     who: HashMap<ConnId, Arc<Entry>>,
     watchers: HashMap<Arc<str>, BTreeSet<ConnId>>,
 }
@@ -156,9 +196,26 @@ impl<P: PresenceStore> Presence<P> {
         Presence {
             store,
             max_list,
+            prefix: Arc::from(""),
             who: HashMap::new(),
             watchers: HashMap::new(),
         }
+    }
+
+    /// Names this node's connections `PREFIX-N` instead of `N` (see [`client_id`]).
+    pub fn with_prefix(mut self, prefix: &str) -> Presence<P> {
+        self.prefix = Arc::from(prefix);
+        self
+    }
+
+    /// This node's client id prefix (`""` for none).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The wire id of `conn` (see [`client_id`]).
+    pub fn client_id(&self, conn: ConnId) -> String {
+        client_id(&self.prefix, conn)
     }
 
     /// The store, for inspection.
@@ -166,12 +223,17 @@ impl<P: PresenceStore> Presence<P> {
         &self.store
     }
 
+    /// The connections watching `ch` (its subscribers with `joins`).
+    pub fn watchers(&self, ch: &str) -> impl Iterator<Item = ConnId> + '_ {
+        self.watchers.get(ch).into_iter().flatten().copied()
+    }
+
     /// Records who `conn` is (its `hello`), for the channels it subscribes to from now on.
     pub fn identify(&mut self, conn: ConnId, user: &str, info: Option<Value>) {
         self.who.insert(
             conn,
             Arc::new(Entry {
-                client: conn.to_string(),
+                client: self.client_id(conn),
                 user: Arc::from(user),
                 info,
             }),
@@ -184,10 +246,10 @@ impl<P: PresenceStore> Presence<P> {
     }
 
     /// `conn`'s entry: its `hello`'s, or the anonymous one.
-    fn entry(&self, conn: ConnId) -> Arc<Entry> {
+    pub fn entry(&self, conn: ConnId) -> Arc<Entry> {
         self.who.get(&conn).cloned().unwrap_or_else(|| {
             Arc::new(Entry {
-                client: conn.to_string(),
+                client: self.client_id(conn),
                 user: Arc::from(""),
                 info: None,
             })
@@ -333,6 +395,21 @@ mod tests {
         assert!(p.watchers.is_empty());
         let l = p.list("a");
         assert_eq!((l.clients.len(), l.num_clients, l.num_users), (0, 0, 0));
+    }
+
+    #[test]
+    fn client_ids_carry_the_node_prefix_and_read_back_only_for_that_node() {
+        assert_eq!(client_id("", 17), "17");
+        assert_eq!(client_id("ab12", 17), "ab12-17");
+        assert_eq!(conn_of("ab12", "ab12-17"), Some(17));
+        assert_eq!(conn_of("ab12", "cd34-17"), None);
+        assert_eq!(conn_of("ab12", "ab123-17"), None);
+        assert_eq!(conn_of("", "17"), Some(17));
+        let mut p = Presence::in_memory(10).with_prefix("ab12");
+        p.identify(3, "ann", None);
+        assert_eq!(p.join(3, "a", false).member.client, "ab12-3");
+        assert_eq!(p.join(4, "a", false).member.client, "ab12-4");
+        assert!(p.store().contains("a", 3));
     }
 
     #[test]

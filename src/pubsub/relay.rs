@@ -59,9 +59,10 @@ pub struct Template {
 }
 
 impl Template {
-    /// The template of a publication of `data` on `ch` from `from`.
-    pub fn new(ch: &str, data: &Value, from: Option<u64>) -> Template {
-        let whole = encode::publication(ch, 0, data, from);
+    /// The template of a publication of `data` on `ch` from the client with wire id
+    /// `from`.
+    pub fn new(ch: &str, data: &Value, from: Option<&str>) -> Template {
+        let whole = encode::publication_from(ch, 0, data, from);
         // The offset is the second field and a channel name holds no `"` or `,`, so the
         // first `,"offset":0` is the offset's.
         const AT: &str = ",\"offset\":";
@@ -92,6 +93,41 @@ pub fn parse_live(message: &str) -> Option<(&str, u64, &str)> {
     publication
         .starts_with('{')
         .then_some((epoch, offset, publication))
+}
+
+/// A join or leave as it travels on a channel's PUB/SUB channel: `@join CLIENT MEMBER`
+/// or `@leave CLIENT MEMBER`, `MEMBER` the member's JSON without `ch` (as a presence list
+/// holds it). It cannot be taken for a publication (an epoch is hex digits, never `@`)
+/// and carries no offset: joins and leaves are not part of the channel's stream.
+/// (The Redis scripts write these; this is the form they write.)
+pub fn presence_message(join: bool, client: &str, member: &str) -> String {
+    let kind = if join { "@join" } else { "@leave" };
+    format!("{kind} {client} {member}")
+}
+
+/// Reads a presence message back: `(join, client, member JSON)`.
+pub fn parse_presence(message: &str) -> Option<(bool, &str, &str)> {
+    let (kind, rest) = message.split_once(' ')?;
+    let join = match kind {
+        "@join" => true,
+        "@leave" => false,
+        _ => return None,
+    };
+    let (client, member) = rest.split_once(' ')?;
+    member.starts_with('{').then_some((join, client, member))
+}
+
+/// The push of a member's join or leave on `ch`: `{"push":"join","ch":..,` then the
+/// member's fields.
+pub fn presence_push(join: bool, ch: &str, member: &str) -> String {
+    let kind = if join { "join" } else { "leave" };
+    let ch = serde_json::to_string(ch).unwrap_or_default();
+    let fields = member.get(1..).unwrap_or_default();
+    if fields.trim_start().starts_with('}') {
+        format!("{{\"push\":\"{kind}\",\"ch\":{ch}}}")
+    } else {
+        format!("{{\"push\":\"{kind}\",\"ch\":{ch},{fields}")
+    }
 }
 
 #[cfg(test)]
@@ -140,7 +176,7 @@ mod tests {
     #[test]
     fn a_template_with_an_offset_is_the_encoded_publication() {
         let data = json!({"t": "x,\"offset\":9"});
-        let t = Template::new("room:1", &data, Some(7));
+        let t = Template::new("room:1", &data, Some("7"));
         let text = format!("{}{}{}", t.head, 42, t.tail);
         assert_eq!(text, encode::publication("room:1", 42, &data, Some(7)).as_str());
         assert_eq!(t.len_at(42), text.len());
@@ -158,5 +194,33 @@ mod tests {
         assert_eq!(parse_live("hello"), None);
         assert_eq!(parse_live("e x {}"), None);
         assert_eq!(parse_live("e 1 nope"), None);
+    }
+
+    #[test]
+    fn a_presence_message_reads_back_and_is_never_a_publication() {
+        let member = r#"{"client":"ab-3","user":"ann"}"#;
+        let m = presence_message(true, "ab-3", member);
+        assert_eq!(parse_presence(&m), Some((true, "ab-3", member)));
+        assert_eq!(parse_live(&m), None);
+        let l = presence_message(false, "ab-3", member);
+        assert_eq!(parse_presence(&l), Some((false, "ab-3", member)));
+        assert_eq!(parse_presence("0123abcd 5 {\"ch\":\"a\"}"), None);
+    }
+
+    #[test]
+    fn a_presence_push_is_the_protocol_s_join_or_leave() {
+        use crate::pubsub::protocol::{Push, ServerFrame};
+        let member = r#"{"client":"ab-3","user":"ann","info":{"x":1}}"#;
+        let text = presence_push(true, "room:1", member);
+        let Ok(ServerFrame::Push(Push::Join(m))) = serde_json::from_str::<ServerFrame>(&text) else {
+            panic!("{text}");
+        };
+        assert_eq!(m.ch.as_deref(), Some("room:1"));
+        assert_eq!((m.client.as_str(), m.user.as_str()), ("ab-3", "ann"));
+        let text = presence_push(false, "room:1", member);
+        assert!(matches!(
+            serde_json::from_str::<ServerFrame>(&text),
+            Ok(ServerFrame::Push(Push::Leave(_)))
+        ));
     }
 }

@@ -169,7 +169,7 @@ impl Hubside<'_> {
         encode::reply(&Reply::ok(
             id,
             Welcome {
-                client: conn.to_string(),
+                client: self.presence.client_id(conn),
                 user: who.user.clone(),
             },
         ))

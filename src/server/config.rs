@@ -282,6 +282,14 @@ pub struct Config {
     /// Members a `presence` reply lists at most (the counts are always exact).
     /// Default 1000.
     pub max_presence_list: usize,
+    /// With the Redis engine: how long a member's presence entry lives in Redis unless
+    /// its node refreshes it, so the most a node that dies (SIGKILL, power loss) leaves
+    /// its members listed. Default 60 s.
+    pub presence_ttl: Duration,
+    /// With the Redis engine: how often each node gives its members' entries a new
+    /// expiry. Must be shorter than `presence_ttl`; default 20 s, so an entry survives
+    /// two missed refreshes (a busy Redis, a slow node) before it expires.
+    pub presence_refresh: Duration,
 }
 
 /// Where `/ws` channel streams (epochs, offsets, history, idempotency keys) live.
@@ -295,6 +303,12 @@ pub enum Engine {
     /// that uses it. Needs the `redis` cargo feature (the binary has it).
     Redis(String),
 }
+
+/// The default [`Config::presence_ttl`].
+pub const DEFAULT_PRESENCE_TTL: Duration = Duration::from_secs(60);
+
+/// The default [`Config::presence_refresh`].
+pub const DEFAULT_PRESENCE_REFRESH: Duration = Duration::from_secs(20);
 
 /// The default [`Config::engine_timeout`].
 pub const DEFAULT_ENGINE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -333,6 +347,8 @@ impl Default for Config {
             engine_timeout: DEFAULT_ENGINE_TIMEOUT,
             token_secret: None,
             max_presence_list: DEFAULT_MAX_PRESENCE_LIST,
+            presence_ttl: DEFAULT_PRESENCE_TTL,
+            presence_refresh: DEFAULT_PRESENCE_REFRESH,
         }
     }
 }
@@ -351,6 +367,8 @@ impl Config {
                 ("history TTL", Some(self.history_ttl)),
                 ("idempotency window", Some(self.idempotency_window)),
                 ("engine timeout", Some(self.engine_timeout)),
+                ("presence TTL", Some(self.presence_ttl)),
+                ("presence refresh", Some(self.presence_refresh)),
             ],
             ping_interval: Some(self.ping_interval),
             idle_timeout: Some(self.idle_timeout),
@@ -405,6 +423,13 @@ impl Config {
                 )));
             }
         }
+        if self.presence_refresh >= self.presence_ttl {
+            return Err(ConfigError::new(format!(
+                "presence refresh ({:?}) must be shorter than the presence TTL ({:?}), \
+                 or live members would expire between refreshes",
+                self.presence_refresh, self.presence_ttl
+            )));
+        }
         if self.thread_stack_size < MIN_THREAD_STACK_SIZE {
             return Err(ConfigError::new(format!(
                 "thread stack size must be at least {} KiB",
@@ -434,6 +459,20 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         assert!(Config::default().validate().is_ok());
+    }
+
+    #[test]
+    fn the_presence_refresh_must_be_shorter_than_the_presence_ttl() {
+        let mut c = Config::default();
+        assert!(c.presence_refresh < c.presence_ttl);
+        c.presence_refresh = c.presence_ttl;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("presence refresh"), "{err}");
+        c.presence_refresh = Duration::ZERO;
+        assert!(c.validate().is_err(), "a zero refresh would spin the hub");
+        c.presence_refresh = Duration::from_millis(500);
+        c.presence_ttl = Duration::from_secs(2);
+        assert!(c.validate().is_ok());
     }
 
     #[test]

@@ -17,9 +17,11 @@
 //! construction.
 //!
 //! With the Redis engine (`Config::engine`, `src/server/redis/`) Redis is the
-//! sequencer instead: the hub hands `pub`, `sub` and `history` to the engine's threads,
-//! is woken by their results (`HubMsg::Redis`: replies, snapshots, publications from
-//! PUB/SUB), and fans out locally; it stops those threads when it ends.
+//! sequencer instead: the hub hands `pub`, `sub`, `history`, `presence`, joins and
+//! leaves to the engine's threads, is woken by their results (`HubMsg::Redis`: replies,
+//! snapshots, publications, joins and leaves from PUB/SUB) and by the next refresh of
+//! this node's presence entries, and fans out locally; it stops those threads when it
+//! ends.
 //!
 //! The hub never blocks on a client. Each broadcast is offered to every member: written
 //! at once when that member's writer is idle and its socket has room (a non-blocking
@@ -135,9 +137,12 @@ pub(crate) enum HubMsg {
 /// values, so the hub's calls into them compile to nothing.
 #[cfg(not(feature = "redis"))]
 pub(crate) mod off {
+    use std::time::Instant;
+
     use super::{ApiPublish, HubStats, Metrics, PeerHandle, Registry};
     use crate::pubsub::ConnId;
-    use crate::pubsub::protocol::Request;
+    use crate::pubsub::presence::Presence;
+    use crate::server::commands::ConnCommand;
 
     #[derive(Debug)]
     pub(crate) enum RemoteEvent {}
@@ -146,9 +151,16 @@ pub(crate) mod off {
     pub(crate) struct Out<'a> {
         pub registry: &'a mut Registry<PeerHandle>,
         pub metrics: &'a Metrics,
+        pub presence: &'a mut Presence,
     }
     impl Remote {
-        pub(crate) fn execute(&mut self, _: ConnId, _: Request, _: &mut Out<'_>) {
+        pub(crate) fn execute(&mut self, _: ConnCommand, _: &mut Out<'_>) {
+            match *self {}
+        }
+        pub(crate) fn next_due(&self, _: &Presence) -> Option<Instant> {
+            match *self {}
+        }
+        pub(crate) fn tick(&mut self, _: Instant, _: &Presence) {
             match *self {}
         }
         pub(crate) fn api_publish(&mut self, _: ApiPublish) {
@@ -157,7 +169,7 @@ pub(crate) mod off {
         pub(crate) fn event(&mut self, e: RemoteEvent, _: &mut Out<'_>) {
             match e {}
         }
-        pub(crate) fn remove_conn(&mut self, _: ConnId) {
+        pub(crate) fn remove_conn(&mut self, _: ConnId, _: &mut Presence) {
             match *self {}
         }
         pub(crate) fn stats(&self) -> HubStats {
@@ -473,6 +485,9 @@ pub(crate) struct HubConfig {
     pub hello_timeout: Duration,
     /// Members a `presence` reply lists at most.
     pub max_presence_list: usize,
+    /// This node's client id prefix: `""` with the memory engine, a random one drawn at
+    /// start with the Redis engine (see [`crate::pubsub::presence::client_id`]).
+    pub client_prefix: String,
 }
 
 /// Runs the hub loop until [`HubMsg::Stop`]. See the module docs.
@@ -506,11 +521,12 @@ fn serve(
         limits,
         hello_timeout,
         max_presence_list,
+        client_prefix,
     } = config;
     let mut tally = DrainTally::default();
     let mut registry: Registry<PeerHandle> = Registry::default();
     let mut channels = Channels::in_memory(limits);
-    let mut presence = Presence::in_memory(max_presence_list);
+    let mut presence = Presence::in_memory(max_presence_list).with_prefix(&client_prefix);
     let mut backlog = Backlog::default();
     let mut messages_since_slice = 0;
     // Token-mode connections that have until then for their `hello`, oldest first (one
@@ -542,10 +558,12 @@ fn serve(
     // their leaves), who it was, and its engine state.
     macro_rules! forget {
         ($id:expr) => {{
-            side!().forget($id);
+            // The engine's leaves first: they name the member by who it said it was,
+            // which `Hubside::forget` then forgets.
             if let Some(r) = remote.as_mut() {
-                r.remove_conn($id);
+                r.remove_conn($id, &mut presence);
             }
+            side!().forget($id);
         }};
     }
     loop {
@@ -554,12 +572,14 @@ fn serve(
         let ping_due = pings.next_due().filter(|_| !draining);
         let sweep_due = channels.has_state().then_some(next_sweep);
         let hello_due = awaiting_hello.front().map(|(due, _)| *due);
+        let refresh_due = remote.as_ref().and_then(|r| r.next_due(&presence));
         // Joins and leaves still owed (a storm's): do not sleep while any are.
         let owed_due = (!backlog.is_empty()).then(Instant::now);
         let next = match ping_due
             .into_iter()
             .chain(sweep_due)
             .chain(hello_due)
+            .chain(refresh_due)
             .chain(owed_due)
             .min()
         {
@@ -619,7 +639,8 @@ fn serve(
                     forget!(id);
                 }
             }
-            // `hello` is about the connection, not a channel: the same with either engine.
+            // `hello` is about the connection, not a channel: the same with either engine
+            // (the reader has already refused one that does not come first).
             Some(HubMsg::Command(cmd))
                 if remote.is_some() && !matches!(cmd.request.command, Command::Hello { .. }) =>
             {
@@ -627,8 +648,9 @@ fn serve(
                     let mut out = Out {
                         registry: &mut registry,
                         metrics,
+                        presence: &mut presence,
                     };
-                    r.execute(cmd.conn, cmd.request, &mut out);
+                    r.execute(*cmd, &mut out);
                 }
             }
             Some(HubMsg::Publish(p)) if remote.is_some() => {
@@ -641,6 +663,7 @@ fn serve(
                     let mut out = Out {
                         registry: &mut registry,
                         metrics,
+                        presence: &mut presence,
                     };
                     r.event(*event, &mut out);
                 }
@@ -717,6 +740,9 @@ fn serve(
         if now >= next_sweep {
             channels.expire(now);
             next_sweep = now + sweep_every;
+        }
+        if let Some(r) = remote.as_mut() {
+            r.tick(now, &presence);
         }
         // After a Close nothing more may be sent (RFC 6455 §5.5.1), pings included.
         if !draining {

@@ -127,6 +127,14 @@ pub struct Args {
     /// With --engine redis://..: the limit on connecting to Redis and on each reply.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     engine_timeout: Duration,
+    /// With --engine redis://..: how long a presence entry lives in Redis unless its node
+    /// refreshes it (the longest a dead node's members stay listed).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    presence_ttl: Duration,
+    /// With --engine redis://..: how often each node refreshes its presence entries
+    /// (shorter than --presence-ttl).
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    presence_refresh: Duration,
 }
 
 /// `memory` or a `redis://` URL.
@@ -175,6 +183,8 @@ impl Args {
         c.max_queue_bytes = self.max_queue_bytes;
         c.engine = self.engine;
         c.engine_timeout = self.engine_timeout;
+        c.presence_ttl = self.presence_ttl;
+        c.presence_refresh = self.presence_refresh;
         Ok(c)
     }
 }

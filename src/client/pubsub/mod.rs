@@ -161,14 +161,27 @@ pub enum ChannelEvent {
         /// follow.
         recovered: Option<bool>,
     },
-    /// The server refused a subscription (a bad channel name, too many subscriptions,
-    /// forbidden...). The subscription is dropped; when the error is not fatal
-    /// ([`ChannelError::is_fatal`]: code 6, unavailable), subscribe again later.
+    /// The server refused a subscription for good (a bad channel name, too many
+    /// subscriptions, forbidden...: a fatal [`ChannelError`]). The subscription is
+    /// dropped.
     SubscribeFailed {
         /// The channel.
         ch: String,
         /// The server's answer.
         error: ChannelError,
+    },
+    /// The server refused a subscription for now (error 6, unavailable: its engine,
+    /// Redis, is down). The subscription is kept, with its position, and sent again
+    /// after `retry_in` (backoff with jitter, as the session's reconnects:
+    /// [`ReconnectConfig::backoff`]), until it succeeds ([`ChannelEvent::Subscribed`],
+    /// recovering what was missed meanwhile) or the application unsubscribes.
+    SubscribeRetrying {
+        /// The channel.
+        ch: String,
+        /// The server's answer.
+        error: ChannelError,
+        /// When the next attempt goes out.
+        retry_in: Duration,
     },
     /// The server ended a subscription (`push unsub`) for good. (One it ends with code 6,
     /// unavailable, is subscribed again at once and answers with `Subscribed`.)
@@ -329,7 +342,8 @@ impl ChannelClient {
         let (calls_tx, calls_rx) = bounded(CALL_QUEUE_SIZE);
         let (events_tx, events_rx) = bounded(EVENT_QUEUE_SIZE);
         let (closing_tx, closing_rx) = bounded(0);
-        let state = state::State::with_identity(config.hello(), config.joins);
+        let state =
+            state::State::with_identity(config.hello(), config.joins).with_retry(config.reconnect.backoff);
         let protocol = Protocol::new(session.clone(), calls_rx, events_tx, closing_rx, state);
         let handle = thread::Builder::new()
             .name("wshub-channels".into())

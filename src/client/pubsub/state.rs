@@ -25,9 +25,16 @@
 //!   Its answer is an event ([`ChannelEvent::Welcome`] or [`ChannelEvent::HelloRefused`]).
 //! - **Joins and leaves** of subscribed channels are events in the order the server
 //!   sent them, between the publications of the same channel.
+//! - **A temporary refusal is retried.** A `sub` answered with error 6 (unavailable: the
+//!   server's engine, Redis, is down) keeps its subscription and its position and is
+//!   sent again after a backoff delay (with jitter, growing per failure, reset by a
+//!   success), until it succeeds or the application unsubscribes; each refusal is a
+//!   [`ChannelEvent::SubscribeRetrying`]. Any other refusal ends the subscription.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Instant;
+
+use crate::client::backoff::{Backoff, BackoffConfig};
 
 use log::warn;
 use serde::de::DeserializeOwned;
@@ -73,6 +80,22 @@ struct Sub {
     pending: Option<u64>,
     /// Pushes that arrived before the `sub`'s reply.
     early: VecDeque<Publication>,
+    /// After an error 6: when to send the `sub` again.
+    retry_at: Option<Instant>,
+    /// The retry delays since the last success (made at the first error 6).
+    backoff: Option<Backoff>,
+}
+
+impl Sub {
+    fn new(position: Option<StreamPosition>) -> Sub {
+        Sub {
+            position,
+            pending: None,
+            early: VecDeque::new(),
+            retry_at: None,
+            backoff: None,
+        }
+    }
 }
 
 /// A `pub` or `history` waiting for its reply (or for a connection).
@@ -110,6 +133,8 @@ pub(crate) struct State<T> {
     hello: Option<Command>,
     /// Every `sub` asks for joins and leaves.
     joins: bool,
+    /// How a `sub` refused with error 6 is retried.
+    retry: BackoffConfig,
 }
 
 impl<T> Default for State<T> {
@@ -117,6 +142,7 @@ impl<T> Default for State<T> {
         State {
             hello: None,
             joins: false,
+            retry: BackoffConfig::default(),
             connected: false,
             next_id: 1,
             subs: BTreeMap::new(),
@@ -138,6 +164,12 @@ impl<T> State<T> {
         }
     }
 
+    /// Retries a `sub` refused with error 6 after delays from `retry`.
+    pub fn with_retry(mut self, retry: BackoffConfig) -> State<T> {
+        self.retry = retry;
+        self
+    }
+
     /// Subscribes to `ch`, resuming after `since` if given (a position the application
     /// kept): sent now if connected, else on the next connection.
     pub fn subscribe(
@@ -149,14 +181,7 @@ impl<T> State<T> {
         if self.subs.contains_key(&ch) {
             return Err(ChannelError::AlreadySubscribed(ch));
         }
-        self.subs.insert(
-            ch.clone(),
-            Sub {
-                position: since,
-                pending: None,
-                early: VecDeque::new(),
-            },
-        );
+        self.subs.insert(ch.clone(), Sub::new(since));
         let mut out = Vec::new();
         if self.connected {
             self.send_sub(&ch, &mut out);
@@ -237,8 +262,29 @@ impl<T> State<T> {
         }
     }
 
-    /// Answers every call whose deadline has passed with a timeout.
+    /// Answers every call whose deadline has passed with a timeout, and sends again
+    /// every `sub` whose retry is due (if connected: a connection sends them all).
     pub fn expire(&mut self, now: Instant) -> Vec<Action<T>> {
+        let retry: Vec<String> = self
+            .subs
+            .iter()
+            .filter(|(_, s)| s.retry_at.is_some_and(|at| at <= now))
+            .map(|(ch, _)| ch.clone())
+            .collect();
+        let mut out = Vec::new();
+        for ch in retry {
+            if let Some(sub) = self.subs.get_mut(&ch) {
+                sub.retry_at = None;
+            }
+            if self.connected {
+                self.send_sub(&ch, &mut out);
+            }
+        }
+        out.extend(self.expire_calls(now));
+        out
+    }
+
+    fn expire_calls(&mut self, now: Instant) -> Vec<Action<T>> {
         let due: Vec<u64> = self
             .calls
             .iter()
@@ -257,9 +303,11 @@ impl<T> State<T> {
         out
     }
 
-    /// The earliest deadline of a waiting call.
+    /// The earliest deadline of a waiting call or a `sub` retry.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.calls.values().map(|c| c.deadline).min()
+        let calls = self.calls.values().map(|c| c.deadline);
+        let retries = self.subs.values().filter_map(|s| s.retry_at);
+        calls.chain(retries).min()
     }
 
     /// Ends everything: every waiting caller is answered [`ChannelError::Closed`].
@@ -273,13 +321,18 @@ impl<T> State<T> {
 
     /// A text frame from the server.
     pub fn on_text(&mut self, text: &str) -> Vec<Action<T>> {
+        self.on_text_at(text, Instant::now())
+    }
+
+    /// A text frame from the server, received at `now`.
+    pub fn on_text_at(&mut self, text: &str, now: Instant) -> Vec<Action<T>> {
         let mut out = Vec::new();
         match serde_json::from_str::<ServerFrame>(text) {
             Ok(ServerFrame::Push(Push::Pub(p))) => self.on_publication(p, &mut out),
             Ok(ServerFrame::Push(Push::Unsub { ch, code, reason })) => {
                 self.on_unsub_push(ch, code, reason, &mut out)
             }
-            Ok(ServerFrame::Reply(reply)) => self.on_reply(reply, &mut out),
+            Ok(ServerFrame::Reply(reply)) => self.on_reply(reply, now, &mut out),
             Ok(ServerFrame::Push(Push::Join(m))) => self.on_member(m, true, &mut out),
             Ok(ServerFrame::Push(Push::Leave(m))) => self.on_member(m, false, &mut out),
             // A push of a kind this version does not know is ignored, as the protocol
@@ -308,6 +361,7 @@ impl<T> State<T> {
         let id = self.take_id();
         let Some(sub) = self.subs.get_mut(ch) else { return };
         sub.pending = Some(id);
+        sub.retry_at = None;
         sub.early.clear();
         self.in_flight.insert(id, InFlight::Sub(ch.to_owned()));
         out.push(send(
@@ -329,7 +383,7 @@ impl<T> State<T> {
         out.push(send(id, call.command.clone()));
     }
 
-    fn on_reply(&mut self, reply: Reply<Value>, out: &mut Vec<Action<T>>) {
+    fn on_reply(&mut self, reply: Reply<Value>, now: Instant, out: &mut Vec<Action<T>>) {
         let Some(id) = reply.id else {
             if let Outcome::Err(e) = reply.outcome {
                 warn!(
@@ -353,7 +407,7 @@ impl<T> State<T> {
                 },
                 Outcome::Err(e) => ChannelEvent::HelloRefused(ChannelError::Server(e)),
             })),
-            Some(InFlight::Sub(ch)) => self.on_sub_reply(ch, id, reply.outcome, out),
+            Some(InFlight::Sub(ch)) => self.on_sub_reply(ch, id, reply.outcome, now, out),
             Some(InFlight::Call(number)) => {
                 let Some(call) = self.calls.remove(&number) else {
                     return;
@@ -369,7 +423,15 @@ impl<T> State<T> {
         }
     }
 
-    fn on_sub_reply(&mut self, ch: String, id: u64, outcome: Outcome<Value>, out: &mut Vec<Action<T>>) {
+    fn on_sub_reply(
+        &mut self,
+        ch: String,
+        id: u64,
+        outcome: Outcome<Value>,
+        now: Instant,
+        out: &mut Vec<Action<T>>,
+    ) {
+        let retry = self.retry;
         let Some(sub) = self.subs.get_mut(&ch) else { return };
         if sub.pending != Some(id) {
             return; // an older attempt's reply
@@ -377,12 +439,27 @@ impl<T> State<T> {
         sub.pending = None;
         let snapshot: Snapshot = match outcome.map_ok(decode) {
             Ok(Ok(s)) => s,
+            Err(e) if !e.is_fatal() => {
+                // Temporary (error 6): keep the subscription and its position; try again.
+                let retry_in = sub
+                    .backoff
+                    .get_or_insert_with(|| Backoff::new(retry))
+                    .next_delay();
+                sub.retry_at = Some(now + retry_in);
+                out.push(Action::Emit(ChannelEvent::SubscribeRetrying {
+                    ch,
+                    error: e,
+                    retry_in,
+                }));
+                return;
+            }
             Ok(Err(e)) | Err(e) => {
                 self.subs.remove(&ch);
                 out.push(Action::Emit(ChannelEvent::SubscribeFailed { ch, error: e }));
                 return;
             }
         };
+        sub.backoff = None;
         let asked = sub.position.clone();
         let recovered = snapshot.recovered;
         let top = StreamPosition {
@@ -789,6 +866,76 @@ mod tests {
         s.disconnected();
         assert!(sent(&s.connected()).is_empty());
         assert!(s.subscribe("a".into(), None).is_ok());
+    }
+
+    /// A state subscribed to "a" at offset 3 of "e1", whose resubscribe (after a
+    /// `push unsub` code 6) was refused with error 6 at `t0`; returns the retry delay.
+    fn refused_with_6(s: &mut Test, t0: Instant) -> Duration {
+        s.on_text(&push("a", 1));
+        s.on_text(&push("a", 2));
+        s.on_text(&push("a", 3));
+        let out = s.on_text(&json!({"push":"unsub","ch":"a","code":6,"reason":"engine"}).to_string());
+        let id = sent(&out)[0]["id"].clone();
+        let reply = json!({"id":id,"err":{"code":6,"msg":"engine unavailable"}}).to_string();
+        let out = s.on_text_at(&reply, t0);
+        match &out[..] {
+            [Action::Emit(ChannelEvent::SubscribeRetrying { ch, error, retry_in })] => {
+                assert_eq!(ch, "a");
+                assert!(!error.is_fatal());
+                *retry_in
+            }
+            other => panic!("expected SubscribeRetrying, got {other:?}"),
+        }
+    }
+
+    fn quick() -> BackoffConfig {
+        BackoffConfig {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+            ..BackoffConfig::default()
+        }
+    }
+
+    #[test]
+    fn a_subscription_refused_with_error_6_is_retried_after_a_growing_backoff_from_its_position() {
+        let mut s = subscribed_at(0).with_retry(quick());
+        let t0 = later(0);
+        let first = refused_with_6(&mut s, t0);
+        assert!(
+            first >= Duration::from_millis(100) && first < Duration::from_millis(150),
+            "{first:?}"
+        );
+        assert_eq!(s.next_deadline(), Some(t0 + first));
+        assert!(
+            sent(&s.expire(t0 + first - Duration::from_millis(1))).is_empty(),
+            "not before its time"
+        );
+        let again = sent(&s.expire(t0 + first));
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0]["op"], "sub");
+        assert_eq!(again[0]["since"], json!({"epoch":"e1","offset":3}));
+        // Refused again: the delay grows.
+        let reply = json!({"id":again[0]["id"],"err":{"code":6,"msg":"still down"}}).to_string();
+        let out = s.on_text_at(&reply, t0 + first);
+        let Some(Action::Emit(ChannelEvent::SubscribeRetrying { retry_in, .. })) = out.first() else {
+            panic!("{out:?}");
+        };
+        assert!(*retry_in >= Duration::from_millis(200), "{retry_in:?}");
+        let again = sent(&s.expire(t0 + first + *retry_in));
+        // Accepted: resumes from offset 3, nothing more is scheduled.
+        let out = s.on_text(&sub_reply(&again[0]["id"], "e1", 5, &[4, 5], Some(true)));
+        assert_eq!(delivered(&out), vec![4, 5]);
+        assert_eq!(s.next_deadline(), None);
+    }
+
+    #[test]
+    fn unsubscribing_stops_the_retries_of_a_refused_subscription() {
+        let mut s = subscribed_at(0).with_retry(quick());
+        let t0 = later(0);
+        let d = refused_with_6(&mut s, t0);
+        s.unsubscribe("a").unwrap();
+        assert_eq!(s.next_deadline(), None);
+        assert!(sent(&s.expire(t0 + d)).iter().all(|f| f["op"] != "sub"));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The engine thread: every command this node sends Redis (the publish script, the
-//! read script behind `sub` and `history`), one at a time, on one connection.
+//! read script behind `sub` and `history`, the presence script behind joins, leaves,
+//! refreshes and `presence`), one at a time, on one connection.
 //!
 //! **Owns** the node's command connection to Redis (reconnected on demand, with
 //! backoff and jitter from [`crate::client::backoff`]) and the two scripts. **Woken**
@@ -9,20 +10,24 @@
 //!
 //! The hub sends work here instead of calling Redis itself, so fan-out never waits for
 //! a round trip. Jobs run in the order the hub sent them, so one connection's `pub`s get
-//! offsets in the order it sent them.
+//! offsets in the order it sent them, and a `sub`'s join is published before any `pub`
+//! the same connection sends after its `sub` reply.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
-use log::{info, warn};
+use log::{debug, info, warn};
 use rand::RngExt;
 use redis::{Client, Connection, RedisError, Script};
 
 use super::{Event, Names, PubTarget};
 use crate::client::backoff::Backoff;
 use crate::pubsub::encode::{self, Encoded};
-use crate::pubsub::protocol::{Empty, ErrorBody, ErrorCode, Reply, Snapshot, StreamPosition};
+use crate::pubsub::protocol::{
+    Empty, ErrorBody, ErrorCode, Member, PresenceList, Reply, Snapshot, StreamPosition,
+};
 use crate::pubsub::relay::{self, Template};
 use crate::pubsub::{ConnId, Limits};
 use crate::server::engine::EngineHealth;
@@ -63,7 +68,38 @@ pub(crate) enum Job {
         /// `Some(ticket)` for a `sub`: the hub's number for the pending subscription.
         sub: Option<u64>,
     },
+    /// A member joined `ch` on this node: add it and publish its join.
+    Join {
+        /// The channel.
+        ch: String,
+        /// Its client id.
+        client: String,
+        /// Its member JSON (`client`, `user`, `info`).
+        member: String,
+    },
+    /// A member of this node left `ch`: remove it and publish its leave.
+    Leave {
+        /// The channel.
+        ch: String,
+        /// Its client id.
+        client: String,
+    },
+    /// Every member this node has, per channel: give each a new expiry.
+    Refresh(Vec<(String, Vec<(String, String)>)>),
+    /// A `presence` command: the channel's members, from every node.
+    Presence {
+        /// The channel.
+        ch: String,
+        /// The connection asking.
+        conn: ConnId,
+        /// The command's id.
+        id: u64,
+    },
 }
+
+/// Members re-added per script call on a refresh, so one call stays short and other
+/// commands are not held up behind a channel with many members.
+const REFRESH_BATCH: usize = 500;
 
 pub(crate) struct EngineThread {
     client: Client,
@@ -76,6 +112,9 @@ pub(crate) struct EngineThread {
     hub: Hub,
     publish: Script,
     read: Script,
+    presence: Script,
+    presence_ttl: Duration,
+    max_presence_list: usize,
 }
 
 /// Error 6, for anything that went wrong between us and Redis.
@@ -92,6 +131,7 @@ impl EngineThread {
         client: Client,
         timeout: Duration,
         limits: Limits,
+        presence: super::PresenceConfig,
         health: Arc<EngineHealth>,
         hub: Hub,
     ) -> EngineThread {
@@ -106,6 +146,9 @@ impl EngineThread {
             hub,
             publish: Script::new(include_str!("publish.lua")),
             read: Script::new(include_str!("read.lua")),
+            presence: Script::new(include_str!("presence.lua")),
+            presence_ttl: presence.ttl,
+            max_presence_list: presence.max_list,
         }
     }
 
@@ -176,7 +219,58 @@ impl EngineThread {
                     }
                 }
             }
+            // While Redis is down every subscription ends (push unsub code 6) and each
+            // of these fails: the connection's own warnings say so once, not per member.
+            Job::Join { ch, client, member } => {
+                if let Err(e) = self.presence_call(&ch, "add", &[client.as_str(), member.as_str()]) {
+                    debug!("engine: join of {client} to {ch} not recorded: {}", e.msg);
+                }
+            }
+            Job::Leave { ch, client } => {
+                if let Err(e) = self.presence_call(&ch, "remove", &[client.as_str()]) {
+                    debug!(
+                        "engine: leave of {client} from {ch} not recorded ({}); its entry expires",
+                        e.msg
+                    );
+                }
+            }
+            Job::Refresh(channels) => {
+                for (ch, members) in channels {
+                    for batch in members.chunks(REFRESH_BATCH) {
+                        let args: Vec<&str> =
+                            batch.iter().flat_map(|(c, m)| [c.as_str(), m.as_str()]).collect();
+                        if let Err(e) = self.presence_call(&ch, "refresh", &args) {
+                            warn!("engine: presence refresh of {ch} failed: {}", e.msg);
+                            return;
+                        }
+                    }
+                }
+            }
+            Job::Presence { ch, conn, id } => {
+                let text = match self.presence_call(&ch, "read", &[]) {
+                    Ok(members) => {
+                        encode::reply(&Reply::ok(id, presence_list(&members, self.max_presence_list)))
+                    }
+                    Err(e) => encode::reply(&Reply::<Empty>::err(Some(id), e)),
+                };
+                self.tell(Event::Reply { conn, text });
+            }
         }
+    }
+
+    /// Runs the presence script on `ch` in `mode` with `args` after the common ones.
+    fn presence_call(&mut self, ch: &str, mode: &str, args: &[&str]) -> Result<Vec<String>, ErrorBody> {
+        let names = Names::new(ch);
+        let script = self.presence.clone();
+        let ttl = millis(self.presence_ttl);
+        self.call(|con| {
+            let mut inv = script.key(&names.members);
+            inv.key(&names.expiry).arg(mode).arg(ttl).arg(&names.live);
+            for a in args {
+                inv.arg(*a);
+            }
+            inv.invoke(con)
+        })
     }
 
     fn tell(&self, event: Event) {
@@ -317,6 +411,48 @@ impl EngineThread {
     }
 }
 
+/// A `presence` reply from every member's JSON as Redis holds it: listed in client id
+/// order, at most `max`, the counts exact. An entry that is not a member (written by
+/// something else) is skipped.
+pub(crate) fn presence_list(members: &[String], max: usize) -> PresenceList {
+    let mut all: Vec<Member> = members
+        .iter()
+        .filter_map(|m| serde_json::from_str::<Member>(m).ok())
+        .collect();
+    all.sort_by(|a, b| a.client.cmp(&b.client));
+    let users: HashSet<&str> = all.iter().map(|m| m.user.as_str()).collect();
+    let num_users = users.len() as u64;
+    let num_clients = all.len() as u64;
+    all.truncate(max);
+    PresenceList {
+        clients: all,
+        num_clients,
+        num_users,
+    }
+}
+
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_presence_list_from_redis_is_sorted_capped_and_counted_exactly() {
+        let members: Vec<String> = [
+            r#"{"client":"b-2","user":"ann"}"#,
+            r#"{"client":"a-1","user":"ann","info":{"x":1}}"#,
+            r#"{"client":"a-7","user":"bob"}"#,
+            "not a member",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let l = presence_list(&members, 2);
+        assert_eq!((l.num_clients, l.num_users), (3, 2));
+        let listed: Vec<&str> = l.clients.iter().map(|m| m.client.as_str()).collect();
+        assert_eq!(listed, ["a-1", "a-7"]);
+    }
 }

@@ -1,16 +1,30 @@
 //! The Redis engine (issue #13): channel streams (epochs, offsets, history,
-//! idempotency keys) live in Redis, so every node that uses the same Redis serves the
-//! same channels. Subscriptions and fan-out stay local to each node. See `docs/redis.md`.
+//! idempotency keys) and presence live in Redis, so every node that uses the same Redis
+//! serves the same channels. Subscriptions and fan-out stay local to each node. See
+//! `docs/redis.md`.
 //!
 //! Three owners:
 //! - [`RedisSide`], owned by the **hub thread**: this node's subscriptions, and per
-//!   channel the last position relayed and the `sub`s waiting for their snapshot. It
+//!   channel the last position relayed and the `sub`s waiting for their snapshot; with
+//!   the hub's [`Presence`] (lent in [`Out`]) this node's members and watchers. It
 //!   never calls Redis: it sends work to the two threads below and gets their results
-//!   back as [`Event`]s in its inbox, so fan-out never waits for a round trip.
-//! - The **engine thread** ([`engine`]): the publish script and the read script, on the
+//!   back as [`Event`]s in its inbox, so fan-out never waits for a round trip. The hub
+//!   also wakes it every `presence_refresh` ([`RedisSide::tick`]) to refresh this
+//!   node's members' entries.
+//! - The **engine thread** ([`engine`]): the publish, read and presence scripts, on the
 //!   node's command connection.
 //! - The **subscriber thread** ([`subscriber`]): the node's PUB/SUB connection, which
-//!   delivers every publication of the channels this node has subscribers for.
+//!   delivers every publication, join and leave of the channels this node has
+//!   subscribers for.
+//!
+//! # Presence
+//!
+//! A `sub` joins once its reply has gone out: the member goes into the hub's
+//! [`Presence`] (this node's members, the source of each refresh) and a join job to the
+//! engine thread, which records it in Redis and publishes it on the channel's PUB/SUB
+//! channel. Every node, this one included, offers it to its watchers of the channel
+//! (the member itself excepted: its client id carries this node's prefix). A
+//! subscription that ends for any reason leaves the same way, once.
 //!
 //! Both threads end when the hub drops its senders ([`RedisSide::stop`] joins them).
 //!
@@ -35,21 +49,23 @@
 pub(crate) mod engine;
 pub(crate) mod subscriber;
 
+use crate::pubsub::presence::{Entry, Presence, client_id, conn_of};
+use crate::pubsub::relay::presence_push;
+use crate::server::commands::ConnCommand;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Sender, TrySendError, bounded, unbounded};
-use log::info;
+use log::{info, warn};
 use serde_json::Value;
 use tungstenite::Utf8Bytes;
 
 use crate::client::backoff::BackoffConfig;
 use crate::pubsub::encode::{self, Encoded};
-use crate::pubsub::protocol::{
-    Command, Empty, ErrorBody, ErrorCode, Push, Reply, Request, Snapshot, StreamPosition,
-};
+use crate::pubsub::protocol::{Command, Empty, ErrorBody, ErrorCode, Push, Reply, Snapshot, StreamPosition};
 use crate::pubsub::relay::{Continuity, Template, continuity};
 use crate::pubsub::{Channels, ConnId, Limits, Published, Store};
 use crate::server::commands::{ApiPublish, text_frame};
@@ -83,6 +99,10 @@ pub(crate) struct Names {
     pub stream: String,
     /// PUB/SUB channel.
     pub live: String,
+    /// Hash: the channel's members, client id -> member JSON.
+    pub members: String,
+    /// Sorted set: the members' client ids, scored by when each entry expires.
+    pub expiry: String,
     ch: String,
 }
 
@@ -94,6 +114,8 @@ impl Names {
             meta: format!("wshub:meta:{ch}"),
             stream: format!("wshub:hist:{ch}"),
             live: format!("{LIVE_PREFIX}{ch}"),
+            members: format!("wshub:pres:{ch}"),
+            expiry: format!("wshub:pexp:{ch}"),
             ch: ch.to_owned(),
         }
     }
@@ -108,6 +130,17 @@ impl Names {
     pub(crate) fn channel_of(live: &str) -> Option<&str> {
         live.strip_prefix(LIVE_PREFIX)
     }
+}
+
+/// How the engine keeps presence (from [`Config`](crate::Config)).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PresenceConfig {
+    /// How long a member's entry lives in Redis unless its node refreshes it.
+    pub ttl: Duration,
+    /// How often this node refreshes its members' entries.
+    pub refresh: Duration,
+    /// Members a `presence` reply lists at most.
+    pub max_list: usize,
 }
 
 /// Where a publication's result goes.
@@ -142,6 +175,15 @@ pub(crate) enum Event {
         epoch: String,
         offset: u64,
         publication: Encoded,
+    },
+    /// A join or leave on `ch`, from PUB/SUB (any node's, this one's included).
+    Presence {
+        ch: String,
+        join: bool,
+        /// The member's client id.
+        client: String,
+        /// The member's JSON.
+        member: String,
     },
     /// The PUB/SUB connection failed: every Redis subscription is gone.
     SubscriberLost,
@@ -196,13 +238,9 @@ fn not_here() -> ErrorBody {
     ErrorBody::new(ErrorCode::Unavailable, "streams are kept in Redis")
 }
 
-/// Presence is kept per node by the memory engine only: with Redis a node's list would
-/// miss every other node's members, so it is refused rather than answered wrong.
-fn no_presence() -> ErrorBody {
-    ErrorBody::new(
-        ErrorCode::BadRequest,
-        "presence (the presence command, sub with joins) is not available with the Redis engine yet",
-    )
+/// A member's JSON as Redis keeps it: `client`, `user`, `info` (no `ch`).
+fn member_json(e: &Entry) -> String {
+    serde_json::to_string(&e.member(None)).unwrap_or_default()
 }
 
 fn busy() -> ErrorBody {
@@ -215,6 +253,7 @@ struct Pending {
     id: u64,
     ticket: u64,
     since: Option<StreamPosition>,
+    joins: bool,
 }
 
 /// A publication relayed from PUB/SUB.
@@ -249,15 +288,22 @@ pub(crate) struct RedisSide {
     next_round: u64,
     next_ticket: u64,
     limits: Limits,
+    /// This node's client id prefix (see [`client_id`]).
+    prefix: String,
     jobs: Option<Sender<Job>>,
     ctl: Option<Sender<Ctl>>,
     threads: Vec<JoinHandle<()>>,
+    /// How often this node's members are refreshed in Redis, and when next.
+    refresh_every: Duration,
+    next_refresh: Instant,
 }
 
 /// What the hub lends the Redis side for one call.
 pub(crate) struct Out<'a> {
     pub registry: &'a mut Registry<PeerHandle>,
     pub metrics: &'a Metrics,
+    /// Identities, this node's members and the watchers.
+    pub presence: &'a mut Presence,
 }
 
 impl RedisSide {
@@ -266,13 +312,22 @@ impl RedisSide {
         url: &str,
         timeout: Duration,
         limits: Limits,
+        presence: PresenceConfig,
+        prefix: &str,
         health: Arc<EngineHealth>,
         hub: Hub,
     ) -> Result<RedisSide, String> {
         let client = redis::Client::open(url).map_err(|e| format!("engine {url:?}: {e}"))?;
         let (jobs_tx, jobs_rx) = bounded(JOB_QUEUE);
         let (ctl_tx, ctl_rx) = unbounded();
-        let engine = EngineThread::new(client.clone(), timeout, limits, health.clone(), hub.clone());
+        let engine = EngineThread::new(
+            client.clone(),
+            timeout,
+            limits,
+            presence,
+            health.clone(),
+            hub.clone(),
+        );
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new()
                 .name(name.into())
@@ -291,9 +346,12 @@ impl RedisSide {
             next_round: 0,
             next_ticket: 0,
             limits,
+            prefix: prefix.to_owned(),
             jobs: Some(jobs_tx),
             ctl: Some(ctl_tx),
             threads: vec![t1, t2],
+            refresh_every: presence.refresh,
+            next_refresh: Instant::now() + presence.refresh,
         })
     }
 
@@ -332,25 +390,72 @@ impl RedisSide {
         }
     }
 
+    /// When the next presence refresh is due, while this node has members.
+    pub(crate) fn next_due(&self, presence: &Presence) -> Option<Instant> {
+        (presence.store().channel_count() > 0).then_some(self.next_refresh)
+    }
+
+    /// Refreshes this node's members in Redis when it is time: each gets a new expiry,
+    /// so an entry outlives its node by at most the presence TTL.
+    pub(crate) fn tick(&mut self, now: Instant, presence: &Presence) {
+        if now < self.next_refresh {
+            return;
+        }
+        self.next_refresh = now + self.refresh_every;
+        let channels: Vec<(String, Vec<(String, String)>)> = presence
+            .store()
+            .channels()
+            .map(|(ch, members)| {
+                let members = members.map(|e| (e.client.clone(), member_json(e))).collect();
+                (ch.to_owned(), members)
+            })
+            .collect();
+        if channels.is_empty() {
+            return;
+        }
+        if let Err(e) = self.job(Job::Refresh(channels)) {
+            warn!(
+                "engine: presence refresh skipped ({}); next in {:?}",
+                e.msg, self.refresh_every
+            );
+        }
+    }
+
     /// Executes a `/ws` command.
-    pub(crate) fn execute(&mut self, conn: ConnId, request: Request, out: &mut Out<'_>) {
+    pub(crate) fn execute(&mut self, cmd: ConnCommand, out: &mut Out<'_>) {
+        let ConnCommand {
+            conn,
+            request,
+            presence_any,
+            ..
+        } = cmd;
         if out.registry.get(conn).is_none() {
             return;
         }
         let id = request.id;
         let done = match request.command {
-            Command::Sub { joins: true, .. } | Command::Presence { .. } | Command::Hello { .. } => {
-                Err(no_presence())
-            }
-            Command::Sub { ch, since, .. } => self.sub(conn, id, ch, since),
-            Command::Unsub { ch } => self.subs.unsubscribe(conn, &ch).map(|()| {
-                if let Some(node) = self.nodes.get_mut(&ch) {
-                    node.pending.remove(&conn);
-                    node.ahead.remove(&conn);
+            // The hub answers `hello` itself, with either engine.
+            Command::Hello { .. } => Ok(None),
+            Command::Presence { ch } => {
+                if presence_any || self.subs.is_subscribed(conn, &ch) {
+                    self.job(Job::Presence { ch, conn, id }).map(|()| None)
+                } else {
+                    Err(ErrorBody::new(
+                        ErrorCode::Forbidden,
+                        format!("presence of {ch} is for its subscribers"),
+                    ))
                 }
-                self.release(&ch);
-                Some(encode::reply(&Reply::ok(id, Empty {})))
-            }),
+            }
+            Command::Sub { ch, since, joins } => self.sub(conn, id, ch, since, joins),
+            Command::Unsub { ch } => {
+                if self.subs.is_subscribed(conn, &ch) {
+                    self.drop_sub(out.presence, conn, &ch);
+                    Ok(Some(encode::reply(&Reply::ok(id, Empty {}))))
+                } else {
+                    // Not subscribed: the bookkeeping's own error.
+                    self.subs.unsubscribe(conn, &ch).map(|()| None)
+                }
+            }
             Command::Pub { ch, data, key } => self
                 .publish(&ch, &data, key, Some(conn), PubTarget::Conn { conn, id })
                 .map(|()| None),
@@ -388,7 +493,8 @@ impl RedisSide {
         from: Option<ConnId>,
         to: PubTarget,
     ) -> Result<(), ErrorBody> {
-        let template = Template::new(ch, data, from);
+        let client = from.map(|c| client_id(&self.prefix, c));
+        let template = Template::new(ch, data, client.as_deref());
         // The offset is not known yet: count it at its widest.
         let len = template.len_at(u64::MAX);
         let max = self.limits.max_publication_size;
@@ -412,6 +518,7 @@ impl RedisSide {
         id: u64,
         ch: String,
         since: Option<StreamPosition>,
+        joins: bool,
     ) -> Result<Option<Utf8Bytes>, ErrorBody> {
         self.subs.subscribe(conn, &ch, None, Instant::now())?;
         self.next_ticket += 1;
@@ -438,11 +545,13 @@ impl RedisSide {
                 id,
                 ticket,
                 since: since.clone(),
+                joins,
             },
         );
         if subscribed {
             if let Err(e) = self.read_snapshot(&ch, conn, id, ticket, since) {
-                self.drop_sub(conn, &ch);
+                // Still pending: not a member yet, so no presence to undo.
+                self.unsubscribe_here(conn, &ch);
                 return Err(e);
             }
         }
@@ -467,8 +576,47 @@ impl RedisSide {
         })
     }
 
-    /// Ends `conn`'s subscription to `ch` here (no reply, no push).
-    fn drop_sub(&mut self, conn: ConnId, ch: &str) {
+    /// Ends `conn`'s subscription to `ch` here (no reply, no push to it); if it had
+    /// joined, it leaves: its entry is removed from Redis and every node's watchers are
+    /// told.
+    fn drop_sub(&mut self, presence: &mut Presence, conn: ConnId, ch: &str) {
+        if presence.store().contains(ch, conn) {
+            let leave = presence.leave(conn, ch);
+            let job = Job::Leave {
+                ch: ch.to_owned(),
+                client: leave.member.client,
+            };
+            if let Err(e) = self.job(job) {
+                warn!(
+                    "engine: leave of connection {conn} from {ch} not sent ({}); its entry expires",
+                    e.msg
+                );
+            }
+        }
+        self.unsubscribe_here(conn, ch);
+    }
+
+    /// `conn`'s subscription to `ch` has succeeded: it joins, in Redis for every node.
+    fn join(&mut self, presence: &mut Presence, conn: ConnId, ch: &str, joins: bool) {
+        let joined = presence.join(conn, ch, joins);
+        let client = joined.member.client.clone();
+        let mut member = joined.member;
+        member.ch = None;
+        let job = Job::Join {
+            ch: ch.to_owned(),
+            client,
+            member: serde_json::to_string(&member).unwrap_or_default(),
+        };
+        if let Err(e) = self.job(job) {
+            warn!(
+                "engine: join of connection {conn} to {ch} not sent ({}); the next refresh lists it",
+                e.msg
+            );
+        }
+    }
+
+    /// Ends `conn`'s subscription to `ch` in this node's bookkeeping only.
+    fn unsubscribe_here(&mut self, conn: ConnId, ch: &str) {
         let _ = self.subs.unsubscribe(conn, ch);
         if let Some(node) = self.nodes.get_mut(ch) {
             node.pending.remove(&conn);
@@ -484,11 +632,11 @@ impl RedisSide {
         }
     }
 
-    /// `conn` has gone: drop its subscriptions.
-    pub(crate) fn remove_conn(&mut self, conn: ConnId) {
+    /// `conn` has gone: drop its subscriptions (with their leaves).
+    pub(crate) fn remove_conn(&mut self, conn: ConnId, presence: &mut Presence) {
         let chs: Vec<Arc<str>> = self.subs.channels_of(conn).collect();
         for ch in chs {
-            self.drop_sub(conn, &ch);
+            self.drop_sub(presence, conn, &ch);
         }
     }
 
@@ -503,7 +651,7 @@ impl RedisSide {
     }
 
     fn cut(&mut self, out: &mut Out<'_>, conn: ConnId, offer: Offer) {
-        self.remove_conn(conn);
+        self.remove_conn(conn, out.presence);
         if let Some(peer) = out.registry.remove(conn) {
             if offer == Offer::Full {
                 info!("connection {conn}: slow consumer on /ws (queue full), disconnecting");
@@ -514,7 +662,7 @@ impl RedisSide {
 
     /// Ends `conn`'s subscription to `ch` with `push unsub` code 6.
     fn resubscribe(&mut self, out: &mut Out<'_>, conn: ConnId, ch: &str, reason: &str) {
-        self.drop_sub(conn, ch);
+        self.drop_sub(out.presence, conn, ch);
         let push = Push::Unsub {
             ch: ch.to_owned(),
             code: ErrorCode::Unavailable,
@@ -545,7 +693,7 @@ impl RedisSide {
                     .collect();
                 for (conn, id, ticket, since) in waiting {
                     if let Err(e) = self.read_snapshot(&ch, conn, id, ticket, since) {
-                        self.drop_sub(conn, &ch);
+                        self.drop_sub(out.presence, conn, &ch);
                         self.offer(out, conn, encode::reply(&Reply::<Empty>::err(Some(id), e)));
                     }
                 }
@@ -556,7 +704,7 @@ impl RedisSide {
                 };
                 let waiting: Vec<_> = node.pending.iter().map(|(c, p)| (*c, p.id)).collect();
                 for (conn, id) in waiting {
-                    self.drop_sub(conn, &ch);
+                    self.drop_sub(out.presence, conn, &ch);
                     let e =
                         ErrorBody::new(ErrorCode::Unavailable, "engine unavailable: Redis is unreachable");
                     self.offer(out, conn, encode::reply(&Reply::<Empty>::err(Some(id), e)));
@@ -582,12 +730,18 @@ impl RedisSide {
                     publication,
                 },
             ),
+            Event::Presence {
+                ch,
+                join,
+                client,
+                member,
+            } => self.presence_event(out, &ch, join, &client, &member),
             Event::SubscriberLost => {
                 let chs: Vec<String> = self.nodes.keys().cloned().collect();
                 for ch in chs {
                     let pending: Vec<_> = self.nodes[&ch].pending.iter().map(|(c, p)| (*c, p.id)).collect();
                     for (conn, id) in pending {
-                        self.drop_sub(conn, &ch);
+                        self.drop_sub(out.presence, conn, &ch);
                         let e = ErrorBody::new(
                             ErrorCode::Unavailable,
                             "engine unavailable: Redis connection lost",
@@ -620,11 +774,11 @@ impl RedisSide {
         if node.pending.get(&conn).is_none_or(|p| p.ticket != ticket) {
             return;
         }
-        node.pending.remove(&conn);
+        let joins = node.pending.remove(&conn).is_some_and(|p| p.joins);
         let snap = match result {
             Ok(snap) => snap,
             Err(e) => {
-                self.drop_sub(conn, ch);
+                self.drop_sub(out.presence, conn, ch);
                 self.offer(out, conn, encode::reply(&Reply::<Empty>::err(Some(id), e)));
                 return;
             }
@@ -669,6 +823,36 @@ impl RedisSide {
         }
         if broken {
             self.resubscribe(out, conn, ch, "missed publications: resubscribe with since");
+        } else if out.registry.get(conn).is_some() {
+            // The reply is out: the others hear of it (through Redis, every node).
+            self.join(out.presence, conn, ch, joins);
+        }
+    }
+
+    /// A join or leave from PUB/SUB: offered to this node's watchers of `ch`, the
+    /// member itself excepted.
+    fn presence_event(&mut self, out: &mut Out<'_>, ch: &str, join: bool, client: &str, member: &str) {
+        let itself = conn_of(out.presence.prefix(), client);
+        let to: Vec<ConnId> = out.presence.watchers(ch).filter(|w| Some(*w) != itself).collect();
+        if to.is_empty() {
+            return;
+        }
+        let frame = text_frame(Utf8Bytes::from(presence_push(join, ch, member)));
+        let mut dropped = Vec::new();
+        for watcher in to {
+            match out.registry.get(watcher).map(|peer| peer.offer(&frame)) {
+                Some(Offer::Queued) => {
+                    out.metrics.sent(1, frame.payload().len());
+                    out.metrics
+                        .presence_pushes
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                Some(offer) => dropped.push((watcher, offer)),
+                None => dropped.push((watcher, Offer::Gone)),
+            }
+        }
+        for (watcher, offer) in dropped {
+            self.cut(out, watcher, offer);
         }
     }
 

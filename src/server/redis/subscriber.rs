@@ -8,8 +8,9 @@
 //! It subscribes to the Redis channel of a wshub channel when the hub asks (the first
 //! local subscriber), tells the hub once Redis has confirmed (so the hub reads the
 //! snapshot only after the subscription is live), and hands every publication to the
-//! hub. When the connection fails it tells the hub ([`Event::SubscriberLost`]: the hub
-//! ends every local subscription with `push unsub` code 6) and reconnects with backoff
+//! hub, and every join and leave (which travel on the same Redis channel). When the
+//! connection fails it tells the hub ([`Event::SubscriberLost`]: the hub ends every
+//! local subscription with `push unsub` code 6) and reconnects with backoff
 //! and jitter; until it is back, every subscribe request fails at once.
 
 use std::sync::Arc;
@@ -154,6 +155,15 @@ fn serve(con: &mut Connection, timeout: Duration, ctl: &Receiver<Ctl>, tell: &im
                 let Ok(text) = std::str::from_utf8(msg.get_payload_bytes()) else {
                     continue;
                 };
+                if let Some((join, client, member)) = relay::parse_presence(text) {
+                    tell(Event::Presence {
+                        ch: ch.to_owned(),
+                        join,
+                        client: client.to_owned(),
+                        member: member.to_owned(),
+                    });
+                    continue;
+                }
                 let Some((epoch, offset, publication)) = relay::parse_live(text) else {
                     continue;
                 };

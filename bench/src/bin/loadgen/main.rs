@@ -121,9 +121,18 @@ enum Mode {
     },
     /// Protocol v1 on /ws: N subscribers over K channels, one publisher at R
     /// publications/s in all; delivery latency, ack latency, loss counted by offsets.
+    /// With `--sub-addr A --sub-addr B` the subscribers are split across two nodes
+    /// (the Redis engine's two-node scenario); the publisher is on `--addr`.
     Pubsub {
         #[command(flatten)]
         a: pubsub::PsArgs,
+    },
+    /// Protocol v1 on /ws: P publishers on one node, each closed loop (pub, wait for the
+    /// ack, repeat) for D s; acked publications/s and where the server's CPU went, per
+    /// thread (the Redis engine's threads by name) and Redis's (`--redis-pid`).
+    Pubrate {
+        #[command(flatten)]
+        a: pubsub::RateArgs,
     },
     /// The resume storm: as pubsub, but every subscriber's TCP connection is cut at once
     /// mid-run; all reconnect and resubscribe with `since`. Time to recover, lost /
@@ -264,8 +273,12 @@ struct Ramp {
 
 /// Open `n` connections with at most `in_flight` handshakes at a time.
 async fn open_many(cli: &Cli, path: &str, n: usize) -> Ramp {
+    open_many_at(cli, cli.addr, path, n).await
+}
+
+/// [`open_many`] to `addr`.
+async fn open_many_at(cli: &Cli, addr: SocketAddr, path: &str, n: usize) -> Ramp {
     let t = Instant::now();
-    let addr = cli.addr;
     let to = Duration::from_secs_f64(cli.connect_timeout);
     let results: Vec<std::io::Result<Ws>> = futures_util::stream::iter(0..n)
         .map(|i| async move {
@@ -373,6 +386,7 @@ fn main() {
                 path,
             } => drain(&cli, *conns, *settle, *timeout, path).await,
             Mode::Pubsub { a } => pubsub::pubsub(&cli, a).await,
+            Mode::Pubrate { a } => pubsub::pubrate(&cli, a).await,
             Mode::Resume { a, cut_after } => pubsub::resume_storm(&cli, a, *cut_after).await,
             Mode::Storm {
                 a,

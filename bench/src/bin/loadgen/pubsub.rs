@@ -1,5 +1,8 @@
 //! The pub/sub scenarios of issue #11 item 7, over protocol v1 on `/ws` (`issues show 11`,
-//! docs/protocol.md): `pubsub` and `resume` (the resume storm).
+//! docs/protocol.md): `pubsub` and `resume` (the resume storm); and of issue #13 item 8:
+//! `pubsub` with the subscribers split across two nodes sharing one Redis
+//! (`--sub-addr` twice), and `pubrate`, the acked publications/s one node pushes
+//! through its engine.
 //!
 //! Both open N subscribers, each subscribed to one of K channels (subscriber i to channel
 //! i mod K; the names carry this process's id, so a server that kept an earlier run's
@@ -26,7 +29,7 @@ use tokio::sync::Semaphore;
 use tokio::time::{Instant, sleep_until, timeout, timeout_at};
 
 use crate::ws::{Msg, OP_TEXT, Ws};
-use crate::{Cli, Out, cpu_sample, hist, ms, open_many, put_cpu, put_ramp};
+use crate::{Cli, Out, Ramp, cpu_sample, hist, ms, open_many_at, put_cpu, put_ramp};
 
 mod storm;
 pub use storm::storm;
@@ -323,15 +326,39 @@ impl Totals {
 async fn open_subs(
     cli: &Cli,
     out: &mut Out,
-    n: usize,
+    a: &PsArgs,
     channels: &[String],
-    path: &str,
     per_ch: &[u64],
 ) -> Vec<(Ws, Sub)> {
-    let ramp = open_many(cli, path, n).await;
-    put_ramp(out, n, &ramp);
+    let n = a.subs;
+    let nodes = if a.sub_addrs.is_empty() {
+        vec![cli.addr]
+    } else {
+        a.sub_addrs.clone()
+    };
+    // Node j gets a contiguous share, so each channel (i mod K) has subscribers on
+    // every node once n / nodes >= K.
+    let mut conns = Vec::with_capacity(n);
+    let mut ramp_all = Ramp {
+        conns: Vec::new(),
+        failed: 0,
+        first_err: None,
+        secs: 0.0,
+    };
+    for (j, addr) in nodes.iter().enumerate() {
+        let share = n / nodes.len() + usize::from(j < n % nodes.len());
+        let ramp = open_many_at(cli, *addr, &a.path, share).await;
+        ramp_all.failed += ramp.failed;
+        ramp_all.secs += ramp.secs;
+        if ramp_all.first_err.is_none() {
+            ramp_all.first_err = ramp.first_err;
+        }
+        conns.extend(ramp.conns);
+    }
+    put_ramp(out, n, &ramp_all);
+    out.kv("sub_nodes", nodes.len());
     let mut set = tokio::task::JoinSet::new();
-    for (i, mut ws) in ramp.conns.into_iter().enumerate() {
+    for (i, mut ws) in conns.into_iter().enumerate() {
         let c = i % channels.len();
         let (name, count) = (channels[c].clone(), per_ch[c]);
         set.spawn(async move {
@@ -454,6 +481,10 @@ pub struct PsArgs {
     size: usize,
     #[arg(long, default_value = "/ws")]
     path: String,
+    /// The nodes the subscribers connect to, split evenly in the order given (the first
+    /// share to the first node...); default `--addr`. The publisher is on `--addr`.
+    #[arg(long = "sub-addr")]
+    sub_addrs: Vec<std::net::SocketAddr>,
 }
 
 /// A run, set up: every subscriber subscribed, the publisher connected, the clock.
@@ -479,7 +510,7 @@ async fn setup(cli: &Cli, out: &mut Out, a: &PsArgs) -> Option<Setup> {
     let per_ch: Vec<u64> = (0..k).map(|c| count_for(c, k, total)).collect();
     out.kv("channels", k).f("rate", a.rate, 0);
     out.kv("expected", (0..a.subs).map(|i| per_ch[i % k]).sum::<u64>());
-    let subs = open_subs(cli, out, a.subs, &channels, &a.path, &per_ch).await;
+    let subs = open_subs(cli, out, a, &channels, &per_ch).await;
     let publisher = match Ws::connect(cli.addr, &a.path, 0).await {
         Ok(p) => p,
         Err(e) => {
@@ -809,4 +840,214 @@ mod tests {
         ));
         assert!(matches!(classify(b"nope"), Frame::Other(_)));
     }
+}
+
+/// What `pubrate` takes.
+#[derive(clap::Args, Debug)]
+pub struct RateArgs {
+    /// Publisher connections, each with one `pub` in flight at a time.
+    #[arg(long, default_value_t = 8)]
+    publishers: usize,
+    /// Channels; publisher p publishes on channel p mod K. One subscriber per channel,
+    /// on the same node, reads every publication, so the node's PUB/SUB side and its
+    /// fan-out carry each one too.
+    #[arg(long, default_value_t = 8)]
+    channels: usize,
+    /// Seconds of publishing.
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+    /// Approximate size of each publication's data, in bytes.
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    /// redis-server's PID: its CPU over the run is reported (`redis_cpu_pct`).
+    #[arg(long)]
+    redis_pid: Option<u32>,
+    #[arg(long, default_value = "/ws")]
+    path: String,
+}
+
+/// `pubrate`: P closed-loop publishers on one node for D s. Reports acked
+/// publications/s, ack latency, whether the subscribers got every acked publication,
+/// and CPU: the server's, per server thread (`thr_<name>_pct` for the hub and the
+/// Redis engine's threads, `thr_others_pct` for the connection threads), and Redis's.
+/// One engine thread runs one script at a time, so `1 / pubs_per_s` is its time per
+/// publication; a thread or Redis near 100 % names the limit, none of them near it
+/// names the round trip.
+pub async fn pubrate(cli: &Cli, a: &RateArgs) -> Out {
+    let mut out = Out::new("pubrate");
+    let channels = channel_names(a.channels);
+    out.kv("publishers", a.publishers).kv("channels", channels.len());
+    let ramp = open_many_at(cli, cli.addr, &a.path, channels.len()).await;
+    let mut subs = Vec::new();
+    for (c, mut ws) in ramp.conns.into_iter().enumerate() {
+        match timeout(
+            Duration::from_secs(10),
+            subscribe(&mut ws, 1, &channels[c], None, |_, _| {}),
+        )
+        .await
+        {
+            Ok(Ok(_)) => subs.push(ws),
+            Ok(Err(e)) => {
+                out.kv("error", e);
+                return out;
+            }
+            Err(_) => {
+                out.kv("error", "sub reply timed out (10s)");
+                return out;
+            }
+        }
+    }
+    let pubs = open_many_at(cli, cli.addr, &a.path, a.publishers).await;
+    if subs.len() < channels.len() || pubs.conns.len() < a.publishers {
+        out.kv(
+            "error",
+            pubs.first_err.unwrap_or_else(|| "connections failed".into()),
+        );
+        return out;
+    }
+    let received = Arc::new(AtomicU64::new(0));
+    let target = Arc::new(AtomicU64::new(u64::MAX));
+    let start = Instant::now();
+    let end = start + Duration::from_secs_f64(a.duration);
+    let deadline = end + Duration::from_secs(5);
+    let readers: Vec<_> = subs
+        .into_iter()
+        .map(|mut ws| {
+            let (received, target) = (received.clone(), target.clone());
+            tokio::spawn(async move {
+                while Instant::now() < deadline
+                    && received.load(Ordering::Relaxed) < target.load(Ordering::Relaxed)
+                {
+                    match timeout(Duration::from_millis(100), read_frame(&mut ws)).await {
+                        Ok(Ok(Frame::Pub { .. })) => {
+                            received.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(Ok(Frame::Close(_)) | Err(_)) => break,
+                        _ => {}
+                    }
+                }
+                let _ = timeout(Duration::from_secs(2), ws.close(1000)).await;
+            })
+        })
+        .collect();
+    let pid = cli.server_pid;
+    let c0 = cpu_sample(pid);
+    let th0 = pid.map(crate::procfs::thread_ticks).unwrap_or_default();
+    let r0 = a.redis_pid.and_then(crate::procfs::cpu_ticks);
+    let pad = "x".repeat(a.size.saturating_sub(40));
+    let tasks: Vec<_> = pubs
+        .conns
+        .into_iter()
+        .enumerate()
+        .map(|(p, mut ws)| {
+            let ch = channels[p % channels.len()].clone();
+            let pad = pad.clone();
+            tokio::spawn(async move {
+                let mut lat = hist();
+                let (mut ok, mut err, mut first_err) = (0u64, 0u64, None::<String>);
+                let mut id = 0u64;
+                'run: while Instant::now() < end {
+                    id += 1;
+                    let cmd = json!({"id": id, "op": "pub", "ch": ch, "data": {"k": id, "p": pad}});
+                    let sent = Instant::now();
+                    if let Err(e) = ws.send(OP_TEXT, cmd.to_string().as_bytes()).await {
+                        first_err.get_or_insert(format!("send: {e}"));
+                        break;
+                    }
+                    loop {
+                        match timeout_at(deadline, read_frame(&mut ws)).await {
+                            Ok(Ok(Frame::Reply {
+                                id: rid,
+                                ok: o,
+                                err: e,
+                            })) if rid == id => {
+                                if o.is_some() {
+                                    ok += 1;
+                                    lat.saturating_record(sent.elapsed().as_micros().max(1) as u64);
+                                } else {
+                                    err += 1;
+                                    first_err
+                                        .get_or_insert(format!("pub refused: {}", e.unwrap_or(Value::Null)));
+                                }
+                                break;
+                            }
+                            Ok(Ok(Frame::Close(c))) => {
+                                first_err.get_or_insert(format!("closed {c:?}"));
+                                break 'run;
+                            }
+                            Ok(Ok(_)) => {}
+                            Ok(Err(e)) => {
+                                first_err.get_or_insert(e.to_string());
+                                break 'run;
+                            }
+                            Err(_) => break 'run,
+                        }
+                    }
+                }
+                // Closed after the CPU sample: a connection's threads that end take their
+                // CPU time out of /proc/PID/task with them.
+                (ok, err, first_err, lat, ws)
+            })
+        })
+        .collect();
+    let (mut acked, mut errors, mut first_err, mut acks) = (0u64, 0u64, None, hist());
+    let mut open = Vec::new();
+    for t in futures_util::future::join_all(tasks).await.into_iter().flatten() {
+        acked += t.0;
+        errors += t.1;
+        if first_err.is_none() {
+            first_err = t.2;
+        }
+        let _ = acks.add(&t.3);
+        open.push(t.4);
+    }
+    let c1 = cpu_sample(pid);
+    let th1 = pid.map(crate::procfs::thread_ticks).unwrap_or_default();
+    let r1 = a.redis_pid.and_then(crate::procfs::cpu_ticks);
+    futures_util::future::join_all(open.into_iter().map(|mut ws| async move {
+        let _ = timeout(Duration::from_secs(2), ws.close(1000)).await;
+    }))
+    .await;
+    let secs = start.elapsed().as_secs_f64();
+    target.store(acked, Ordering::Relaxed);
+    futures_util::future::join_all(readers).await;
+    let delivered = received.load(Ordering::Relaxed);
+    out.kv("acked", acked)
+        .kv("pub_errors", errors)
+        .f("secs", secs, 2)
+        .f("pubs_per_s", acked as f64 / secs, 0);
+    if !acks.is_empty() {
+        out.f("ack_p50_ms", ms(acks.value_at_quantile(0.5)), 3).f(
+            "ack_p99_ms",
+            ms(acks.value_at_quantile(0.99)),
+            3,
+        );
+    }
+    out.kv("delivered", delivered)
+        .kv("lost", acked.saturating_sub(delivered));
+    put_cpu(&mut out, c0, c1);
+    let pct = |ticks: u64| ticks as f64 / crate::procfs::clk_tck() / secs * 100.0;
+    let mut others = 0u64;
+    for (name, t1) in &th1 {
+        let d = t1.saturating_sub(th0.get(name).copied().unwrap_or(0));
+        if name.starts_with("wshub-redis") || name == "wshub-hub" {
+            out.f(
+                &format!("thr_{}_pct", name.trim_start_matches("wshub-").replace('-', "_")),
+                pct(d),
+                1,
+            );
+        } else {
+            others += d;
+        }
+    }
+    if pid.is_some() {
+        out.f("thr_others_pct", pct(others), 1);
+    }
+    if let (Some(r0), Some(r1)) = (r0, r1) {
+        out.f("redis_cpu_pct", pct(r1.saturating_sub(r0)), 1);
+    }
+    if let Some(e) = first_err {
+        out.kv("error", e);
+    }
+    out
 }

@@ -248,6 +248,12 @@ impl Printer {
             }
             ChannelEvent::Join(m) => print_member("joined", &m),
             ChannelEvent::Leave(m) => print_member("left", &m),
+            ChannelEvent::SubscribeRetrying { ch, error, retry_in } => {
+                eprintln!(
+                    "cannot subscribe to {ch} yet: {error}; retrying in {:.1}s",
+                    retry_in.as_secs_f64()
+                );
+            }
             ChannelEvent::SubscribeFailed { ch, error } => {
                 eprintln!("error: cannot subscribe to {ch}: {error}");
                 return Err(ExitCode::from(1));
