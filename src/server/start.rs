@@ -16,6 +16,7 @@ use log::{info, warn};
 use crate::pubsub::auth::{Authorizer, JwtAuthorizer, Open};
 use crate::server::accept::{self, Acceptor};
 use crate::server::capacity::{self, SystemLimits};
+use crate::server::writer::{WriterTimers, Writers};
 #[cfg(feature = "redis")]
 use crate::server::config::Engine;
 use crate::server::config::{Config, DEFAULT_MAX_CONNECTIONS};
@@ -104,7 +105,9 @@ impl ServerBuilder {
                 // A warning is kept for a limit the user set above what the box allows.
                 let msg = format!(
                     "serving at most {ceiling} connections: {limit} leaves room for no more \
-                     (each connection needs 2 threads and 8 memory mappings; {})",
+                     (each connection needs 1 thread and 4 memory mappings, plus room for one \
+                     writer thread per {} connections; {})",
+                    capacity::CONNECTIONS_PER_WRITER,
                     capacity::how_to_raise(limit)
                 );
                 if config.max_connections == DEFAULT_MAX_CONNECTIONS {
@@ -149,6 +152,15 @@ impl ServerBuilder {
         let live = Arc::new(AtomicUsize::new(0));
         let drain_timeout = config.drain_timeout;
         let handshake_timeout = config.handshake_timeout;
+        let writers = Arc::new(Writers::new(
+            capacity::writer_budget(config.max_connections),
+            config.thread_stack_size,
+            WriterTimers {
+                close_timeout: config.drain_timeout,
+                idle: config.writer_idle,
+            },
+            metrics.clone(),
+        ));
         let acceptor = Acceptor {
             listener,
             shared: Arc::new(Shared {
@@ -157,6 +169,7 @@ impl ServerBuilder {
                 authorizer,
                 hub: hub.clone(),
                 metrics,
+                writers,
             }),
             stop: stop.clone(),
             wake: wake_rx,
