@@ -77,11 +77,12 @@
 //! A blocked thread costs its stack pages and a kernel task, and nothing else: it uses
 //! no CPU until the kernel wakes it. An idle client costs its threads' touched stack
 //! pages, its read buffer and the kernel's socket (`docs/benchmarks.md` gives the
-//! figures), and the code reads top to bottom. The price is two threads per client:
-//! waking a thread costs more than writing a small frame (so the hub writes broadcasts
-//! itself when a client's writer is idle), and the kernel's limits bound the count
-//! (`vm.max_map_count` allows about 8 000 connections by default; `pid_max`, 32768,
-//! about 16 000). Past that, an async server is the better tool.
+//! figures), and the code reads top to bottom. The price is a thread per client (a
+//! second one, its writer, only while frames wait for its socket): waking a thread costs
+//! more than writing a small frame (so the hub writes broadcasts itself when nobody is
+//! writing to a client), and the kernel's limits bound the count (`vm.max_map_count`
+//! allows about 15 000 connections by default; `pid_max`, 32768, about 30 000). Past
+//! that, an async server is the better tool.
 //!
 //! ## Tutorial: embed a server
 //!
