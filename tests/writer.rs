@@ -181,7 +181,9 @@ fn a_client_that_stops_reading_gets_a_writer_that_ends_after_writer_idle() {
         assert_eq!(raw.read_close_code(), Some(1000));
         drop(raw);
         assert_eq!(server.shutdown().cut, 0);
-        wait_until(Duration::from_secs(10), "every thread ends", || readers() + writers() == 0);
+        wait_until(Duration::from_secs(10), "every thread ends", || {
+            readers() + writers() == 0
+        });
     });
 }
 
@@ -217,12 +219,18 @@ fn pong_and_close_replies_reach_a_client_whose_socket_is_full() {
         // of the broadcasts still queued.
         raw.send_frame(0x89, b"p");
         raw.send_frame(0x88, &1000u16.to_be_bytes());
-        assert_eq!(read_numbered(&mut raw, 200), 1, "exactly one Pong among the broadcasts");
+        assert_eq!(
+            read_numbered(&mut raw, 200),
+            1,
+            "exactly one Pong among the broadcasts"
+        );
         // The Close reply comes after everything queued, and is the last frame.
         assert_eq!(raw.read_frame(), Some((0x88, 1000u16.to_be_bytes().to_vec())));
         assert!(raw.closed_by_server());
         server.shutdown();
-        wait_until(Duration::from_secs(10), "every thread ends", || readers() + writers() == 0);
+        wait_until(Duration::from_secs(10), "every thread ends", || {
+            readers() + writers() == 0
+        });
     });
 }
 
@@ -238,7 +246,9 @@ fn drain_closes_idle_connections_at_once_and_cuts_blocked_ones_at_the_deadline()
         // 1001 waits behind the queue, on a writer.
         let blocked: Vec<Raw> = (0..2).map(|_| small_window(addr)).collect();
         broadcast_numbered(&server, 200);
-        wait_until(Duration::from_secs(10), "their writers are started", || writers() == 2);
+        wait_until(Duration::from_secs(10), "their writers are started", || {
+            writers() == 2
+        });
         // Three idle clients, no writer: each answers the drain's Close 1001 when it comes.
         let idle: Vec<_> = (0..3)
             .map(|_| {
@@ -265,10 +275,19 @@ fn drain_closes_idle_connections_at_once_and_cuts_blocked_ones_at_the_deadline()
         for t in idle {
             let (close, waited) = t.join().unwrap();
             assert_eq!(close, Some(1001));
-            assert!(waited < Duration::from_secs(2), "the Close 1001 came before the deadline: {waited:?}");
+            assert!(
+                waited < Duration::from_secs(2),
+                "the Close 1001 came before the deadline: {waited:?}"
+            );
         }
-        assert_eq!((report.connections, report.closed, report.cut), (5, 3, 2), "{report:?}");
-        wait_until(Duration::from_secs(10), "every thread ends", || readers() + writers() == 0);
+        assert_eq!(
+            (report.connections, report.closed, report.cut),
+            (5, 3, 2),
+            "{report:?}"
+        );
+        wait_until(Duration::from_secs(10), "every thread ends", || {
+            readers() + writers() == 0
+        });
         for mut raw in blocked {
             // Cut: whatever it still reads ends in a reset or EOF, not a read timeout.
             let mut sink = Vec::new();

@@ -77,7 +77,13 @@ pub fn ceiling(l: &SystemLimits) -> Option<(usize, &'static str)> {
             MAPS_PER_THREAD,
             "vm.max_map_count",
         ),
-        by(l.max_threads, l.threads_in_use, THREAD_MARGIN, 1, "the thread limit"),
+        by(
+            l.max_threads,
+            l.threads_in_use,
+            THREAD_MARGIN,
+            1,
+            "the thread limit",
+        ),
     ]
     .into_iter()
     .flatten()

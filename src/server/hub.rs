@@ -22,9 +22,10 @@
 //! PUB/SUB), and fans out locally; it stops those threads when it ends.
 //!
 //! The hub never blocks on a client. Each broadcast is offered to every member: written
-//! at once when that member's writer is idle and its socket has room (a non-blocking
+//! at once when nobody is writing to that member and its socket has room (a non-blocking
 //! send under the connection's write lock, see [`crate::server::writer`]), else pushed on its
-//! bounded queue without waiting. A member whose queue is full is a slow consumer and is
+//! bounded queue without waiting, and a writer thread started for it if none runs (a
+//! spawn on this thread; one that cannot be started cuts the member). A member whose queue is full is a slow consumer and is
 //! cut at once (its TCP window is full, so a Close frame would sit unread behind the
 //! queue) while everyone else carries on.
 //!
@@ -195,7 +196,7 @@ impl Peer for PeerHandle {
 
 impl PeerHandle {
     /// Sends `close` (a Close 1001) after everything queued: at once when nothing is
-    /// queued and the writer is idle, else through the writer. Cuts the connection if
+    /// queued and nobody is writing, else through a writer. Cuts the connection if
     /// even the control channel is full (its writer is stuck on a client that does not
     /// read). A Close the hub wrote itself arms no timer and starts no writer; the
     /// drain's own deadline cuts a client that never answers.

@@ -192,7 +192,12 @@ pub(crate) struct Writers {
 }
 
 impl Writers {
-    pub(crate) fn new(budget: usize, stack_size: usize, timers: WriterTimers, metrics: Arc<Metrics>) -> Writers {
+    pub(crate) fn new(
+        budget: usize,
+        stack_size: usize,
+        timers: WriterTimers,
+        metrics: Arc<Metrics>,
+    ) -> Writers {
         Writers {
             budget,
             live: AtomicUsize::new(0),
@@ -468,19 +473,40 @@ impl WriteSide {
     /// to a writer ([`Ctrl::Resume`]; a full control channel means a writer is about
     /// to wake anyway, and it finishes the started frame before anything else). `false`:
     /// nothing was written, the caller queues the frame (and calls [`WriteSide::wake`]).
-    pub(crate) fn write_now(self: &Arc<Self>, frame: &WireFrame, queue: &OutboundTx, ctrl: &Sender<Ctrl>) -> bool {
+    pub(crate) fn write_now(
+        self: &Arc<Self>,
+        frame: &WireFrame,
+        queue: &OutboundTx,
+        ctrl: &Sender<Ctrl>,
+    ) -> bool {
         self.fast(frame, frame.is_close(), queue, ctrl)
     }
 
     /// The fast path for bytes tungstenite wrote on the reader (whole Pong or Close
     /// frames): as [`WriteSide::write_now`]. `false`: the caller hands them to a writer
     /// as [`Ctrl::Raw`].
-    pub(crate) fn write_raw_now(self: &Arc<Self>, bytes: &[u8], queue: &OutboundTx, ctrl: &Sender<Ctrl>) -> bool {
+    pub(crate) fn write_raw_now(
+        self: &Arc<Self>,
+        bytes: &[u8],
+        queue: &OutboundTx,
+        ctrl: &Sender<Ctrl>,
+    ) -> bool {
         let (upto, is_close) = frames_through_close(bytes);
-        self.fast(&WireFrame::preformatted(bytes[..upto].to_vec()), is_close, queue, ctrl)
+        self.fast(
+            &WireFrame::preformatted(bytes[..upto].to_vec()),
+            is_close,
+            queue,
+            ctrl,
+        )
     }
 
-    fn fast(self: &Arc<Self>, frame: &WireFrame, closes: bool, queue: &OutboundTx, ctrl: &Sender<Ctrl>) -> bool {
+    fn fast(
+        self: &Arc<Self>,
+        frame: &WireFrame,
+        closes: bool,
+        queue: &OutboundTx,
+        ctrl: &Sender<Ctrl>,
+    ) -> bool {
         match self.try_write_now(frame, closes, queue, ctrl) {
             FastWrite::Done => true,
             FastWrite::Started => {
@@ -495,7 +521,13 @@ impl WriteSide {
     /// Writes `frame` (a Close if `closes`) now if nobody is writing, nothing is queued
     /// ahead of it (data or control: a Pong the reader queued goes first), and the socket
     /// takes it without waiting. Never blocks.
-    fn try_write_now(&self, frame: &WireFrame, closes: bool, queue: &OutboundTx, ctrl: &Sender<Ctrl>) -> FastWrite {
+    fn try_write_now(
+        &self,
+        frame: &WireFrame,
+        closes: bool,
+        queue: &OutboundTx,
+        ctrl: &Sender<Ctrl>,
+    ) -> FastWrite {
         if !queue.is_empty() || !ctrl.is_empty() {
             return FastWrite::Later;
         }
@@ -802,7 +834,10 @@ mod tests {
         let (dtx, _drx) = outbound(8, 1 << 20);
         let (ctx, _crx) = bounded(8);
         ctx.send(Ctrl::Raw(vec![0x8A, 0x00])).unwrap();
-        assert_eq!(side.try_write_now(&text("echo"), false, &dtx, &ctx), FastWrite::Later);
+        assert_eq!(
+            side.try_write_now(&text("echo"), false, &dtx, &ctx),
+            FastWrite::Later
+        );
     }
 
     #[test]
@@ -839,7 +874,10 @@ mod tests {
         })
         .unwrap();
         ctx.send(Ctrl::Finish).unwrap();
-        assert_eq!(run(side.clone(), Receivers { data: drx, ctrl: crx }, TIMERS), WriterEnd::Finished);
+        assert_eq!(
+            run(side.clone(), Receivers { data: drx, ctrl: crx }, TIMERS),
+            WriterEnd::Finished
+        );
         assert_eq!(
             side.try_write_now(&text("late"), false, &dtx, &bounded(1).0),
             FastWrite::Done
@@ -862,7 +900,10 @@ mod tests {
         let (ctx, crx) = bounded(8);
         ctx.send(Ctrl::Raw(vec![0x8A, 0x00])).unwrap(); // a pong from tungstenite
         ctx.send(Ctrl::Finish).unwrap();
-        assert_eq!(run(side, Receivers { data: drx, ctrl: crx }, TIMERS), WriterEnd::Finished);
+        assert_eq!(
+            run(side, Receivers { data: drx, ctrl: crx }, TIMERS),
+            WriterEnd::Finished
+        );
         let mut got = Vec::new();
         client.read_to_end(&mut got).unwrap();
         assert_eq!(got, b"\x81\x05hello\x8a\x00");
@@ -898,7 +939,10 @@ mod tests {
         .unwrap();
         ctx.send(Ctrl::Raw(vec![0x88, 0x02, 0x03, 0xe8])).unwrap();
         ctx.send(Ctrl::Finish).unwrap();
-        assert_eq!(run(server, Receivers { data: drx, ctrl: crx }, TIMERS), WriterEnd::Finished);
+        assert_eq!(
+            run(server, Receivers { data: drx, ctrl: crx }, TIMERS),
+            WriterEnd::Finished
+        );
         let mut got = Vec::new();
         client.read_to_end(&mut got).unwrap();
         assert_eq!(got, b"\x82\x01\x00\x82\x01\x01\x82\x01\x02\x88\x05\x03\xe9bye");
@@ -912,7 +956,10 @@ mod tests {
         dtx.try_push(WireFrame::from_message(tungstenite::Message::text("echo")).unwrap());
         ctx.send(Ctrl::Raw(vec![0x88, 0x02, 0x03, 0xe8])).unwrap();
         ctx.send(Ctrl::Finish).unwrap();
-        assert_eq!(run(server, Receivers { data: drx, ctrl: crx }, TIMERS), WriterEnd::Finished);
+        assert_eq!(
+            run(server, Receivers { data: drx, ctrl: crx }, TIMERS),
+            WriterEnd::Finished
+        );
         let mut got = Vec::new();
         client.read_to_end(&mut got).unwrap();
         assert_eq!(got, b"\x81\x04echo\x88\x02\x03\xe8");
@@ -932,7 +979,10 @@ mod tests {
             close_timeout: Duration::from_millis(50),
             ..TIMERS
         };
-        assert_eq!(run(server, Receivers { data: drx, ctrl: crx }, timers), WriterEnd::Cut);
+        assert_eq!(
+            run(server, Receivers { data: drx, ctrl: crx }, timers),
+            WriterEnd::Cut
+        );
     }
 
     // --- the writer's life: the decision table, then over a socket -------------------
@@ -980,7 +1030,10 @@ mod tests {
     }
 
     /// A write side whose receivers are parked, with its senders, and the client socket.
-    fn parked(idle: Duration, budget: usize) -> (Arc<WriteSide>, OutboundTx, Sender<Ctrl>, TcpStream, Arc<Metrics>) {
+    fn parked(
+        idle: Duration,
+        budget: usize,
+    ) -> (Arc<WriteSide>, OutboundTx, Sender<Ctrl>, TcpStream, Arc<Metrics>) {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let (s, _) = l.accept().unwrap();
@@ -1057,7 +1110,8 @@ mod tests {
                             thread::sleep(Duration::from_micros(u64::from(i % 4) * 30));
                             let [hi, lo] = i.to_be_bytes();
                             let frame =
-                                WireFrame::from_message(tungstenite::Message::binary(vec![p, hi, lo])).unwrap();
+                                WireFrame::from_message(tungstenite::Message::binary(vec![p, hi, lo]))
+                                    .unwrap();
                             if p % 2 == 0 {
                                 offer(&side, &dtx, &ctx, frame);
                             } else {
@@ -1097,7 +1151,10 @@ mod tests {
             // Most bursts needed a writer (a burst the fast path wrote whole needs none).
             let spawns = metrics.writer_spawns.load(Ordering::Relaxed);
             eprintln!("round {round}: {spawns} writer spawns");
-            assert!(spawns > u64::from(BURSTS) / 2, "round {round}: {spawns} writer spawns");
+            assert!(
+                spawns > u64::from(BURSTS) / 2,
+                "round {round}: {spawns} writer spawns"
+            );
         }
     }
 
