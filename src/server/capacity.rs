@@ -4,8 +4,9 @@
 //! costs one thread (its reader) and four memory mappings (the thread's stack and its
 //! guard page, and the alternate signal stack Rust gives every thread, with its guard
 //! page). Writer threads are started only while frames wait for a client's socket (see
-//! [`crate::server::writer`]), at most [`writer_budget`] of them at once, and each costs
-//! the same again; the ceiling reserves room for that budget. When the kernel refuses a
+//! [`crate::server::writer`]), and each costs the same again: the ceiling reserves room for
+//! [`writer_budget`] of them (one per 16 connections), and a server may run as many as
+//! [`writers_allowed`] (all the room its limits leave beside its readers) at once. When the kernel refuses a
 //! mapping, the damage is worse than a refused client: a new thread whose signal stack
 //! cannot be mapped aborts the whole process. So `max_connections` is lowered at start to
 //! what `vm.max_map_count` and the thread limits (`kernel.threads-max`, `kernel.pid_max`,
@@ -15,7 +16,7 @@
 //! not counted here: running out of them is survived by design (`accept` backs off, see
 //! [`crate::server::accept`]).
 //!
-//! The arithmetic ([`ceiling`], [`writer_budget`]) is I/O-free; [`SystemLimits::read`] is
+//! The arithmetic ([`ceiling`], [`writer_budget`], [`writers_allowed`]) is I/O-free; [`SystemLimits::read`] is
 //! the thin shell.
 
 use std::fs;
@@ -35,9 +36,37 @@ pub const CONNECTIONS_PER_WRITER: usize = 16;
 /// The budget's floor, so that a small server can still have many slow clients at once.
 pub const MIN_WRITERS: usize = 64;
 
-/// Writer threads allowed to run at once for a server of `max_connections`.
+/// The writer threads [`ceiling`] reserves room for beside `max_connections` readers: the
+/// least a server of that size is allowed to run at once.
 pub fn writer_budget(max_connections: usize) -> usize {
     max_connections.div_ceil(CONNECTIONS_PER_WRITER).max(MIN_WRITERS)
+}
+
+/// Writer threads a server of `connections` (at most its [`ceiling`]) may run at once: all
+/// the room the limits leave beside its readers, never less than [`writer_budget`] and
+/// never more than one per connection (with the budget's floor). A default server of
+/// 10 000 connections at the default `vm.max_map_count` may so run about 6 000 writers,
+/// not just the 625 the ceiling reserves.
+pub fn writers_allowed(l: &SystemLimits, connections: usize) -> usize {
+    let floor = writer_budget(connections);
+    let room = threads_within(l).map_or(usize::MAX, |t| t.saturating_sub(connections));
+    room.min(connections.max(floor)).max(floor)
+}
+
+/// Connection threads the limits leave room for (after the margins), `None` when no
+/// limit is known.
+fn threads_within(l: &SystemLimits) -> Option<usize> {
+    let by = |limit: Option<u64>, used: u64, margin: u64, per_thread: u64| {
+        limit.map(|max| max.saturating_sub(used).saturating_sub(margin) / per_thread)
+    };
+    [
+        by(l.max_map_count, l.maps_in_use, MAP_MARGIN, MAPS_PER_THREAD),
+        by(l.max_threads, l.threads_in_use, THREAD_MARGIN, 1),
+    ]
+    .into_iter()
+    .flatten()
+    .min()
+    .map(|t| usize::try_from(t).unwrap_or(usize::MAX))
 }
 
 /// Mappings kept free for the allocator's arenas, libraries and growth.
@@ -188,6 +217,26 @@ mod tests {
         assert_eq!(writer_budget(16_001), 1001);
         assert_eq!(writer_budget(100), MIN_WRITERS);
         assert_eq!(writer_budget(0), MIN_WRITERS);
+    }
+
+    #[test]
+    fn writers_get_the_room_the_limits_leave_beside_the_readers() {
+        let l = SystemLimits {
+            max_map_count: Some(65530),
+            maps_in_use: 300,
+            ..SystemLimits::default()
+        };
+        let threads = (65530 - 300 - MAP_MARGIN as usize) / MAPS_PER_THREAD as usize;
+        assert_eq!(writers_allowed(&l, 10_000), threads - 10_000);
+        // At the ceiling, what the ceiling reserved.
+        let (n, _) = ceiling(&l).unwrap();
+        assert!(writers_allowed(&l, n) >= writer_budget(n));
+        assert!(n + writers_allowed(&l, n) <= threads);
+        // Never more than one per connection; the floor for a small server.
+        assert_eq!(writers_allowed(&l, 100), 100);
+        assert_eq!(writers_allowed(&l, 10), MIN_WRITERS);
+        // No known limit: one per connection.
+        assert_eq!(writers_allowed(&SystemLimits::default(), 20_000), 20_000);
     }
 
     #[test]

@@ -98,7 +98,8 @@ impl ServerBuilder {
             source,
         })?;
         widen_backlog(&listener);
-        if let Some((ceiling, limit)) = capacity::ceiling(&SystemLimits::read()) {
+        let limits = SystemLimits::read();
+        if let Some((ceiling, limit)) = capacity::ceiling(&limits) {
             if ceiling < config.max_connections {
                 let ceiling = ceiling.max(1);
                 // On a stock kernel this is the normal case, not a fault: say it plainly.
@@ -153,7 +154,7 @@ impl ServerBuilder {
         let drain_timeout = config.drain_timeout;
         let handshake_timeout = config.handshake_timeout;
         let writers = Arc::new(Writers::new(
-            capacity::writer_budget(config.max_connections),
+            capacity::writers_allowed(&limits, config.max_connections),
             config.thread_stack_size,
             WriterTimers {
                 close_timeout: config.drain_timeout,

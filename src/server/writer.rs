@@ -74,8 +74,9 @@
 //!
 //! A spawn can fail (the thread limit, `vm.max_map_count`) or be refused: at most
 //! [`Writers`]' budget of writer threads run at once
-//! ([`crate::server::capacity::writer_budget`], so that the connection ceiling computed
-//! at start holds). Either is treated like a write that blocked past the write timeout:
+//! ([`crate::server::capacity::writers_allowed`]: the room the system's limits leave
+//! beside the readers, at least what the connection ceiling computed at start reserved),
+//! so that a spawn never meets a refused mapping. Either is treated like a write that blocked past the write timeout:
 //! the connection is cut, counted (`writer_spawns_refused`), and logged (a warning the
 //! first time, then at debug level). Nothing aborts and nothing waits.
 //!
@@ -180,7 +181,7 @@ impl std::fmt::Display for Refused {
 /// What every connection's on-demand writer shares, one per server: the budget of writer
 /// threads running at once, how to start one, and the counters.
 pub(crate) struct Writers {
-    /// Writer threads allowed at once (see [`crate::server::capacity::writer_budget`]).
+    /// Writer threads allowed at once (see [`crate::server::capacity::writers_allowed`]).
     budget: usize,
     /// Writer threads running now.
     live: AtomicUsize,
