@@ -28,13 +28,13 @@
 //!                     +---------------+  Close, Finish            +------------+
 //!                            |  |             |                        | broadcasts, /ws
 //!                            |  |             |                        | replies and pushes,
-//!                            |  |             |                        | pings: writer idle?
+//!                            |  |             |                        | pings: nobody writing?
 //!                            |  |             |                        | send now, else queue
 //!                            |  +--- data ----|------> WireFrame queue (256, 4 MiB)
 //!                            |   (echo, send) v              |        |
 //!                            |          +---------------+ <--+        |
 //!   client <==bytes======================| writer thread |<-- write lock (one writer at
-//!                            | spawns    | blocking      |    a time; has a Close gone
+//!                            | on demand | blocking      |    a time; has a Close gone
 //!                            +---------->| writes        |    out?) ---+
 //!                                        +---------------+
 //!
@@ -49,16 +49,18 @@
 //!   `/metrics`, the demo page and `POST /api/publish` are answered there, and refusals
 //!   such as `404`, `426`, `403`), then runs tungstenite's `read()` with the idle timeout
 //!   as the socket timeout, and calls your [`Handler`] for each message.
-//! - A **writer thread** makes every blocking write to one client's socket. It is fed
-//!   by a bounded data queue and a small control channel (tungstenite's Pong and Close
-//!   replies come through it), so frames never interleave and a broadcast reaches an
-//!   idle client at once.
+//! - A **writer thread** makes every blocking write to one client's socket, and runs
+//!   only while frames wait for that socket: it is started when the first one has to
+//!   wait and ends after `writer_idle` with nothing to write, so an idle connection has
+//!   none. It is fed by a bounded data queue and a small control channel (tungstenite's
+//!   Pong and Close replies come through it when they cannot be written at once), so
+//!   frames never interleave and a broadcast reaches an idle client at once.
 //! - The **hub thread** owns the registry. A broadcast is encoded once and offered to
-//!   every member: written at once when the member's writer is idle and its socket has
-//!   room (a non-blocking send under the connection's write lock, so no thread is woken),
-//!   else queued without waiting. A full queue marks a slow consumer, which is cut while
+//!   every member: written at once when nobody is writing to the member and its socket
+//!   has room (a non-blocking send under the connection's write lock, so no thread is
+//!   woken), else queued without waiting (and a writer started for it if none runs). A full queue marks a slow consumer, which is cut while
 //!   everyone else carries on. The hub also pings every connection once per
-//!   `ping_interval` the same way, so an idle connection's threads sleep until its client
+//!   `ping_interval` the same way, so an idle connection's one thread sleeps until its client
 //!   sends something (its Pong, at the least). It also owns the channels of `/ws`
 //!   ([`pubsub`]): it executes every `sub`, `pub`, `unsub`, `history`, `hello` and
 //!   `presence` command, so it is each channel's sequencer, and offsets, history, fan-out
@@ -77,11 +79,12 @@
 //! A blocked thread costs its stack pages and a kernel task, and nothing else: it uses
 //! no CPU until the kernel wakes it. An idle client costs its threads' touched stack
 //! pages, its read buffer and the kernel's socket (`docs/benchmarks.md` gives the
-//! figures), and the code reads top to bottom. The price is two threads per client:
-//! waking a thread costs more than writing a small frame (so the hub writes broadcasts
-//! itself when a client's writer is idle), and the kernel's limits bound the count
-//! (`vm.max_map_count` allows about 8 000 connections by default; `pid_max`, 32768,
-//! about 16 000). Past that, an async server is the better tool.
+//! figures), and the code reads top to bottom. The price is a thread per client (a
+//! second one, its writer, only while frames wait for its socket): waking a thread costs
+//! more than writing a small frame (so the hub writes broadcasts itself when nobody is
+//! writing to a client), and the kernel's limits bound the count (`vm.max_map_count`
+//! allows about 15 000 connections by default; `pid_max`, 32768, about 30 000). Past
+//! that, an async server is the better tool.
 //!
 //! ## Tutorial: embed a server
 //!

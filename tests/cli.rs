@@ -169,7 +169,7 @@ fn lowered(startup: &[String]) -> (Option<usize>, usize, String) {
     let (head, tail) = line.split_once(" leaves room for no more").unwrap();
     let limit = head.rsplit_once(": ").map_or(head, |(_, l)| l).to_owned();
     assert!(
-        tail.contains("each connection needs 2 threads and 8 memory mappings"),
+        tail.contains("each connection needs 1 thread and 4 memory mappings"),
         "{line}"
     );
     (from, to, limit)
@@ -186,13 +186,13 @@ fn max_connections_beyond_what_the_kernel_allows_is_lowered_at_start_with_a_warn
             limit == "vm.max_map_count" || limit == "the thread limit",
             "{limit}"
         );
-        // Each connection needs 8 mappings and 2 threads: at most this many fit.
+        // Each connection needs 4 mappings and 1 thread: at most this many fit.
         let map_count: usize = std::fs::read_to_string("/proc/sys/vm/max_map_count")
             .unwrap()
             .trim()
             .parse()
             .unwrap();
-        assert!((1..=map_count / 8).contains(&to), "lowered to {to}");
+        assert!((1..=map_count / 4).contains(&to), "lowered to {to}");
         server.signal(libc::SIGTERM);
         assert_eq!(server.wait_exit(Duration::from_secs(10)).code(), Some(0));
     });

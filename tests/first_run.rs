@@ -75,7 +75,8 @@ fn map_count_ceiling() -> Option<u64> {
         .trim()
         .parse()
         .ok()?;
-    Some(max.saturating_sub(1024) / 8)
+    // Four mappings per connection's reader, and room for one writer per 16 connections.
+    Some(max.saturating_sub(1024) / 4 * 16 / 17)
 }
 
 #[test]

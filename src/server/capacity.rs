@@ -1,24 +1,73 @@
 //! How many connections this machine can actually hold, read once at start.
 //!
 //! Owns nothing and runs once, on the thread that starts the server. Each connection
-//! costs two threads and eight memory mappings (each thread's stack and its guard page,
-//! and the alternate signal stack Rust gives every thread, with its guard page). When the
-//! kernel refuses a mapping, the damage is worse than a refused client: a new thread
-//! whose signal stack cannot be mapped aborts the whole process. So `max_connections` is
-//! lowered at start to what `vm.max_map_count` and the thread limits (`kernel.threads-max`,
-//! `kernel.pid_max`, `RLIMIT_NPROC`) allow, with a warning that names the limit; past it,
-//! clients get `503` instead of a crash. File descriptors are not counted here: running
-//! out of them is survived by design (`accept` backs off, see [`crate::server::accept`]).
+//! costs one thread (its reader) and four memory mappings (the thread's stack and its
+//! guard page, and the alternate signal stack Rust gives every thread, with its guard
+//! page). Writer threads are started only while frames wait for a client's socket (see
+//! [`crate::server::writer`]), and each costs the same again: the ceiling reserves room for
+//! [`writer_budget`] of them (one per 16 connections), and a server may run as many as
+//! [`writers_allowed`] (all the room its limits leave beside its readers) at once. When the kernel refuses a
+//! mapping, the damage is worse than a refused client: a new thread whose signal stack
+//! cannot be mapped aborts the whole process. So `max_connections` is lowered at start to
+//! what `vm.max_map_count` and the thread limits (`kernel.threads-max`, `kernel.pid_max`,
+//! `RLIMIT_NPROC`) allow for the connections and their writer budget together, with a
+//! warning that names the limit; past it, clients get `503` instead of a crash, and a
+//! writer past the budget cuts its connection instead of spawning. File descriptors are
+//! not counted here: running out of them is survived by design (`accept` backs off, see
+//! [`crate::server::accept`]).
 //!
-//! The arithmetic ([`ceiling`]) is I/O-free; [`SystemLimits::read`] is the thin shell.
+//! The arithmetic ([`ceiling`], [`writer_budget`], [`writers_allowed`]) is I/O-free; [`SystemLimits::read`] is
+//! the thin shell.
 
 use std::fs;
 
-/// Threads per connection: its reader and its writer.
-pub const THREADS_PER_CONNECTION: u64 = 2;
-/// Memory mappings per connection: per thread, the stack, its guard page, the
-/// alternate signal stack and its guard page.
-pub const MAPS_PER_CONNECTION: u64 = 8;
+/// Threads every connection holds for its whole life: its reader.
+pub const THREADS_PER_CONNECTION: u64 = 1;
+/// Memory mappings per thread: the stack, its guard page, the alternate signal stack and
+/// its guard page.
+pub const MAPS_PER_THREAD: u64 = 4;
+
+/// One writer thread may run per this many connections at once. A writer runs only while
+/// a client's socket is full (or for `writer_idle` after): in a healthy server a few
+/// clients at a time, and a client that stays behind is cut as a slow consumer once its
+/// queue fills. One in sixteen (6 %) leaves 15 000 connections room in the default
+/// `vm.max_map_count` (65 530) and still lets hundreds of clients lag at once.
+pub const CONNECTIONS_PER_WRITER: usize = 16;
+/// The budget's floor, so that a small server can still have many slow clients at once.
+pub const MIN_WRITERS: usize = 64;
+
+/// The writer threads [`ceiling`] reserves room for beside `max_connections` readers: the
+/// least a server of that size is allowed to run at once.
+pub fn writer_budget(max_connections: usize) -> usize {
+    max_connections.div_ceil(CONNECTIONS_PER_WRITER).max(MIN_WRITERS)
+}
+
+/// Writer threads a server of `connections` (at most its [`ceiling`]) may run at once: all
+/// the room the limits leave beside its readers, never less than [`writer_budget`] and
+/// never more than one per connection (with the budget's floor). A default server of
+/// 10 000 connections at the default `vm.max_map_count` may so run about 6 000 writers,
+/// not just the 625 the ceiling reserves.
+pub fn writers_allowed(l: &SystemLimits, connections: usize) -> usize {
+    let floor = writer_budget(connections);
+    let room = threads_within(l).map_or(usize::MAX, |t| t.saturating_sub(connections));
+    room.min(connections.max(floor)).max(floor)
+}
+
+/// Connection threads the limits leave room for (after the margins), `None` when no
+/// limit is known.
+fn threads_within(l: &SystemLimits) -> Option<usize> {
+    let by = |limit: Option<u64>, used: u64, margin: u64, per_thread: u64| {
+        limit.map(|max| max.saturating_sub(used).saturating_sub(margin) / per_thread)
+    };
+    [
+        by(l.max_map_count, l.maps_in_use, MAP_MARGIN, MAPS_PER_THREAD),
+        by(l.max_threads, l.threads_in_use, THREAD_MARGIN, 1),
+    ]
+    .into_iter()
+    .flatten()
+    .min()
+    .map(|t| usize::try_from(t).unwrap_or(usize::MAX))
+}
 
 /// Mappings kept free for the allocator's arenas, libraries and growth.
 const MAP_MARGIN: u64 = 1024;
@@ -38,31 +87,61 @@ pub struct SystemLimits {
     pub threads_in_use: u64,
 }
 
-/// The most connections the limits allow, and the name of the tightest limit.
+/// The most connections the limits allow, with their writer budget, and the name of the
+/// tightest limit.
 pub fn ceiling(l: &SystemLimits) -> Option<(usize, &'static str)> {
-    let by = |limit: Option<u64>, used: u64, margin: u64, per: u64, name: &'static str| {
-        limit.map(|max| (max.saturating_sub(used).saturating_sub(margin) / per, name))
+    // Threads the limit leaves, and the most connections whose readers and writer budget
+    // fit in them.
+    let by = |limit: Option<u64>, used: u64, margin: u64, per_thread: u64, name: &'static str| {
+        limit.map(|max| {
+            let threads = max.saturating_sub(used).saturating_sub(margin) / per_thread;
+            (connections_within(threads), name)
+        })
     };
     [
         by(
             l.max_map_count,
             l.maps_in_use,
             MAP_MARGIN,
-            MAPS_PER_CONNECTION,
+            MAPS_PER_THREAD,
             "vm.max_map_count",
         ),
         by(
             l.max_threads,
             l.threads_in_use,
             THREAD_MARGIN,
-            THREADS_PER_CONNECTION,
+            1,
             "the thread limit",
         ),
     ]
     .into_iter()
     .flatten()
     .min_by_key(|(n, _)| *n)
-    .map(|(n, name)| (usize::try_from(n).unwrap_or(usize::MAX), name))
+}
+
+/// The most connections `n` whose readers and writer budget together take at most
+/// `threads` threads: `n * THREADS_PER_CONNECTION + writer_budget(n) <= threads`.
+fn connections_within(threads: u64) -> usize {
+    let threads = usize::try_from(threads).unwrap_or(usize::MAX);
+    let fits = |n: usize| {
+        n.checked_mul(THREADS_PER_CONNECTION as usize)
+            .and_then(|t| t.checked_add(writer_budget(n)))
+            .is_some_and(|t| t <= threads)
+    };
+    // Both sides grow with `n`: bisect for the largest that fits.
+    let (mut lo, mut hi) = (0usize, threads);
+    if !fits(lo) {
+        return 0;
+    }
+    while lo < hi {
+        let mid = lo + (hi - lo).div_ceil(2);
+        if fits(mid) {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    lo
 }
 
 /// One line on how to raise `limit` (a name [`ceiling`] returns), for the start-up log.
@@ -117,13 +196,56 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_default_map_count_allows_about_eight_thousand_connections() {
+    fn the_default_map_count_allows_fifteen_thousand_connections() {
         let l = SystemLimits {
             max_map_count: Some(65530),
-            maps_in_use: 100,
+            maps_in_use: 300,
             ..SystemLimits::default()
         };
-        assert_eq!(ceiling(&l), Some(((65530 - 100 - 1024) / 8, "vm.max_map_count")));
+        let (n, limit) = ceiling(&l).unwrap();
+        assert_eq!(limit, "vm.max_map_count");
+        assert!(n >= 15_000, "{n}");
+        // And it is the most that fits: readers plus the writer budget, four maps each.
+        let maps = |n: usize| (n + writer_budget(n)) as u64 * MAPS_PER_THREAD;
+        assert!(maps(n) <= 65530 - 300 - MAP_MARGIN);
+        assert!(maps(n + 1) > 65530 - 300 - MAP_MARGIN);
+    }
+
+    #[test]
+    fn the_writer_budget_is_one_in_sixteen_connections_with_a_floor() {
+        assert_eq!(writer_budget(16_000), 1000);
+        assert_eq!(writer_budget(16_001), 1001);
+        assert_eq!(writer_budget(100), MIN_WRITERS);
+        assert_eq!(writer_budget(0), MIN_WRITERS);
+    }
+
+    #[test]
+    fn writers_get_the_room_the_limits_leave_beside_the_readers() {
+        let l = SystemLimits {
+            max_map_count: Some(65530),
+            maps_in_use: 300,
+            ..SystemLimits::default()
+        };
+        let threads = (65530 - 300 - MAP_MARGIN as usize) / MAPS_PER_THREAD as usize;
+        assert_eq!(writers_allowed(&l, 10_000), threads - 10_000);
+        // At the ceiling, what the ceiling reserved.
+        let (n, _) = ceiling(&l).unwrap();
+        assert!(writers_allowed(&l, n) >= writer_budget(n));
+        assert!(n + writers_allowed(&l, n) <= threads);
+        // Never more than one per connection; the floor for a small server.
+        assert_eq!(writers_allowed(&l, 100), 100);
+        assert_eq!(writers_allowed(&l, 10), MIN_WRITERS);
+        // No known limit: one per connection.
+        assert_eq!(writers_allowed(&SystemLimits::default(), 20_000), 20_000);
+    }
+
+    #[test]
+    fn the_ceiling_leaves_room_for_the_writer_budget() {
+        // 1000 threads: readers and their budget's writers together stay within them.
+        assert_eq!(connections_within(1000), 1000 - MIN_WRITERS);
+        assert_eq!(connections_within(17_000), 16_000);
+        assert_eq!(connections_within(MIN_WRITERS as u64), 0);
+        assert_eq!(connections_within(0), 0);
     }
 
     #[test]
@@ -134,7 +256,10 @@ mod tests {
             max_threads: Some(32768),
             threads_in_use: 4,
         };
-        assert_eq!(ceiling(&l), Some(((32768 - 4 - 64) / 2, "the thread limit")));
+        assert_eq!(
+            ceiling(&l),
+            Some((connections_within(32768 - 4 - 64), "the thread limit"))
+        );
         let l = SystemLimits {
             max_map_count: Some(65530),
             ..l

@@ -204,6 +204,12 @@ pub struct Config {
     pub ping_interval: Duration,
     /// A write to a client blocked this long disconnects it. Default 5 s.
     pub write_timeout: Duration,
+    /// How long a connection's writer thread, started when a frame had to wait for the
+    /// client's socket, stays with nothing to do before it ends. Default 1 s. An idle
+    /// connection has no writer thread (frames that fit the socket at once are written by
+    /// whoever sends them); this is the price of a slow reader: a longer wait saves
+    /// spawns for clients that lag often, a shorter one gives the thread back sooner.
+    pub writer_idle: Duration,
     /// How long a shutdown waits for clients to answer Close 1001 before forcing the
     /// rest closed. Also the time a connection waits for the peer's Close reply after
     /// sending its own. Default 10 s.
@@ -323,6 +329,7 @@ impl Default for Config {
             ping_interval: Duration::from_secs(30),
             write_timeout: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(10),
+            writer_idle: Duration::from_secs(1),
             max_connections: DEFAULT_MAX_CONNECTIONS,
             allowed_origins: Vec::new(),
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
@@ -364,6 +371,7 @@ impl Config {
                 ("ping interval", Some(self.ping_interval)),
                 ("write timeout", Some(self.write_timeout)),
                 ("drain timeout", Some(self.drain_timeout)),
+                ("writer idle", Some(self.writer_idle)),
                 ("history TTL", Some(self.history_ttl)),
                 ("idempotency window", Some(self.idempotency_window)),
                 ("engine timeout", Some(self.engine_timeout)),

@@ -1,19 +1,24 @@
 //! A connection's reader thread: handshake, then reading frames and running the handler.
 //!
 //! **Owns** one client socket's read side, its tungstenite `WebSocket` (the protocol
-//! state), its rate limiter and its writer thread's `JoinHandle`. Spawned by the accept
-//! thread, one per accepted client. **Woken** only by the socket: bytes, EOF, the socket
-//! read timeout (first the handshake deadline, then the idle timeout), or a `shutdown(2)`
-//! from the writer, the hub or the drain, which makes the blocked `read` return at once.
-//! **Ends** when the read side ends; it then tells the writer, joins it, leaves the hub,
-//! and gives its connection slot back. No thread outlives its connection.
+//! state) and its rate limiter; it is the connection's one thread for its whole life (a
+//! writer thread joins it only while frames wait for the socket, see
+//! [`crate::server::writer`]). Spawned by the accept thread, one per accepted client.
+//! **Woken** only by the socket: bytes, EOF, the socket read timeout (first the handshake
+//! deadline, then the idle timeout), or a `shutdown(2)` from a writer, the hub or the
+//! drain, which makes the blocked `read` return at once. **Ends** when the read side
+//! ends; it then queues its Close and `Finish`, joins the writer thread if one runs (else
+//! writes those last frames itself), leaves the hub, and gives its connection slot back.
+//! No thread outlives its connection.
 //!
 //! The steps: read the request head under the handshake deadline ([`crate::ws::handshake`]
-//! decides the answer); on an upgrade, spawn the writer ([`crate::server::writer`]), register
-//! with the hub, and loop on tungstenite's blocking `read()`. tungstenite's automatic
-//! Pong and Close replies go through [`ReaderStream`]'s `Write`, which forwards them to the
-//! writer thread; a handler's echo is written at once when the writer is idle, else queued
-//! for it (the write lock in [`crate::server::writer`] keeps one writer at a time).
+//! decides the answer); on an upgrade, make the writer's channels and park them in the
+//! [`WriteSide`] (no writer thread yet), register with the hub, and loop on tungstenite's
+//! blocking `read()`. tungstenite's automatic Pong and Close replies go through
+//! [`ReaderStream`]'s `Write`, which writes them at once when nobody is writing, nothing
+//! is queued and the socket has room, else queues them for a writer (started if none
+//! runs); a handler's echo goes the same way (the write lock in
+//! [`crate::server::writer`] keeps one writer at a time).
 
 use std::borrow::Cow;
 use std::io::{self, Read, Write};
@@ -21,11 +26,10 @@ use std::net::TcpStream;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, bounded};
-use log::{debug, error, info, warn};
+use log::{debug, error, info};
 use tungstenite::Message;
 use tungstenite::protocol::{Role, WebSocket, WebSocketConfig};
 
@@ -37,7 +41,7 @@ use crate::server::hub::{Hub, HubMsg, PeerHandle};
 use crate::server::metrics::Metrics;
 use crate::server::queue::{OutboundRx, OutboundTx, outbound};
 use crate::server::registry::ConnId;
-use crate::server::writer::{self, CTRL_QUEUE, Ctrl, WriteSide, WriterEnd, WriterTimers};
+use crate::server::writer::{self, CTRL_QUEUE, Ctrl, Receivers, WriteSide, WriterEnd, Writers};
 use crate::ws::close_policy::{self, GOING_AWAY, INTERNAL_ERROR, POLICY_VIOLATION, ReadEnd};
 use crate::ws::handshake::MAX_REQUEST_HEAD;
 use crate::ws::handshake::{self, Answer, Endpoint, Reject, Request, Resource, StatusCode};
@@ -73,6 +77,8 @@ pub(crate) struct Shared {
     pub authorizer: Arc<dyn crate::pubsub::auth::Authorizer>,
     pub hub: Hub,
     pub metrics: Arc<Metrics>,
+    /// The on-demand writers' budget and settings.
+    pub writers: Arc<Writers>,
 }
 
 /// Held by a connection thread for its whole life: gives the connection slot back and
@@ -89,11 +95,12 @@ impl Drop for SlotGuard {
     }
 }
 
-/// The stream tungstenite runs over: reads from the socket, writes to the writer thread.
-/// tungstenite gets it wrapped in [`Screened`], which checks text messages for invalid
-/// UTF-8 as they arrive (RFC 6455 §8.1).
+/// The stream tungstenite runs over: reads from the socket, writes through the fast path
+/// or a writer. tungstenite gets it wrapped in [`Screened`], which checks text messages
+/// for invalid UTF-8 as they arrive (RFC 6455 §8.1).
 struct ReaderStream {
     side: Arc<WriteSide>,
+    data: OutboundTx,
     ctrl: Sender<Ctrl>,
 }
 
@@ -112,11 +119,17 @@ impl Write for ReaderStream {
         if self.side.has_sent_close() {
             return Ok(buf.len());
         }
-        // Blocks while the control channel is full; the writer always drains it or ends
-        // (write timeout), and its end disconnects the channel.
+        // At once when nobody writes, nothing is queued and the socket has room: no
+        // writer thread needed for a Pong to an idle client.
+        if self.side.write_raw_now(buf, &self.data, &self.ctrl) {
+            return Ok(buf.len());
+        }
+        // Blocks while the control channel is full; a full channel has a writer, which
+        // always drains it or ends (write timeout), and its end disconnects the channel.
         self.ctrl
             .send(Ctrl::Raw(buf.to_vec()))
             .map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))?;
+        self.side.wake();
         Ok(buf.len())
     }
 
@@ -136,31 +149,23 @@ pub(crate) fn run(sock: Arc<TcpStream>, id: ConnId, shared: Arc<Shared>, _slot: 
     }
 }
 
-/// The HTTP phase, then the writer's spawn; `Some` when the connection was upgraded and
-/// has its writer.
+/// The HTTP phase, then the write side's making; `Some` when the connection was upgraded.
 #[inline(never)]
 fn upgrade_phase(sock: &Arc<TcpStream>, id: ConnId, shared: &Shared) -> Option<(Upgrade, WriterLink)> {
     let upgrade = handshake_phase(sock, id, shared)?;
     let config = &shared.config;
     // RFC 6455 §5.1 and the idle timeout: a read that sees nothing for this long ends.
     sock.set_read_timeout(Some(config.idle_timeout)).ok()?;
-    // Spawned from this shallow frame rather than from `serve`: pthread_create is the
-    // deepest call a reader makes, and the pages it touches stay resident. The channels
-    // are made in a frame of their own beside it, not under it: crossbeam builds each
-    // channel on the stack before boxing it.
+    // Made in this shallow frame rather than in `serve`, and the channels in a frame of
+    // their own beside it, not under it: crossbeam builds each channel on the stack
+    // before boxing it, and every page a reader's stack touches stays resident.
     let queues = writer_queues(config);
-    match spawn_writer(sock, config, queues) {
-        Ok(writer) => Some((upgrade, writer)),
-        Err(e) => {
-            warn!("connection {id}: cannot spawn its writer thread: {e}");
-            None
-        }
-    }
+    Some((upgrade, link_writer(sock, &shared.writers, queues)))
 }
 
-/// The writer thread, the two channels that feed it, and the write side it shares.
+/// The senders of the writer's two channels, and the write side that holds its
+/// receivers (parked: no writer thread until a frame has to wait).
 struct WriterLink {
-    thread: thread::JoinHandle<WriterEnd>,
     data: OutboundTx,
     ctrl: Sender<Ctrl>,
     side: Arc<WriteSide>,
@@ -195,26 +200,17 @@ fn leave_hub(shared: &Shared, id: ConnId) {
 }
 
 #[inline(never)]
-fn spawn_writer(sock: &Arc<TcpStream>, config: &Config, queues: WriterQueues) -> io::Result<WriterLink> {
+fn link_writer(sock: &Arc<TcpStream>, writers: &Arc<Writers>, queues: WriterQueues) -> WriterLink {
     let WriterQueues {
         data: (data, data_rx),
         ctrl: (ctrl, ctrl_rx),
     } = queues;
-    let timers = WriterTimers {
-        close_timeout: config.drain_timeout,
+    let rx = Receivers {
+        data: data_rx,
+        ctrl: ctrl_rx,
     };
-    let side = Arc::new(WriteSide::new(sock.clone()));
-    let writer_side = side.clone();
-    let thread = thread::Builder::new()
-        .name("wshub-writer".into())
-        .stack_size(config.thread_stack_size)
-        .spawn(move || writer::run(writer_side, data_rx, ctrl_rx, timers))?;
-    Ok(WriterLink {
-        thread,
-        data,
-        ctrl,
-        side,
-    })
+    let side = Arc::new(WriteSide::new(sock.clone(), writers.clone(), Some(rx)));
+    WriterLink { data, ctrl, side }
 }
 
 /// An agreed upgrade: what the WebSocket phase needs from the HTTP phase.
@@ -402,7 +398,7 @@ pub(crate) fn linger_until(sock: &TcpStream, deadline: Instant) -> bool {
     }
 }
 
-/// The WebSocket phase: writer thread, hub registration, read loop, orderly end.
+/// The WebSocket phase: hub registration, read loop, orderly end.
 ///
 /// Its own frame holds only what lives across the read loop: joining the hub and winding
 /// up run in frames of their own ([`join_hub`], [`wind_up`]), so that their temporaries
@@ -415,13 +411,15 @@ fn serve(sock: Arc<TcpStream>, id: ConnId, upgrade: Upgrade, writer: WriterLink,
         handler,
     } = upgrade;
     let WriterLink {
-        thread: writer,
         data: data_tx,
         ctrl: ctrl_tx,
         side,
     } = writer;
-    let finish = FinishWriter(ctrl_tx.clone());
-    let (conn, registered) = join_hub(id, request, data_tx, &ctrl_tx, &side, shared);
+    let finish = FinishWriter {
+        ctrl: Some(ctrl_tx.clone()),
+        side: side.clone(),
+    };
+    let (conn, registered) = join_hub(id, request, data_tx.clone(), &ctrl_tx, &side, shared);
 
     let mut peer_close = None;
     let end = if !registered {
@@ -433,7 +431,7 @@ fn serve(sock: Arc<TcpStream>, id: ConnId, upgrade: Upgrade, writer: WriterLink,
     } else if let Err(why) = guarded(id, "on_open", || handler.on_open(&conn)) {
         why
     } else {
-        let mut ws = open_websocket(&side, &ctrl_tx, leftover, &shared.config);
+        let mut ws = open_websocket(&side, &data_tx, &ctrl_tx, leftover, &shared.config);
         read_loop(id, &mut ws, &conn, &*handler, shared, &mut peer_close)
     };
     wind_up(Ending {
@@ -444,7 +442,6 @@ fn serve(sock: Arc<TcpStream>, id: ConnId, upgrade: Upgrade, writer: WriterLink,
         peer_close,
         finish,
         ctrl_tx,
-        writer,
         handler,
         conn,
         shared,
@@ -502,15 +499,14 @@ struct Ending<'a> {
     peer_close: Option<u16>,
     finish: FinishWriter,
     ctrl_tx: Sender<Ctrl>,
-    writer: thread::JoinHandle<WriterEnd>,
     handler: Arc<dyn Handler>,
     conn: Connection,
     shared: &'a Shared,
 }
 
 /// The orderly end of an upgraded connection: counts it, closes it as its read side
-/// ended, finishes and joins the writer, leaves the hub, runs `on_close`, and lingers
-/// or cuts.
+/// ended, finishes the writing (joins the writer thread, or writes the last frames on
+/// this thread when none runs), leaves the hub, runs `on_close`, and lingers or cuts.
 #[inline(never)]
 fn wind_up(e: Ending<'_>) {
     let (id, shared) = (e.id, e.shared);
@@ -535,9 +531,8 @@ fn wind_up(e: Ending<'_>) {
             reason: Cow::Borrowed(reason),
         });
     }
-    drop(e.finish);
     drop(e.ctrl_tx);
-    let writer_end = e.writer.join().unwrap_or(WriterEnd::Cut);
+    let writer_end = e.finish.finish();
     leave_hub(shared, id);
     let _ = guarded(id, "on_close", || e.handler.on_close(&e.conn));
     drop(e.conn);
@@ -557,19 +552,41 @@ fn wind_up(e: Ending<'_>) {
     debug!("connection {id}: ended");
 }
 
-/// Sends the writer its [`Ctrl::Finish`] when dropped: at the reader's orderly end, and
-/// also if the reader unwinds from a panic. The writer keeps no timer, so without this a
-/// writer whose reader died would wait for a `Finish` that never comes (a `Connection`
-/// the handler kept elsewhere holds its channel open).
-struct FinishWriter(Sender<Ctrl>);
+/// Ends the connection's writing: [`FinishWriter::finish`] at the reader's orderly end,
+/// and its `Drop` if the reader unwinds from a panic instead. Either way the writer gets
+/// its [`Ctrl::Finish`]; without it, a writer whose reader died would wait for a `Finish`
+/// that never comes (a `Connection` the handler kept elsewhere holds its channel open).
+struct FinishWriter {
+    /// `None` once [`FinishWriter::finish`] has run.
+    ctrl: Option<Sender<Ctrl>>,
+    side: Arc<WriteSide>,
+}
+
+impl FinishWriter {
+    /// Queues `Finish` after whatever the reader queued, then joins the writer thread, or
+    /// runs the last writer on this thread when none runs (no spawn for an ordinary end).
+    #[inline(never)]
+    fn finish(mut self) -> WriterEnd {
+        if let Some(ctrl) = self.ctrl.take() {
+            // Waits only while the control channel is full: then a writer runs, and it
+            // drains the channel or ends.
+            let _ = ctrl.send(Ctrl::Finish);
+        }
+        self.side.finish()
+    }
+}
 
 impl Drop for FinishWriter {
     // Out of line: inlined, the send's temporaries would sit in `serve`'s frame, under
     // every `read` (see [`serve`]).
     #[inline(never)]
     fn drop(&mut self) {
-        // Waits only while the control channel is full: the writer drains it or ends.
-        let _ = self.0.send(Ctrl::Finish);
+        // Only when the reader unwinds: a writer thread (started if none runs) serves the
+        // `Finish` and ends; nobody is left to join it, and it needs nobody.
+        if let Some(ctrl) = self.ctrl.take() {
+            let _ = ctrl.send(Ctrl::Finish);
+            self.side.wake();
+        }
     }
 }
 
@@ -592,19 +609,22 @@ fn nothing_unread(sock: &TcpStream) -> bool {
 #[inline(never)]
 fn open_websocket(
     side: &Arc<WriteSide>,
+    data: &OutboundTx,
     ctrl: &Sender<Ctrl>,
     leftover: Vec<u8>,
     config: &Config,
 ) -> Box<WebSocket<Screened<ReaderStream>>> {
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(config.read_buffer_size)
-        // Every frame tungstenite writes (a Pong, a Close reply) goes out at once.
+        // Every frame tungstenite writes (a Pong, a Close reply) goes to `ReaderStream`
+        // at once, whole.
         .write_buffer_size(0)
         .max_message_size(Some(config.max_message_size))
         .max_frame_size(Some(config.max_frame_size.min(config.max_message_size)));
     let (stream, leftover) = Screened::new(
         ReaderStream {
             side: side.clone(),
+            data: data.clone(),
             ctrl: ctrl.clone(),
         },
         leftover,

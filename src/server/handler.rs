@@ -340,8 +340,9 @@ impl Connection {
         &self.inner.topic
     }
 
-    /// Sends `msg` to this client: at once, from this thread, when the connection's writer
-    /// is idle and the socket has room (no thread is woken), else through its queue.
+    /// Sends `msg` to this client: at once, from this thread, when nobody else is writing
+    /// to it and the socket has room (no thread is woken), else through its queue and
+    /// the connection's writer thread (started if none runs).
     /// Waits while the queue is full, for at most the write timeout; if it is still full
     /// then, the client is not reading, the connection is cut and
     /// [`SendError::SlowConsumer`] returned. A `Close` message starts the close
@@ -371,7 +372,10 @@ impl Connection {
             return Ok(());
         }
         match self.inner.data.push_timeout(frame, self.inner.write_timeout) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.inner.write.wake();
+                Ok(())
+            }
             Err(PushError::Timeout) => {
                 self.cut();
                 self.inner.hub.metrics().slow_consumers.fetch_add(1, Relaxed);
@@ -415,7 +419,11 @@ impl Connection {
             reason: Cow::Owned(reason.to_owned()),
         };
         match self.inner.ctrl.send_timeout(msg, self.inner.write_timeout) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                // A writer sends it (and times the client's answer): started if none runs.
+                self.inner.write.wake();
+                Ok(())
+            }
             Err(SendTimeoutError::Timeout(_)) => {
                 self.cut();
                 Err(SendError::SlowConsumer)

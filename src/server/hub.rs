@@ -24,9 +24,10 @@
 //! ends.
 //!
 //! The hub never blocks on a client. Each broadcast is offered to every member: written
-//! at once when that member's writer is idle and its socket has room (a non-blocking
+//! at once when nobody is writing to that member and its socket has room (a non-blocking
 //! send under the connection's write lock, see [`crate::server::writer`]), else pushed on its
-//! bounded queue without waiting. A member whose queue is full is a slow consumer and is
+//! bounded queue without waiting, and a writer thread started for it if none runs (a
+//! spawn on this thread; one that cannot be started cuts the member). A member whose queue is full is a slow consumer and is
 //! cut at once (its TCP window is full, so a Close frame would sit unread behind the
 //! queue) while everyone else carries on.
 //!
@@ -192,23 +193,26 @@ pub(crate) struct PeerHandle {
 }
 
 impl Peer for PeerHandle {
-    /// Writes at once when the connection's writer is idle (no wake-up, no queueing),
-    /// else queues for it.
+    /// Writes at once when nobody is writing to the connection and its socket has room
+    /// (no wake-up, no queueing), else queues for its writer, started if none runs.
     fn offer(&self, frame: &WireFrame) -> Offer {
         if self.write.write_now(frame, &self.data, &self.ctrl) {
-            Offer::Queued
-        } else {
-            self.data.try_push(frame.clone())
+            return Offer::Queued;
         }
+        let offer = self.data.try_push(frame.clone());
+        if offer == Offer::Queued {
+            self.write.wake();
+        }
+        offer
     }
 }
 
 impl PeerHandle {
     /// Sends `close` (a Close 1001) after everything queued: at once when nothing is
-    /// queued and the writer is idle, else through the writer. Cuts the connection if
+    /// queued and nobody is writing, else through a writer. Cuts the connection if
     /// even the control channel is full (its writer is stuck on a client that does not
-    /// read). A Close the hub wrote itself arms no timer in the writer; the drain's own
-    /// deadline cuts a client that never answers.
+    /// read). A Close the hub wrote itself arms no timer and starts no writer; the
+    /// drain's own deadline cuts a client that never answers.
     fn going_away(&self, close: &WireFrame) {
         if self.write.write_now(close, &self.data, &self.ctrl) {
             return;
@@ -217,20 +221,27 @@ impl PeerHandle {
             code: GOING_AWAY,
             reason: Cow::Borrowed(GOING_AWAY_REASON),
         };
-        if let Err(TrySendError::Full(_)) = self.ctrl.try_send(close) {
-            self.cut();
-        }
+        self.to_writer(close);
     }
 
-    /// Sends Close 4001 after everything queued, through the writer; cuts the connection
-    /// if even its control channel is full.
+    /// Sends Close 4001 after everything queued, through a writer (which times the
+    /// client's answer); cuts the connection if even its control channel is full.
     fn close_unauthorized(&self) {
         let close = Ctrl::Close {
             code: UNAUTHORIZED_CLOSE,
             reason: Cow::Borrowed("no valid hello"),
         };
-        if let Err(TrySendError::Full(_)) = self.ctrl.try_send(close) {
-            self.cut();
+        self.to_writer(close);
+    }
+
+    /// Hands `msg` to the connection's writer, started if none runs; cuts the connection
+    /// if even its control channel is full (its writer is stuck on a client that does
+    /// not read).
+    fn to_writer(&self, msg: Ctrl) {
+        match self.ctrl.try_send(msg) {
+            Ok(()) => self.write.wake(),
+            Err(TrySendError::Full(_)) => self.cut(),
+            Err(TrySendError::Disconnected(_)) => {}
         }
     }
 

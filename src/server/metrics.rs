@@ -117,6 +117,11 @@ pub(crate) struct Metrics {
     pub bytes_out: AtomicU64,
     /// Connections cut because their queue was full.
     pub slow_consumers: AtomicU64,
+    /// Writer threads started on demand (a frame had to wait for a client's socket).
+    pub writer_spawns: AtomicU64,
+    /// Connections cut because no writer thread could be started for them (the writer
+    /// budget was in use, or the system refused the thread).
+    pub writer_spawns_refused: AtomicU64,
     /// Broadcasts the hub fanned out.
     pub broadcasts: AtomicU64,
     /// Publications sequenced on channels (protocol v1 and the HTTP API).
@@ -331,6 +336,18 @@ fn encode_all(s: &Scrape, mut e: DescriptorEncoder<'_>) -> Result<(), fmt::Error
         "slow_consumers",
         "Connections cut because their queue was full",
         load(&m.slow_consumers),
+    )?;
+    counter(
+        &mut e,
+        "writer_spawns",
+        "Writer threads started on demand for frames that had to wait for a socket",
+        load(&m.writer_spawns),
+    )?;
+    counter(
+        &mut e,
+        "writer_spawns_refused",
+        "Connections cut because no writer thread could be started for them",
+        load(&m.writer_spawns_refused),
     )?;
     counter(
         &mut e,

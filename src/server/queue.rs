@@ -3,7 +3,8 @@
 //!
 //! Owns no thread. The sending half is held by the hub (for broadcasts) and by the
 //! connection's [`Connection`](crate::Connection) handles (for direct sends); the
-//! receiving half by the connection's writer thread.
+//! receiving half by the connection's writer thread while one runs, else parked in its
+//! write side (see [`crate::server::writer`]).
 //!
 //! # Why not `crossbeam_channel::bounded`
 //!

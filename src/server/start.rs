@@ -27,6 +27,7 @@ use crate::server::handler::{Handler, Routes};
 use crate::server::hub::{self, Hub, HubConfig};
 use crate::server::metrics::Metrics;
 use crate::server::shutdown::{self, DrainReport, Running, ShutdownHandle};
+use crate::server::writer::{WriterTimers, Writers};
 
 /// Adds routes before starting a [`Server`]. Built-in routes: `/echo`, `/chat`, `/ws`
 /// (channels, protocol v1: see `docs/protocol.md`), and the plain-HTTP `/healthz`;
@@ -96,14 +97,17 @@ impl ServerBuilder {
             source,
         })?;
         widen_backlog(&listener);
-        if let Some((ceiling, limit)) = capacity::ceiling(&SystemLimits::read()) {
+        let limits = SystemLimits::read();
+        if let Some((ceiling, limit)) = capacity::ceiling(&limits) {
             if ceiling < config.max_connections {
                 let ceiling = ceiling.max(1);
                 // On a stock kernel this is the normal case, not a fault: say it plainly.
                 // A warning is kept for a limit the user set above what the box allows.
                 let msg = format!(
                     "serving at most {ceiling} connections: {limit} leaves room for no more \
-                     (each connection needs 2 threads and 8 memory mappings; {})",
+                     (each connection needs 1 thread and 4 memory mappings, plus room for one \
+                     writer thread per {} connections; {})",
+                    capacity::CONNECTIONS_PER_WRITER,
                     capacity::how_to_raise(limit)
                 );
                 if config.max_connections == DEFAULT_MAX_CONNECTIONS {
@@ -160,6 +164,15 @@ impl ServerBuilder {
         let live = Arc::new(AtomicUsize::new(0));
         let drain_timeout = config.drain_timeout;
         let handshake_timeout = config.handshake_timeout;
+        let writers = Arc::new(Writers::new(
+            capacity::writers_allowed(&limits, config.max_connections),
+            config.thread_stack_size,
+            WriterTimers {
+                close_timeout: config.drain_timeout,
+                idle: config.writer_idle,
+            },
+            metrics.clone(),
+        ));
         let acceptor = Acceptor {
             listener,
             shared: Arc::new(Shared {
@@ -168,6 +181,7 @@ impl ServerBuilder {
                 authorizer,
                 hub: hub.clone(),
                 metrics,
+                writers,
             }),
             stop: stop.clone(),
             wake: wake_rx,

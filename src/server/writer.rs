@@ -1,65 +1,110 @@
-//! A connection's writer thread, and the write lock it shares with the hub.
+//! A connection's writer, started on demand, and the write lock it shares with the hub.
 //!
-//! **Owns** the blocking writes to one client socket and, through [`WriteSide`], the one
-//! fact that matters for them: whether a Close frame has gone out. **Woken** by its two
-//! channels — the bounded data queue (broadcasts the hub could not write at once, a
-//! handler's sends) and the small control channel (tungstenite's automatic Pong and Close
-//! replies, a Close to send, "the reader is done") — and by nothing else: it keeps no
-//! ping timer (the hub pings, see [`crate::ws::keepalive`]), so an idle connection's writer
-//! sleeps until there is something to write. The one timer it arms is the wait for the
-//! peer's answer after it sent a Close. **Ends** when the reader says it is done, when a
-//! write fails or blocks for the write timeout, or when the peer has not answered our
-//! Close within the drain timeout; it then shuts the socket down (abortively, see
-//! [`cut`], unless the end was orderly), which also wakes the reader.
+//! **Owns** the blocking writes to one client socket and, through [`WriteSide`], the two
+//! facts that matter for them: whether a Close frame has gone out, and who holds the
+//! receivers of the connection's two channels — a writer thread, or nobody (parked in the
+//! [`WriteSide`]). **Woken** by those channels — the bounded data queue (broadcasts the hub
+//! could not write at once, a handler's sends) and the small control channel
+//! (tungstenite's automatic Pong and Close replies the reader could not write at once, a
+//! Close to send, "the reader is done") — and by nothing else: it keeps no ping timer (the
+//! hub pings, see [`crate::ws::keepalive`]). **Started** by whoever queues something while
+//! no writer thread is running ([`WriteSide::wake`]); an idle connection has none.
+//! **Ends** when it has been idle for `Config::writer_idle` (it parks the receivers back
+//! and exits), when the reader says it is done, when a write fails or blocks for the write
+//! timeout, or when the peer has not answered our Close within the drain timeout; in the
+//! last three cases it shuts the socket down (abortively, see [`cut`], unless the end was
+//! orderly), which also wakes the reader.
 //!
-//! # Why a writer thread, and how tungstenite's replies get here
+//! # Why a writer at all, and how tungstenite's replies get out
 //!
 //! tungstenite has no split: one `WebSocket` both reads and writes. If the reader thread
-//! also wrote, a broadcast would wait until the reader's blocking `read()` returned
-//! (up to the idle timeout). If a second `WebSocket` wrote on a cloned socket, its frames
-//! could interleave with the Pong and Close replies tungstenite writes from the reader.
-//! So the reader's `WebSocket` runs over a stream whose `Read` is the socket and whose
-//! `Write` hands each chunk to this thread as [`Ctrl::Raw`]; this thread formats every
-//! other frame itself ([`WireFrame`]). Whole frames, no interleaving, and a broadcast
-//! reaches an idle client at once.
+//! also made the blocking writes, a broadcast would wait until the reader's blocking
+//! `read()` returned (up to the idle timeout). If a second `WebSocket` wrote on a cloned
+//! socket, its frames could interleave with the Pong and Close replies tungstenite writes
+//! from the reader. So the reader's `WebSocket` runs over a stream whose `Read` is the
+//! socket and whose `Write` takes the same fast path as the hub (below) and, when that
+//! would block or reorder, hands the chunk to a writer as [`Ctrl::Raw`]; a writer formats
+//! every other frame itself ([`WireFrame`]). Whole frames, no interleaving, and a
+//! broadcast reaches an idle client at once.
 //!
 //! Control goes first: a Pong overtakes queued broadcasts (RFC 6455 §5.5.2: "It SHOULD
 //! respond with Pong frame as soon as is practical"), except that a Close, ours or
 //! tungstenite's reply to the peer's, first flushes everything already queued, so
 //! neither a shutdown nor a client's Close loses a message.
 //!
-//! # The hub's fast path, and the write lock
+//! # The fast path, and the write lock
 //!
 //! Waking a thread costs more than writing a small frame, so a broadcast that woke every
 //! member's writer would spend its time on wake-ups, not writes (the benchmarks show
-//! how much). So the hub (and a handler's
-//! [`Connection::send`](crate::Connection::send), for an echo) may write a frame itself,
-//! but only when that cannot block or reorder anything: the writer is not writing (the
-//! sender *tries* the per-connection write lock, never waits for it), nothing is queued
-//! ahead of the frame, data or control (a Pong waiting for the writer goes first), and the
-//! socket takes the whole frame at once (a non-blocking `sendmsg`). Otherwise the frame is
-//! queued as before. The writer thread takes the lock for every write it makes, and takes
-//! messages off both channels only while holding it, so "both channels are empty" under
-//! the lock means every earlier frame is on the wire. A frame the socket
-//! took only part of is left in the lock's state for the writer, which finishes it before
-//! anything else. Whoever holds the lock writes: one writer at a time, always whole
-//! frames, and all blocking writes (those that can wait up to the write timeout) stay on
-//! this thread.
+//! how much). So the hub, a handler's [`Connection::send`](crate::Connection::send) and
+//! the reader's replies write a frame themselves, but only when that cannot block or
+//! reorder anything: nobody else is writing (the sender *tries* the per-connection write
+//! lock, never waits for it), nothing is queued ahead of the frame, data or control (a
+//! Pong waiting for the writer goes first), and the socket takes the whole frame at once
+//! (a non-blocking `sendmsg`). Otherwise the frame is queued and a writer woken. A writer
+//! takes the lock for every write it makes, and takes messages off both channels only
+//! while holding it, so "both channels are empty" under the lock means every earlier
+//! frame is on the wire. A frame the socket took only part of is left in the lock's state
+//! for the writer, which finishes it before anything else. Whoever holds the lock writes:
+//! one writer at a time, always whole frames, and every blocking write (those that can
+//! wait up to the write timeout, through the socket's `SO_SNDTIMEO`) is a writer's.
 //!
-//! # Close, exactly once
+//! # A writer on demand: who starts it, who ends it
+//!
+//! The receivers of both channels are in exactly one place: parked in the [`WriteSide`]
+//! (no writer thread), or moved into the one writer that runs (see [`Holder`], the
+//! decision table, free of I/O). Everyone who queues something (data or control) calls
+//! [`WriteSide::wake`] afterwards: under the `life` lock, if the receivers are parked it
+//! takes them and spawns a writer with them. A writer that has waited `writer_idle` with
+//! nothing to do parks them back and exits, but only after checking, under the write
+//! lock and the `life` lock together, that both channels are empty and no started frame
+//! is pending. The race is closed by the order of the two sides: a producer queues
+//! *before* it takes the `life` lock, and the writer checks the channels *while* holding
+//! it. Either the writer's check comes after the producer's wake (it sees the frame and
+//! carries on; the producer saw a writer running) or before it (the producer then finds
+//! the receivers parked and spawns a new writer). Nothing queued is ever left without a
+//! writer. The `life` lock is never held across a write; it is held across a spawn, so
+//! that a new writer is recorded before it can park.
+//!
+//! A writer that parks detaches itself (its work is done under the locks; its thread
+//! ends microseconds later). The reader, at its end, queues its last Close and
+//! [`Ctrl::Finish`] and calls [`WriteSide::finish`]: it joins the running writer, or, with
+//! none, runs that last writer loop itself on its own thread, so that an ordinary end
+//! costs no spawn.
+//!
+//! A spawn can fail (the thread limit, `vm.max_map_count`) or be refused: at most
+//! [`Writers`]' budget of writer threads run at once
+//! ([`crate::server::capacity::writers_allowed`]: the room the system's limits leave
+//! beside the readers, at least what the connection ceiling computed at start reserved),
+//! so that a spawn never meets a refused mapping. Either is treated like a write that blocked past the write timeout:
+//! the connection is cut, counted (`writer_spawns_refused`), and logged (a warning the
+//! first time, then at debug level). Nothing aborts and nothing waits.
+//!
+//! # Close, exactly once, and who times it
 //!
 //! RFC 6455 §5.5.1: "After sending a Close frame, the endpoint MUST NOT send any further
 //! data frames." Once a Close has gone out — ours, or tungstenite's reply to the peer's —
 //! everything else queued is dropped, including a second Close.
+//!
+//! The wait for the peer's answer to our Close is a writer's timer: a Close sent through
+//! [`Ctrl::Close`] (a handler's `close`, the hub's hello timeout) always runs on a writer,
+//! spawned for it if need be, which does not park while that timer runs and cuts the
+//! connection when it expires. A Close written on the fast path (the drain's 1001) arms no
+//! timer: the drain's own deadline cuts a client that never answers. A Close the reader
+//! sends as it ends is followed by `Finish` at once: the reader's linger bounds that end.
 
 use std::borrow::Cow;
 use std::io::{self, IoSlice, Write};
 use std::net::{Shutdown, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Select, Sender, TryRecvError};
+use log::{debug, warn};
 
+use crate::server::metrics::Metrics;
 use crate::server::queue::{OutboundRx, OutboundTx};
 use crate::sync::{lock, try_lock};
 use crate::ws::wire::{WireFrame, frames_through_close};
@@ -93,46 +138,228 @@ pub(crate) enum Ctrl {
     Finish,
 }
 
-/// The writer's one timer.
+/// The writer's timers.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct WriterTimers {
     /// How long to wait for the peer's Close after ours before cutting the connection.
     pub close_timeout: Duration,
+    /// How long a writer with nothing to do waits before it parks and its thread ends
+    /// (`Config::writer_idle`).
+    pub idle: Duration,
 }
 
-/// How the writer ended, for the reader's last steps.
+/// How a writer ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum WriterEnd {
     /// The reader finished and the socket's write side is shut: a clean end.
     Finished,
-    /// The socket was cut: a write failed, or the peer ignored our Close.
+    /// The socket was cut: a write failed, the peer ignored our Close, or no writer
+    /// could be started.
     Cut,
+    /// Idle: the receivers are parked in the write side, the connection goes on.
+    Parked,
 }
 
-/// The write side of one socket, shared by its writer thread and the hub. Whoever holds
-/// the lock writes, so frames never interleave; the writer thread takes it for every
-/// write it makes, the hub only ever tries it (see the module docs).
+/// Why no writer thread could be started for a connection.
+#[derive(Debug)]
+enum Refused {
+    /// [`Writers`]' budget of writer threads is in use.
+    Budget(usize),
+    /// The system refused the thread.
+    Spawn(io::Error),
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refused::Budget(n) => write!(f, "all {n} writer threads of the budget are running"),
+            Refused::Spawn(e) => write!(f, "cannot spawn a writer thread: {e}"),
+        }
+    }
+}
+
+/// What every connection's on-demand writer shares, one per server: the budget of writer
+/// threads running at once, how to start one, and the counters.
+pub(crate) struct Writers {
+    /// Writer threads allowed at once (see [`crate::server::capacity::writers_allowed`]).
+    budget: usize,
+    /// Writer threads running now.
+    live: AtomicUsize,
+    stack_size: usize,
+    timers: WriterTimers,
+    metrics: Arc<Metrics>,
+    /// A refusal has been logged as a warning; later ones go to debug.
+    warned: AtomicBool,
+}
+
+impl Writers {
+    pub(crate) fn new(
+        budget: usize,
+        stack_size: usize,
+        timers: WriterTimers,
+        metrics: Arc<Metrics>,
+    ) -> Writers {
+        Writers {
+            budget,
+            live: AtomicUsize::new(0),
+            stack_size,
+            timers,
+            metrics,
+            warned: AtomicBool::new(false),
+        }
+    }
+
+    /// Starts a writer thread for `side` with the receivers, within the budget.
+    fn spawn(&self, side: &Arc<WriteSide>, rx: Receivers) -> Result<JoinHandle<WriterEnd>, Refused> {
+        if self.live.fetch_add(1, Ordering::AcqRel) >= self.budget {
+            self.live.fetch_sub(1, Ordering::AcqRel);
+            return Err(Refused::Budget(self.budget));
+        }
+        let side = side.clone();
+        let timers = self.timers;
+        let spawned = thread::Builder::new()
+            .name("wshub-writer".into())
+            .stack_size(self.stack_size)
+            .spawn(move || {
+                let end = run(side.clone(), rx, timers);
+                side.writers.live.fetch_sub(1, Ordering::AcqRel);
+                end
+            });
+        match spawned {
+            Ok(thread) => {
+                self.metrics.writer_spawns.fetch_add(1, Ordering::Relaxed);
+                Ok(thread)
+            }
+            // The closure, and with it the receivers, is dropped: the channels close.
+            Err(e) => {
+                self.live.fetch_sub(1, Ordering::AcqRel);
+                Err(Refused::Spawn(e))
+            }
+        }
+    }
+
+    /// Counts and logs a refused writer (a warning the first time, then debug).
+    fn refused(&self, why: &Refused) {
+        self.metrics.writer_spawns_refused.fetch_add(1, Ordering::Relaxed);
+        if self.warned.swap(true, Ordering::Relaxed) {
+            debug!("connection cut: {why}");
+        } else {
+            warn!("connection cut: {why} (later ones are logged at debug level)");
+        }
+    }
+
+    /// Writer threads running now.
+    #[cfg(test)]
+    pub(crate) fn live(&self) -> usize {
+        self.live.load(Ordering::Acquire)
+    }
+}
+
+/// The receiving ends of a connection's two channels: whoever holds them is its writer.
+#[derive(Debug)]
+pub(crate) struct Receivers {
+    pub data: OutboundRx,
+    pub ctrl: Receiver<Ctrl>,
+}
+
+impl Receivers {
+    fn is_empty(&self) -> bool {
+        self.data.rx.is_empty() && self.ctrl.is_empty()
+    }
+}
+
+/// Where a connection's receivers are: the decision table of the writer's life, free of
+/// I/O. Every change happens under the `life` lock of a [`WriteSide`].
+#[derive(Debug)]
+enum Holder<R> {
+    /// No writer thread: the receivers wait here for the next [`Holder::wake`].
+    Parked(R),
+    /// A writer thread holds them (or a spawn is under way).
+    Running,
+    /// The connection's writing is over (the reader is finishing, or no writer could be
+    /// started): nobody starts a writer again.
+    Done,
+}
+
+/// What [`Holder::finish`] leaves the reader to do.
+#[derive(Debug)]
+enum Finish<R> {
+    /// No writer is running: run the last one on this thread, with these.
+    Inline(R),
+    /// A writer is running: join it (it sees the `Finish` already queued).
+    Join,
+    /// Writing was already over.
+    Gone,
+}
+
+impl<R> Holder<R> {
+    /// Something was queued: the receivers, when a writer must be started with them.
+    fn wake(&mut self) -> Option<R> {
+        match std::mem::replace(self, Holder::Running) {
+            Holder::Parked(rx) => Some(rx),
+            other => {
+                *self = other;
+                None
+            }
+        }
+    }
+
+    /// A running writer found nothing to do: parks the receivers. Refused (they are
+    /// handed back) once the reader is finishing: the writer then serves its `Finish`.
+    fn park(&mut self, rx: R) -> Result<(), R> {
+        match self {
+            Holder::Running => {
+                *self = Holder::Parked(rx);
+                Ok(())
+            }
+            _ => Err(rx),
+        }
+    }
+
+    /// The reader ends the connection; from now on nobody starts a writer.
+    fn finish(&mut self) -> Finish<R> {
+        match std::mem::replace(self, Holder::Done) {
+            Holder::Parked(rx) => Finish::Inline(rx),
+            Holder::Running => Finish::Join,
+            Holder::Done => Finish::Gone,
+        }
+    }
+}
+
+/// A writer's life, under its own lock (never held across a write).
+struct Life {
+    holder: Holder<Receivers>,
+    /// The running writer thread, for the reader to join at its end.
+    thread: Option<JoinHandle<WriterEnd>>,
+}
+
+/// The write side of one socket, shared by the reader, the hub, handlers and the writer
+/// thread when one runs. Whoever holds the write lock writes, so frames never
+/// interleave; a writer takes it for every write it makes, everyone else only ever
+/// tries it (see the module docs).
 pub(crate) struct WriteSide {
     /// The socket (also used to shut it down).
     pub sock: Arc<TcpStream>,
     state: Mutex<WriteState>,
+    life: Mutex<Life>,
+    writers: Arc<Writers>,
 }
 
 #[derive(Default)]
 struct WriteState {
     /// A Close has gone out: nothing more may.
     close_sent: bool,
-    /// A frame the hub started but could not finish without waiting, and how many of its
-    /// bytes went out. The writer sends the rest before anything else.
+    /// A frame the fast path started but could not finish without waiting, and how many
+    /// of its bytes went out. The writer sends the rest before anything else.
     pending: Option<(WireFrame, usize)>,
 }
 
-/// What the hub's attempt to write at once came to.
+/// What an attempt to write at once came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum FastWrite {
     /// Written whole (or dropped, after a Close, as the writer would have).
     Done,
-    /// Partly written; the writer must be woken to finish it.
+    /// Partly written; a writer must finish it.
     Started,
     /// Not possible now (someone is writing, frames are queued, the socket is full):
     /// queue it.
@@ -141,19 +368,27 @@ enum FastWrite {
 
 /// Cuts a connection: an abortive close, for every end the server forces (a slow
 /// consumer, a write that failed or timed out, a peer that ignored our Close, the drain
-/// deadline). The shutdown wakes the connection's reader and writer now; `SO_LINGER` 0
-/// makes the socket's last close send RST and free its unsent data at once, instead of
-/// the kernel keeping it in FIN-WAIT-1 for as long as the peer keeps its end open.
+/// deadline, a writer that could not be started). The shutdown wakes the connection's
+/// reader and writer now; `SO_LINGER` 0 makes the socket's last close send RST and free
+/// its unsent data at once, instead of the kernel keeping it in FIN-WAIT-1 for as long as
+/// the peer keeps its end open.
 pub(crate) fn cut(sock: &TcpStream) {
     let _ = socket2::SockRef::from(sock).set_linger(Some(Duration::ZERO));
     let _ = sock.shutdown(Shutdown::Both);
 }
 
 impl WriteSide {
-    pub(crate) fn new(sock: Arc<TcpStream>) -> WriteSide {
+    /// A write side whose receivers are parked (`Some`: no writer yet, one is started on
+    /// demand) or held by a writer the caller runs itself (`None`).
+    pub(crate) fn new(sock: Arc<TcpStream>, writers: Arc<Writers>, rx: Option<Receivers>) -> WriteSide {
         WriteSide {
             sock,
             state: Mutex::new(WriteState::default()),
+            life: Mutex::new(Life {
+                holder: rx.map_or(Holder::Running, Holder::Parked),
+                thread: None,
+            }),
+            writers,
         }
     }
 
@@ -162,7 +397,63 @@ impl WriteSide {
         cut(&self.sock);
     }
 
-    /// Takes the lock for a blocking write, first finishing any frame the hub started.
+    /// Makes sure a writer will take what the caller has just queued (data or control):
+    /// starts one with the parked receivers, if no writer runs. Call it after every
+    /// push. Never waits on a write: the `life` lock is only held across a spawn. A
+    /// writer that cannot be started cuts the connection (see the module docs).
+    pub(crate) fn wake(self: &Arc<Self>) {
+        let mut life = lock(&self.life);
+        let Some(rx) = life.holder.wake() else {
+            return;
+        };
+        match self.writers.spawn(self, rx) {
+            Ok(thread) => life.thread = Some(thread),
+            Err(why) => {
+                life.holder = Holder::Done;
+                drop(life);
+                self.writers.refused(&why);
+                self.cut();
+            }
+        }
+    }
+
+    /// A writer with nothing to do parks its receivers and may end, if both channels are
+    /// empty and no started frame is pending, checked under both locks (see the module
+    /// docs); else they are handed back.
+    fn park(&self, rx: Receivers) -> Result<(), Receivers> {
+        #[cfg(test)]
+        tests::widen_the_park_race();
+        let st = lock(&self.state);
+        let mut life = lock(&self.life);
+        if st.pending.is_some() || !rx.is_empty() {
+            return Err(rx);
+        }
+        life.holder.park(rx)?;
+        // Detached: its work is done, and the thread ends as soon as it returns.
+        let me = life.thread.take();
+        drop(life);
+        drop(st);
+        drop(me);
+        Ok(())
+    }
+
+    /// The reader's end, after it queued its last Close (if any) and [`Ctrl::Finish`]:
+    /// joins the running writer, or runs the last writer loop on the calling thread when
+    /// none runs. From now on no writer is started.
+    pub(crate) fn finish(self: &Arc<Self>) -> WriterEnd {
+        let (finish, thread) = {
+            let mut life = lock(&self.life);
+            (life.holder.finish(), life.thread.take())
+        };
+        match finish {
+            Finish::Inline(rx) => run(self.clone(), rx, self.writers.timers),
+            Finish::Join => thread.and_then(|t| t.join().ok()).unwrap_or(WriterEnd::Cut),
+            Finish::Gone => WriterEnd::Cut,
+        }
+    }
+
+    /// Takes the lock for a blocking write, first finishing any frame the fast path
+    /// started.
     fn begin(&self) -> io::Result<MutexGuard<'_, WriteState>> {
         let mut st = lock(&self.state);
         if let Some((frame, sent)) = st.pending.take() {
@@ -180,24 +471,64 @@ impl WriteSide {
 
     /// The fast path, for the hub and a handler's send alike: writes `frame` now if
     /// [`WriteSide::try_write_now`] can, and hands a frame the socket took only in part
-    /// to the writer ([`Ctrl::Resume`]; a full control channel means the writer is about
+    /// to a writer ([`Ctrl::Resume`]; a full control channel means a writer is about
     /// to wake anyway, and it finishes the started frame before anything else). `false`:
-    /// nothing was written, the caller queues the frame.
-    pub(crate) fn write_now(&self, frame: &WireFrame, queue: &OutboundTx, ctrl: &Sender<Ctrl>) -> bool {
-        match self.try_write_now(frame, queue, ctrl) {
+    /// nothing was written, the caller queues the frame (and calls [`WriteSide::wake`]).
+    pub(crate) fn write_now(
+        self: &Arc<Self>,
+        frame: &WireFrame,
+        queue: &OutboundTx,
+        ctrl: &Sender<Ctrl>,
+    ) -> bool {
+        self.fast(frame, frame.is_close(), queue, ctrl)
+    }
+
+    /// The fast path for bytes tungstenite wrote on the reader (whole Pong or Close
+    /// frames): as [`WriteSide::write_now`]. `false`: the caller hands them to a writer
+    /// as [`Ctrl::Raw`].
+    pub(crate) fn write_raw_now(
+        self: &Arc<Self>,
+        bytes: &[u8],
+        queue: &OutboundTx,
+        ctrl: &Sender<Ctrl>,
+    ) -> bool {
+        let (upto, is_close) = frames_through_close(bytes);
+        self.fast(
+            &WireFrame::preformatted(bytes[..upto].to_vec()),
+            is_close,
+            queue,
+            ctrl,
+        )
+    }
+
+    fn fast(
+        self: &Arc<Self>,
+        frame: &WireFrame,
+        closes: bool,
+        queue: &OutboundTx,
+        ctrl: &Sender<Ctrl>,
+    ) -> bool {
+        match self.try_write_now(frame, closes, queue, ctrl) {
             FastWrite::Done => true,
             FastWrite::Started => {
                 let _ = ctrl.try_send(Ctrl::Resume);
+                self.wake();
                 true
             }
             FastWrite::Later => false,
         }
     }
 
-    /// Writes `frame` now if nobody is writing, nothing is queued ahead of
-    /// it (data or control: a Pong the reader queued goes first), and the socket takes it
-    /// without waiting. Never blocks.
-    fn try_write_now(&self, frame: &WireFrame, queue: &OutboundTx, ctrl: &Sender<Ctrl>) -> FastWrite {
+    /// Writes `frame` (a Close if `closes`) now if nobody is writing, nothing is queued
+    /// ahead of it (data or control: a Pong the reader queued goes first), and the socket
+    /// takes it without waiting. Never blocks.
+    fn try_write_now(
+        &self,
+        frame: &WireFrame,
+        closes: bool,
+        queue: &OutboundTx,
+        ctrl: &Sender<Ctrl>,
+    ) -> FastWrite {
         if !queue.is_empty() || !ctrl.is_empty() {
             return FastWrite::Later;
         }
@@ -207,7 +538,7 @@ impl WriteSide {
         if st.close_sent {
             return FastWrite::Done;
         }
-        // Checked again under the lock: the writer takes messages off both channels only
+        // Checked again under the lock: a writer takes messages off both channels only
         // while holding it, so empty channels now mean every earlier frame is on the wire.
         if st.pending.is_some() || !queue.is_empty() || !ctrl.is_empty() {
             return FastWrite::Later;
@@ -221,7 +552,7 @@ impl WriteSide {
             // Full socket, or an error the writer will meet on its next write.
             _ => return FastWrite::Later,
         };
-        if frame.is_close() {
+        if closes {
             st.close_sent = true;
         }
         written
@@ -233,43 +564,51 @@ struct Writer {
     batch: Vec<WireFrame>,
 }
 
-/// Runs the writer loop until the connection ends. See the module docs.
-pub(crate) fn run(
-    side: Arc<WriteSide>,
-    data: OutboundRx,
-    ctrl: Receiver<Ctrl>,
-    timers: WriterTimers,
-) -> WriterEnd {
+/// How one stretch of serving ended.
+enum Served {
+    /// The reader is done (or every control sender is gone).
+    Finished,
+    /// The peer did not answer our Close in time.
+    Unanswered,
+    /// Nothing to do for `writer_idle`.
+    Idle,
+}
+
+/// Runs a writer until the connection ends or the writer parks. See the module docs.
+pub(crate) fn run(side: Arc<WriteSide>, rx: Receivers, timers: WriterTimers) -> WriterEnd {
     let mut w = Writer {
-        side,
-        // Grows on first use: an idle connection's writer holds no batch memory.
+        side: side.clone(),
+        // Grows on first use, and goes with the thread when it parks.
         batch: Vec::new(),
     };
-    match w.serve(data, ctrl, timers) {
-        Ok(WriterEnd::Finished) => {
-            // The peer may already have closed; there is nothing to do about an error.
-            let _ = w.side.sock.shutdown(Shutdown::Write);
-            WriterEnd::Finished
-        }
-        _ => {
-            w.side.cut();
-            WriterEnd::Cut
+    let mut rx = rx;
+    loop {
+        match w.serve(&rx, timers) {
+            Ok(Served::Idle) => match side.park(rx) {
+                Ok(()) => return WriterEnd::Parked,
+                Err(back) => rx = back,
+            },
+            Ok(Served::Finished) => {
+                // The peer may already have closed; there is nothing to do about an error.
+                let _ = side.sock.shutdown(Shutdown::Write);
+                return WriterEnd::Finished;
+            }
+            Ok(Served::Unanswered) | Err(_) => {
+                side.cut();
+                return WriterEnd::Cut;
+            }
         }
     }
 }
 
 impl Writer {
-    fn serve(
-        &mut self,
-        queue: OutboundRx,
-        ctrl: Receiver<Ctrl>,
-        timers: WriterTimers,
-    ) -> io::Result<WriterEnd> {
+    fn serve(&mut self, rx: &Receivers, timers: WriterTimers) -> io::Result<Served> {
+        let (queue, ctrl) = (&rx.data, &rx.ctrl);
         let data = &queue.rx;
-        // Built once: waits until a channel is ready without taking anything off it, since
-        // frames leave the queue only under the write lock (see `WriteSide::try_write_now`).
+        // Waits until a channel is ready without taking anything off it, since frames
+        // leave the queue only under the write lock (see `WriteSide::try_write_now`).
         let mut ready = Select::new_biased();
-        ready.recv(&ctrl);
+        ready.recv(ctrl);
         let data_index = ready.recv(data);
         // Its own handle, so the lock guard does not borrow `self`.
         let side = self.side.clone();
@@ -281,31 +620,36 @@ impl Writer {
                 let mut st = side.begin()?;
                 match ctrl.try_recv() {
                     Ok(msg) => {
-                        if self.on_ctrl(msg, &mut st, &queue, &mut close_deadline, timers)? {
-                            return Ok(WriterEnd::Finished);
+                        if self.on_ctrl(msg, &mut st, queue, &mut close_deadline, timers)? {
+                            return Ok(Served::Finished);
                         }
                         continue;
                     }
-                    Err(TryRecvError::Disconnected) => return Ok(WriterEnd::Finished),
+                    Err(TryRecvError::Disconnected) => return Ok(Served::Finished),
                     Err(TryRecvError::Empty) => {}
                 }
                 if !data.is_empty() {
-                    self.write_queued(MAX_BATCH, st.close_sent, &queue)?;
+                    self.write_queued(MAX_BATCH, st.close_sent, queue)?;
                     continue;
                 }
             }
             let woken = match close_deadline {
-                Some(deadline) => ready.ready_deadline(deadline).ok(),
-                None => Some(ready.ready()),
-            };
-            match woken {
-                // Ready but empty: every data sender is gone; serve control until Finish.
-                Some(i) if i == data_index && data.is_empty() => ready.remove(data_index),
-                // Control or data: the top of the loop takes it.
-                Some(_) => {}
                 // RFC 6455 §7.1.1: the server may close the TCP connection itself when
-                // the peer does not answer our Close in time.
-                None => return Ok(WriterEnd::Cut),
+                // the peer does not answer our Close in time. No parking meanwhile: the
+                // timer is this writer's.
+                Some(deadline) => match ready.ready_deadline(deadline) {
+                    Ok(i) => i,
+                    Err(_) => return Ok(Served::Unanswered),
+                },
+                None => match ready.ready_timeout(timers.idle) {
+                    Ok(i) => i,
+                    Err(_) => return Ok(Served::Idle),
+                },
+            };
+            // Ready but empty: every data sender is gone; serve control until Finish.
+            // Otherwise control or data: the top of the loop takes it.
+            if woken == data_index && data.is_empty() {
+                ready.remove(data_index);
             }
         }
     }
@@ -443,7 +787,7 @@ mod tests {
         let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let (s, _) = l.accept().unwrap();
         c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        (Arc::new(WriteSide::new(Arc::new(s))), c)
+        (Arc::new(WriteSide::new(Arc::new(s), writers(), None)), c)
     }
 
     fn text(t: &str) -> WireFrame {
@@ -461,7 +805,7 @@ mod tests {
         let (side, mut client) = pair();
         let (dtx, _drx) = outbound(8, 1 << 20);
         assert_eq!(
-            side.try_write_now(&text("now"), &dtx, &bounded(1).0),
+            side.try_write_now(&text("now"), false, &dtx, &bounded(1).0),
             FastWrite::Done
         );
         assert_eq!(read_exactly(&mut client, 5), b"\x81\x03now");
@@ -472,11 +816,11 @@ mod tests {
         let (side, mut client) = pair();
         let (dtx, _drx) = outbound(8, 1 << 20);
         assert_eq!(
-            side.try_write_now(&WireFrame::close(1001, ""), &dtx, &bounded(1).0),
+            side.try_write_now(&WireFrame::close(1001, ""), true, &dtx, &bounded(1).0),
             FastWrite::Done
         );
         assert_eq!(
-            side.try_write_now(&text("after"), &dtx, &bounded(1).0),
+            side.try_write_now(&text("after"), false, &dtx, &bounded(1).0),
             FastWrite::Done
         );
         side.sock.shutdown(Shutdown::Write).unwrap();
@@ -491,7 +835,10 @@ mod tests {
         let (dtx, _drx) = outbound(8, 1 << 20);
         let (ctx, _crx) = bounded(8);
         ctx.send(Ctrl::Raw(vec![0x8A, 0x00])).unwrap();
-        assert_eq!(side.try_write_now(&text("echo"), &dtx, &ctx), FastWrite::Later);
+        assert_eq!(
+            side.try_write_now(&text("echo"), false, &dtx, &ctx),
+            FastWrite::Later
+        );
     }
 
     #[test]
@@ -500,7 +847,7 @@ mod tests {
         let (dtx, _drx) = outbound(8, 1 << 20);
         dtx.try_push(text("first"));
         assert_eq!(
-            side.try_write_now(&text("second"), &dtx, &bounded(1).0),
+            side.try_write_now(&text("second"), false, &dtx, &bounded(1).0),
             FastWrite::Later
         );
     }
@@ -511,7 +858,7 @@ mod tests {
         let (dtx, _drx) = outbound(8, 1 << 20);
         let held = side.begin().unwrap();
         assert_eq!(
-            side.try_write_now(&text("x"), &dtx, &bounded(1).0),
+            side.try_write_now(&text("x"), false, &dtx, &bounded(1).0),
             FastWrite::Later
         );
         drop(held);
@@ -528,9 +875,12 @@ mod tests {
         })
         .unwrap();
         ctx.send(Ctrl::Finish).unwrap();
-        assert_eq!(run(side.clone(), drx, crx, TIMERS), WriterEnd::Finished);
         assert_eq!(
-            side.try_write_now(&text("late"), &dtx, &bounded(1).0),
+            run(side.clone(), Receivers { data: drx, ctrl: crx }, TIMERS),
+            WriterEnd::Finished
+        );
+        assert_eq!(
+            side.try_write_now(&text("late"), false, &dtx, &bounded(1).0),
             FastWrite::Done
         );
         let mut got = Vec::new();
@@ -551,7 +901,10 @@ mod tests {
         let (ctx, crx) = bounded(8);
         ctx.send(Ctrl::Raw(vec![0x8A, 0x00])).unwrap(); // a pong from tungstenite
         ctx.send(Ctrl::Finish).unwrap();
-        assert_eq!(run(side, drx, crx, TIMERS), WriterEnd::Finished);
+        assert_eq!(
+            run(side, Receivers { data: drx, ctrl: crx }, TIMERS),
+            WriterEnd::Finished
+        );
         let mut got = Vec::new();
         client.read_to_end(&mut got).unwrap();
         assert_eq!(got, b"\x81\x05hello\x8a\x00");
@@ -559,7 +912,12 @@ mod tests {
 
     const TIMERS: WriterTimers = WriterTimers {
         close_timeout: Duration::from_secs(5),
+        idle: Duration::from_secs(5),
     };
+
+    fn writers() -> Arc<Writers> {
+        Arc::new(Writers::new(4, 64 * 1024, TIMERS, Arc::default()))
+    }
 
     #[test]
     fn drain_close_flushes_queued_data_first_and_sends_one_close() {
@@ -582,7 +940,10 @@ mod tests {
         .unwrap();
         ctx.send(Ctrl::Raw(vec![0x88, 0x02, 0x03, 0xe8])).unwrap();
         ctx.send(Ctrl::Finish).unwrap();
-        assert_eq!(run(server, drx, crx, TIMERS), WriterEnd::Finished);
+        assert_eq!(
+            run(server, Receivers { data: drx, ctrl: crx }, TIMERS),
+            WriterEnd::Finished
+        );
         let mut got = Vec::new();
         client.read_to_end(&mut got).unwrap();
         assert_eq!(got, b"\x82\x01\x00\x82\x01\x01\x82\x01\x02\x88\x05\x03\xe9bye");
@@ -596,7 +957,10 @@ mod tests {
         dtx.try_push(WireFrame::from_message(tungstenite::Message::text("echo")).unwrap());
         ctx.send(Ctrl::Raw(vec![0x88, 0x02, 0x03, 0xe8])).unwrap();
         ctx.send(Ctrl::Finish).unwrap();
-        assert_eq!(run(server, drx, crx, TIMERS), WriterEnd::Finished);
+        assert_eq!(
+            run(server, Receivers { data: drx, ctrl: crx }, TIMERS),
+            WriterEnd::Finished
+        );
         let mut got = Vec::new();
         client.read_to_end(&mut got).unwrap();
         assert_eq!(got, b"\x81\x04echo\x88\x02\x03\xe8");
@@ -614,7 +978,197 @@ mod tests {
         .unwrap();
         let timers = WriterTimers {
             close_timeout: Duration::from_millis(50),
+            ..TIMERS
         };
-        assert_eq!(run(server, drx, crx, timers), WriterEnd::Cut);
+        assert_eq!(
+            run(server, Receivers { data: drx, ctrl: crx }, timers),
+            WriterEnd::Cut
+        );
+    }
+
+    // --- the writer's life: the decision table, then over a socket -------------------
+
+    /// Microseconds a writer waits between deciding it is idle and parking, in tests that
+    /// set it: pushes then land in the window the locks must guard.
+    static PARK_DELAY_US: AtomicUsize = AtomicUsize::new(0);
+
+    pub(super) fn widen_the_park_race() {
+        let us = PARK_DELAY_US.load(Ordering::Relaxed);
+        if us > 0 {
+            thread::sleep(Duration::from_micros(us as u64));
+        }
+    }
+
+    #[test]
+    fn a_wake_takes_parked_receivers_once() {
+        let mut h = Holder::Parked(7);
+        assert_eq!(h.wake(), Some(7));
+        assert_eq!(h.wake(), None, "a writer runs: nobody starts another");
+        assert!(matches!(h, Holder::Running));
+    }
+
+    #[test]
+    fn a_running_writer_parks_and_the_next_wake_takes_them_again() {
+        let mut h: Holder<u8> = Holder::Running;
+        assert_eq!(h.park(3), Ok(()));
+        assert_eq!(h.wake(), Some(3));
+    }
+
+    #[test]
+    fn the_readers_finish_runs_the_last_writer_itself_when_none_runs() {
+        let mut h = Holder::Parked(1);
+        assert!(matches!(h.finish(), Finish::Inline(1)));
+        assert_eq!(h.wake(), None, "after the finish nobody starts a writer");
+        assert!(matches!(h.finish(), Finish::Gone));
+    }
+
+    #[test]
+    fn the_readers_finish_joins_a_running_writer_which_may_not_park_after_it() {
+        let mut h: Holder<u8> = Holder::Running;
+        assert!(matches!(h.finish(), Finish::Join));
+        assert_eq!(h.park(5), Err(5), "it must serve the Finish instead");
+        assert_eq!(h.wake(), None);
+    }
+
+    /// A write side whose receivers are parked, with its senders, and the client socket.
+    fn parked(
+        idle: Duration,
+        budget: usize,
+    ) -> (Arc<WriteSide>, OutboundTx, Sender<Ctrl>, TcpStream, Arc<Metrics>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (s, _) = l.accept().unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let (dtx, drx) = outbound(1 << 16, 1 << 30);
+        let (ctx, crx) = bounded(CTRL_QUEUE);
+        let metrics = Arc::new(Metrics::default());
+        let timers = WriterTimers { idle, ..TIMERS };
+        let writers = Arc::new(Writers::new(budget, 64 * 1024, timers, metrics.clone()));
+        let rx = Receivers { data: drx, ctrl: crx };
+        let side = Arc::new(WriteSide::new(Arc::new(s), writers, Some(rx)));
+        (side, dtx, ctx, c, metrics)
+    }
+
+    /// Offers `frame` as the hub does: at once if it can, else queued and a writer woken.
+    fn offer(side: &Arc<WriteSide>, dtx: &OutboundTx, ctx: &Sender<Ctrl>, frame: WireFrame) {
+        if !side.write_now(&frame, dtx, ctx) {
+            assert_eq!(dtx.try_push(frame), crate::server::registry::Offer::Queued);
+            side.wake();
+        }
+    }
+
+    fn wait_for(what: &str, done: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(Instant::now() < deadline, "not within 10 s: {what}");
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn a_queued_frame_starts_a_writer_which_parks_when_idle_and_the_next_starts_another() {
+        let (side, dtx, ctx, mut client, metrics) = parked(Duration::from_millis(20), 4);
+        dtx.try_push(text("one"));
+        side.wake();
+        assert_eq!(read_exactly(&mut client, 5), b"\x81\x03one");
+        wait_for("the writer parks", || side.writers.live() == 0);
+        assert!(matches!(lock(&side.life).holder, Holder::Parked(_)));
+        dtx.try_push(text("two"));
+        side.wake();
+        assert_eq!(read_exactly(&mut client, 5), b"\x81\x03two");
+        assert_eq!(metrics.writer_spawns.load(Ordering::Relaxed), 2);
+        // The reader's end, with the receivers parked again: no third spawn.
+        wait_for("the writer parks again", || side.writers.live() == 0);
+        ctx.send(Ctrl::Finish).unwrap();
+        assert_eq!(side.finish(), WriterEnd::Finished);
+        assert_eq!(metrics.writer_spawns.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn producers_racing_a_writer_that_parks_lose_no_frame_and_keep_order() {
+        // `writer_idle` zero: the writer parks the moment it finds both channels empty.
+        // Each burst starts with the writer parked, so the producers race each other to
+        // start one, and its parking races their last pushes.
+        const PRODUCERS: u8 = 4;
+        const BURSTS: u16 = 25;
+        const EACH: u16 = 20;
+        PARK_DELAY_US.store(50, Ordering::Relaxed);
+        for round in 0..8 {
+            let (side, dtx, ctx, mut client, metrics) = parked(Duration::ZERO, 64);
+            let start = Arc::new(std::sync::Barrier::new(PRODUCERS as usize + 1));
+            let done = Arc::new(std::sync::Barrier::new(PRODUCERS as usize + 1));
+            let producers: Vec<_> = (0..PRODUCERS)
+                .map(|p| {
+                    let (side, dtx, ctx) = (side.clone(), dtx.clone(), ctx.clone());
+                    let (start, done) = (start.clone(), done.clone());
+                    thread::spawn(move || {
+                        for i in 0..BURSTS * EACH {
+                            if i % EACH == 0 {
+                                start.wait();
+                            }
+                            // Pacing (not synchronisation): pushes spread over the
+                            // burst, so that some land while the writer parks.
+                            thread::sleep(Duration::from_micros(u64::from(i % 4) * 30));
+                            let [hi, lo] = i.to_be_bytes();
+                            let frame =
+                                WireFrame::from_message(tungstenite::Message::binary(vec![p, hi, lo]))
+                                    .unwrap();
+                            if p % 2 == 0 {
+                                offer(&side, &dtx, &ctx, frame);
+                            } else {
+                                // Queued always, as a send that found the lock taken.
+                                assert_eq!(dtx.try_push(frame), crate::server::registry::Offer::Queued);
+                                side.wake();
+                            }
+                            if i % EACH == EACH - 1 {
+                                done.wait();
+                            }
+                        }
+                    })
+                })
+                .collect();
+            let mut next = [0u16; PRODUCERS as usize];
+            for _ in 0..BURSTS {
+                wait_for("the writer parks between bursts", || {
+                    side.writers.live() == 0 && matches!(lock(&side.life).holder, Holder::Parked(_))
+                });
+                start.wait();
+                done.wait();
+                // The whole burst arrives with no further push to wake anyone: a frame
+                // left queued behind a parked writer fails the read (5 s timeout).
+                for _ in 0..PRODUCERS as usize * EACH as usize {
+                    let got = read_exactly(&mut client, 5);
+                    assert_eq!(&got[..2], b"\x82\x03", "round {round}: a whole binary frame");
+                    let (p, i) = (got[2] as usize, u16::from_be_bytes([got[3], got[4]]));
+                    assert_eq!(i, next[p], "round {round}: producer {p}'s frames in order");
+                    next[p] += 1;
+                }
+            }
+            for t in producers {
+                t.join().unwrap();
+            }
+            ctx.send(Ctrl::Finish).unwrap();
+            side.finish();
+            // Most bursts needed a writer (a burst the fast path wrote whole needs none).
+            let spawns = metrics.writer_spawns.load(Ordering::Relaxed);
+            eprintln!("round {round}: {spawns} writer spawns");
+            assert!(
+                spawns > u64::from(BURSTS) / 2,
+                "round {round}: {spawns} writer spawns"
+            );
+        }
+    }
+
+    #[test]
+    fn a_writer_past_the_budget_cuts_its_connection_and_is_counted() {
+        let (side, dtx, _ctx, mut client, metrics) = parked(TIMERS.idle, 0);
+        dtx.try_push(text("never"));
+        side.wake();
+        assert_eq!(metrics.writer_spawns_refused.load(Ordering::Relaxed), 1);
+        let mut got = Vec::new();
+        let _ = client.read_to_end(&mut got);
+        assert!(got.is_empty(), "nothing was written: {got:?}");
+        assert!(matches!(lock(&side.life).holder, Holder::Done));
+        assert_eq!(dtx.try_push(text("later")), crate::server::registry::Offer::Gone);
     }
 }

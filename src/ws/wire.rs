@@ -52,6 +52,17 @@ impl WireFrame {
         }
     }
 
+    /// Bytes that are already whole frames (tungstenite's own Pong and Close replies),
+    /// carried as one `WireFrame` with no header of ours: the bytes are its payload.
+    /// [`WireFrame::is_close`] says nothing about such a frame; its sender knows.
+    pub(crate) fn preformatted(bytes: Vec<u8>) -> WireFrame {
+        WireFrame {
+            head: [0; MAX_HEADER],
+            head_len: 0,
+            payload: Bytes::from(bytes),
+        }
+    }
+
     /// Encodes a data or control message. `None` for `Message::Frame`, which this
     /// server never sends.
     pub(crate) fn from_message(msg: Message) -> Option<WireFrame> {

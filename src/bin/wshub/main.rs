@@ -27,6 +27,7 @@ pub(crate) struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the WebSocket server (/ws channels, /echo, /chat, /healthz, the demo page) until SIGINT or SIGTERM.
+    // Boxed: its many flags make it far larger than the other commands.
     Serve(Box<serve::Args>),
     /// Connect to a WebSocket server: stdin lines out as text, messages to stdout.
     Connect(connect::Args),

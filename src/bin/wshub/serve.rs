@@ -37,6 +37,9 @@ pub struct Args {
     /// Disconnect a client when a write to it blocks this long.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     write_timeout: Duration,
+    /// End a connection's writer thread after it has had nothing to write this long.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    writer_idle: Duration,
     /// On shutdown, wait this long for clients to answer Close 1001.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     drain_timeout: Duration,
@@ -159,6 +162,7 @@ impl Args {
         c.ping_interval = self.ping_interval;
         c.write_timeout = self.write_timeout;
         c.drain_timeout = self.drain_timeout;
+        c.writer_idle = self.writer_idle;
         c.max_connections = self.max_connections;
         c.allowed_origins = self.allowed_origins;
         c.max_message_size = self.max_message_size;
