@@ -126,22 +126,27 @@ impl<P: Clone> History<P> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const TTL: Duration = Duration::from_secs(300);
-
-    fn filled(capacity: usize, n: u64, t0: Instant) -> History<u64> {
-        let mut h = History::new(capacity, TTL);
+impl History<u64> {
+    /// For tests: a ring of `capacity` with offsets 1 to `n` pushed at `t0`, each with its
+    /// offset as the publication and 10 bytes.
+    pub(crate) fn filled(capacity: usize, ttl: Duration, n: u64, t0: Instant) -> History<u64> {
+        let mut h = History::new(capacity, ttl);
         for off in 1..=n {
             h.push(off, t0, off, 10);
         }
         h
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TTL: Duration = Duration::from_secs(300);
 
     #[test]
     fn the_ring_keeps_the_last_capacity_entries() {
-        let h = filled(3, 5, Instant::now());
+        let h = History::filled(3, TTL, 5, Instant::now());
         assert_eq!(h.len(), 3);
         assert_eq!(h.oldest(), Some(3));
         assert_eq!(h.latest(10), vec![3, 4, 5]);
@@ -178,7 +183,7 @@ mod tests {
 
     #[test]
     fn after_returns_exactly_the_missing_ones() {
-        let h = filled(10, 5, Instant::now());
+        let h = History::filled(10, TTL, 5, Instant::now());
         assert_eq!(h.after(2, 5), Some(vec![3, 4, 5]));
         assert_eq!(h.after(0, 5), Some(vec![1, 2, 3, 4, 5]));
         assert_eq!(h.after(5, 5), Some(vec![]));
@@ -186,7 +191,7 @@ mod tests {
 
     #[test]
     fn after_fails_when_some_have_left_the_ring() {
-        let h = filled(3, 5, Instant::now()); // keeps 3, 4, 5
+        let h = History::filled(3, TTL, 5, Instant::now()); // keeps 3, 4, 5
         assert_eq!(h.after(2, 5), Some(vec![3, 4, 5]));
         assert_eq!(h.after(1, 5), None);
         assert_eq!(h.after(0, 5), None);
@@ -194,14 +199,14 @@ mod tests {
 
     #[test]
     fn after_fails_past_the_top() {
-        let h = filled(10, 5, Instant::now());
+        let h = History::filled(10, TTL, 5, Instant::now());
         assert_eq!(h.after(6, 5), None);
     }
 
     #[test]
     fn after_on_an_emptied_history_only_accepts_the_top() {
         let t0 = Instant::now();
-        let mut h = filled(10, 5, t0);
+        let mut h = History::filled(10, TTL, 5, t0);
         h.expire(t0 + TTL);
         assert_eq!(h.after(5, 5), Some(vec![]));
         assert_eq!(h.after(4, 5), None);
@@ -219,7 +224,7 @@ mod tests {
 
     #[test]
     fn latest_limits_from_the_newest_end() {
-        let h = filled(10, 5, Instant::now());
+        let h = History::filled(10, TTL, 5, Instant::now());
         assert_eq!(h.latest(2), vec![4, 5]);
         assert_eq!(h.latest(0), Vec::<u64>::new());
     }
