@@ -289,6 +289,24 @@ mod tests {
         }
     }
 
+    /// A store where each of `channels` has had a subscriber open it at `now`.
+    fn opened(channels: &[&str], now: Instant) -> MemoryStore {
+        let mut s = store();
+        for ch in channels {
+            s.open(ch, None, now).unwrap();
+        }
+        s
+    }
+
+    /// A store where "a" has a subscriber (its snapshot returned) and one publication,
+    /// both at `t0`.
+    fn subscribed_with_one(t0: Instant) -> (MemoryStore, Snapshot<Encoded>) {
+        let mut s = store();
+        let snap = s.open("a", None, t0).unwrap();
+        s.publish(Publish::new("a", &json!(1)), t0).unwrap();
+        (s, snap)
+    }
+
     #[test]
     fn offsets_go_up_by_one_from_one() {
         let mut s = store();
@@ -366,10 +384,8 @@ mod tests {
 
     #[test]
     fn a_subscribed_channel_keeps_its_epoch_when_history_expires() {
-        let mut s = store();
         let t0 = Instant::now();
-        let snap = s.open("a", None, t0).unwrap();
-        s.publish(Publish::new("a", &json!(1)), t0).unwrap();
+        let (mut s, snap) = subscribed_with_one(t0);
         s.expire(t0 + Duration::from_secs(400));
         let later = s
             .publish(Publish::new("a", &json!(2)), t0 + Duration::from_secs(401))
@@ -380,10 +396,8 @@ mod tests {
 
     #[test]
     fn expiry_on_access_makes_recovery_fail_without_a_sweep() {
-        let mut s = store();
         let t0 = Instant::now();
-        let snap = s.open("a", None, t0).unwrap();
-        s.publish(Publish::new("a", &json!(1)), t0).unwrap();
+        let (mut s, snap) = subscribed_with_one(t0);
         let later = t0 + Duration::from_secs(300);
         let back = s.open("a", Some(&pos(&snap, 0)), later).unwrap();
         assert_eq!(back.recovered, Some(false));
@@ -393,10 +407,8 @@ mod tests {
 
     #[test]
     fn the_last_subscriber_leaving_an_empty_channel_drops_it() {
-        let mut s = store();
         let now = Instant::now();
-        s.open("a", None, now).unwrap();
-        s.open("a", None, now).unwrap();
+        let mut s = opened(&["a", "a"], now);
         s.close("a");
         assert_eq!(s.channel_count(), 1);
         s.close("a");
@@ -405,10 +417,8 @@ mod tests {
 
     #[test]
     fn too_many_channels_is_error_4_and_changes_nothing() {
-        let mut s = store();
         let now = Instant::now();
-        s.open("a", None, now).unwrap();
-        s.open("b", None, now).unwrap();
+        let mut s = opened(&["a", "b"], now);
         let err = s.open("c", None, now).unwrap_err();
         assert_eq!(err.code, ErrorCode::LimitExceeded);
         let err = s.publish(Publish::new("c", &json!(1)), now).unwrap_err();
@@ -425,9 +435,8 @@ mod tests {
 
     #[test]
     fn the_same_key_returns_the_first_position_and_publishes_once() {
-        let mut s = store();
         let now = Instant::now();
-        s.open("a", None, now).unwrap();
+        let mut s = opened(&["a"], now);
         let data = json!(1);
         let keyed = Publish {
             key: Some("k"),
@@ -478,9 +487,8 @@ mod tests {
 
     #[test]
     fn history_keeps_the_last_history_size_and_counts_bytes() {
-        let mut s = store();
         let now = Instant::now();
-        s.open("a", None, now).unwrap();
+        let mut s = opened(&["a"], now);
         let mut total = 0;
         for n in 1..=5 {
             let p = s.publish(Publish::new("a", &json!(n)), now).unwrap();

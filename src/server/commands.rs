@@ -101,7 +101,8 @@ pub(crate) struct Hubside<'a> {
 }
 
 impl Hubside<'_> {
-    /// Executes one command and offers its reply (and, for `pub`, the pushes).
+    /// Executes one command and offers its reply (and, for `pub`, the pushes). The hub
+    /// has dropped the commands of connections that are gone.
     pub(crate) fn execute(&mut self, cmd: ConnCommand, now: Instant) {
         let ConnCommand {
             conn,
@@ -109,11 +110,6 @@ impl Hubside<'_> {
             identity,
             presence_any,
         } = cmd;
-        // A connection cut as a slow consumer may still have commands in the inbox:
-        // they would only rebuild state for a connection that is gone.
-        if self.registry.get(conn).is_none() {
-            return;
-        }
         let id = request.id;
         let reply = match request.command {
             Command::Hello { .. } => self.hello(conn, id, identity),

@@ -623,9 +623,11 @@ mod tests {
     }
 
     #[test]
-    fn healthz_is_ok_without_upgrade() {
-        let req = parse("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
-        assert_eq!(answer(&req, Endpoint::Health, &[]), Answer::Health);
+    fn healthz_is_ok_without_upgrade_to_get_and_head() {
+        for method in ["GET", "HEAD"] {
+            let req = parse(&format!("{method} /healthz HTTP/1.1\r\nHost: x\r\n\r\n"));
+            assert_eq!(answer(&req, Endpoint::Health, &[]), Answer::Health, "{method}");
+        }
     }
 
     #[test]
@@ -666,12 +668,6 @@ mod tests {
                 "{to}"
             );
         }
-    }
-
-    #[test]
-    fn head_healthz_is_answered_like_get() {
-        let req = parse("HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
-        assert_eq!(answer(&req, Endpoint::Health, &[]), Answer::Health);
     }
 
     #[test]

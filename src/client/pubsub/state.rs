@@ -669,6 +669,15 @@ mod tests {
         s
     }
 
+    /// A `pub` of `data` to "a" under `key`.
+    fn keyed_pub(data: Value, key: &str) -> Command {
+        Command::Pub {
+            ch: "a".into(),
+            data,
+            key: Some(key.into()),
+        }
+    }
+
     /// Drops the connection and makes a new one: the frames the state sends on it.
     fn reconnect(s: &mut Test) -> Vec<Value> {
         s.disconnected();
@@ -779,11 +788,7 @@ mod tests {
     fn a_publish_lost_with_its_connection_is_sent_again_with_the_same_key() {
         let mut s = Test::default();
         s.connected();
-        let cmd = Command::Pub {
-            ch: "a".into(),
-            data: json!("x"),
-            key: Some("k1".into()),
-        };
+        let cmd = keyed_pub(json!("x"), "k1");
         let first = sent(&s.call(cmd, later(10), "caller").unwrap());
         assert_eq!(first[0]["key"], "k1");
         let again = reconnect(&mut s);
@@ -806,11 +811,7 @@ mod tests {
     #[test]
     fn a_publish_made_offline_waits_for_a_connection() {
         let mut s = Test::default();
-        let cmd = Command::Pub {
-            ch: "a".into(),
-            data: json!(1),
-            key: Some("k".into()),
-        };
+        let cmd = keyed_pub(json!(1), "k");
         assert!(s.call(cmd, later(10), "caller").unwrap().is_empty());
         assert_eq!(sent(&s.connected())[0]["op"], "pub");
     }
@@ -841,11 +842,7 @@ mod tests {
     fn an_error_reply_answers_the_caller_with_the_servers_error() {
         let mut s = Test::default();
         s.connected();
-        let cmd = Command::Pub {
-            ch: "a".into(),
-            data: json!(1),
-            key: Some("k".into()),
-        };
+        let cmd = keyed_pub(json!(1), "k");
         let frames = sent(&s.call(cmd, later(10), "caller").unwrap());
         let reply = json!({"id":frames[0]["id"],"err":{"code":4,"msg":"data too large"}}).to_string();
         let out = s.on_text(&reply);
@@ -983,11 +980,7 @@ mod tests {
     #[test]
     fn close_answers_every_waiting_caller() {
         let mut s = Test::default();
-        let cmd = |k: &str| Command::Pub {
-            ch: "a".into(),
-            data: json!(1),
-            key: Some(k.into()),
-        };
+        let cmd = |k: &str| keyed_pub(json!(1), k);
         s.call(cmd("1"), later(10), "one").unwrap();
         s.call(cmd("2"), later(10), "two").unwrap();
         let out = s.close();

@@ -378,7 +378,8 @@ impl RedisSide {
         }
     }
 
-    /// Executes a `/ws` command.
+    /// Executes a `/ws` command of a connection still registered (the hub drops the
+    /// others').
     pub(crate) fn execute(&mut self, cmd: ConnCommand, out: &mut Out<'_>) {
         let ConnCommand {
             conn,
@@ -386,9 +387,6 @@ impl RedisSide {
             presence_any,
             ..
         } = cmd;
-        if out.registry.get(conn).is_none() {
-            return;
-        }
         let id = request.id;
         let done = match request.command {
             // The hub answers `hello` itself, with either engine.
