@@ -27,7 +27,6 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{
@@ -48,8 +47,8 @@ use crate::ws::peer_close::PeerClose;
 use crate::ws::wire::{self, frames_through_close};
 
 use super::{
-    CTRL_QUEUE_SIZE, ClientConfig, ClientError, EVENT_QUEUE_SIZE, Event, THREAD_STACK_SIZE, WsUrl, after,
-    close_code_is_sendable, close_frame,
+    CTRL_QUEUE_SIZE, ClientConfig, ClientError, EVENT_QUEUE_SIZE, Event, WsUrl, after,
+    close_code_is_sendable, close_frame, spawn,
 };
 
 /// Headers the handshake sets itself; a user value would break it or lie about it.
@@ -404,11 +403,9 @@ fn start(
         write_timeout: config.write_timeout,
         buf: Vec::new(),
     };
-    thread::Builder::new()
-        .name("wshub-client-writer".into())
-        .stack_size(THREAD_STACK_SIZE)
-        .spawn(move || writer.run(data_rx, ctrl_rx, close_rx, done_tx))
-        .map_err(ClientError::Spawn)?;
+    spawn("wshub-client-writer", move || {
+        writer.run(data_rx, ctrl_rx, close_rx, done_tx)
+    })?;
 
     let reader = Reader {
         shared: shared.clone(),
@@ -418,11 +415,7 @@ fn start(
     };
     // If this spawn fails, `ws` is dropped with the closure: the writer sees its reply
     // channel disconnect and shuts the socket down.
-    thread::Builder::new()
-        .name("wshub-client-reader".into())
-        .stack_size(THREAD_STACK_SIZE)
-        .spawn(move || reader.run(ws))
-        .map_err(ClientError::Spawn)?;
+    spawn("wshub-client-reader", move || reader.run(ws))?;
 
     debug!("{url}: connected from {local_addr} to {peer_addr}");
     Ok(Client {

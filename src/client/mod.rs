@@ -74,6 +74,7 @@
 
 use std::fmt;
 use std::io;
+use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use tungstenite::Message;
@@ -124,6 +125,18 @@ pub(crate) const DEFAULT_READ_BUFFER_SIZE: usize = 16 * 1024;
 /// keep their buffers on the heap; this leaves ample room for tungstenite's parser and
 /// the handshake while a load test with hundreds of clients does not reserve gigabytes.
 pub const THREAD_STACK_SIZE: usize = 256 * 1024;
+
+/// Starts a client thread named `name`, with [`THREAD_STACK_SIZE`].
+fn spawn<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<JoinHandle<T>, ClientError> {
+    thread::Builder::new()
+        .name(name.into())
+        .stack_size(THREAD_STACK_SIZE)
+        .spawn(f)
+        .map_err(ClientError::Spawn)
+}
 
 /// Timeouts, limits and handshake headers of a client connection. Build it with
 /// [`ClientConfig::default`] and set the fields you need.

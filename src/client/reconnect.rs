@@ -19,7 +19,7 @@
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::{self, JoinHandle};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Select, Sender, bounded, select};
@@ -28,9 +28,7 @@ use tungstenite::Message;
 use tungstenite::protocol::CloseFrame;
 
 use super::connection::Client;
-use super::{
-    ClientConfig, ClientError, EVENT_QUEUE_SIZE, Event, THREAD_STACK_SIZE, WsUrl, after, close_frame,
-};
+use super::{ClientConfig, ClientError, EVENT_QUEUE_SIZE, Event, WsUrl, after, close_frame, spawn};
 use crate::client::backoff::{Backoff, BackoffConfig};
 use crate::sync::lock;
 
@@ -147,11 +145,7 @@ impl ReconnectingClient {
             events: events_tx,
             wake: wake_rx,
         };
-        let handle = thread::Builder::new()
-            .name("wshub-client-supervisor".into())
-            .stack_size(THREAD_STACK_SIZE)
-            .spawn(move || supervisor.run())
-            .map_err(ClientError::Spawn)?;
+        let handle = spawn("wshub-client-supervisor", move || supervisor.run())?;
         Ok(ReconnectingClient {
             url,
             shared,
@@ -304,15 +298,12 @@ impl Supervisor {
         let (tx, rx) = bounded(1);
         let url = self.url.clone();
         let config = self.config.clone();
-        let spawned = thread::Builder::new()
-            .name("wshub-client-connect".into())
-            .stack_size(THREAD_STACK_SIZE)
-            .spawn(move || {
-                // If nobody waits any more, the client is dropped here: Close 1000.
-                let _ = tx.send(Client::connect_url(&url, &config));
-            });
+        let spawned = spawn("wshub-client-connect", move || {
+            // If nobody waits any more, the client is dropped here: Close 1000.
+            let _ = tx.send(Client::connect_url(&url, &config));
+        });
         if let Err(e) = spawned {
-            return Some(Err(ClientError::Spawn(e)));
+            return Some(Err(e));
         }
         loop {
             select! {

@@ -294,6 +294,11 @@ mod tests {
         JwtAuthorizer::new(SECRET).check_token(token)
     }
 
+    /// A token of `claims` signed with the secret by `alg`.
+    fn signed(alg: Algorithm, claims: &Value) -> String {
+        jsonwebtoken::encode(&Header::new(alg), claims, &EncodingKey::from_secret(SECRET)).unwrap()
+    }
+
     #[test]
     fn a_valid_token_gives_its_user_info_and_channels() {
         let t = issue_token(
@@ -354,12 +359,7 @@ mod tests {
         let e = check(none).unwrap_err();
         assert_eq!(e.code, ErrorCode::Unauthorized);
         assert!(e.msg.contains("alg"), "{}", e.msg);
-        let hs384 = jsonwebtoken::encode(
-            &Header::new(Algorithm::HS384),
-            &json!({"sub":"ann"}),
-            &EncodingKey::from_secret(SECRET),
-        )
-        .unwrap();
+        let hs384 = signed(Algorithm::HS384, &json!({"sub":"ann"}));
         assert!(check(&hs384).unwrap_err().msg.contains("alg"));
     }
 
@@ -368,12 +368,7 @@ mod tests {
         for bad in ["", "abc", "a.b.c", "...."] {
             assert_eq!(check(bad).unwrap_err().code, ErrorCode::Unauthorized, "{bad:?}");
         }
-        let no_sub = jsonwebtoken::encode(
-            &Header::new(Algorithm::HS256),
-            &json!({"name":"ann"}),
-            &EncodingKey::from_secret(SECRET),
-        )
-        .unwrap();
+        let no_sub = signed(Algorithm::HS256, &json!({"name":"ann"}));
         assert!(check(&no_sub).unwrap_err().msg.contains("sub"));
     }
 

@@ -17,14 +17,13 @@ use std::time::Instant;
 
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use serde_json::Value;
 
 use crate::pubsub::encode::{self, Encoded};
 use crate::pubsub::history::History;
 use crate::pubsub::idempotency::{Idempotency, Seen};
 use crate::pubsub::protocol::{ErrorBody, ErrorCode, Snapshot, StreamPosition};
 use crate::pubsub::recovery::{Recovery, recover};
-use crate::pubsub::{Limits, Published, Store};
+use crate::pubsub::{HistoryQuery, Limits, Publish, Published, Store};
 
 /// Keys the idempotency cache holds at most, over all channels. The window alone would
 /// let a flood of keyed publications grow it without bound; this caps it (the per-entry
@@ -165,14 +164,8 @@ impl Store for MemoryStore {
         self.drop_if_idle(ch);
     }
 
-    fn publish(
-        &mut self,
-        ch: &str,
-        data: &Value,
-        key: Option<&str>,
-        from: Option<u64>,
-        now: Instant,
-    ) -> Result<Published, ErrorBody> {
+    fn publish(&mut self, p: Publish<'_>, now: Instant) -> Result<Published, ErrorBody> {
+        let Publish { ch, data, key, from } = p;
         if let Some(key) = key {
             if let Some(seen) = self.idempotency.get(ch, key, now) {
                 return Ok(Published {
@@ -223,13 +216,8 @@ impl Store for MemoryStore {
         })
     }
 
-    fn history(
-        &mut self,
-        ch: &str,
-        since: Option<&StreamPosition>,
-        limit: Option<u64>,
-        now: Instant,
-    ) -> Result<Snapshot<Encoded>, ErrorBody> {
+    fn history(&mut self, q: HistoryQuery<'_>, now: Instant) -> Result<Snapshot<Encoded>, ErrorBody> {
+        let HistoryQuery { ch, since, limit } = q;
         let size = self.limits.history_size;
         let limit = limit.map_or(size, |l| usize::try_from(l).unwrap_or(usize::MAX).min(size));
         if !self.channels.contains_key(ch) {
@@ -265,7 +253,7 @@ impl Store for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
     use std::time::Duration;
 
     fn limits() -> Limits {
@@ -301,12 +289,35 @@ mod tests {
         }
     }
 
+    /// A store where each of `channels` has had a subscriber open it at `now`.
+    fn opened(channels: &[&str], now: Instant) -> MemoryStore {
+        let mut s = store();
+        for ch in channels {
+            s.open(ch, None, now).unwrap();
+        }
+        s
+    }
+
+    /// A store where "a" has a subscriber (its snapshot returned) and one publication,
+    /// both at `t0`.
+    fn subscribed_with_one(t0: Instant) -> (MemoryStore, Snapshot<Encoded>) {
+        let mut s = store();
+        let snap = s.open("a", None, t0).unwrap();
+        s.publish(Publish::new("a", &json!(1)), t0).unwrap();
+        (s, snap)
+    }
+
     #[test]
     fn offsets_go_up_by_one_from_one() {
         let mut s = store();
         let now = Instant::now();
-        let a = s.publish("a", &json!(1), None, None, now).unwrap();
-        let b = s.publish("a", &json!(2), None, Some(3), now).unwrap();
+        let a = s.publish(Publish::new("a", &json!(1)), now).unwrap();
+        let data = json!(2);
+        let from_a_client = Publish {
+            from: Some(3),
+            ..Publish::new("a", &data)
+        };
+        let b = s.publish(from_a_client, now).unwrap();
         assert_eq!(a.position.offset, 1);
         assert_eq!(b.position.offset, 2);
         assert_eq!(a.position.epoch, b.position.epoch);
@@ -316,7 +327,7 @@ mod tests {
     fn a_sub_without_since_starts_at_the_top_with_no_pubs() {
         let mut s = store();
         let now = Instant::now();
-        s.publish("a", &json!(1), None, None, now).unwrap();
+        s.publish(Publish::new("a", &json!(1)), now).unwrap();
         let snap = s.open("a", None, now).unwrap();
         assert_eq!(snap.offset, 1);
         assert!(snap.pubs.is_empty());
@@ -329,7 +340,7 @@ mod tests {
         let now = Instant::now();
         let first = s.open("a", None, now).unwrap();
         for n in 1..=3 {
-            s.publish("a", &json!(n), None, None, now).unwrap();
+            s.publish(Publish::new("a", &json!(n)), now).unwrap();
         }
         let snap = s.open("a", Some(&pos(&first, 1)), now).unwrap();
         assert_eq!(snap.recovered, Some(true));
@@ -340,7 +351,7 @@ mod tests {
     fn a_sub_with_an_unknown_epoch_is_not_recovered() {
         let mut s = store();
         let now = Instant::now();
-        s.publish("a", &json!(1), None, None, now).unwrap();
+        s.publish(Publish::new("a", &json!(1)), now).unwrap();
         let since = StreamPosition {
             epoch: "another".into(),
             offset: 0,
@@ -354,7 +365,7 @@ mod tests {
     fn the_state_goes_when_history_expires_and_nobody_is_subscribed() {
         let mut s = store();
         let t0 = Instant::now();
-        let first = s.publish("a", &json!(1), None, None, t0).unwrap();
+        let first = s.publish(Publish::new("a", &json!(1)), t0).unwrap();
         assert_eq!(s.channel_count(), 1);
         s.expire(t0 + Duration::from_secs(299));
         assert_eq!(s.channel_count(), 1);
@@ -362,7 +373,7 @@ mod tests {
         assert_eq!(s.channel_count(), 0);
         assert_eq!(s.history_bytes(), 0);
         let again = s
-            .publish("a", &json!(2), None, None, t0 + Duration::from_secs(301))
+            .publish(Publish::new("a", &json!(2)), t0 + Duration::from_secs(301))
             .unwrap();
         assert_ne!(
             again.position.epoch, first.position.epoch,
@@ -373,13 +384,11 @@ mod tests {
 
     #[test]
     fn a_subscribed_channel_keeps_its_epoch_when_history_expires() {
-        let mut s = store();
         let t0 = Instant::now();
-        let snap = s.open("a", None, t0).unwrap();
-        s.publish("a", &json!(1), None, None, t0).unwrap();
+        let (mut s, snap) = subscribed_with_one(t0);
         s.expire(t0 + Duration::from_secs(400));
         let later = s
-            .publish("a", &json!(2), None, None, t0 + Duration::from_secs(401))
+            .publish(Publish::new("a", &json!(2)), t0 + Duration::from_secs(401))
             .unwrap();
         assert_eq!(later.position.epoch, snap.epoch);
         assert_eq!(later.position.offset, 2);
@@ -387,23 +396,19 @@ mod tests {
 
     #[test]
     fn expiry_on_access_makes_recovery_fail_without_a_sweep() {
-        let mut s = store();
         let t0 = Instant::now();
-        let snap = s.open("a", None, t0).unwrap();
-        s.publish("a", &json!(1), None, None, t0).unwrap();
+        let (mut s, snap) = subscribed_with_one(t0);
         let later = t0 + Duration::from_secs(300);
         let back = s.open("a", Some(&pos(&snap, 0)), later).unwrap();
         assert_eq!(back.recovered, Some(false));
-        let hist = s.history("a", None, None, later).unwrap();
+        let hist = s.history(HistoryQuery::new("a"), later).unwrap();
         assert!(hist.pubs.is_empty());
     }
 
     #[test]
     fn the_last_subscriber_leaving_an_empty_channel_drops_it() {
-        let mut s = store();
         let now = Instant::now();
-        s.open("a", None, now).unwrap();
-        s.open("a", None, now).unwrap();
+        let mut s = opened(&["a", "a"], now);
         s.close("a");
         assert_eq!(s.channel_count(), 1);
         s.close("a");
@@ -412,17 +417,15 @@ mod tests {
 
     #[test]
     fn too_many_channels_is_error_4_and_changes_nothing() {
-        let mut s = store();
         let now = Instant::now();
-        s.open("a", None, now).unwrap();
-        s.open("b", None, now).unwrap();
+        let mut s = opened(&["a", "b"], now);
         let err = s.open("c", None, now).unwrap_err();
         assert_eq!(err.code, ErrorCode::LimitExceeded);
-        let err = s.publish("c", &json!(1), None, None, now).unwrap_err();
+        let err = s.publish(Publish::new("c", &json!(1)), now).unwrap_err();
         assert_eq!(err.code, ErrorCode::LimitExceeded);
         assert_eq!(s.channel_count(), 2);
         assert_eq!(
-            s.publish("a", &json!(1), None, None, now)
+            s.publish(Publish::new("a", &json!(1)), now)
                 .unwrap()
                 .position
                 .offset,
@@ -432,15 +435,19 @@ mod tests {
 
     #[test]
     fn the_same_key_returns_the_first_position_and_publishes_once() {
-        let mut s = store();
         let now = Instant::now();
-        s.open("a", None, now).unwrap();
-        let first = s.publish("a", &json!(1), Some("k"), None, now).unwrap();
+        let mut s = opened(&["a"], now);
+        let data = json!(1);
+        let keyed = Publish {
+            key: Some("k"),
+            ..Publish::new("a", &data)
+        };
+        let first = s.publish(keyed, now).unwrap();
         assert!(first.publication.is_some());
-        let again = s.publish("a", &json!(1), Some("k"), None, now).unwrap();
+        let again = s.publish(keyed, now).unwrap();
         assert_eq!(again.position, first.position);
         assert!(again.publication.is_none(), "a repeat publishes nothing");
-        let hist = s.history("a", None, None, now).unwrap();
+        let hist = s.history(HistoryQuery::new("a"), now).unwrap();
         assert_eq!(hist.offset, 1);
         assert_eq!(offsets(&hist), vec![1]);
     }
@@ -453,11 +460,16 @@ mod tests {
         };
         let mut s = MemoryStore::seeded(short, 3);
         let t0 = Instant::now();
-        let first = s.publish("a", &json!(1), Some("k"), None, t0).unwrap();
+        let data = json!(1);
+        let keyed = Publish {
+            key: Some("k"),
+            ..Publish::new("a", &data)
+        };
+        let first = s.publish(keyed, t0).unwrap();
         s.expire(t0 + Duration::from_secs(60));
         assert_eq!(s.channel_count(), 0);
         let later = t0 + Duration::from_secs(299);
-        let again = s.publish("a", &json!(1), Some("k"), None, later).unwrap();
+        let again = s.publish(keyed, later).unwrap();
         assert_eq!(again.position, first.position);
         assert!(again.publication.is_none());
         assert_eq!(s.channel_count(), 0, "a repeat creates no state");
@@ -468,29 +480,38 @@ mod tests {
         let mut s = store();
         let now = Instant::now();
         let big = json!("x".repeat(2000));
-        let err = s.publish("a", &big, None, None, now).unwrap_err();
+        let err = s.publish(Publish::new("a", &big), now).unwrap_err();
         assert_eq!(err.code, ErrorCode::LimitExceeded);
         assert_eq!(s.channel_count(), 0);
     }
 
     #[test]
     fn history_keeps_the_last_history_size_and_counts_bytes() {
-        let mut s = store();
         let now = Instant::now();
-        s.open("a", None, now).unwrap();
+        let mut s = opened(&["a"], now);
         let mut total = 0;
         for n in 1..=5 {
-            let p = s.publish("a", &json!(n), None, None, now).unwrap();
+            let p = s.publish(Publish::new("a", &json!(n)), now).unwrap();
             if n > 2 {
                 total += p.publication.unwrap().len();
             }
         }
-        let hist = s.history("a", None, None, now).unwrap();
+        let hist = s.history(HistoryQuery::new("a"), now).unwrap();
         assert_eq!(offsets(&hist), vec![3, 4, 5]);
         assert_eq!(s.history_bytes(), total);
-        let two = s.history("a", None, Some(2), now).unwrap();
+        let newest_two = HistoryQuery {
+            limit: Some(2),
+            ..HistoryQuery::new("a")
+        };
+        let two = s.history(newest_two, now).unwrap();
         assert_eq!(offsets(&two), vec![4, 5]);
-        let since = s.history("a", Some(&pos(&hist, 3)), Some(1), now).unwrap();
+        let after_3 = pos(&hist, 3);
+        let one_after_3 = HistoryQuery {
+            since: Some(&after_3),
+            limit: Some(1),
+            ..HistoryQuery::new("a")
+        };
+        let since = s.history(one_after_3, now).unwrap();
         assert_eq!(offsets(&since), vec![4]);
         assert_eq!(since.recovered, Some(true));
     }
@@ -498,7 +519,7 @@ mod tests {
     #[test]
     fn history_of_an_absent_channel_creates_nothing() {
         let mut s = store();
-        let snap = s.history("nobody", None, None, Instant::now()).unwrap();
+        let snap = s.history(HistoryQuery::new("nobody"), Instant::now()).unwrap();
         assert_eq!(snap.offset, 0);
         assert!(snap.pubs.is_empty());
         assert_eq!(s.channel_count(), 0);
@@ -514,7 +535,7 @@ mod tests {
             1,
         );
         let now = Instant::now();
-        s.publish("a", &json!(1), None, None, now).unwrap();
+        s.publish(Publish::new("a", &json!(1)), now).unwrap();
         assert_eq!(s.channel_count(), 0);
     }
 }

@@ -125,23 +125,30 @@ impl<P: Clone> History<P> {
     }
 }
 
+/// The TTL of the histories tests make.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) const TEST_TTL: Duration = Duration::from_secs(300);
 
-    const TTL: Duration = Duration::from_secs(300);
-
-    fn filled(capacity: usize, n: u64, t0: Instant) -> History<u64> {
-        let mut h = History::new(capacity, TTL);
+#[cfg(test)]
+impl History<u64> {
+    /// For tests: a ring of `capacity` (with [`TEST_TTL`]) with offsets 1 to `n` pushed
+    /// at `t0`, each with its offset as the publication and 10 bytes.
+    pub(crate) fn filled(capacity: usize, n: u64, t0: Instant) -> History<u64> {
+        let mut h = History::new(capacity, TEST_TTL);
         for off in 1..=n {
             h.push(off, t0, off, 10);
         }
         h
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
 
     #[test]
     fn the_ring_keeps_the_last_capacity_entries() {
-        let h = filled(3, 5, Instant::now());
+        let h = History::filled(3, 5, Instant::now());
         assert_eq!(h.len(), 3);
         assert_eq!(h.oldest(), Some(3));
         assert_eq!(h.latest(10), vec![3, 4, 5]);
@@ -151,13 +158,13 @@ mod tests {
     #[test]
     fn bytes_follow_pushes_evictions_and_expiry() {
         let t0 = Instant::now();
-        let mut h = History::new(2, TTL);
+        let mut h = History::new(2, TEST_TTL);
         h.push(1, t0, 1u64, 100);
         h.push(2, t0 + Duration::from_secs(10), 2, 7);
         assert_eq!(h.bytes(), 107);
         h.push(3, t0 + Duration::from_secs(20), 3, 1);
         assert_eq!(h.bytes(), 8);
-        h.expire(t0 + TTL + Duration::from_secs(10));
+        h.expire(t0 + TEST_TTL + Duration::from_secs(10));
         assert_eq!(h.bytes(), 1);
         assert_eq!(h.latest(5), vec![3]);
     }
@@ -165,20 +172,20 @@ mod tests {
     #[test]
     fn entries_expire_after_the_ttl_and_not_before() {
         let t0 = Instant::now();
-        let mut h = History::new(10, TTL);
+        let mut h = History::new(10, TEST_TTL);
         h.push(1, t0, 1u64, 1);
         h.push(2, t0 + Duration::from_secs(60), 2, 1);
-        assert_eq!(h.expire(t0 + TTL - Duration::from_millis(1)), 0);
-        assert_eq!(h.expire(t0 + TTL), 1);
+        assert_eq!(h.expire(t0 + TEST_TTL - Duration::from_millis(1)), 0);
+        assert_eq!(h.expire(t0 + TEST_TTL), 1);
         assert_eq!(h.latest(10), vec![2]);
-        assert_eq!(h.expire(t0 + TTL + Duration::from_secs(60)), 1);
+        assert_eq!(h.expire(t0 + TEST_TTL + Duration::from_secs(60)), 1);
         assert!(h.is_empty());
         assert_eq!(h.bytes(), 0);
     }
 
     #[test]
     fn after_returns_exactly_the_missing_ones() {
-        let h = filled(10, 5, Instant::now());
+        let h = History::filled(10, 5, Instant::now());
         assert_eq!(h.after(2, 5), Some(vec![3, 4, 5]));
         assert_eq!(h.after(0, 5), Some(vec![1, 2, 3, 4, 5]));
         assert_eq!(h.after(5, 5), Some(vec![]));
@@ -186,7 +193,7 @@ mod tests {
 
     #[test]
     fn after_fails_when_some_have_left_the_ring() {
-        let h = filled(3, 5, Instant::now()); // keeps 3, 4, 5
+        let h = History::filled(3, 5, Instant::now()); // keeps 3, 4, 5
         assert_eq!(h.after(2, 5), Some(vec![3, 4, 5]));
         assert_eq!(h.after(1, 5), None);
         assert_eq!(h.after(0, 5), None);
@@ -194,22 +201,22 @@ mod tests {
 
     #[test]
     fn after_fails_past_the_top() {
-        let h = filled(10, 5, Instant::now());
+        let h = History::filled(10, 5, Instant::now());
         assert_eq!(h.after(6, 5), None);
     }
 
     #[test]
     fn after_on_an_emptied_history_only_accepts_the_top() {
         let t0 = Instant::now();
-        let mut h = filled(10, 5, t0);
-        h.expire(t0 + TTL);
+        let mut h = History::filled(10, 5, t0);
+        h.expire(t0 + TEST_TTL);
         assert_eq!(h.after(5, 5), Some(vec![]));
         assert_eq!(h.after(4, 5), None);
     }
 
     #[test]
     fn capacity_zero_keeps_nothing() {
-        let mut h = History::new(0, TTL);
+        let mut h = History::new(0, TEST_TTL);
         h.push(1, Instant::now(), 1u64, 5);
         assert!(h.is_empty());
         assert_eq!(h.bytes(), 0);
@@ -219,7 +226,7 @@ mod tests {
 
     #[test]
     fn latest_limits_from_the_newest_end() {
-        let h = filled(10, 5, Instant::now());
+        let h = History::filled(10, 5, Instant::now());
         assert_eq!(h.latest(2), vec![4, 5]);
         assert_eq!(h.latest(0), Vec::<u64>::new());
     }

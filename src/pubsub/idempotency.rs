@@ -111,6 +111,16 @@ mod tests {
         }
     }
 
+    /// A cache of at most `capacity` keys given each of `keys` on "ch": the n-th (from 1)
+    /// seen at offset n, inserted at `t0` plus its seconds.
+    fn inserted(capacity: usize, t0: Instant, keys: &[(&str, u64)]) -> Idempotency {
+        let mut c = Idempotency::new(WINDOW, capacity);
+        for (n, &(key, secs)) in (1..).zip(keys) {
+            c.insert(Arc::from("ch"), key, seen(n), t0 + Duration::from_secs(secs));
+        }
+        c
+    }
+
     #[test]
     fn a_key_is_found_within_the_window() {
         let t0 = Instant::now();
@@ -143,10 +153,7 @@ mod tests {
     #[test]
     fn the_oldest_key_leaves_when_full() {
         let t0 = Instant::now();
-        let mut c = Idempotency::new(WINDOW, 2);
-        c.insert(Arc::from("ch"), "k1", seen(1), t0);
-        c.insert(Arc::from("ch"), "k2", seen(2), t0 + Duration::from_secs(1));
-        c.insert(Arc::from("ch"), "k3", seen(3), t0 + Duration::from_secs(2));
+        let mut c = inserted(2, t0, &[("k1", 0), ("k2", 1), ("k3", 2)]);
         assert_eq!(c.len(), 2);
         let now = t0 + Duration::from_secs(3);
         assert_eq!(c.get("ch", "k1", now), None);
@@ -157,9 +164,7 @@ mod tests {
     #[test]
     fn expiry_keeps_younger_keys() {
         let t0 = Instant::now();
-        let mut c = Idempotency::new(WINDOW, 10);
-        c.insert(Arc::from("ch"), "old", seen(1), t0);
-        c.insert(Arc::from("ch"), "new", seen(2), t0 + Duration::from_secs(200));
+        let mut c = inserted(10, t0, &[("old", 0), ("new", 200)]);
         c.expire(t0 + WINDOW);
         assert_eq!(c.len(), 1);
         assert_eq!(c.get("ch", "new", t0 + WINDOW), Some(seen(2)));

@@ -17,9 +17,10 @@
 //!   readers, not here.
 //! - [`presence`]: identities, channel members, join/leave watchers, owned by the hub.
 //! - [`channel`]: [`MemoryStore`], the default engine: epochs, offsets, history.
-//! - [`Channels`]: which connection is subscribed to what (always local to this server)
-//!   in front of a [`Store`], the seam where another engine (Redis, issue #13) can stand
-//!   in for [`MemoryStore`].
+//! - [`Channels`]: which connection is subscribed to what ([`Subscriptions`], always local
+//!   to this server) in front of a [`Store`], the seam where another engine can stand in
+//!   for [`MemoryStore`]. The Redis engine (issue #13) keeps only the [`Subscriptions`]
+//!   here: its streams are read by its own thread.
 //!
 //! # Why the hub sequences
 //!
@@ -71,6 +72,55 @@ pub struct Limits {
     pub max_publication_size: usize,
 }
 
+/// A publication to make: a client's `pub`, or one through the server API.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Publish<'a> {
+    /// The channel.
+    pub ch: &'a str,
+    /// The data.
+    pub data: &'a Value,
+    /// The idempotency key: a second publication with it within the window publishes
+    /// nothing and gets the first one's position.
+    pub key: Option<&'a str>,
+    /// The connection that published, if a client did (its client id goes into the
+    /// publication).
+    pub from: Option<ConnId>,
+}
+
+impl<'a> Publish<'a> {
+    /// `data` to `ch`, with no key and from no connection.
+    pub fn new(ch: &'a str, data: &'a Value) -> Publish<'a> {
+        Publish {
+            ch,
+            data,
+            key: None,
+            from: None,
+        }
+    }
+}
+
+/// A read of a channel's history (a `history` command).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryQuery<'a> {
+    /// The channel.
+    pub ch: &'a str,
+    /// Without it the newest publications, with it the first ones after it.
+    pub since: Option<&'a StreamPosition>,
+    /// How many at most; it defaults to and is capped by the history size.
+    pub limit: Option<u64>,
+}
+
+impl<'a> HistoryQuery<'a> {
+    /// The newest publications of `ch`, as many as history keeps.
+    pub fn new(ch: &'a str) -> HistoryQuery<'a> {
+        HistoryQuery {
+            ch,
+            since: None,
+            limit: None,
+        }
+    }
+}
+
 /// What a `pub` did.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Published {
@@ -100,26 +150,14 @@ pub trait Store: Send {
     /// One subscriber of `ch` on this server has gone.
     fn close(&mut self, ch: &str);
 
-    /// Publishes `data` to `ch`: the next offset, into history, remembered under `key`.
-    fn publish(
-        &mut self,
-        ch: &str,
-        data: &Value,
-        key: Option<&str>,
-        from: Option<ConnId>,
-        now: Instant,
-    ) -> Result<Published, ErrorBody>;
+    /// Publishes `p.data` to `p.ch`: the next offset, into history, remembered under
+    /// `p.key`.
+    fn publish(&mut self, p: Publish<'_>, now: Instant) -> Result<Published, ErrorBody>;
 
-    /// Reads `ch`'s history: without `since` the newest `limit`, with it the first
+    /// Reads `q.ch`'s history: without `since` the newest `limit`, with it the first
     /// `limit` after it (with `recovered`). `limit` defaults to and is capped by the
     /// history size.
-    fn history(
-        &mut self,
-        ch: &str,
-        since: Option<&StreamPosition>,
-        limit: Option<u64>,
-        now: Instant,
-    ) -> Result<Snapshot<Encoded>, ErrorBody>;
+    fn history(&mut self, q: HistoryQuery<'_>, now: Instant) -> Result<Snapshot<Encoded>, ErrorBody>;
 
     /// Drops what has expired by `now`: history, idempotency keys, idle channels.
     fn expire(&mut self, now: Instant);
@@ -129,48 +167,35 @@ pub trait Store: Send {
     fn is_empty(&self) -> bool;
 }
 
-/// Every connection's subscriptions, in front of a [`Store`]. Owned by the hub thread.
+/// Which connection is subscribed to what, and nothing else: the bookkeeping of
+/// [`Channels`], which puts a [`Store`] behind it. The Redis engine, whose streams are in
+/// Redis, uses it alone. Owned by the hub thread.
 #[derive(Debug)]
-pub struct Channels<S = MemoryStore> {
-    store: S,
+pub struct Subscriptions {
     max_subscriptions: usize,
     by_conn: HashMap<ConnId, Vec<Arc<str>>>,
     by_channel: HashMap<Arc<str>, HashSet<ConnId>>,
 }
 
-impl Channels<MemoryStore> {
-    /// Channels in memory, with `limits`.
-    pub fn in_memory(limits: Limits) -> Channels<MemoryStore> {
-        Channels::new(MemoryStore::new(limits), limits.max_subscriptions)
-    }
-}
-
-impl<S: Store> Channels<S> {
-    /// Subscriptions (at most `max_subscriptions` per connection) over `store`.
-    pub fn new(store: S, max_subscriptions: usize) -> Channels<S> {
-        Channels {
-            store,
+impl Subscriptions {
+    /// No subscriptions yet; at most `max_subscriptions` per connection.
+    pub fn new(max_subscriptions: usize) -> Subscriptions {
+        Subscriptions {
             max_subscriptions,
             by_conn: HashMap::new(),
             by_channel: HashMap::new(),
         }
     }
 
-    /// The store, for inspection.
-    pub fn store(&self) -> &S {
-        &self.store
+    /// Subscribes `conn` to `ch`. Error 2 if it already is, error 4 past its subscription
+    /// limit; an error changes nothing.
+    pub fn subscribe(&mut self, conn: ConnId, ch: &str) -> Result<(), ErrorBody> {
+        self.may_subscribe(conn, ch)?;
+        self.add(conn, ch);
+        Ok(())
     }
 
-    /// Subscribes `conn` to `ch` and returns the snapshot its reply carries. Error 2 if
-    /// it already is, error 4 past its subscription limit or the channel limit; an error
-    /// changes nothing.
-    pub fn subscribe(
-        &mut self,
-        conn: ConnId,
-        ch: &str,
-        since: Option<&StreamPosition>,
-        now: Instant,
-    ) -> Result<Snapshot<Encoded>, ErrorBody> {
+    fn may_subscribe(&self, conn: ConnId, ch: &str) -> Result<(), ErrorBody> {
         let held = self.by_conn.get(&conn);
         if held.is_some_and(|chs| chs.iter().any(|c| &**c == ch)) {
             return Err(ErrorBody::new(
@@ -184,14 +209,16 @@ impl<S: Store> Channels<S> {
                 format!("too many subscriptions (max {})", self.max_subscriptions),
             ));
         }
-        let snap = self.store.open(ch, since, now)?;
+        Ok(())
+    }
+
+    fn add(&mut self, conn: ConnId, ch: &str) {
         let name: Arc<str> = match self.by_channel.get_key_value(ch) {
             Some((k, _)) => k.clone(),
             None => Arc::from(ch),
         };
         self.by_channel.entry(name.clone()).or_default().insert(conn);
         self.by_conn.entry(conn).or_default().push(name);
-        Ok(snap)
     }
 
     /// Ends `conn`'s subscription to `ch`; error 2 if it had none.
@@ -219,7 +246,6 @@ impl<S: Store> Channels<S> {
                 self.by_channel.remove(ch);
             }
         }
-        self.store.close(ch);
     }
 
     /// Drops every subscription of `conn` (it has gone, or was cut) and returns the
@@ -237,42 +263,9 @@ impl<S: Store> Channels<S> {
         self.by_channel.get(ch).is_some_and(|m| m.contains(&conn))
     }
 
-    /// Publishes; the caller then offers the publication to [`subscribers`](Self::subscribers).
-    pub fn publish(
-        &mut self,
-        ch: &str,
-        data: &Value,
-        key: Option<&str>,
-        from: Option<ConnId>,
-        now: Instant,
-    ) -> Result<Published, ErrorBody> {
-        self.store.publish(ch, data, key, from, now)
-    }
-
     /// The connections subscribed to `ch`, in no particular order.
     pub fn subscribers(&self, ch: &str) -> impl Iterator<Item = ConnId> + '_ {
         self.by_channel.get(ch).into_iter().flatten().copied()
-    }
-
-    /// Reads history; see [`Store::history`].
-    pub fn history(
-        &mut self,
-        ch: &str,
-        since: Option<&StreamPosition>,
-        limit: Option<u64>,
-        now: Instant,
-    ) -> Result<Snapshot<Encoded>, ErrorBody> {
-        self.store.history(ch, since, limit, now)
-    }
-
-    /// Drops what has expired by `now`.
-    pub fn expire(&mut self, now: Instant) {
-        self.store.expire(now);
-    }
-
-    /// Whether anything is kept that a sweep could expire.
-    pub fn has_state(&self) -> bool {
-        !self.store.is_empty()
     }
 
     /// Subscriptions of every connection together.
@@ -288,6 +281,113 @@ impl<S: Store> Channels<S> {
     /// How many channels `conn` is subscribed to.
     pub fn subscription_count(&self, conn: ConnId) -> usize {
         self.by_conn.get(&conn).map_or(0, Vec::len)
+    }
+}
+
+/// Every connection's subscriptions, in front of a [`Store`]. Owned by the hub thread.
+#[derive(Debug)]
+pub struct Channels<S = MemoryStore> {
+    store: S,
+    subs: Subscriptions,
+}
+
+impl Channels<MemoryStore> {
+    /// Channels in memory, with `limits`.
+    pub fn in_memory(limits: Limits) -> Channels<MemoryStore> {
+        Channels::new(MemoryStore::new(limits), limits.max_subscriptions)
+    }
+}
+
+impl<S: Store> Channels<S> {
+    /// Subscriptions (at most `max_subscriptions` per connection) over `store`.
+    pub fn new(store: S, max_subscriptions: usize) -> Channels<S> {
+        Channels {
+            store,
+            subs: Subscriptions::new(max_subscriptions),
+        }
+    }
+
+    /// The store, for inspection.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// Whether `conn` is subscribed to `ch`.
+    pub fn is_subscribed(&self, conn: ConnId, ch: &str) -> bool {
+        self.subs.is_subscribed(conn, ch)
+    }
+
+    /// The connections subscribed to `ch`, in no particular order.
+    pub fn subscribers(&self, ch: &str) -> impl Iterator<Item = ConnId> + '_ {
+        self.subs.subscribers(ch)
+    }
+
+    /// Subscriptions of every connection together.
+    pub fn subscription_total(&self) -> usize {
+        self.subs.subscription_total()
+    }
+
+    /// The channels `conn` is subscribed to.
+    pub fn channels_of(&self, conn: ConnId) -> impl Iterator<Item = Arc<str>> + '_ {
+        self.subs.channels_of(conn)
+    }
+
+    /// How many channels `conn` is subscribed to.
+    pub fn subscription_count(&self, conn: ConnId) -> usize {
+        self.subs.subscription_count(conn)
+    }
+
+    /// Subscribes `conn` to `ch` and returns the snapshot its reply carries. Error 2 if
+    /// it already is, error 4 past its subscription limit or the channel limit; an error
+    /// changes nothing.
+    pub fn subscribe(
+        &mut self,
+        conn: ConnId,
+        ch: &str,
+        since: Option<&StreamPosition>,
+        now: Instant,
+    ) -> Result<Snapshot<Encoded>, ErrorBody> {
+        self.subs.may_subscribe(conn, ch)?;
+        let snap = self.store.open(ch, since, now)?;
+        self.subs.add(conn, ch);
+        Ok(snap)
+    }
+
+    /// Ends `conn`'s subscription to `ch`; error 2 if it had none.
+    pub fn unsubscribe(&mut self, conn: ConnId, ch: &str) -> Result<(), ErrorBody> {
+        self.subs.unsubscribe(conn, ch)?;
+        self.store.close(ch);
+        Ok(())
+    }
+
+    /// Drops every subscription of `conn` (it has gone, or was cut) and returns the
+    /// channels it was subscribed to (none the second time).
+    pub fn remove_conn(&mut self, conn: ConnId) -> Vec<Arc<str>> {
+        let chs = self.subs.remove_conn(conn);
+        for ch in &chs {
+            self.store.close(ch);
+        }
+        chs
+    }
+
+    /// Publishes; the caller then offers the publication to the subscribers of `p.ch`.
+    pub fn publish(&mut self, p: Publish<'_>, now: Instant) -> Result<Published, ErrorBody> {
+        self.store.publish(p, now)
+    }
+
+    /// Reads history; see [`Store::history`].
+    pub fn history(&mut self, q: HistoryQuery<'_>, now: Instant) -> Result<Snapshot<Encoded>, ErrorBody> {
+        self.store.history(q, now)
+    }
+
+    /// Drops what has expired by `now`.
+    pub fn expire(&mut self, now: Instant) {
+        self.store.expire(now);
+    }
+
+    /// Whether anything is kept that a sweep could expire.
+    pub fn has_state(&self) -> bool {
+        !self.store.is_empty()
     }
 }
 
@@ -308,6 +408,16 @@ mod tests {
         Channels::new(MemoryStore::seeded(limits, 5), limits.max_subscriptions)
     }
 
+    /// Channels where each `(conn, ch)` has subscribed, in order.
+    fn subscribed(subscriptions: &[(ConnId, &str)]) -> Channels {
+        let mut c = channels();
+        let now = Instant::now();
+        for &(conn, ch) in subscriptions {
+            c.subscribe(conn, ch, None, now).unwrap();
+        }
+        c
+    }
+
     fn subs(c: &Channels, ch: &str) -> Vec<ConnId> {
         let mut v: Vec<_> = c.subscribers(ch).collect();
         v.sort();
@@ -316,11 +426,7 @@ mod tests {
 
     #[test]
     fn subscribers_are_per_channel() {
-        let mut c = channels();
-        let now = Instant::now();
-        c.subscribe(1, "a", None, now).unwrap();
-        c.subscribe(2, "a", None, now).unwrap();
-        c.subscribe(2, "b", None, now).unwrap();
+        let c = subscribed(&[(1, "a"), (2, "a"), (2, "b")]);
         assert_eq!(subs(&c, "a"), vec![1, 2]);
         assert_eq!(subs(&c, "b"), vec![2]);
         assert!(subs(&c, "c").is_empty());
@@ -328,10 +434,8 @@ mod tests {
 
     #[test]
     fn subscribing_twice_is_error_2() {
-        let mut c = channels();
-        let now = Instant::now();
-        c.subscribe(1, "a", None, now).unwrap();
-        let err = c.subscribe(1, "a", None, now).unwrap_err();
+        let mut c = subscribed(&[(1, "a")]);
+        let err = c.subscribe(1, "a", None, Instant::now()).unwrap_err();
         assert_eq!(err.code, ErrorCode::BadState);
         assert_eq!(c.subscription_count(1), 1);
     }
@@ -348,10 +452,8 @@ mod tests {
 
     #[test]
     fn past_max_subscriptions_is_error_4_and_changes_nothing() {
-        let mut c = channels();
+        let mut c = subscribed(&[(1, "a"), (1, "b")]);
         let now = Instant::now();
-        c.subscribe(1, "a", None, now).unwrap();
-        c.subscribe(1, "b", None, now).unwrap();
         let err = c.subscribe(1, "c", None, now).unwrap_err();
         assert_eq!(err.code, ErrorCode::LimitExceeded);
         assert_eq!(c.subscription_count(1), 2);
@@ -363,11 +465,7 @@ mod tests {
 
     #[test]
     fn removing_a_connection_drops_its_subscriptions_and_idle_channels() {
-        let mut c = channels();
-        let now = Instant::now();
-        c.subscribe(1, "a", None, now).unwrap();
-        c.subscribe(1, "b", None, now).unwrap();
-        c.subscribe(2, "a", None, now).unwrap();
+        let mut c = subscribed(&[(1, "a"), (1, "b"), (2, "a")]);
         c.remove_conn(1);
         assert_eq!(subs(&c, "a"), vec![2]);
         assert!(subs(&c, "b").is_empty());
@@ -376,12 +474,27 @@ mod tests {
     }
 
     #[test]
+    fn subscriptions_without_a_store_follow_the_same_rules() {
+        let mut s = Subscriptions::new(1);
+        s.subscribe(1, "a").unwrap();
+        assert_eq!(s.subscribe(1, "a").unwrap_err().code, ErrorCode::BadState);
+        assert_eq!(s.subscribe(1, "b").unwrap_err().code, ErrorCode::LimitExceeded);
+        assert_eq!(s.subscription_count(1), 1);
+        assert!(!s.is_subscribed(1, "b"));
+    }
+
+    #[test]
     fn a_snapshot_then_publications_join_with_no_gap() {
         let mut c = channels();
         let now = Instant::now();
-        c.publish("a", &json!(1), None, None, now).unwrap();
+        c.publish(Publish::new("a", &json!(1)), now).unwrap();
         let snap = c.subscribe(1, "a", None, now).unwrap();
-        let next = c.publish("a", &json!(2), None, Some(9), now).unwrap();
+        let data = json!(2);
+        let from_a_client = Publish {
+            from: Some(9),
+            ..Publish::new("a", &data)
+        };
+        let next = c.publish(from_a_client, now).unwrap();
         assert_eq!(next.position.offset, snap.offset + 1);
         assert_eq!(next.position.epoch, snap.epoch);
     }

@@ -325,6 +325,15 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// Presence (lists of at most 10) with each connection identified as its user.
+    fn identified(users: &[(ConnId, &str)]) -> Presence {
+        let mut p = Presence::in_memory(10);
+        for &(conn, user) in users {
+            p.identify(conn, user, None);
+        }
+        p
+    }
+
     #[test]
     fn a_join_goes_to_watchers_other_than_the_joiner() {
         let mut p = Presence::in_memory(10);
@@ -353,10 +362,7 @@ mod tests {
 
     #[test]
     fn two_connections_of_one_user_are_two_clients_and_one_user() {
-        let mut p = Presence::in_memory(10);
-        p.identify(1, "ann", None);
-        p.identify(2, "ann", None);
-        p.identify(3, "bob", None);
+        let mut p = identified(&[(1, "ann"), (2, "ann"), (3, "bob")]);
         for c in 1..=3 {
             p.join(c, "a", false);
         }
@@ -383,8 +389,7 @@ mod tests {
 
     #[test]
     fn empty_channels_and_forgotten_connections_leave_nothing_behind() {
-        let mut p = Presence::in_memory(10);
-        p.identify(1, "ann", None);
+        let mut p = identified(&[(1, "ann")]);
         p.join(1, "a", true);
         p.join(1, "b", false);
         p.leave(1, "a");

@@ -40,40 +40,31 @@ pub fn recover<P: Clone>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::{Duration, Instant};
-
-    const TTL: Duration = Duration::from_secs(300);
-
-    fn history(capacity: usize, n: u64, t0: Instant) -> History<u64> {
-        let mut h = History::new(capacity, TTL);
-        for off in 1..=n {
-            h.push(off, t0, off, 1);
-        }
-        h
-    }
+    use crate::pubsub::history::TEST_TTL;
+    use std::time::Instant;
 
     #[test]
     fn same_epoch_and_all_in_history_recovers_exactly_the_missed() {
-        let h = history(100, 10, Instant::now());
+        let h = History::filled(100, 10, Instant::now());
         assert_eq!(recover("e", 10, &h, "e", 7), Recovery::Recovered(vec![8, 9, 10]));
     }
 
     #[test]
     fn at_the_top_recovers_nothing_missed() {
-        let h = history(100, 10, Instant::now());
+        let h = History::filled(100, 10, Instant::now());
         assert_eq!(recover("e", 10, &h, "e", 10), Recovery::Recovered(vec![]));
     }
 
     #[test]
     fn another_epoch_is_lost() {
-        let h = history(100, 10, Instant::now());
+        let h = History::filled(100, 10, Instant::now());
         assert_eq!(recover("e2", 10, &h, "e1", 10), Recovery::Lost);
         assert_eq!(recover("e2", 10, &h, "e1", 3), Recovery::Lost);
     }
 
     #[test]
     fn more_missed_than_history_is_lost() {
-        let h = history(5, 20, Instant::now()); // keeps 16..=20
+        let h = History::filled(5, 20, Instant::now()); // keeps 16..=20
         assert_eq!(
             recover("e", 20, &h, "e", 15),
             Recovery::Recovered(vec![16, 17, 18, 19, 20])
@@ -83,15 +74,15 @@ mod tests {
 
     #[test]
     fn a_position_past_the_top_is_lost() {
-        let h = history(100, 10, Instant::now());
+        let h = History::filled(100, 10, Instant::now());
         assert_eq!(recover("e", 10, &h, "e", 11), Recovery::Lost);
     }
 
     #[test]
     fn expired_history_is_lost_unless_nothing_was_missed() {
         let t0 = Instant::now();
-        let mut h = history(100, 10, t0);
-        h.expire(t0 + TTL);
+        let mut h = History::filled(100, 10, t0);
+        h.expire(t0 + TEST_TTL);
         assert_eq!(recover("e", 10, &h, "e", 9), Recovery::Lost);
         assert_eq!(recover("e", 10, &h, "e", 10), Recovery::Recovered(vec![]));
     }

@@ -195,13 +195,17 @@ fn soft_limit(limits: &str, name: &str) -> Option<u64> {
 mod tests {
     use super::*;
 
+    /// Linux's default `vm.max_map_count`, with 300 mappings in use, and nothing else known.
+    const DEFAULT_MAP_COUNT: SystemLimits = SystemLimits {
+        max_map_count: Some(65530),
+        maps_in_use: 300,
+        max_threads: None,
+        threads_in_use: 0,
+    };
+
     #[test]
     fn the_default_map_count_allows_fifteen_thousand_connections() {
-        let l = SystemLimits {
-            max_map_count: Some(65530),
-            maps_in_use: 300,
-            ..SystemLimits::default()
-        };
+        let l = DEFAULT_MAP_COUNT;
         let (n, limit) = ceiling(&l).unwrap();
         assert_eq!(limit, "vm.max_map_count");
         assert!(n >= 15_000, "{n}");
@@ -221,11 +225,7 @@ mod tests {
 
     #[test]
     fn writers_get_the_room_the_limits_leave_beside_the_readers() {
-        let l = SystemLimits {
-            max_map_count: Some(65530),
-            maps_in_use: 300,
-            ..SystemLimits::default()
-        };
+        let l = DEFAULT_MAP_COUNT;
         let threads = (65530 - 300 - MAP_MARGIN as usize) / MAPS_PER_THREAD as usize;
         assert_eq!(writers_allowed(&l, 10_000), threads - 10_000);
         // At the ceiling, what the ceiling reserved.

@@ -44,7 +44,7 @@ use crate::pubsub::presence::{Event, Presence};
 use crate::pubsub::protocol::{
     Command, Empty, ErrorBody, ErrorCode, Push, Reply, Request, StreamPosition, Welcome,
 };
-use crate::pubsub::{Channels, ConnId};
+use crate::pubsub::{Channels, ConnId, HistoryQuery, Publish};
 use crate::server::backlog::{Backlog, Delivered};
 use crate::server::error::PublishError;
 use crate::server::hub::PeerHandle;
@@ -80,6 +80,16 @@ pub(crate) struct ApiPublish {
     pub reply: Sender<Result<StreamPosition, PublishError>>,
 }
 
+impl ApiPublish {
+    /// The publication it asks for: from no connection.
+    pub(crate) fn publication(&self) -> Publish<'_> {
+        Publish {
+            key: self.key.as_deref(),
+            ..Publish::new(&self.ch, &self.data)
+        }
+    }
+}
+
 /// The hub's state that `/ws` commands touch.
 pub(crate) struct Hubside<'a> {
     pub channels: &'a mut Channels,
@@ -91,7 +101,8 @@ pub(crate) struct Hubside<'a> {
 }
 
 impl Hubside<'_> {
-    /// Executes one command and offers its reply (and, for `pub`, the pushes).
+    /// Executes one command and offers its reply (and, for `pub`, the pushes). The hub
+    /// has dropped the commands of connections that are gone.
     pub(crate) fn execute(&mut self, cmd: ConnCommand, now: Instant) {
         let ConnCommand {
             conn,
@@ -99,11 +110,6 @@ impl Hubside<'_> {
             identity,
             presence_any,
         } = cmd;
-        // A connection cut as a slow consumer may still have commands in the inbox:
-        // they would only rebuild state for a connection that is gone.
-        if self.registry.get(conn).is_none() {
-            return;
-        }
         let id = request.id;
         let reply = match request.command {
             Command::Hello { .. } => self.hello(conn, id, identity),
@@ -142,13 +148,24 @@ impl Hubside<'_> {
                 }
             }
             Command::Pub { ch, data, key } => {
-                match self.publish(&ch, &data, key.as_deref(), Some(conn), now) {
+                let p = Publish {
+                    ch: &ch,
+                    data: &data,
+                    key: key.as_deref(),
+                    from: Some(conn),
+                };
+                match self.publish(p, now) {
                     Ok(position) => encode::reply(&Reply::ok(id, position)),
                     Err(e) => encode::reply(&Reply::<Empty>::err(Some(id), e)),
                 }
             }
             Command::History { ch, since, limit } => {
-                match self.channels.history(&ch, since.as_ref(), limit, now) {
+                let q = HistoryQuery {
+                    ch: &ch,
+                    since: since.as_ref(),
+                    limit,
+                };
+                match self.channels.history(q, now) {
                     Ok(snap) => encode::snapshot_reply(id, &snap),
                     Err(e) => encode::reply(&Reply::<Empty>::err(Some(id), e)),
                 }
@@ -237,30 +254,21 @@ impl Hubside<'_> {
     /// A publication through the server API (`Hub::publish*`, `POST /api/publish`): no
     /// `from`; a key when the caller gave one.
     pub(crate) fn api_publish(&mut self, p: ApiPublish, now: Instant) {
-        let result = self
-            .publish(&p.ch, &p.data, p.key.as_deref(), None, now)
-            .map_err(PublishError::Rejected);
+        let result = self.publish(p.publication(), now).map_err(PublishError::Rejected);
         // The caller may have given up waiting; nothing to do then.
         let _ = p.reply.send(result);
     }
 
     /// Publishes and offers the push to every subscriber, before the caller acks.
-    fn publish(
-        &mut self,
-        ch: &str,
-        data: &Value,
-        key: Option<&str>,
-        from: Option<ConnId>,
-        now: Instant,
-    ) -> Result<StreamPosition, crate::pubsub::protocol::ErrorBody> {
-        let published = self.channels.publish(ch, data, key, from, now)?;
+    fn publish(&mut self, p: Publish<'_>, now: Instant) -> Result<StreamPosition, ErrorBody> {
+        let published = self.channels.publish(p, now)?;
         if let Some(publication) = &published.publication {
             let started = Instant::now();
             let frame = text_frame(encode::push(publication));
             let mut dropped = Vec::new();
             let mut delivered = 0;
             let mut owed = Delivered::default();
-            for sub in self.channels.subscribers(ch) {
+            for sub in self.channels.subscribers(p.ch) {
                 if !self.backlog.is_empty() {
                     self.backlog.settle(sub, self.registry, &mut owed);
                 }

@@ -281,28 +281,36 @@ mod tests {
         assert!(!same_key("", "s3cret"));
     }
 
+    /// The resource at `path` with the default configuration, then with `change` made.
+    fn resource_before_and_after(path: &str, change: impl FnOnce(&mut Config)) -> [Option<Resource>; 2] {
+        let mut config = Config::default();
+        let before = resource(&config, path);
+        change(&mut config);
+        [before, resource(&config, path)]
+    }
+
     #[test]
     fn the_demo_follows_its_flag_and_the_script_is_always_there() {
-        let mut config = Config::default();
-        assert_eq!(resource(&config, "/"), Some(Resource::Demo));
-        config.demo = false;
-        assert_eq!(resource(&config, "/"), None);
-        assert_eq!(resource(&config, "/wshub.js"), Some(Resource::Script));
+        let demo_off = |c: &mut Config| c.demo = false;
+        assert_eq!(
+            resource_before_and_after("/", demo_off),
+            [Some(Resource::Demo), None]
+        );
+        let script = Some(Resource::Script);
+        assert_eq!(resource_before_and_after("/wshub.js", demo_off), [script, script]);
     }
 
     #[test]
     fn the_publish_api_exists_only_with_a_key() {
-        let mut config = Config::default();
-        assert_eq!(resource(&config, "/api/publish"), None);
-        config.api_key = Some("k".into());
-        assert_eq!(resource(&config, "/api/publish"), Some(Resource::Publish));
+        let with_key = |c: &mut Config| c.api_key = Some("k".into());
+        let publish = resource_before_and_after("/api/publish", with_key);
+        assert_eq!(publish, [None, Some(Resource::Publish)]);
     }
 
     #[test]
     fn metrics_follow_their_flag() {
-        let mut config = Config::default();
-        assert_eq!(resource(&config, "/metrics"), Some(Resource::Metrics));
-        config.metrics = false;
-        assert_eq!(resource(&config, "/metrics"), None);
+        let metrics_off = |c: &mut Config| c.metrics = false;
+        let metrics = resource_before_and_after("/metrics", metrics_off);
+        assert_eq!(metrics, [Some(Resource::Metrics), None]);
     }
 }

@@ -565,6 +565,16 @@ fn serve(
             }
         };
     }
+    // What the Redis engine's hub side may touch, borrowed for one command or one event.
+    macro_rules! out {
+        () => {
+            Out {
+                registry: &mut registry,
+                metrics,
+                presence: &mut presence,
+            }
+        };
+    }
     // Ends everything `id` held on `/ws`, with either engine: its subscriptions (with
     // their leaves), who it was, and its engine state.
     macro_rules! forget {
@@ -650,18 +660,16 @@ fn serve(
                     forget!(id);
                 }
             }
+            // A connection cut as a slow consumer may still have commands in the inbox:
+            // they would only rebuild state for a connection that is gone.
+            Some(HubMsg::Command(cmd)) if registry.get(cmd.conn).is_none() => {}
             // `hello` is about the connection, not a channel: the same with either engine
             // (the reader has already refused one that does not come first).
             Some(HubMsg::Command(cmd))
                 if remote.is_some() && !matches!(cmd.request.command, Command::Hello { .. }) =>
             {
                 if let Some(r) = remote.as_mut() {
-                    let mut out = Out {
-                        registry: &mut registry,
-                        metrics,
-                        presence: &mut presence,
-                    };
-                    r.execute(*cmd, &mut out);
+                    r.execute(*cmd, &mut out!());
                 }
             }
             Some(HubMsg::Publish(p)) if remote.is_some() => {
@@ -671,12 +679,7 @@ fn serve(
             }
             Some(HubMsg::Redis(event)) => {
                 if let Some(r) = remote.as_mut() {
-                    let mut out = Out {
-                        registry: &mut registry,
-                        metrics,
-                        presence: &mut presence,
-                    };
-                    r.event(*event, &mut out);
+                    r.event(*event, &mut out!());
                 }
             }
             Some(HubMsg::Command(cmd)) => {

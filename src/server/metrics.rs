@@ -456,13 +456,17 @@ mod tests {
             line(&text, "wshub_connections_rejected_total{status=\"404\"}"),
             "wshub_connections_rejected_total{status=\"404\"} 2"
         );
-        assert!(text.contains("wshub_connections_rejected_total{status=\"503\"} 1\n"));
-        assert!(text.contains("wshub_connections_closed_total{code=\"1000\"} 1\n"));
-        assert!(text.contains("wshub_connections_closed_total{code=\"other\"} 1\n"));
-        assert!(text.contains("wshub_messages_sent_total 3\n"));
-        assert!(text.contains("wshub_sent_bytes_total 30\n"));
-        assert!(text.contains("wshub_hub_inbox_depth 7\n"));
-        assert!(text.contains("# TYPE wshub_connections_open gauge\n"));
+        for expected in [
+            "wshub_connections_rejected_total{status=\"503\"} 1\n",
+            "wshub_connections_closed_total{code=\"1000\"} 1\n",
+            "wshub_connections_closed_total{code=\"other\"} 1\n",
+            "wshub_messages_sent_total 3\n",
+            "wshub_sent_bytes_total 30\n",
+            "wshub_hub_inbox_depth 7\n",
+            "# TYPE wshub_connections_open gauge\n",
+        ] {
+            assert!(text.contains(expected), "no {expected:?} in\n{text}");
+        }
     }
 
     #[test]

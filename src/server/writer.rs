@@ -778,20 +778,36 @@ fn send_now(sock: &TcpStream, frame: &WireFrame) -> io::Result<usize> {
 mod tests {
     use super::*;
     use crate::server::queue::outbound;
+    use crate::server::registry::Offer;
     use crossbeam_channel::bounded;
     use std::io::Read;
     use std::net::TcpListener;
 
-    fn pair() -> (Arc<WriteSide>, TcpStream) {
+    /// A connected pair over loopback: the server's end, and the client's (reads time out
+    /// after 5 s, so a frame that never comes fails the test).
+    fn sockets() -> (TcpStream, TcpStream) {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let (s, _) = l.accept().unwrap();
         c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        (s, c)
+    }
+
+    /// A write side whose receivers are held elsewhere (by the test), and the client socket.
+    fn pair() -> (Arc<WriteSide>, TcpStream) {
+        let (s, c) = sockets();
         (Arc::new(WriteSide::new(Arc::new(s), writers(), None)), c)
     }
 
     fn text(t: &str) -> WireFrame {
         WireFrame::from_message(tungstenite::Message::text(t)).unwrap()
+    }
+
+    fn close(code: u16, reason: &'static str) -> Ctrl {
+        Ctrl::Close {
+            code,
+            reason: reason.into(),
+        }
     }
 
     fn read_exactly(client: &mut TcpStream, n: usize) -> Vec<u8> {
@@ -800,12 +816,57 @@ mod tests {
         got
     }
 
+    /// Everything the client receives until the server's end shuts down.
+    fn read_all(client: &mut TcpStream) -> Vec<u8> {
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).unwrap();
+        got
+    }
+
+    /// A connection's two channels, with `data` already queued and `ctrl` sent: their
+    /// senders and, as a writer would hold them, their receivers.
+    fn queues(data: Vec<WireFrame>, ctrl: Vec<Ctrl>) -> (OutboundTx, Sender<Ctrl>, Receivers) {
+        let (dtx, drx) = outbound(8, 1 << 20);
+        let (ctx, crx) = bounded(8);
+        for f in data {
+            assert_eq!(dtx.try_push(f), Offer::Queued);
+        }
+        for c in ctrl {
+            ctx.send(c).unwrap();
+        }
+        (dtx, ctx, Receivers { data: drx, ctrl: crx })
+    }
+
+    /// Offers `frame` on the hub's fast path with `data` already in the data queue and
+    /// `ctrl` waiting in the control channel.
+    fn offer_now(
+        side: &WriteSide,
+        frame: &WireFrame,
+        closes: bool,
+        data: Vec<WireFrame>,
+        ctrl: Vec<Ctrl>,
+    ) -> FastWrite {
+        let (dtx, ctx, _rx) = queues(data, ctrl);
+        side.try_write_now(frame, closes, &dtx, &ctx)
+    }
+
+    /// Runs a writer on `side` until it ends, with `data` queued and `ctrl` sent before it
+    /// starts (the senders stay open meanwhile).
+    fn run_queued(
+        side: Arc<WriteSide>,
+        data: Vec<WireFrame>,
+        ctrl: Vec<Ctrl>,
+        timers: WriterTimers,
+    ) -> WriterEnd {
+        let (_dtx, _ctx, rx) = queues(data, ctrl);
+        run(side, rx, timers)
+    }
+
     #[test]
     fn the_hub_writes_at_once_to_an_idle_connection() {
         let (side, mut client) = pair();
-        let (dtx, _drx) = outbound(8, 1 << 20);
         assert_eq!(
-            side.try_write_now(&text("now"), false, &dtx, &bounded(1).0),
+            offer_now(&side, &text("now"), false, vec![], vec![]),
             FastWrite::Done
         );
         assert_eq!(read_exactly(&mut client, 5), b"\x81\x03now");
@@ -814,29 +875,22 @@ mod tests {
     #[test]
     fn a_close_the_hub_writes_is_the_last_frame() {
         let (side, mut client) = pair();
-        let (dtx, _drx) = outbound(8, 1 << 20);
+        let bye = WireFrame::close(1001, "");
+        assert_eq!(offer_now(&side, &bye, true, vec![], vec![]), FastWrite::Done);
         assert_eq!(
-            side.try_write_now(&WireFrame::close(1001, ""), true, &dtx, &bounded(1).0),
-            FastWrite::Done
-        );
-        assert_eq!(
-            side.try_write_now(&text("after"), false, &dtx, &bounded(1).0),
+            offer_now(&side, &text("after"), false, vec![], vec![]),
             FastWrite::Done
         );
         side.sock.shutdown(Shutdown::Write).unwrap();
-        let mut got = Vec::new();
-        client.read_to_end(&mut got).unwrap();
-        assert_eq!(got, b"\x88\x02\x03\xe9");
+        assert_eq!(read_all(&mut client), b"\x88\x02\x03\xe9");
     }
 
     #[test]
     fn a_pong_waiting_for_the_writer_is_not_overtaken() {
         let (side, _client) = pair();
-        let (dtx, _drx) = outbound(8, 1 << 20);
-        let (ctx, _crx) = bounded(8);
-        ctx.send(Ctrl::Raw(vec![0x8A, 0x00])).unwrap();
+        let pong = Ctrl::Raw(vec![0x8A, 0x00]);
         assert_eq!(
-            side.try_write_now(&text("echo"), false, &dtx, &ctx),
+            offer_now(&side, &text("echo"), false, vec![], vec![pong]),
             FastWrite::Later
         );
     }
@@ -844,10 +898,9 @@ mod tests {
     #[test]
     fn the_hub_queues_behind_frames_already_queued() {
         let (side, _client) = pair();
-        let (dtx, _drx) = outbound(8, 1 << 20);
-        dtx.try_push(text("first"));
+        let first = text("first");
         assert_eq!(
-            side.try_write_now(&text("second"), false, &dtx, &bounded(1).0),
+            offer_now(&side, &text("second"), false, vec![first], vec![]),
             FastWrite::Later
         );
     }
@@ -855,10 +908,9 @@ mod tests {
     #[test]
     fn the_hub_waits_for_no_one_holding_the_write_lock() {
         let (side, _client) = pair();
-        let (dtx, _drx) = outbound(8, 1 << 20);
         let held = side.begin().unwrap();
         assert_eq!(
-            side.try_write_now(&text("x"), false, &dtx, &bounded(1).0),
+            offer_now(&side, &text("x"), false, vec![], vec![]),
             FastWrite::Later
         );
         drop(held);
@@ -867,25 +919,16 @@ mod tests {
     #[test]
     fn nothing_goes_out_after_a_close_even_on_the_fast_path() {
         let (side, mut client) = pair();
-        let (dtx, drx) = outbound(8, 1 << 20);
-        let (ctx, crx) = bounded(8);
-        ctx.send(Ctrl::Close {
-            code: 1000,
-            reason: "".into(),
-        })
-        .unwrap();
-        ctx.send(Ctrl::Finish).unwrap();
+        let ctrl = vec![close(1000, ""), Ctrl::Finish];
         assert_eq!(
-            run(side.clone(), Receivers { data: drx, ctrl: crx }, TIMERS),
+            run_queued(side.clone(), vec![], ctrl, TIMERS),
             WriterEnd::Finished
         );
         assert_eq!(
-            side.try_write_now(&text("late"), false, &dtx, &bounded(1).0),
+            offer_now(&side, &text("late"), false, vec![], vec![]),
             FastWrite::Done
         );
-        let mut got = Vec::new();
-        client.read_to_end(&mut got).unwrap();
-        assert_eq!(got, b"\x88\x02\x03\xe8");
+        assert_eq!(read_all(&mut client), b"\x88\x02\x03\xe8");
     }
 
     #[test]
@@ -897,17 +940,12 @@ mod tests {
             .write_all(&[frame.head(), frame.payload()].concat()[..3])
             .unwrap();
         side.state.lock().unwrap().pending = Some((frame, 3));
-        let (_dtx, drx) = outbound(8, 1 << 20);
-        let (ctx, crx) = bounded(8);
-        ctx.send(Ctrl::Raw(vec![0x8A, 0x00])).unwrap(); // a pong from tungstenite
-        ctx.send(Ctrl::Finish).unwrap();
+        let pong = Ctrl::Raw(vec![0x8A, 0x00]); // as tungstenite writes it
         assert_eq!(
-            run(side, Receivers { data: drx, ctrl: crx }, TIMERS),
+            run_queued(side, vec![], vec![pong, Ctrl::Finish], TIMERS),
             WriterEnd::Finished
         );
-        let mut got = Vec::new();
-        client.read_to_end(&mut got).unwrap();
-        assert_eq!(got, b"\x81\x05hello\x8a\x00");
+        assert_eq!(read_all(&mut client), b"\x81\x05hello\x8a\x00");
     }
 
     const TIMERS: WriterTimers = WriterTimers {
@@ -922,66 +960,44 @@ mod tests {
     #[test]
     fn drain_close_flushes_queued_data_first_and_sends_one_close() {
         let (server, mut client) = pair();
-        let (dtx, drx) = outbound(8, 1 << 20);
-        let (ctx, crx) = bounded(8);
-        for i in 0..3u8 {
-            dtx.try_push(WireFrame::from_message(tungstenite::Message::binary(vec![i])).unwrap());
-        }
-        ctx.send(Ctrl::Close {
-            code: 1001,
-            reason: "bye".into(),
-        })
-        .unwrap();
-        // A second Close, and tungstenite's reply Close, must both be dropped.
-        ctx.send(Ctrl::Close {
-            code: 1000,
-            reason: "".into(),
-        })
-        .unwrap();
-        ctx.send(Ctrl::Raw(vec![0x88, 0x02, 0x03, 0xe8])).unwrap();
-        ctx.send(Ctrl::Finish).unwrap();
+        let data = (0..3u8)
+            .map(|i| WireFrame::from_message(tungstenite::Message::binary(vec![i])).unwrap())
+            .collect();
+        let ctrl = vec![
+            close(1001, "bye"),
+            // A second Close, and tungstenite's reply Close, must both be dropped.
+            close(1000, ""),
+            Ctrl::Raw(vec![0x88, 0x02, 0x03, 0xe8]),
+            Ctrl::Finish,
+        ];
+        assert_eq!(run_queued(server, data, ctrl, TIMERS), WriterEnd::Finished);
         assert_eq!(
-            run(server, Receivers { data: drx, ctrl: crx }, TIMERS),
-            WriterEnd::Finished
+            read_all(&mut client),
+            b"\x82\x01\x00\x82\x01\x01\x82\x01\x02\x88\x05\x03\xe9bye"
         );
-        let mut got = Vec::new();
-        client.read_to_end(&mut got).unwrap();
-        assert_eq!(got, b"\x82\x01\x00\x82\x01\x01\x82\x01\x02\x88\x05\x03\xe9bye");
     }
 
     #[test]
     fn a_close_reply_from_tungstenite_goes_out_after_queued_data() {
         let (server, mut client) = pair();
-        let (dtx, drx) = outbound(8, 1 << 20);
-        let (ctx, crx) = bounded(8);
-        dtx.try_push(WireFrame::from_message(tungstenite::Message::text("echo")).unwrap());
-        ctx.send(Ctrl::Raw(vec![0x88, 0x02, 0x03, 0xe8])).unwrap();
-        ctx.send(Ctrl::Finish).unwrap();
+        let reply = Ctrl::Raw(vec![0x88, 0x02, 0x03, 0xe8]);
+        let ctrl = vec![reply, Ctrl::Finish];
         assert_eq!(
-            run(server, Receivers { data: drx, ctrl: crx }, TIMERS),
+            run_queued(server, vec![text("echo")], ctrl, TIMERS),
             WriterEnd::Finished
         );
-        let mut got = Vec::new();
-        client.read_to_end(&mut got).unwrap();
-        assert_eq!(got, b"\x81\x04echo\x88\x02\x03\xe8");
+        assert_eq!(read_all(&mut client), b"\x81\x04echo\x88\x02\x03\xe8");
     }
 
     #[test]
     fn unanswered_close_is_cut_after_the_close_timeout() {
         let (server, _client) = pair();
-        let (_dtx, drx) = outbound(8, 1 << 20);
-        let (ctx, crx) = bounded(8);
-        ctx.send(Ctrl::Close {
-            code: 1001,
-            reason: "".into(),
-        })
-        .unwrap();
         let timers = WriterTimers {
             close_timeout: Duration::from_millis(50),
             ..TIMERS
         };
         assert_eq!(
-            run(server, Receivers { data: drx, ctrl: crx }, timers),
+            run_queued(server, vec![], vec![close(1001, "")], timers),
             WriterEnd::Cut
         );
     }
@@ -1035,10 +1051,7 @@ mod tests {
         idle: Duration,
         budget: usize,
     ) -> (Arc<WriteSide>, OutboundTx, Sender<Ctrl>, TcpStream, Arc<Metrics>) {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
-        let (s, _) = l.accept().unwrap();
-        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let (s, c) = sockets();
         let (dtx, drx) = outbound(1 << 16, 1 << 30);
         let (ctx, crx) = bounded(CTRL_QUEUE);
         let metrics = Arc::new(Metrics::default());
@@ -1052,7 +1065,7 @@ mod tests {
     /// Offers `frame` as the hub does: at once if it can, else queued and a writer woken.
     fn offer(side: &Arc<WriteSide>, dtx: &OutboundTx, ctx: &Sender<Ctrl>, frame: WireFrame) {
         if !side.write_now(&frame, dtx, ctx) {
-            assert_eq!(dtx.try_push(frame), crate::server::registry::Offer::Queued);
+            assert_eq!(dtx.try_push(frame), Offer::Queued);
             side.wake();
         }
     }
@@ -1117,7 +1130,7 @@ mod tests {
                                 offer(&side, &dtx, &ctx, frame);
                             } else {
                                 // Queued always, as a send that found the lock taken.
-                                assert_eq!(dtx.try_push(frame), crate::server::registry::Offer::Queued);
+                                assert_eq!(dtx.try_push(frame), Offer::Queued);
                                 side.wake();
                             }
                             if i % EACH == EACH - 1 {
@@ -1169,6 +1182,6 @@ mod tests {
         let _ = client.read_to_end(&mut got);
         assert!(got.is_empty(), "nothing was written: {got:?}");
         assert!(matches!(lock(&side.life).holder, Holder::Done));
-        assert_eq!(dtx.try_push(text("later")), crate::server::registry::Offer::Gone);
+        assert_eq!(dtx.try_push(text("later")), Offer::Gone);
     }
 }

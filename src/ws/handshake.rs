@@ -599,6 +599,12 @@ mod tests {
         }
     }
 
+    /// The status a WebSocket endpoint refuses the upgrade request with once `from` in it
+    /// is replaced by `to` (`None`: not refused).
+    fn edited_upgrade_status(from: &str, to: &str) -> Option<StatusCode> {
+        status_of(&upgrade_request("").replace(from, to), Endpoint::WebSocket, &[])
+    }
+
     #[test]
     fn unknown_path_is_404() {
         assert_eq!(
@@ -617,41 +623,33 @@ mod tests {
     }
 
     #[test]
-    fn healthz_is_ok_without_upgrade() {
-        let req = parse("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
-        assert_eq!(answer(&req, Endpoint::Health, &[]), Answer::Health);
+    fn healthz_is_ok_without_upgrade_to_get_and_head() {
+        for method in ["GET", "HEAD"] {
+            let req = parse(&format!("{method} /healthz HTTP/1.1\r\nHost: x\r\n\r\n"));
+            assert_eq!(answer(&req, Endpoint::Health, &[]), Answer::Health, "{method}");
+        }
     }
 
     #[test]
     fn wrong_version_is_426_and_missing_is_400() {
-        let wrong = upgrade_request("").replace("Version: 13", "Version: 8");
-        assert_eq!(
-            status_of(&wrong, Endpoint::WebSocket, &[]),
-            Some(StatusCode::UPGRADE_REQUIRED)
-        );
-        let missing = upgrade_request("").replace("Sec-WebSocket-Version: 13\r\n", "");
-        assert_eq!(
-            status_of(&missing, Endpoint::WebSocket, &[]),
-            Some(StatusCode::BAD_REQUEST)
-        );
+        let wrong = edited_upgrade_status("Version: 13", "Version: 8");
+        assert_eq!(wrong, Some(StatusCode::UPGRADE_REQUIRED));
+        let missing = edited_upgrade_status("Sec-WebSocket-Version: 13\r\n", "");
+        assert_eq!(missing, Some(StatusCode::BAD_REQUEST));
     }
 
     #[test]
     fn missing_or_malformed_key_is_400() {
-        let missing = upgrade_request("").replace(&format!("Sec-WebSocket-Key: {KEY}\r\n"), "");
-        assert_eq!(
-            status_of(&missing, Endpoint::WebSocket, &[]),
-            Some(StatusCode::BAD_REQUEST)
-        );
+        let missing = edited_upgrade_status(&format!("Sec-WebSocket-Key: {KEY}\r\n"), "");
+        assert_eq!(missing, Some(StatusCode::BAD_REQUEST));
         for bad in [
             "short==",
             "dGhlIHNhbXBsZSBub25jZQ",
             "dGhlIHNhbXBsZSBub25jZR==",
             "dGhlIHNhbXBsZSBub25j!Q==",
         ] {
-            let text = upgrade_request("").replace(KEY, bad);
             assert_eq!(
-                status_of(&text, Endpoint::WebSocket, &[]),
+                edited_upgrade_status(KEY, bad),
                 Some(StatusCode::BAD_REQUEST),
                 "{bad}"
             );
@@ -660,22 +658,16 @@ mod tests {
 
     #[test]
     fn upgrade_header_other_than_websocket_is_400() {
-        let text = upgrade_request("").replace("Upgrade: websocket", "Upgrade: h2c");
-        assert_eq!(
-            status_of(&text, Endpoint::WebSocket, &[]),
-            Some(StatusCode::BAD_REQUEST)
-        );
-        let text = upgrade_request("").replace("keep-alive, Upgrade", "keep-alive");
-        assert_eq!(
-            status_of(&text, Endpoint::WebSocket, &[]),
-            Some(StatusCode::BAD_REQUEST)
-        );
-    }
-
-    #[test]
-    fn head_healthz_is_answered_like_get() {
-        let req = parse("HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
-        assert_eq!(answer(&req, Endpoint::Health, &[]), Answer::Health);
+        for (from, to) in [
+            ("Upgrade: websocket", "Upgrade: h2c"),
+            ("keep-alive, Upgrade", "keep-alive"),
+        ] {
+            assert_eq!(
+                edited_upgrade_status(from, to),
+                Some(StatusCode::BAD_REQUEST),
+                "{to}"
+            );
+        }
     }
 
     #[test]
@@ -688,9 +680,8 @@ mod tests {
 
     #[test]
     fn non_get_is_405() {
-        let text = upgrade_request("").replacen("GET", "POST", 1);
         assert_eq!(
-            status_of(&text, Endpoint::WebSocket, &[]),
+            edited_upgrade_status("GET", "POST"),
             Some(StatusCode::METHOD_NOT_ALLOWED)
         );
     }

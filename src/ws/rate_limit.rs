@@ -51,30 +51,29 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    /// Takes `n` messages at `at` and checks that the next one is refused.
+    fn allows_exactly(r: &mut RateLimiter, n: u32, at: Instant) {
+        assert!((0..n).all(|_| r.allow(at)), "fewer than {n} allowed");
+        assert!(!r.allow(at), "more than {n} allowed");
+    }
+
     #[test]
     fn a_burst_of_rate_messages_is_allowed_then_refused() {
         let t = Instant::now();
-        let mut r = RateLimiter::new(5, t);
-        assert!((0..5).all(|_| r.allow(t)));
-        assert!(!r.allow(t));
+        allows_exactly(&mut RateLimiter::new(5, t), 5, t);
     }
 
     #[test]
     fn tokens_refill_with_time() {
         let t = Instant::now();
         let mut r = RateLimiter::new(10, t);
-        assert!((0..10).all(|_| r.allow(t)));
-        assert!(!r.allow(t));
-        assert!(r.allow(t + Duration::from_millis(100)));
-        assert!(!r.allow(t + Duration::from_millis(100)));
+        allows_exactly(&mut r, 10, t);
+        allows_exactly(&mut r, 1, t + Duration::from_millis(100));
     }
 
     #[test]
     fn the_bucket_never_holds_more_than_one_second() {
         let t = Instant::now();
-        let mut r = RateLimiter::new(3, t);
-        let later = t + Duration::from_secs(60);
-        assert!((0..3).all(|_| r.allow(later)));
-        assert!(!r.allow(later));
+        allows_exactly(&mut RateLimiter::new(3, t), 3, t + Duration::from_secs(60));
     }
 }

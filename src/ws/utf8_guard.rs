@@ -454,6 +454,17 @@ mod tests {
         frame_with(first, payload, false)
     }
 
+    /// Frames one after another: the stream, and where each frame starts in it.
+    fn frames(parts: &[(u8, &[u8])]) -> (Vec<u8>, Vec<usize>) {
+        let mut stream = Vec::new();
+        let mut starts = Vec::new();
+        for &(first, payload) in parts {
+            starts.push(stream.len());
+            stream.extend(frame(first, payload));
+        }
+        (stream, starts)
+    }
+
     const TEXT: u8 = 0x81;
     const TEXT_START: u8 = 0x01;
     const BINARY: u8 = 0x82;
@@ -585,36 +596,35 @@ mod tests {
     #[test]
     fn code_point_split_across_reads_and_across_frames() {
         // "€" is E2 82 AC, "𝄞" is F0 9D 84 9E.
-        let mut s = frame(TEXT_START, b"a\xe2");
-        s.extend(frame(CONT, b"\x82"));
-        s.extend(frame(CONT, b"\xac\xf0\x9d\x84"));
-        s.extend(frame(CONT_END, b"\x9e z"));
+        let (s, _) = frames(&[
+            (TEXT_START, b"a\xe2"),
+            (CONT, b"\x82"),
+            (CONT, b"\xac\xf0\x9d\x84"),
+            (CONT_END, b"\x9e z"),
+        ]);
         assert_every_split(&s, None);
     }
 
     #[test]
     fn bad_continuation_byte_in_the_next_frame_fails_there() {
-        let mut s = frame(TEXT_START, b"a\xe2\x82");
-        let second = s.len();
-        s.extend(frame(CONT_END, b"Xyz"));
-        assert_every_split(&s, Some(second + 6));
+        let (s, at) = frames(&[(TEXT_START, b"a\xe2\x82"), (CONT_END, b"Xyz")]);
+        assert_every_split(&s, Some(at[1] + 6));
     }
 
     #[test]
     fn control_frames_inside_a_fragmented_text_message_are_not_text() {
-        let mut s = frame(TEXT_START, b"caf\xc3");
-        s.extend(frame(PING, b"\xff\xfe not text"));
-        s.extend(frame(PONG, b"\xc3"));
-        s.extend(frame(CONT, b"\xa9 \xf0\x9f"));
-        s.extend(frame(PING, b""));
-        s.extend(frame(CONT_END, b"\x98\x80"));
+        let (s, _) = frames(&[
+            (TEXT_START, b"caf\xc3"),
+            (PING, b"\xff\xfe not text"),
+            (PONG, b"\xc3"),
+            (CONT, b"\xa9 \xf0\x9f"),
+            (PING, b""),
+            (CONT_END, b"\x98\x80"),
+        ]);
         assert_every_split(&s, None);
         // The code point is still cut short at the end.
-        let mut t = frame(TEXT_START, b"caf\xc3");
-        t.extend(frame(PING, b"\xa9"));
-        let end = t.len();
-        t.extend(frame(CONT_END, b"!"));
-        assert_every_split(&t, Some(end + 6));
+        let (t, at) = frames(&[(TEXT_START, b"caf\xc3"), (PING, b"\xa9"), (CONT_END, b"!")]);
+        assert_every_split(&t, Some(at[2] + 6));
     }
 
     #[test]
@@ -622,8 +632,7 @@ mod tests {
         let s = frame(TEXT, b"ab\xe2\x82");
         assert_every_split(&s, Some(s.len() - 1));
         // ... also when the last frame is empty: at the last byte of its header.
-        let mut t = frame(TEXT_START, b"ab\xe2\x82");
-        t.extend(frame(CONT_END, b""));
+        let (t, _) = frames(&[(TEXT_START, b"ab\xe2\x82"), (CONT_END, b"")]);
         assert_every_split(&t, Some(t.len() - 1));
     }
 
@@ -631,23 +640,21 @@ mod tests {
     fn binary_frames_are_not_checked() {
         let junk = b"\xff\xfe\xc0\xaf\xed\xa0\x80\xe2";
         assert_every_split(&frame(BINARY, junk), None);
-        let mut s = frame(BINARY_START, junk);
-        s.extend(frame(PING, b"p"));
-        s.extend(frame(CONT, junk));
-        s.extend(frame(CONT_END, junk));
+        let (s, _) = frames(&[(BINARY_START, junk), (PING, b"p"), (CONT, junk), (CONT_END, junk)]);
         assert_every_split(&s, None);
     }
 
     #[test]
     fn each_text_message_is_checked_on_its_own_and_checking_stops_between() {
-        let mut s = frame(TEXT, b"one");
-        s.extend(frame(BINARY, b"\xff"));
-        s.extend(frame(TEXT_START, b"tw"));
-        s.extend(frame(CONT_END, b"o"));
-        s.extend(frame(BINARY, b"\xe2\x82"));
-        let third = s.len();
-        s.extend(frame(TEXT, b"\xac"));
-        assert_every_split(&s, Some(third + 6));
+        let (s, at) = frames(&[
+            (TEXT, b"one"),
+            (BINARY, b"\xff"),
+            (TEXT_START, b"tw"),
+            (CONT_END, b"o"),
+            (BINARY, b"\xe2\x82"),
+            (TEXT, b"\xac"),
+        ]);
+        assert_every_split(&s, Some(at[5] + 6));
     }
 
     #[test]
@@ -701,8 +708,7 @@ mod tests {
 
     #[test]
     fn checking_stops_at_a_close_frame() {
-        let mut s = frame(CLOSE, b"\x03\xe8");
-        s.extend(frame(TEXT, b"\xff"));
+        let (s, _) = frames(&[(CLOSE, b"\x03\xe8"), (TEXT, b"\xff")]);
         assert_every_split(&s, None);
     }
 
@@ -733,29 +739,25 @@ mod tests {
 
     #[test]
     fn frames_tungstenite_rejects_stop_checking_without_a_false_alarm() {
+        // Each is followed by invalid text, which must not be reported.
         let bad_text = frame(TEXT, b"\xff");
-        let mut unmasked = vec![TEXT, 1, 0xff];
-        unmasked.extend(&bad_text);
-        let mut rsv = frame(0xC1, b"\xff");
-        rsv.extend(&bad_text);
-        let mut orphan = frame(CONT_END, b"\xff");
-        orphan.extend(&bad_text);
-        let mut nested = frame(TEXT_START, b"a");
-        nested.extend(frame(TEXT, b"\xff"));
-        let mut reserved_op = frame(0x83, b"\xff");
-        reserved_op.extend(&bad_text);
-        let mut fragmented_ping = frame(0x09, b"\xff");
-        fragmented_ping.extend(&bad_text);
-        for s in [unmasked, rsv, orphan, nested, reserved_op, fragmented_ping] {
-            assert_eq!(whole(&s), Outcome::Passed, "{s:x?}");
+        for (what, first) in [
+            ("unmasked", vec![TEXT, 1, 0xff]),
+            ("rsv", frame(0xC1, b"\xff")),
+            ("orphan", frame(CONT_END, b"\xff")),
+            ("nested", frame(TEXT_START, b"a")),
+            ("reserved opcode", frame(0x83, b"\xff")),
+            ("fragmented ping", frame(0x09, b"\xff")),
+        ] {
+            let s = [first, bad_text.clone()].concat();
+            assert_eq!(whole(&s), Outcome::Passed, "{what}: {s:x?}");
         }
     }
 
     #[test]
     fn an_error_in_the_bytes_after_the_request_head_shows_at_the_first_read() {
         let mut g = Utf8Guard::default();
-        let mut leftover = frame(TEXT, b"ok");
-        leftover.extend(frame(TEXT, b"x\xffyz"));
+        let (leftover, _) = frames(&[(TEXT, b"ok"), (TEXT, b"x\xffyz")]);
         let kept = g.screen_vec(leftover);
         assert_eq!(kept.len(), 8 + 7);
         assert!(g.check().is_err());

@@ -69,7 +69,7 @@
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
-use std::thread::{self, JoinHandle};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender, bounded};
@@ -81,7 +81,7 @@ pub use crate::pubsub::protocol::{
     ErrorBody, ErrorCode, Member, PresenceList, Publication, Snapshot, StreamPosition,
 };
 
-use super::{ClientError, EVENT_QUEUE_SIZE, Event, ReconnectConfig, ReconnectingClient, THREAD_STACK_SIZE};
+use super::{ClientError, EVENT_QUEUE_SIZE, Event, ReconnectConfig, ReconnectingClient};
 
 mod state;
 mod thread_main;
@@ -345,11 +345,7 @@ impl ChannelClient {
         let state =
             state::State::with_identity(config.hello(), config.joins).with_retry(config.reconnect.backoff);
         let protocol = Protocol::new(session.clone(), calls_rx, events_tx, closing_rx, state);
-        let handle = thread::Builder::new()
-            .name("wshub-channels".into())
-            .stack_size(THREAD_STACK_SIZE)
-            .spawn(move || protocol.run())
-            .map_err(ClientError::Spawn)?;
+        let handle = super::spawn("wshub-channels", move || protocol.run())?;
         Ok(ChannelClient {
             calls: calls_tx,
             events: events_rx,

@@ -669,6 +669,21 @@ mod tests {
         s
     }
 
+    /// A `pub` of `data` to "a" under `key`.
+    fn keyed_pub(data: Value, key: &str) -> Command {
+        Command::Pub {
+            ch: "a".into(),
+            data,
+            key: Some(key.into()),
+        }
+    }
+
+    /// Drops the connection and makes a new one: the frames the state sends on it.
+    fn reconnect(s: &mut Test) -> Vec<Value> {
+        s.disconnected();
+        sent(&s.connected())
+    }
+
     fn later(d: u64) -> Instant {
         Instant::now() + Duration::from_secs(d)
     }
@@ -725,8 +740,7 @@ mod tests {
     #[test]
     fn recovered_true_in_another_epoch_is_taken_as_not_recovered() {
         let mut s = subscribed_at(3);
-        s.disconnected();
-        let frames = sent(&s.connected());
+        let frames = reconnect(&mut s);
         let out = s.on_text(&sub_reply(&frames[0]["id"], "e9", 5, &[4, 5], Some(true)));
         assert_eq!(subscribed(&out).unwrap().1, Some(false));
         assert!(delivered(&out).is_empty());
@@ -737,8 +751,7 @@ mod tests {
     fn a_reconnect_resubscribes_with_since_the_last_delivered_position() {
         let mut s = subscribed_at(3);
         s.on_text(&push("a", 4));
-        s.disconnected();
-        let frames = sent(&s.connected());
+        let frames = reconnect(&mut s);
         assert_eq!(frames.len(), 1);
         assert_eq!(frames[0]["since"], json!({"epoch":"e1","offset":4}));
     }
@@ -747,8 +760,7 @@ mod tests {
     fn recovered_publications_are_delivered_once_each_in_order() {
         let mut s = subscribed_at(3);
         s.on_text(&push("a", 4));
-        s.disconnected();
-        let frames = sent(&s.connected());
+        let frames = reconnect(&mut s);
         // A live push overtakes the reply; the reply repeats nothing already seen.
         s.on_text(&push("a", 8));
         let out = s.on_text(&sub_reply(&frames[0]["id"], "e1", 7, &[5, 6, 7], Some(true)));
@@ -761,8 +773,7 @@ mod tests {
     #[test]
     fn recovered_false_is_reported_and_delivery_restarts_from_the_new_top() {
         let mut s = subscribed_at(40);
-        s.disconnected();
-        let frames = sent(&s.connected());
+        let frames = reconnect(&mut s);
         let out = s.on_text(&sub_reply(&frames[0]["id"], "e2", 2, &[], Some(false)));
         let (position, recovered) = subscribed(&out).unwrap();
         assert_eq!((position.epoch.as_str(), recovered), ("e2", Some(false)));
@@ -770,23 +781,17 @@ mod tests {
         let out = s.on_text(&push("a", 3));
         assert_eq!(delivered(&out), [3]);
         assert!(matches!(&out[0], Action::Emit(ChannelEvent::Publication { epoch, .. }) if epoch == "e2"));
-        s.disconnected();
-        assert_eq!(sent(&s.connected())[0]["since"], json!({"epoch":"e2","offset":3}));
+        assert_eq!(reconnect(&mut s)[0]["since"], json!({"epoch":"e2","offset":3}));
     }
 
     #[test]
     fn a_publish_lost_with_its_connection_is_sent_again_with_the_same_key() {
         let mut s = Test::default();
         s.connected();
-        let cmd = Command::Pub {
-            ch: "a".into(),
-            data: json!("x"),
-            key: Some("k1".into()),
-        };
+        let cmd = keyed_pub(json!("x"), "k1");
         let first = sent(&s.call(cmd, later(10), "caller").unwrap());
         assert_eq!(first[0]["key"], "k1");
-        s.disconnected();
-        let again = sent(&s.connected());
+        let again = reconnect(&mut s);
         assert_eq!(again.len(), 1);
         assert_eq!(again[0]["key"], "k1");
         assert_eq!(again[0]["data"], "x");
@@ -806,11 +811,7 @@ mod tests {
     #[test]
     fn a_publish_made_offline_waits_for_a_connection() {
         let mut s = Test::default();
-        let cmd = Command::Pub {
-            ch: "a".into(),
-            data: json!(1),
-            key: Some("k".into()),
-        };
+        let cmd = keyed_pub(json!(1), "k");
         assert!(s.call(cmd, later(10), "caller").unwrap().is_empty());
         assert_eq!(sent(&s.connected())[0]["op"], "pub");
     }
@@ -841,11 +842,7 @@ mod tests {
     fn an_error_reply_answers_the_caller_with_the_servers_error() {
         let mut s = Test::default();
         s.connected();
-        let cmd = Command::Pub {
-            ch: "a".into(),
-            data: json!(1),
-            key: Some("k".into()),
-        };
+        let cmd = keyed_pub(json!(1), "k");
         let frames = sent(&s.call(cmd, later(10), "caller").unwrap());
         let reply = json!({"id":frames[0]["id"],"err":{"code":4,"msg":"data too large"}}).to_string();
         let out = s.on_text(&reply);
@@ -863,8 +860,7 @@ mod tests {
         let reply = json!({"id":frames[0]["id"],"err":{"code":4,"msg":"too many subscriptions"}}).to_string();
         let out = s.on_text(&reply);
         assert!(matches!(&out[..], [Action::Emit(ChannelEvent::SubscribeFailed { ch, .. })] if ch == "a"));
-        s.disconnected();
-        assert!(sent(&s.connected()).is_empty());
+        assert!(reconnect(&mut s).is_empty());
         assert!(s.subscribe("a".into(), None).is_ok());
     }
 
@@ -944,8 +940,7 @@ mod tests {
         let out = s.on_text(&json!({"push":"unsub","ch":"a","code":3,"reason":"no"}).to_string());
         assert!(matches!(&out[..], [Action::Emit(ChannelEvent::Unsubscribed { ch, .. })] if ch == "a"));
         assert!(delivered(&s.on_text(&push("a", 1))).is_empty());
-        s.disconnected();
-        assert!(sent(&s.connected()).is_empty());
+        assert!(reconnect(&mut s).is_empty());
     }
 
     #[test]
@@ -985,11 +980,7 @@ mod tests {
     #[test]
     fn close_answers_every_waiting_caller() {
         let mut s = Test::default();
-        let cmd = |k: &str| Command::Pub {
-            ch: "a".into(),
-            data: json!(1),
-            key: Some(k.into()),
-        };
+        let cmd = |k: &str| keyed_pub(json!(1), k);
         s.call(cmd("1"), later(10), "one").unwrap();
         s.call(cmd("2"), later(10), "two").unwrap();
         let out = s.close();

@@ -29,7 +29,7 @@ use crate::pubsub::protocol::{
     Empty, ErrorBody, ErrorCode, Member, PresenceList, Reply, Snapshot, StreamPosition,
 };
 use crate::pubsub::relay::{self, Template};
-use crate::pubsub::{ConnId, Limits};
+use crate::pubsub::{ConnId, HistoryQuery, Limits};
 use crate::server::engine::EngineHealth;
 use crate::server::error::PublishError;
 use crate::server::hub::{Hub, HubMsg};
@@ -201,7 +201,12 @@ impl EngineThread {
                 limit,
                 sub,
             } => {
-                let result = self.read(&ch, since.as_ref(), limit, sub.is_some());
+                let q = HistoryQuery {
+                    ch: &ch,
+                    since: since.as_ref(),
+                    limit,
+                };
+                let result = self.read(q, sub.is_some());
                 match sub {
                     Some(ticket) => self.tell(Event::Snapshot {
                         ch,
@@ -359,13 +364,8 @@ impl EngineThread {
         Ok(StreamPosition { epoch, offset })
     }
 
-    fn read(
-        &mut self,
-        ch: &str,
-        since: Option<&StreamPosition>,
-        limit: Option<u64>,
-        create: bool,
-    ) -> Result<Snapshot<Encoded>, ErrorBody> {
+    fn read(&mut self, q: HistoryQuery<'_>, create: bool) -> Result<Snapshot<Encoded>, ErrorBody> {
+        let HistoryQuery { ch, since, limit } = q;
         let names = Names::new(ch);
         let cap = self.limits.history_size as u64;
         // A `sub` reads everything after `since` (at most the history size); a `history`

@@ -67,7 +67,7 @@ use crate::client::backoff::BackoffConfig;
 use crate::pubsub::encode::{self, Encoded};
 use crate::pubsub::protocol::{Command, Empty, ErrorBody, ErrorCode, Push, Reply, Snapshot, StreamPosition};
 use crate::pubsub::relay::{Continuity, Template, continuity};
-use crate::pubsub::{Channels, ConnId, Limits, Published, Store};
+use crate::pubsub::{ConnId, Limits, Subscriptions};
 use crate::server::commands::{ApiPublish, text_frame};
 use crate::server::engine::EngineHealth;
 use crate::server::error::PublishError;
@@ -189,51 +189,6 @@ pub(crate) enum Event {
     SubscriberLost,
 }
 
-/// The subscription bookkeeping of [`Channels`] without any stream: with the Redis
-/// engine the streams are in Redis and only the engine thread reads them.
-#[derive(Debug, Default)]
-pub(crate) struct Local;
-
-impl Store for Local {
-    fn open(
-        &mut self,
-        _ch: &str,
-        _since: Option<&StreamPosition>,
-        _now: Instant,
-    ) -> Result<Snapshot<Encoded>, ErrorBody> {
-        Ok(Snapshot {
-            epoch: String::new(),
-            offset: 0,
-            pubs: Vec::new(),
-            recovered: None,
-        })
-    }
-    fn close(&mut self, _ch: &str) {}
-    fn publish(
-        &mut self,
-        _ch: &str,
-        _data: &Value,
-        _key: Option<&str>,
-        _from: Option<ConnId>,
-        _now: Instant,
-    ) -> Result<Published, ErrorBody> {
-        Err(not_here())
-    }
-    fn history(
-        &mut self,
-        _ch: &str,
-        _since: Option<&StreamPosition>,
-        _limit: Option<u64>,
-        _now: Instant,
-    ) -> Result<Snapshot<Encoded>, ErrorBody> {
-        Err(not_here())
-    }
-    fn expire(&mut self, _now: Instant) {}
-    fn is_empty(&self) -> bool {
-        true
-    }
-}
-
 fn not_here() -> ErrorBody {
     ErrorBody::new(ErrorCode::Unavailable, "streams are kept in Redis")
 }
@@ -283,7 +238,9 @@ struct Node {
 
 /// The Redis engine on the hub thread. See the module docs.
 pub(crate) struct RedisSide {
-    subs: Channels<Local>,
+    /// Who is subscribed to what here; the streams are in Redis, read only by the engine
+    /// thread.
+    subs: Subscriptions,
     nodes: HashMap<String, Node>,
     next_round: u64,
     next_ticket: u64,
@@ -341,7 +298,7 @@ impl RedisSide {
         )?;
         info!("engine: Redis at {url}");
         Ok(RedisSide {
-            subs: Channels::new(Local, limits.max_subscriptions),
+            subs: Subscriptions::new(limits.max_subscriptions),
             nodes: HashMap::new(),
             next_round: 0,
             next_ticket: 0,
@@ -421,7 +378,8 @@ impl RedisSide {
         }
     }
 
-    /// Executes a `/ws` command.
+    /// Executes a `/ws` command of a connection still registered (the hub drops the
+    /// others').
     pub(crate) fn execute(&mut self, cmd: ConnCommand, out: &mut Out<'_>) {
         let ConnCommand {
             conn,
@@ -429,9 +387,6 @@ impl RedisSide {
             presence_any,
             ..
         } = cmd;
-        if out.registry.get(conn).is_none() {
-            return;
-        }
         let id = request.id;
         let done = match request.command {
             // The hub answers `hello` itself, with either engine.
@@ -520,7 +475,7 @@ impl RedisSide {
         since: Option<StreamPosition>,
         joins: bool,
     ) -> Result<Option<Utf8Bytes>, ErrorBody> {
-        self.subs.subscribe(conn, &ch, None, Instant::now())?;
+        self.subs.subscribe(conn, &ch)?;
         self.next_ticket += 1;
         let ticket = self.next_ticket;
         let node = match self.nodes.get_mut(&ch) {
