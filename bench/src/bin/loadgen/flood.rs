@@ -29,7 +29,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{Instant, sleep_until, timeout_at};
 
 use crate::ws::{Msg, OP_TEXT, Ws};
-use crate::{Cli, Out, cpu_pct, cpu_sample, core_other_pct, hist, ms, open_many, parse_stamp, procfs, put_ramp};
+use crate::{
+    Cli, Out, core_other_pct, cpu_pct, cpu_sample, hist, ms, open_many, parse_stamp, procfs, put_ramp,
+};
 
 #[derive(clap::Args, Debug)]
 pub struct FloodArgs {
@@ -326,11 +328,18 @@ pub async fn flood(cli: &Cli, a: &FloodArgs) -> Out {
         .enumerate()
         .map(|(k, &l)| format!("{}{:.1}", if k as u64 == quiet_n { "| " } else { "" }, ms(l)))
         .collect();
-    eprintln!("loadgen: canary, last member's latency per message (ms): {}", per_msg.join(" "));
+    eprintln!(
+        "loadgen: canary, last member's latency per message (ms): {}",
+        per_msg.join(" ")
+    );
     let (mut quiet_last, mut flood_last) = (hist(), hist());
     for (seq, &l) in last.iter().enumerate() {
         if l > 0 {
-            let h = if (seq as u64) < quiet_n { &mut quiet_last } else { &mut flood_last };
+            let h = if (seq as u64) < quiet_n {
+                &mut quiet_last
+            } else {
+                &mut flood_last
+            };
             h.saturating_record(l);
         }
     }
@@ -352,8 +361,11 @@ pub async fn flood(cli: &Cli, a: &FloodArgs) -> Out {
         }
     }
     if !quiet.is_empty() && !flooding.is_empty() {
-        out.f("p50_ratio", q(&flooding, 0.5) / q(&quiet, 0.5), 2)
-            .f("p99_ratio", q(&flooding, 0.99) / q(&quiet, 0.99), 2);
+        out.f("p50_ratio", q(&flooding, 0.5) / q(&quiet, 0.5), 2).f(
+            "p99_ratio",
+            q(&flooding, 0.99) / q(&quiet, 0.99),
+            2,
+        );
     }
     for (name, h) in [("quiet_last", &quiet_last), ("flood_last", &flood_last)] {
         if !h.is_empty() {
@@ -366,8 +378,14 @@ pub async fn flood(cli: &Cli, a: &FloodArgs) -> Out {
         .kv("flood_broadcast", broadcast)
         .f("flood_per_s", broadcast as f64 / a.duration, 0)
         .kv("flood_gaps", seen.iter().map(|s| s.flood_gaps).sum::<u64>())
-        .kv("flood_dup_or_reordered", seen.iter().map(|s| s.flood_dup).sum::<u64>())
-        .kv("flood_recv_min", seen.iter().map(|s| s.flood_next).min().unwrap_or(0));
+        .kv(
+            "flood_dup_or_reordered",
+            seen.iter().map(|s| s.flood_dup).sum::<u64>(),
+        )
+        .kv(
+            "flood_recv_min",
+            seen.iter().map(|s| s.flood_next).min().unwrap_or(0),
+        );
     let cut: Vec<&Seen> = seen.iter().filter(|s| s.cut.is_some()).collect();
     out.kv("members_seen", seen.len())
         .kv("members_cut", cut.len())

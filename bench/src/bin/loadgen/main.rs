@@ -23,7 +23,9 @@ use tokio::time::{sleep, sleep_until, timeout, timeout_at};
 use ws::{Msg, OP_TEXT, Ws};
 
 #[derive(Parser, Debug)]
-#[command(about = "WebSocket load generator (echo, broadcast, idle, churn, drain, pubsub, resume, storm, flood)")]
+#[command(
+    about = "WebSocket load generator (echo, broadcast, idle, churn, drain, pubsub, resume, storm, flood)"
+)]
 struct Cli {
     /// Server address (loopback).
     #[arg(long, default_value = "127.0.0.1:9301")]
