@@ -6,7 +6,9 @@
 //! connects too and reads (so it is not cut as a slow consumer itself). After `--settle`
 //! the canary starts; `--quiet` seconds later the flooder starts writing `--size`-byte text
 //! messages as fast as its socket takes them, for `--duration` seconds, then resets its
-//! connection (`SO_LINGER` 0) so that nothing it wrote is left for the server to read.
+//! connection (`SO_LINGER` 0). The server still reads what its socket had received by
+//! then (a receive buffer's worth) and broadcasts it after the window; nothing measured
+//! depends on that.
 //!
 //! The canary's latency is measured at **every member** (the canary's own copy and the
 //! flooder's are not counted): from the send time in the payload (same process, same
@@ -101,6 +103,8 @@ fn client_frame(payload: &[u8], mask: [u8; 4], out: &mut Vec<u8>) {
 }
 
 async fn member(mut ws: Ws, base: Instant, flood_end: Instant, deadline: Instant, canaries: u64) -> Seen {
+    // A member that fell behind (this process lost its core) catches up in big reads.
+    ws.read_up_to(64 * 1024);
     let mut s = Seen::default();
     let mut have = vec![false; canaries as usize];
     let mut missing = canaries;
@@ -160,7 +164,7 @@ struct Flooded {
 
 /// Reads (and drops) what the server sends until `flood_start`, then writes flood frames
 /// as fast as the socket takes them while still reading, until `flood_end`; then resets
-/// the connection so the server is left nothing to read.
+/// the connection, which drops what its own socket still holds.
 async fn flooder(ws: Ws, size: usize, flood_start: Instant, flood_end: Instant) -> Flooded {
     let mut out = Flooded::default();
     let mut stream = ws.stream;
@@ -213,7 +217,7 @@ async fn flooder(ws: Ws, size: usize, flood_start: Instant, flood_end: Instant) 
         }
     }
     out.written = bytes / frame_len;
-    // An abortive close: what the server has not read yet is dropped with the connection.
+    // An abortive close: what this socket has not sent yet is dropped with it.
     let _ = stream.set_zero_linger();
     drop(stream);
     out
@@ -291,16 +295,30 @@ pub async fn flood(cli: &Cli, a: &FloodArgs) -> Out {
         cut
     });
 
+    // How long this thread and the server's hub were runnable but not running, during
+    // the flood: a generator that loses its core to another process reads late, which
+    // shows as latency that is not the server's.
+    let hub_path = cli
+        .server_pid
+        .and_then(|p| procfs::thread_schedstat_path(p, "wshub-hub"));
+    let waits = || {
+        (
+            procfs::schedstat("/proc/thread-self/schedstat").map(|s| s.1),
+            hub_path.as_deref().and_then(procfs::schedstat).map(|s| s.1),
+        )
+    };
     sleep_until(t0).await;
     let c0 = cpu_sample(cli.server_pid);
     sleep_until(flood_start).await;
     let c1 = cpu_sample(cli.server_pid);
+    let w1 = waits();
     sleep_until(flood_end - Duration::from_millis(50).min(flood_end - flood_start)).await;
     let threads = cli
         .server_pid
         .and_then(|p| procfs::status_field(&p.to_string(), "Threads"));
     sleep_until(flood_end).await;
     let c2 = cpu_sample(cli.server_pid);
+    let w2 = waits();
 
     let flooded = flood_task.await.unwrap_or_default();
     let seen: Vec<Seen> = futures_util::future::join_all(members)
@@ -410,6 +428,14 @@ pub async fn flood(cli: &Cli, a: &FloodArgs) -> Out {
     }
     if let Some(t) = threads {
         out.kv("server_threads_flood", t);
+    }
+    let window_ns = (c2.at - c1.at).as_nanos().max(1) as f64;
+    let pct = |a: Option<u64>, b: Option<u64>| Some(b?.saturating_sub(a?) as f64 / window_ns * 100.0);
+    if let Some(p) = pct(w1.0, w2.0) {
+        out.f("loadgen_runq_wait_pct", p, 1);
+    }
+    if let Some(p) = pct(w1.1, w2.1) {
+        out.f("hub_runq_wait_pct", p, 1);
     }
     out
 }
