@@ -302,6 +302,16 @@ fn reading_member(addr: SocketAddr) -> std::thread::JoinHandle<()> {
 /// fast as its socket takes it, and reads what comes back on another thread so that it is
 /// not cut as slow itself. Joins to the number of frames it sent.
 fn flooder(addr: SocketAddr, path: &str, burst: Vec<u8>) -> std::thread::JoinHandle<u64> {
+    flooder_for(addr, path, burst, Duration::from_secs(4))
+}
+
+/// [`flooder`] for `how_long`.
+fn flooder_for(
+    addr: SocketAddr,
+    path: &str,
+    burst: Vec<u8>,
+    how_long: Duration,
+) -> std::thread::JoinHandle<u64> {
     let mut flooder = TcpStream::connect(addr).unwrap();
     flooder.write_all(upgrade_request(path, "").as_bytes()).unwrap();
     let mut drain = flooder.try_clone().unwrap();
@@ -309,7 +319,7 @@ fn flooder(addr: SocketAddr, path: &str, burst: Vec<u8>) -> std::thread::JoinHan
         let mut sink = [0u8; 64 * 1024];
         while matches!(drain.read(&mut sink), Ok(n) if n > 0) {}
     });
-    let stop = Instant::now() + Duration::from_secs(4);
+    let stop = Instant::now() + how_long;
     std::thread::spawn(move || {
         let mut sent = 0u64;
         while Instant::now() < stop && flooder.write_all(&burst).is_ok() {
@@ -373,6 +383,132 @@ fn a_flooding_publisher_slows_only_itself() {
         for m in members {
             m.join().unwrap();
         }
+    });
+}
+
+/// One scrape of `/metrics`: the value of the sample `name`.
+fn metric(addr: SocketAddr, name: &str) -> f64 {
+    raw_exchange(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics"))
+}
+
+/// A member of `path` that never reads, with the default receive buffer: what a test
+/// sends it in a few seconds fits in its buffers, so every frame is a real send.
+fn silent_member(addr: SocketAddr, path: &str) -> TcpStream {
+    let mut sock = TcpStream::connect(addr).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    sock.write_all(upgrade_request(path, "").as_bytes()).unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(sock.read(&mut byte).unwrap(), 1, "closed during the handshake");
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"));
+    sock
+}
+
+/// Raises this process's soft limit of open files to its hard limit: both ends of every
+/// test connection are in this process, and tests run side by side.
+fn raise_open_files() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit with a pointer to a live rlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+/// The median of `v`.
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// The hub's inbox is one FIFO for every sender, and a connection may have one message
+/// in it (or in the hub's hands) at a time, so the hub serves sending connections in
+/// turn: a broadcast waits behind at most one message of a flooder, however fast the
+/// flooder writes. With a bound of 8 it waited behind about 8 of them.
+///
+/// How that is seen without trusting absolute times on a loaded machine: the flooder's
+/// path has many members that hold their sockets open (see [`silent_member`]), so each
+/// flood message costs the hub a fan-out time F, read from `/metrics` during the flood.
+/// The canary is alone on a path of its own, so what it times (its own broadcast coming
+/// back) is the hub's wait, not a backlog of flood frames on its socket. Its median
+/// extra wait during the flood must stay under 4 F: behind one flood message it is about
+/// F/2, behind eight about 7.5 F; the rest is the canary's own scheduling on a busy
+/// machine. A machine that is slower all round slows F too, and medians of 30 absorb
+/// the odd stall.
+#[test]
+fn a_broadcast_waits_behind_at_most_one_message_of_a_flooder() {
+    // Enough that a flood message's fan-out outweighs the canary's own scheduling noise:
+    // 800 sockets in this process, beside other tests'.
+    const MEMBERS: usize = 400;
+    raise_open_files();
+    watchdog(Duration::from_secs(120), || {
+        let mut config = test_config();
+        // The in-flight bound alone: no rate limit, so the flood keeps the hub busy.
+        config.max_publish_rate = 0;
+        let server = wshub::Server::builder(config)
+            .route("/calm", wshub::Chat)
+            .start()
+            .unwrap();
+        let addr = server.local_addr();
+        let members: Vec<TcpStream> = (0..MEMBERS).map(|_| silent_member(addr, "/chat")).collect();
+        assert!(eventually(Duration::from_secs(20), || server.connections() == MEMBERS));
+        let mut canary = connect(addr, "/calm");
+        let mut round_trip = |label: &str, i: usize| {
+            let text = format!("{label} {i}");
+            let start = Instant::now();
+            canary.send(Message::text(text.clone())).unwrap();
+            assert_eq!(next_data(&mut canary), Message::text(text));
+            start.elapsed()
+        };
+        for i in 0..5 {
+            round_trip("warm", i);
+        }
+        let quiet = median((0..30).map(|i| round_trip("quiet", i)).collect());
+
+        let burst: Vec<u8> = (0..100)
+            .flat_map(|_| client_frame(0x81, b"flood flood flood!!!"))
+            .collect();
+        // Short: what it sends must fit in the members' socket buffers.
+        let writer = flooder_for(addr, "/chat", burst, Duration::from_secs(2));
+        // Until the flood has reached the hub.
+        let started = metric(addr, "wshub_broadcasts_total");
+        assert!(eventually(Duration::from_secs(10), || {
+            metric(addr, "wshub_broadcasts_total") > started + 100.0
+        }));
+        let (hub_s, broadcasts) = (
+            metric(addr, "wshub_fanout_duration_seconds_sum"),
+            metric(addr, "wshub_broadcasts_total"),
+        );
+        let flooded = median((0..30).map(|i| round_trip("flooded", i)).collect());
+        let fanout = Duration::from_secs_f64(
+            (metric(addr, "wshub_fanout_duration_seconds_sum") - hub_s)
+                / (metric(addr, "wshub_broadcasts_total") - broadcasts),
+        );
+        let sent = writer.join().unwrap();
+        let waited = flooded.saturating_sub(quiet);
+        eprintln!(
+            "canary round trip, median of 30: {quiet:?} quiet, {flooded:?} flooded; fan-out of a flood \
+             message {fanout:?}: the canary waited {:.1} fan-outs more ({sent} flood messages written)",
+            waited.as_secs_f64() / fanout.as_secs_f64()
+        );
+        assert!(
+            waited < fanout * 4,
+            "the canary waited {waited:?} more during the flood, over 4 flood fan-outs of {fanout:?}"
+        );
+        drop(canary);
+        drop(members);
+        server.shutdown();
     });
 }
 

@@ -17,7 +17,12 @@
 //! connection, one client sending as fast as it can fills it with its own messages and
 //! every other member's broadcast waits behind them; with one, the flooder's reader
 //! waits instead, which stops it reading its socket and pushes back on that client's TCP
-//! alone. The byte budget bounds the inbox's memory whatever the message size.
+//! alone. The bound is one message: a connection's next message enters the inbox only
+//! once the hub has handled its last, so the FIFO serves the connections that are
+//! sending in turn, one message each. Another member's broadcast then waits behind at
+//! most one message of each flooder (the one the hub holds, or the one waiting), not
+//! behind a backlog of them; with a bound of n it waited behind up to n of each. The byte
+//! budget bounds the inbox's memory whatever the message size.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -27,10 +32,12 @@ use std::time::Instant;
 use crate::sync::lock;
 use crate::ws::rate_limit::RateLimiter;
 
-/// Messages one connection may have waiting in the hub's inbox. Enough to keep the hub
-/// busy while the reader reads the next message; few enough that a member's broadcast
-/// waits behind at most this many of a flooder's.
-pub(crate) const IN_FLIGHT_PER_CONNECTION: usize = 8;
+/// Messages one connection may have in the hub's inbox or in the hub's hands at once.
+/// One, so that the inbox serves sending connections in turn: a member's broadcast waits
+/// behind at most this many of each flooder's, and each of those costs the hub a
+/// fan-out to the whole topic. The price: a busy sender's reader waits for the hub after
+/// every message instead of reading ahead of it.
+pub(crate) const IN_FLIGHT_PER_CONNECTION: usize = 1;
 
 /// The hub inbox's budget, shared by every sender and the hub.
 #[derive(Debug)]

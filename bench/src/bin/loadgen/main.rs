@@ -5,6 +5,7 @@
 //! `RESULT mode=... key=value key=value ...` (no spaces inside values); progress and
 //! errors go to stderr. Every loop is bounded by a deadline. See bench/README.md.
 
+mod flood;
 mod procfs;
 mod pubsub;
 mod ws;
@@ -22,7 +23,9 @@ use tokio::time::{sleep, sleep_until, timeout, timeout_at};
 use ws::{Msg, OP_TEXT, Ws};
 
 #[derive(Parser, Debug)]
-#[command(about = "WebSocket load generator (echo, broadcast, idle, churn, drain, pubsub, resume, storm)")]
+#[command(
+    about = "WebSocket load generator (echo, broadcast, idle, churn, drain, pubsub, resume, storm, flood)"
+)]
 struct Cli {
     /// Server address (loopback).
     #[arg(long, default_value = "127.0.0.1:9301")]
@@ -157,6 +160,13 @@ enum Mode {
         /// Seconds into publishing when every watcher cuts its connection.
         #[arg(long, default_value_t = 2.0)]
         storm_after: f64,
+    },
+    /// One client floods /chat with small messages as fast as its socket takes them
+    /// while a canary member broadcasts every 100 ms and M members read: the canary's
+    /// latency at every member before and during the flood, loss, members cut.
+    Flood {
+        #[command(flatten)]
+        a: flood::FloodArgs,
     },
     /// N connections, SIGTERM to the server, time until every client saw Close 1001
     /// and the process exited.
@@ -393,6 +403,7 @@ fn main() {
                 watchers,
                 storm_after,
             } => pubsub::storm(&cli, a, *watchers, *storm_after).await,
+            Mode::Flood { a } => flood::flood(&cli, a).await,
         }
     });
     out.print();

@@ -140,3 +140,25 @@ pub fn core_jiffies(core: u32) -> Option<(u64, u64, u64)> {
     let total = busy + v.get(3)? + v.get(4)? + steal;
     Some((busy, steal, total))
 }
+
+/// Nanoseconds a task has spent on a CPU and waiting on a run queue (runnable but not
+/// running), from a `schedstat` file (`/proc/thread-self/schedstat`, or one of
+/// [`thread_schedstat_path`]).
+pub fn schedstat(path: &str) -> Option<(u64, u64)> {
+    let s = fs::read_to_string(path).ok()?;
+    let mut it = s.split_whitespace();
+    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+}
+
+/// The `schedstat` file of `pid`'s first thread named `name`.
+pub fn thread_schedstat_path(pid: u32, name: &str) -> Option<String> {
+    for e in fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
+        let Ok(comm) = fs::read_to_string(e.path().join("comm")) else {
+            continue;
+        };
+        if comm.trim_end() == name {
+            return Some(e.path().join("schedstat").to_string_lossy().into_owned());
+        }
+    }
+    None
+}

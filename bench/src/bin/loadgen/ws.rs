@@ -107,6 +107,14 @@ impl Ws {
         Ok(ws)
     }
 
+    /// Reads up to `n` bytes at a time from now on (the buffer only grows): a
+    /// connection that falls behind then catches up in fewer system calls.
+    pub fn read_up_to(&mut self, n: usize) {
+        if self.buf.len() < n {
+            self.buf.resize(n, 0);
+        }
+    }
+
     fn next_mask(&mut self) -> [u8; 4] {
         // xorshift64*: unpredictable enough for a benchmark's mask keys.
         self.rng ^= self.rng >> 12;
