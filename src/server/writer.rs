@@ -910,6 +910,93 @@ mod tests {
         assert_eq!(got, b"\x81\x05hello\x8a\x00");
     }
 
+    #[test]
+    fn a_frame_the_hub_started_is_finished_wherever_the_socket_stopped_it() {
+        // Cut inside the header, at its end, and inside the payload, for a 2-byte and a
+        // 4-byte header.
+        for (frame, cuts) in [
+            (text("hello"), vec![1, 2, 3, 5, 6]),
+            (text(&"x".repeat(200)), vec![1, 3, 4, 5, 9, 203]),
+        ] {
+            let whole = [frame.head(), frame.payload()].concat();
+            for cut in cuts {
+                let (side, mut client) = pair();
+                (&*side.sock).write_all(&whole[..cut]).unwrap();
+                side.state.lock().unwrap().pending = Some((frame.clone(), cut));
+                let (_dtx, drx) = outbound(8, 1 << 20);
+                let (ctx, crx) = bounded(8);
+                ctx.send(Ctrl::Finish).unwrap();
+                assert_eq!(
+                    run(side, Receivers { data: drx, ctrl: crx }, TIMERS),
+                    WriterEnd::Finished
+                );
+                let mut got = Vec::new();
+                client.read_to_end(&mut got).unwrap();
+                assert_eq!(got, whole, "cut after {cut} of {} bytes", whole.len());
+            }
+        }
+    }
+
+    #[test]
+    fn no_fast_write_goes_into_the_middle_of_a_started_frame() {
+        // A partial fast write leaves its frame pending and only then queues `Resume`:
+        // another sender (the hub, a handler) trying the fast path in between finds both
+        // channels empty, and must still wait for the writer to finish the frame.
+        let (side, client) = pair();
+        side.state.lock().unwrap().pending = Some((text("started"), 3));
+        let (dtx, _drx) = outbound(8, 1 << 20);
+        assert_eq!(
+            side.try_write_now(&text("x"), false, &dtx, &bounded(1).0),
+            FastWrite::Later
+        );
+        client.set_nonblocking(true).unwrap();
+        let e = (&client).read(&mut [0u8; 16]).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock, "nothing was written");
+    }
+
+    #[test]
+    fn a_writer_woken_for_control_still_wakes_for_data_queued_later() {
+        let (side, mut client) = pair();
+        let (dtx, drx) = outbound(8, 1 << 20);
+        let (ctx, crx) = bounded(8);
+        // Idle far longer than the client's read timeout: data must not wait for it.
+        let timers = WriterTimers {
+            idle: Duration::from_secs(60),
+            ..TIMERS
+        };
+        let rx = Receivers { data: drx, ctrl: crx };
+        let writer = thread::spawn(move || run(side, rx, timers));
+        // Pacing, not synchronisation: the writer is waiting when each message comes.
+        thread::sleep(Duration::from_millis(50));
+        ctx.send(Ctrl::Raw(vec![0x8A, 0x00])).unwrap();
+        assert_eq!(read_exactly(&mut client, 2), b"\x8a\x00");
+        thread::sleep(Duration::from_millis(50));
+        // Queued as a send that found the writer writing (no wake: a writer runs).
+        dtx.try_push(text("data"));
+        assert_eq!(read_exactly(&mut client, 6), b"\x81\x04data");
+        ctx.send(Ctrl::Finish).unwrap();
+        assert_eq!(writer.join().unwrap(), WriterEnd::Finished);
+    }
+
+    #[test]
+    fn a_close_answered_within_the_close_timeout_ends_cleanly() {
+        let (side, mut client) = pair();
+        let (_dtx, drx) = outbound(8, 1 << 20);
+        let (ctx, crx) = bounded(8);
+        ctx.send(Ctrl::Close {
+            code: 1000,
+            reason: "".into(),
+        })
+        .unwrap();
+        let rx = Receivers { data: drx, ctrl: crx };
+        let writer = thread::spawn(move || run(side, rx, TIMERS));
+        assert_eq!(read_exactly(&mut client, 4), b"\x88\x02\x03\xe8");
+        // The peer takes a while to answer; its reply reaches the reader, which is done.
+        thread::sleep(Duration::from_millis(200));
+        ctx.send(Ctrl::Finish).unwrap();
+        assert_eq!(writer.join().unwrap(), WriterEnd::Finished);
+    }
+
     const TIMERS: WriterTimers = WriterTimers {
         close_timeout: Duration::from_secs(5),
         idle: Duration::from_secs(5),
@@ -1157,6 +1244,19 @@ mod tests {
                 "round {round}: {spawns} writer spawns"
             );
         }
+    }
+
+    #[test]
+    fn a_refused_writer_is_logged_with_the_limit_it_met() {
+        assert_eq!(
+            Refused::Budget(4).to_string(),
+            "all 4 writer threads of the budget are running"
+        );
+        let spawn = Refused::Spawn(io::Error::from(io::ErrorKind::OutOfMemory));
+        assert!(
+            spawn.to_string().starts_with("cannot spawn a writer thread: "),
+            "{spawn}"
+        );
     }
 
     #[test]
