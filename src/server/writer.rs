@@ -978,6 +978,89 @@ mod tests {
         assert_eq!(writer.join().unwrap(), WriterEnd::Finished);
     }
 
+    /// A write side and a client socket that hold little (about 4 KiB each way): a few
+    /// frames the client does not read block the writer.
+    fn small_pair() -> (Arc<WriteSide>, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        c.set_recv_buffer_size(4096).unwrap();
+        c.connect(&l.local_addr().unwrap().into()).unwrap();
+        let c: TcpStream = c.into();
+        let (s, _) = l.accept().unwrap();
+        socket2::SockRef::from(&s).set_send_buffer_size(4096).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        (Arc::new(WriteSide::new(Arc::new(s), writers(), None)), c)
+    }
+
+    fn numbered(i: u8) -> WireFrame {
+        WireFrame::from_message(tungstenite::Message::binary(vec![i; 4000])).unwrap()
+    }
+
+    #[test]
+    fn a_close_waits_for_what_was_queued_before_it_not_for_frames_queued_after() {
+        let (side, mut client) = small_pair();
+        let (dtx, drx) = outbound(1024, 1 << 30);
+        let (ctx, crx) = bounded(8);
+        // More than one batch ahead of the Close, so the flush takes them in two.
+        for i in 0..100 {
+            dtx.try_push(numbered(i));
+        }
+        ctx.send(Ctrl::Close {
+            code: 1001,
+            reason: "".into(),
+        })
+        .unwrap();
+        let rx = Receivers { data: drx, ctrl: crx };
+        let writer = thread::spawn(move || run(side, rx, TIMERS));
+        // The client reads nothing yet: the writer is blocked in the first batch when
+        // a hub still broadcasting queues more (pacing, not synchronisation).
+        thread::sleep(Duration::from_millis(100));
+        for i in 100..105 {
+            dtx.try_push(numbered(i));
+        }
+        for i in 0..100 {
+            let got = read_exactly(&mut client, 4 + 4000);
+            assert_eq!(&got[..4], b"\x82\x7e\x0f\xa0");
+            assert_eq!(got[4], i, "the frames queued before the Close, in order");
+        }
+        assert_eq!(read_exactly(&mut client, 4), b"\x88\x02\x03\xe9");
+        ctx.send(Ctrl::Finish).unwrap();
+        assert_eq!(writer.join().unwrap(), WriterEnd::Finished);
+        let mut after = Vec::new();
+        client.read_to_end(&mut after).unwrap();
+        assert!(after.is_empty(), "{} bytes after the Close", after.len());
+    }
+
+    #[test]
+    fn a_flush_ahead_of_a_close_stops_at_the_first_write_that_times_out() {
+        // A client that reads nothing, twelve batches queued ahead of a Close: the writer
+        // gives up after one write timeout, not one per batch.
+        let (side, _client) = small_pair();
+        let timeout = Duration::from_millis(200);
+        side.sock.set_write_timeout(Some(timeout)).unwrap();
+        let (dtx, drx) = outbound(1024, 1 << 30);
+        let (ctx, crx) = bounded(8);
+        for i in 0..=255 {
+            dtx.try_push(numbered(i));
+            dtx.try_push(numbered(i));
+            dtx.try_push(numbered(i));
+        }
+        ctx.send(Ctrl::Close {
+            code: 1001,
+            reason: "".into(),
+        })
+        .unwrap();
+        let started = Instant::now();
+        assert_eq!(
+            run(side, Receivers { data: drx, ctrl: crx }, TIMERS),
+            WriterEnd::Cut
+        );
+        // At most two timeouts: the call that fills the socket, then the one that finds
+        // it full. Twelve batches would take twelve.
+        let took = started.elapsed();
+        assert!(took < 6 * timeout, "{took:?}");
+    }
+
     #[test]
     fn a_close_answered_within_the_close_timeout_ends_cleanly() {
         let (side, mut client) = pair();
