@@ -486,6 +486,41 @@ mod tests {
     }
 
     #[test]
+    fn a_publication_of_exactly_the_size_limit_is_published() {
+        let data = json!("x".repeat(100));
+        let size = encode::publication("a", 1, &data, None).len();
+        let at_limit = Limits {
+            max_publication_size: size,
+            ..limits()
+        };
+        let mut s = MemoryStore::seeded(at_limit, 1);
+        let now = Instant::now();
+        let first = s.publish("a", &data, None, None, now).unwrap();
+        assert_eq!(first.publication.map(|p| p.len()), Some(size));
+        let over = json!("x".repeat(101));
+        let err = s.publish("a", &over, None, None, now).unwrap_err();
+        assert_eq!(err.code, ErrorCode::LimitExceeded);
+    }
+
+    #[test]
+    fn a_remembered_key_alone_keeps_the_store_non_empty_until_its_window_ends() {
+        // The hub sweeps only a store that is not empty: a key must still be swept.
+        let short = Limits {
+            history_ttl: Duration::from_secs(60),
+            ..limits()
+        };
+        let mut s = MemoryStore::seeded(short, 3);
+        assert!(s.is_empty());
+        let t0 = Instant::now();
+        s.publish("a", &json!(1), Some("k"), None, t0).unwrap();
+        s.expire(t0 + Duration::from_secs(60));
+        assert_eq!(s.channel_count(), 0);
+        assert!(!s.is_empty(), "the key is remembered for 300 s");
+        s.expire(t0 + Duration::from_secs(300));
+        assert!(s.is_empty());
+    }
+
+    #[test]
     fn history_keeps_the_last_history_size_and_counts_bytes() {
         let now = Instant::now();
         let mut s = opened(&["a"], now);

@@ -498,4 +498,34 @@ mod tests {
         assert_eq!(next.position.offset, snap.offset + 1);
         assert_eq!(next.position.epoch, snap.epoch);
     }
+
+    #[test]
+    fn a_sweep_drops_expired_history_and_the_state_goes_with_it() {
+        // The hub keeps a sweep deadline only while `has_state`.
+        let mut c = channels();
+        let t0 = Instant::now();
+        assert!(!c.has_state());
+        c.publish("a", &json!(1), None, None, t0).unwrap();
+        assert!(c.has_state());
+        c.expire(t0 + Duration::from_secs(299));
+        assert!(c.has_state());
+        c.expire(t0 + Duration::from_secs(300));
+        assert!(!c.has_state(), "the sweep dropped the expired history");
+    }
+
+    #[test]
+    fn a_connections_channels_and_the_total_follow_its_subscriptions() {
+        let mut c = channels();
+        let now = Instant::now();
+        c.subscribe(1, "a", None, now).unwrap();
+        c.subscribe(1, "b", None, now).unwrap();
+        c.subscribe(2, "a", None, now).unwrap();
+        assert_eq!(c.subscription_total(), 3);
+        let mut of: Vec<String> = c.channels_of(1).map(|ch| ch.to_string()).collect();
+        of.sort();
+        assert_eq!(of, ["a", "b"]);
+        c.remove_conn(1);
+        assert_eq!(c.subscription_total(), 1);
+        assert_eq!(c.channels_of(1).count(), 0);
+    }
 }

@@ -410,7 +410,10 @@ mod tests {
         assert_eq!(conn_of("ab12", "cd34-17"), None);
         assert_eq!(conn_of("ab12", "ab123-17"), None);
         assert_eq!(conn_of("", "17"), Some(17));
+        assert_eq!(Presence::in_memory(10).prefix(), "");
         let mut p = Presence::in_memory(10).with_prefix("ab12");
+        assert_eq!(p.prefix(), "ab12");
+        assert_eq!(conn_of(p.prefix(), &p.client_id(3)), Some(3));
         p.identify(3, "ann", None);
         assert_eq!(p.join(3, "a", false).member.client, "ab12-3");
         assert_eq!(p.join(4, "a", false).member.client, "ab12-4");
@@ -424,5 +427,51 @@ mod tests {
         assert_eq!(ev.member.user, "");
         assert_eq!(ev.member.client, "7");
         assert!(!p.is_identified(8));
+    }
+
+    #[test]
+    fn identify_records_who_a_connection_is_until_it_is_forgotten() {
+        let mut p = Presence::in_memory(10);
+        p.identify(7, "ann", None);
+        assert!(p.is_identified(7));
+        assert_eq!(p.identified_count(), 1);
+        p.forget(7);
+        assert!(!p.is_identified(7));
+        assert_eq!(p.identified_count(), 0);
+    }
+
+    #[test]
+    fn watchers_are_the_subscribers_that_asked_for_joins() {
+        let mut p = Presence::in_memory(10);
+        p.join(1, "a", true);
+        p.join(2, "a", false);
+        p.join(3, "a", true);
+        assert_eq!(p.watchers("a").collect::<Vec<_>>(), vec![1, 3]);
+        assert_eq!(p.watchers("b").count(), 0);
+    }
+
+    #[test]
+    fn the_store_lists_each_channel_with_its_own_members() {
+        // What a node refreshes in the Redis engine: its members, channel by channel.
+        let mut p = Presence::in_memory(10);
+        p.join(1, "a", false);
+        p.join(2, "a", false);
+        p.join(2, "b", false);
+        let store = p.store();
+        assert_eq!(store.channel_count(), 2);
+        assert!(store.contains("a", 1) && store.contains("b", 2));
+        assert!(!store.contains("b", 1) && !store.contains("c", 1));
+        let mut listed: Vec<(String, Vec<String>)> = store
+            .channels()
+            .map(|(ch, members)| (ch.to_owned(), members.map(|e| e.client.clone()).collect()))
+            .collect();
+        listed.sort();
+        assert_eq!(
+            listed,
+            vec![
+                ("a".to_owned(), vec!["1".to_owned(), "2".to_owned()]),
+                ("b".to_owned(), vec!["2".to_owned()]),
+            ]
+        );
     }
 }

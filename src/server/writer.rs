@@ -948,6 +948,176 @@ mod tests {
         assert_eq!(read_all(&mut client), b"\x81\x05hello\x8a\x00");
     }
 
+    #[test]
+    fn a_frame_the_hub_started_is_finished_wherever_the_socket_stopped_it() {
+        // Cut inside the header, at its end, and inside the payload, for a 2-byte and a
+        // 4-byte header.
+        for (frame, cuts) in [
+            (text("hello"), vec![1, 2, 3, 5, 6]),
+            (text(&"x".repeat(200)), vec![1, 3, 4, 5, 9, 203]),
+        ] {
+            let whole = [frame.head(), frame.payload()].concat();
+            for cut in cuts {
+                let (side, mut client) = pair();
+                (&*side.sock).write_all(&whole[..cut]).unwrap();
+                side.state.lock().unwrap().pending = Some((frame.clone(), cut));
+                let (_dtx, drx) = outbound(8, 1 << 20);
+                let (ctx, crx) = bounded(8);
+                ctx.send(Ctrl::Finish).unwrap();
+                assert_eq!(
+                    run(side, Receivers { data: drx, ctrl: crx }, TIMERS),
+                    WriterEnd::Finished
+                );
+                let mut got = Vec::new();
+                client.read_to_end(&mut got).unwrap();
+                assert_eq!(got, whole, "cut after {cut} of {} bytes", whole.len());
+            }
+        }
+    }
+
+    #[test]
+    fn no_fast_write_goes_into_the_middle_of_a_started_frame() {
+        // A partial fast write leaves its frame pending and only then queues `Resume`:
+        // another sender (the hub, a handler) trying the fast path in between finds both
+        // channels empty, and must still wait for the writer to finish the frame.
+        let (side, client) = pair();
+        side.state.lock().unwrap().pending = Some((text("started"), 3));
+        let (dtx, _drx) = outbound(8, 1 << 20);
+        assert_eq!(
+            side.try_write_now(&text("x"), false, &dtx, &bounded(1).0),
+            FastWrite::Later
+        );
+        client.set_nonblocking(true).unwrap();
+        let e = (&client).read(&mut [0u8; 16]).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock, "nothing was written");
+    }
+
+    #[test]
+    fn a_writer_woken_for_control_still_wakes_for_data_queued_later() {
+        let (side, mut client) = pair();
+        let (dtx, drx) = outbound(8, 1 << 20);
+        let (ctx, crx) = bounded(8);
+        // Idle far longer than the client's read timeout: data must not wait for it.
+        let timers = WriterTimers {
+            idle: Duration::from_secs(60),
+            ..TIMERS
+        };
+        let rx = Receivers { data: drx, ctrl: crx };
+        let writer = thread::spawn(move || run(side, rx, timers));
+        // Pacing, not synchronisation: the writer is waiting when each message comes.
+        thread::sleep(Duration::from_millis(50));
+        ctx.send(Ctrl::Raw(vec![0x8A, 0x00])).unwrap();
+        assert_eq!(read_exactly(&mut client, 2), b"\x8a\x00");
+        thread::sleep(Duration::from_millis(50));
+        // Queued as a send that found the writer writing (no wake: a writer runs).
+        dtx.try_push(text("data"));
+        assert_eq!(read_exactly(&mut client, 6), b"\x81\x04data");
+        ctx.send(Ctrl::Finish).unwrap();
+        assert_eq!(writer.join().unwrap(), WriterEnd::Finished);
+    }
+
+    /// A write side and a client socket that hold little (about 4 KiB each way): a few
+    /// frames the client does not read block the writer.
+    fn small_pair() -> (Arc<WriteSide>, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        c.set_recv_buffer_size(4096).unwrap();
+        c.connect(&l.local_addr().unwrap().into()).unwrap();
+        let c: TcpStream = c.into();
+        let (s, _) = l.accept().unwrap();
+        socket2::SockRef::from(&s).set_send_buffer_size(4096).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        (Arc::new(WriteSide::new(Arc::new(s), writers(), None)), c)
+    }
+
+    fn numbered(i: u8) -> WireFrame {
+        WireFrame::from_message(tungstenite::Message::binary(vec![i; 4000])).unwrap()
+    }
+
+    #[test]
+    fn a_close_waits_for_what_was_queued_before_it_not_for_frames_queued_after() {
+        let (side, mut client) = small_pair();
+        let (dtx, drx) = outbound(1024, 1 << 30);
+        let (ctx, crx) = bounded(8);
+        // More than one batch ahead of the Close, so the flush takes them in two.
+        for i in 0..100 {
+            dtx.try_push(numbered(i));
+        }
+        ctx.send(Ctrl::Close {
+            code: 1001,
+            reason: "".into(),
+        })
+        .unwrap();
+        let rx = Receivers { data: drx, ctrl: crx };
+        let writer = thread::spawn(move || run(side, rx, TIMERS));
+        // The client reads nothing yet: the writer is blocked in the first batch when
+        // a hub still broadcasting queues more (pacing, not synchronisation).
+        thread::sleep(Duration::from_millis(100));
+        for i in 100..105 {
+            dtx.try_push(numbered(i));
+        }
+        for i in 0..100 {
+            let got = read_exactly(&mut client, 4 + 4000);
+            assert_eq!(&got[..4], b"\x82\x7e\x0f\xa0");
+            assert_eq!(got[4], i, "the frames queued before the Close, in order");
+        }
+        assert_eq!(read_exactly(&mut client, 4), b"\x88\x02\x03\xe9");
+        ctx.send(Ctrl::Finish).unwrap();
+        assert_eq!(writer.join().unwrap(), WriterEnd::Finished);
+        let mut after = Vec::new();
+        client.read_to_end(&mut after).unwrap();
+        assert!(after.is_empty(), "{} bytes after the Close", after.len());
+    }
+
+    #[test]
+    fn a_flush_ahead_of_a_close_stops_at_the_first_write_that_times_out() {
+        // A client that reads nothing, twelve batches queued ahead of a Close: the writer
+        // gives up after one write timeout, not one per batch.
+        let (side, _client) = small_pair();
+        let timeout = Duration::from_millis(200);
+        side.sock.set_write_timeout(Some(timeout)).unwrap();
+        let (dtx, drx) = outbound(1024, 1 << 30);
+        let (ctx, crx) = bounded(8);
+        for i in 0..=255 {
+            dtx.try_push(numbered(i));
+            dtx.try_push(numbered(i));
+            dtx.try_push(numbered(i));
+        }
+        ctx.send(Ctrl::Close {
+            code: 1001,
+            reason: "".into(),
+        })
+        .unwrap();
+        let started = Instant::now();
+        assert_eq!(
+            run(side, Receivers { data: drx, ctrl: crx }, TIMERS),
+            WriterEnd::Cut
+        );
+        // At most two timeouts: the call that fills the socket, then the one that finds
+        // it full. Twelve batches would take twelve.
+        let took = started.elapsed();
+        assert!(took < 6 * timeout, "{took:?}");
+    }
+
+    #[test]
+    fn a_close_answered_within_the_close_timeout_ends_cleanly() {
+        let (side, mut client) = pair();
+        let (_dtx, drx) = outbound(8, 1 << 20);
+        let (ctx, crx) = bounded(8);
+        ctx.send(Ctrl::Close {
+            code: 1000,
+            reason: "".into(),
+        })
+        .unwrap();
+        let rx = Receivers { data: drx, ctrl: crx };
+        let writer = thread::spawn(move || run(side, rx, TIMERS));
+        assert_eq!(read_exactly(&mut client, 4), b"\x88\x02\x03\xe8");
+        // The peer takes a while to answer; its reply reaches the reader, which is done.
+        thread::sleep(Duration::from_millis(200));
+        ctx.send(Ctrl::Finish).unwrap();
+        assert_eq!(writer.join().unwrap(), WriterEnd::Finished);
+    }
+
     const TIMERS: WriterTimers = WriterTimers {
         close_timeout: Duration::from_secs(5),
         idle: Duration::from_secs(5),
@@ -1170,6 +1340,19 @@ mod tests {
                 "round {round}: {spawns} writer spawns"
             );
         }
+    }
+
+    #[test]
+    fn a_refused_writer_is_logged_with_the_limit_it_met() {
+        assert_eq!(
+            Refused::Budget(4).to_string(),
+            "all 4 writer threads of the budget are running"
+        );
+        let spawn = Refused::Spawn(io::Error::from(io::ErrorKind::OutOfMemory));
+        assert!(
+            spawn.to_string().starts_with("cannot spawn a writer thread: "),
+            "{spawn}"
+        );
     }
 
     #[test]
