@@ -495,10 +495,10 @@ mod tests {
         };
         let mut s = MemoryStore::seeded(at_limit, 1);
         let now = Instant::now();
-        let first = s.publish("a", &data, None, None, now).unwrap();
+        let first = s.publish(Publish::new("a", &data), now).unwrap();
         assert_eq!(first.publication.map(|p| p.len()), Some(size));
         let over = json!("x".repeat(101));
-        let err = s.publish("a", &over, None, None, now).unwrap_err();
+        let err = s.publish(Publish::new("a", &over), now).unwrap_err();
         assert_eq!(err.code, ErrorCode::LimitExceeded);
     }
 
@@ -512,7 +512,14 @@ mod tests {
         let mut s = MemoryStore::seeded(short, 3);
         assert!(s.is_empty());
         let t0 = Instant::now();
-        s.publish("a", &json!(1), Some("k"), None, t0).unwrap();
+        s.publish(
+            Publish {
+                key: Some("k"),
+                ..Publish::new("a", &json!(1))
+            },
+            t0,
+        )
+        .unwrap();
         s.expire(t0 + Duration::from_secs(60));
         assert_eq!(s.channel_count(), 0);
         assert!(!s.is_empty(), "the key is remembered for 300 s");

@@ -505,7 +505,7 @@ mod tests {
         let mut c = channels();
         let t0 = Instant::now();
         assert!(!c.has_state());
-        c.publish("a", &json!(1), None, None, t0).unwrap();
+        c.publish(Publish::new("a", &json!(1)), t0).unwrap();
         assert!(c.has_state());
         c.expire(t0 + Duration::from_secs(299));
         assert!(c.has_state());
