@@ -452,13 +452,19 @@ mod tests {
         assert_eq!(offsets(&hist), vec![1]);
     }
 
-    #[test]
-    fn a_key_outlives_the_channel_state_within_the_window() {
+    /// A store whose history lasts a minute while idempotency keys last five: a key
+    /// outlives the channel state it was published with.
+    fn minute_of_history() -> MemoryStore {
         let short = Limits {
             history_ttl: Duration::from_secs(60),
             ..limits()
         };
-        let mut s = MemoryStore::seeded(short, 3);
+        MemoryStore::seeded(short, 3)
+    }
+
+    #[test]
+    fn a_key_outlives_the_channel_state_within_the_window() {
+        let mut s = minute_of_history();
         let t0 = Instant::now();
         let data = json!(1);
         let keyed = Publish {
@@ -505,11 +511,7 @@ mod tests {
     #[test]
     fn a_remembered_key_alone_keeps_the_store_non_empty_until_its_window_ends() {
         // The hub sweeps only a store that is not empty: a key must still be swept.
-        let short = Limits {
-            history_ttl: Duration::from_secs(60),
-            ..limits()
-        };
-        let mut s = MemoryStore::seeded(short, 3);
+        let mut s = minute_of_history();
         assert!(s.is_empty());
         let t0 = Instant::now();
         s.publish(

@@ -1043,11 +1043,7 @@ mod tests {
         for i in 0..100 {
             dtx.try_push(numbered(i));
         }
-        ctx.send(Ctrl::Close {
-            code: 1001,
-            reason: "".into(),
-        })
-        .unwrap();
+        ctx.send(close(1001, "")).unwrap();
         let rx = Receivers { data: drx, ctrl: crx };
         let writer = thread::spawn(move || run(side, rx, TIMERS));
         // The client reads nothing yet: the writer is blocked in the first batch when
@@ -1102,14 +1098,7 @@ mod tests {
     #[test]
     fn a_close_answered_within_the_close_timeout_ends_cleanly() {
         let (side, mut client) = pair();
-        let (_dtx, drx) = outbound(8, 1 << 20);
-        let (ctx, crx) = bounded(8);
-        ctx.send(Ctrl::Close {
-            code: 1000,
-            reason: "".into(),
-        })
-        .unwrap();
-        let rx = Receivers { data: drx, ctrl: crx };
+        let (_dtx, ctx, rx) = queues(vec![], vec![close(1000, "")]);
         let writer = thread::spawn(move || run(side, rx, TIMERS));
         assert_eq!(read_exactly(&mut client, 4), b"\x88\x02\x03\xe8");
         // The peer takes a while to answer; its reply reaches the reader, which is done.
