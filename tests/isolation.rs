@@ -386,30 +386,6 @@ fn a_flooding_publisher_slows_only_itself() {
     });
 }
 
-/// One scrape of `/metrics`: the value of the sample `name`.
-fn metric(addr: SocketAddr, name: &str) -> f64 {
-    raw_exchange(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in /metrics"))
-}
-
-/// A member of `path` that never reads, with the default receive buffer: what a test
-/// sends it in a few seconds fits in its buffers, so every frame is a real send.
-fn silent_member(addr: SocketAddr, path: &str) -> TcpStream {
-    let mut sock = TcpStream::connect(addr).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    sock.write_all(upgrade_request(path, "").as_bytes()).unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(sock.read(&mut byte).unwrap(), 1, "closed during the handshake");
-        head.push(byte[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"));
-    sock
-}
-
 /// Raises this process's soft limit of open files to its hard limit: both ends of every
 /// test connection are in this process, and tests run side by side.
 fn raise_open_files() {
@@ -438,7 +414,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
 /// flooder writes. With a bound of 8 it waited behind about 8 of them.
 ///
 /// How that is seen without trusting absolute times on a loaded machine: the flooder's
-/// path has many members that hold their sockets open (see [`silent_member`]), so each
+/// path has many members that hold their sockets open and never read, so each
 /// flood message costs the hub a fan-out time F, read from `/metrics` during the flood.
 /// The canary is alone on a path of its own, so what it times (its own broadcast coming
 /// back) is the hub's wait, not a backlog of flood frames on its socket. Its median
@@ -461,7 +437,9 @@ fn a_broadcast_waits_behind_at_most_one_message_of_a_flooder() {
             .start()
             .unwrap();
         let addr = server.local_addr();
-        let members: Vec<TcpStream> = (0..MEMBERS).map(|_| silent_member(addr, "/chat")).collect();
+        // Members that never read: what the test sends them in a few seconds fits in
+        // their default socket buffers, so every frame is a real send.
+        let members: Vec<Raw> = (0..MEMBERS).map(|_| Raw::connect(addr, "/chat")).collect();
         assert!(eventually(Duration::from_secs(20), || server.connections() == MEMBERS));
         let mut canary = connect(addr, "/calm");
         let mut round_trip = |label: &str, i: usize| {

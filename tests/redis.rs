@@ -69,11 +69,7 @@ fn healthz(addr: SocketAddr) -> String {
 
 /// `wshub_engine_errors_total` from `/metrics`.
 fn engine_errors(addr: SocketAddr) -> u64 {
-    let r = raw_exchange(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
-    r.lines()
-        .find_map(|l| l.strip_prefix("wshub_engine_errors_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no wshub_engine_errors_total in {r}"))
+    metric(addr, "wshub_engine_errors_total") as u64
 }
 
 /// Polls `/healthz` (bounded) until its status line contains `want`.

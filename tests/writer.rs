@@ -63,14 +63,7 @@ fn writers() -> usize {
 
 /// The value of counter `name` (without `wshub_` and `_total`) in `GET /metrics`.
 fn counter(addr: SocketAddr, name: &str) -> u64 {
-    let text = raw_exchange(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
-    let key = format!("wshub_{name}_total ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&key))
-        .unwrap_or_else(|| panic!("no {key} in {text}"))
-        .trim()
-        .parse()
-        .unwrap()
+    metric(addr, &format!("wshub_{name}_total")) as u64
 }
 
 /// A raw client on `/chat` whose receive window is about 4 KiB and stays so: a client

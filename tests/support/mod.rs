@@ -130,6 +130,15 @@ pub fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// One scrape of `GET /metrics`: the value of the sample `name` (with its labels, if
+/// any, as `/metrics` writes them). Panics if there is none.
+pub fn metric(addr: SocketAddr, name: &str) -> f64 {
+    let text = raw_exchange(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
 /// The status line of a raw response.
 pub fn status_line(response: &str) -> &str {
     response.lines().next().unwrap_or("")
