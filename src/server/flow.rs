@@ -3,9 +3,10 @@
 //!
 //! **Owns** no thread: a [`Flow`] is shared by every sender (connection readers, the
 //! embedding program's threads) and the hub. A sender asks for a [`Credit`] before it
-//! puts a message in the inbox, and **waits** (woken by the condition variable) while the
-//! inbox holds [`Flow`]'s byte budget already, or while its own connection has
-//! [`IN_FLIGHT_PER_CONNECTION`] messages there. The credit travels with the message and
+//! puts a message in the inbox, and **waits** while the inbox holds [`Flow`]'s byte budget
+//! already (woken by the flow's condition variable), or while its own connection has
+//! [`IN_FLIGHT_PER_CONNECTION`] messages there (woken by that connection's [`Slot`], so
+//! a message handled wakes its own connection's sender, not every waiting one). The credit travels with the message and
 //! gives its room back when dropped: after the hub has handled the message, or with the
 //! inbox itself. When the hub ends it closes the flow, which wakes every waiter and
 //! admits everything from then on (the send then fails as the hub is gone), so no wait
@@ -24,6 +25,7 @@
 //! behind a backlog of them; with a bound of n it waited behind up to n of each. The byte
 //! budget bounds the inbox's memory whatever the message size.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
@@ -43,8 +45,12 @@ pub(crate) const IN_FLIGHT_PER_CONNECTION: usize = 1;
 #[derive(Debug)]
 pub(crate) struct Flow {
     state: Mutex<State>,
+    /// Where senders wait for bytes; a connection's senders wait on its own [`Slot`].
     room: Condvar,
     max_bytes: usize,
+    /// How many times a waiting sender has been woken (for the tests of who is woken).
+    #[cfg(test)]
+    wakeups: AtomicUsize,
 }
 
 #[derive(Debug, Default)]
@@ -53,14 +59,32 @@ struct State {
     bytes: usize,
     /// The hub has ended: admit everything.
     closed: bool,
-    /// Senders waiting for room. A credit wakes them only when there are some: a
+    /// Senders waiting for bytes. A credit wakes them only when there are some: a
     /// wake-up is a system call, and the hub gives back a credit per message.
     waiting: usize,
+    /// The slots some sender waits on, by address, so that closing the flow can wake
+    /// them: the messages whose credits would wake them may stay in the inbox after the
+    /// hub has gone, for as long as any sender holds the inbox's sending end.
+    slot_waiters: HashMap<usize, InFlight>,
 }
 
-/// One connection's count of messages waiting in the inbox. Changed only under the
-/// [`Flow`]'s lock, so waiting on the flow's condition variable sees every change.
-pub(crate) type InFlight = Arc<AtomicUsize>;
+/// One connection's share of the inbox: how many of its messages wait there, and where
+/// its senders wait until one of them has been handled. A credit given back wakes only
+/// the senders of its own connection, so a message handled costs one wake-up however
+/// many connections are waiting for theirs.
+#[derive(Debug, Default)]
+pub(crate) struct Slot {
+    /// Its messages in the inbox or in the hub's hands. Changed only under the
+    /// [`Flow`]'s lock, so a sender waiting under that lock sees every change.
+    count: AtomicUsize,
+    /// Its senders waiting for room (changed under the flow's lock too).
+    waiting: AtomicUsize,
+    /// Waited on with the flow's lock.
+    room: Condvar,
+}
+
+/// A connection's [`Slot`], shared by its threads and the credits of its messages.
+pub(crate) type InFlight = Arc<Slot>;
 
 /// Room in the inbox for one message, given back when dropped.
 #[derive(Debug)]
@@ -77,6 +101,8 @@ impl Flow {
             state: Mutex::new(State::default()),
             room: Condvar::new(),
             max_bytes,
+            #[cfg(test)]
+            wakeups: AtomicUsize::new(0),
         })
     }
 
@@ -87,18 +113,34 @@ impl Flow {
     pub(crate) fn admit(self: &Arc<Self>, bytes: usize, conn: Option<&InFlight>) -> Credit {
         let mut st = lock(&self.state);
         loop {
-            let conn_full = conn.is_some_and(|c| c.load(Ordering::Relaxed) >= IN_FLIGHT_PER_CONNECTION);
-            let bytes_full = st.bytes > 0 && st.bytes.saturating_add(bytes) > self.max_bytes;
-            if st.closed || !(conn_full || bytes_full) {
+            if st.closed {
                 break;
             }
-            st.waiting += 1;
-            st = self.room.wait(st).unwrap_or_else(|p| p.into_inner());
-            st.waiting -= 1;
+            if let Some(slot) = conn.filter(|c| c.count.load(Ordering::Relaxed) >= IN_FLIGHT_PER_CONNECTION) {
+                let key = Arc::as_ptr(slot) as usize;
+                if slot.waiting.fetch_add(1, Ordering::Relaxed) == 0 {
+                    st.slot_waiters.insert(key, slot.clone());
+                }
+                st = slot.room.wait(st).unwrap_or_else(|p| p.into_inner());
+                if slot.waiting.fetch_sub(1, Ordering::Relaxed) == 1 {
+                    // Gone already if `close` took them all.
+                    st.slot_waiters.remove(&key);
+                }
+                self.woken();
+                continue;
+            }
+            if st.bytes > 0 && st.bytes.saturating_add(bytes) > self.max_bytes {
+                st.waiting += 1;
+                st = self.room.wait(st).unwrap_or_else(|p| p.into_inner());
+                st.waiting -= 1;
+                self.woken();
+                continue;
+            }
+            break;
         }
         st.bytes = st.bytes.saturating_add(bytes);
         if let Some(c) = conn {
-            c.fetch_add(1, Ordering::Relaxed);
+            c.count.fetch_add(1, Ordering::Relaxed);
         }
         Credit {
             flow: self.clone(),
@@ -109,14 +151,34 @@ impl Flow {
 
     /// The hub has ended: wake every waiter and admit everything from now on.
     pub(crate) fn close(&self) {
-        lock(&self.state).closed = true;
+        let slots = {
+            let mut st = lock(&self.state);
+            st.closed = true;
+            std::mem::take(&mut st.slot_waiters)
+        };
         self.room.notify_all();
+        for slot in slots.values() {
+            slot.room.notify_all();
+        }
+    }
+
+    fn woken(&self) {
+        #[cfg(test)]
+        self.wakeups.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Bytes waiting in the inbox now.
     #[cfg(test)]
     pub(crate) fn bytes(&self) -> usize {
         lock(&self.state).bytes
+    }
+}
+
+impl Slot {
+    /// The connection's messages in the inbox or the hub's hands now.
+    #[cfg(test)]
+    pub(crate) fn count(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
     }
 }
 
@@ -135,15 +197,21 @@ pub(crate) fn pace(limiter: &mut RateLimiter) {
 
 impl Drop for Credit {
     fn drop(&mut self) {
-        let someone_waits = {
+        let (bytes_waiters, slot_waiters) = {
             let mut st = lock(&self.flow.state);
             st.bytes = st.bytes.saturating_sub(self.bytes);
-            if let Some(c) = &self.conn {
-                c.fetch_sub(1, Ordering::Relaxed);
-            }
-            st.waiting > 0
+            let slot_waiters = self.conn.as_ref().is_some_and(|c| {
+                c.count.fetch_sub(1, Ordering::Relaxed);
+                c.waiting.load(Ordering::Relaxed) > 0
+            });
+            (st.waiting > 0, slot_waiters)
         };
-        if someone_waits {
+        if slot_waiters {
+            if let Some(c) = &self.conn {
+                c.room.notify_all();
+            }
+        }
+        if bytes_waiters {
             self.flow.room.notify_all();
         }
     }
@@ -200,7 +268,7 @@ mod tests {
         drop(flow.admit(1, Some(&other)));
         drop(held);
         waiter.join().unwrap();
-        assert_eq!(flooder.load(Ordering::Relaxed), 0);
+        assert_eq!(flooder.count(), 0);
     }
 
     #[test]
@@ -212,5 +280,69 @@ mod tests {
         thread::sleep(Duration::from_millis(50));
         flow.close();
         waiter.join().unwrap();
+    }
+
+    /// Waits, within a bound, until `n` senders wait on `slots` together.
+    fn until_waiting(slots: &[InFlight], n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while slots
+            .iter()
+            .map(|s| s.waiting.load(Ordering::Relaxed))
+            .sum::<usize>()
+            < n
+        {
+            assert!(Instant::now() < deadline, "the senders never waited");
+            thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn a_handled_message_wakes_only_the_senders_of_its_own_connection() {
+        let flow = Flow::new(1 << 20);
+        let slots: Vec<InFlight> = (0..20).map(|_| InFlight::default()).collect();
+        // Every connection has its one message in the inbox and a sender waiting to send
+        // its next.
+        let mut held: Vec<Credit> = slots.iter().map(|s| flow.admit(1, Some(s))).collect();
+        let waiters: Vec<_> = slots
+            .iter()
+            .map(|s| {
+                let (f, s) = (flow.clone(), s.clone());
+                thread::spawn(move || drop(f.admit(1, Some(&s))))
+            })
+            .collect();
+        until_waiting(&slots, slots.len());
+        let before = flow.wakeups.load(Ordering::Relaxed);
+
+        // The hub handles the first connection's message.
+        drop(held.remove(0));
+        let mut waiters = waiters.into_iter();
+        waiters.next().unwrap().join().unwrap();
+
+        assert_eq!(
+            flow.wakeups.load(Ordering::Relaxed) - before,
+            1,
+            "one handled message woke the senders of other connections"
+        );
+        assert!(waiters.as_slice().iter().all(|w| !w.is_finished()));
+        drop(held);
+        waiters.for_each(|w| w.join().unwrap());
+    }
+
+    #[test]
+    fn closing_the_flow_wakes_a_sender_waiting_for_its_connections_turn() {
+        let flow = Flow::new(1 << 20);
+        let conn = InFlight::default();
+        // Its message stays in an inbox the hub will never read again.
+        let _stuck = flow.admit(1, Some(&conn));
+        let (f, c) = (flow.clone(), conn.clone());
+        let (done, admitted) = std::sync::mpsc::channel();
+        thread::spawn(move || done.send(f.admit(1, Some(&c)).bytes));
+        until_waiting(std::slice::from_ref(&conn), 1);
+        flow.close();
+        assert_eq!(
+            admitted.recv_timeout(Duration::from_secs(10)),
+            Ok(1),
+            "the sender still waits"
+        );
     }
 }
