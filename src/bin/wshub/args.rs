@@ -164,4 +164,69 @@ mod tests {
             assert!(parse_size(bad).is_err(), "{bad:?}");
         }
     }
+
+    #[test]
+    fn duration_units_are_case_sensitive_and_may_stand_apart() {
+        assert_eq!(parse_duration(" 3 sec "), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration("2min"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("10secs"), Ok(Duration::from_secs(10)));
+        assert!(
+            parse_duration("5MS")
+                .unwrap_err()
+                .contains("unknown duration unit \"MS\"")
+        );
+    }
+
+    #[test]
+    fn size_units_are_case_insensitive_and_may_stand_apart() {
+        assert_eq!(parse_size(" 2 K "), Ok(2048));
+        assert_eq!(parse_size("512B"), Ok(512));
+        assert_eq!(parse_size("3MB"), Ok(3_000_000));
+        assert_eq!(parse_size("1Gb"), Ok(1_000_000_000));
+    }
+
+    #[test]
+    fn duration_errors_say_what_is_wrong_with_the_text() {
+        for (text, err) in [
+            ("soon", r#"invalid duration "soon" (examples: 500ms, 2s, 1m, 30)"#),
+            ("", r#"invalid duration "" (examples: 500ms, 2s, 1m, 30)"#),
+            ("5x", r#"unknown duration unit "x" in "5x" (use ms, s, m or h)"#),
+            (
+                "1.2.3s",
+                r#"invalid duration "1.2.3s" (examples: 500ms, 2s, 1m, 30)"#,
+            ),
+            (
+                "1e999",
+                r#"unknown duration unit "e999" in "1e999" (use ms, s, m or h)"#,
+            ),
+            (
+                "99999999999999999999999h",
+                r#"duration "99999999999999999999999h" is out of range"#,
+            ),
+        ] {
+            assert_eq!(parse_duration(text), Err(err.to_owned()), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn size_errors_say_what_is_wrong_with_the_text() {
+        for (text, err) in [
+            (
+                "lots",
+                r#"unknown size unit in "lots" (examples: 512, 64KiB, 16MiB)"#,
+            ),
+            ("KiB", r#"invalid size "KiB" (examples: 512, 64KiB, 16MiB)"#),
+            (
+                "1.5MiB",
+                r#"unknown size unit in "1.5MiB" (examples: 512, 64KiB, 16MiB)"#,
+            ),
+            (
+                "99999999999999999999",
+                r#"invalid size "99999999999999999999" (examples: 512, 64KiB, 16MiB)"#,
+            ),
+            ("20000000000GiB", r#"size "20000000000GiB" is too large"#),
+        ] {
+            assert_eq!(parse_size(text), Err(err.to_owned()), "{text:?}");
+        }
+    }
 }
