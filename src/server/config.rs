@@ -549,16 +549,12 @@ mod tests {
 
     #[test]
     fn zero_message_or_frame_sizes_are_rejected() {
-        for config in [
-            Config {
-                max_message_size: 0,
+        for (message, frame) in [(0, 1024), (1024, 0)] {
+            let config = Config {
+                max_message_size: message,
+                max_frame_size: frame,
                 ..Config::default()
-            },
-            Config {
-                max_frame_size: 0,
-                ..Config::default()
-            },
-        ] {
+            };
             let err = config.validate().unwrap_err().to_string();
             assert!(
                 err.contains("message and frame size limits must be at least 1 byte"),
