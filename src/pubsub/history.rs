@@ -134,9 +134,16 @@ impl History<u64> {
     /// For tests: a ring of `capacity` (with [`TEST_TTL`]) with offsets 1 to `n` pushed
     /// at `t0`, each with its offset as the publication and 10 bytes.
     pub(crate) fn filled(capacity: usize, n: u64, t0: Instant) -> History<u64> {
+        History::pushed(capacity, t0, &vec![(0, 10); n as usize])
+    }
+
+    /// For tests: a ring of `capacity` (with [`TEST_TTL`]) with offsets 1, 2... pushed
+    /// as `entries` list them, each `(seconds after t0, bytes)`, with its offset as the
+    /// publication.
+    pub(crate) fn pushed(capacity: usize, t0: Instant, entries: &[(u64, usize)]) -> History<u64> {
         let mut h = History::new(capacity, TEST_TTL);
-        for off in 1..=n {
-            h.push(off, t0, off, 10);
+        for (off, &(secs, bytes)) in (1..).zip(entries) {
+            h.push(off, t0 + Duration::from_secs(secs), off, bytes);
         }
         h
     }
@@ -158,9 +165,7 @@ mod tests {
     #[test]
     fn bytes_follow_pushes_evictions_and_expiry() {
         let t0 = Instant::now();
-        let mut h = History::new(2, TEST_TTL);
-        h.push(1, t0, 1u64, 100);
-        h.push(2, t0 + Duration::from_secs(10), 2, 7);
+        let mut h = History::pushed(2, t0, &[(0, 100), (10, 7)]);
         assert_eq!(h.bytes(), 107);
         h.push(3, t0 + Duration::from_secs(20), 3, 1);
         assert_eq!(h.bytes(), 8);
@@ -172,9 +177,7 @@ mod tests {
     #[test]
     fn entries_expire_after_the_ttl_and_not_before() {
         let t0 = Instant::now();
-        let mut h = History::new(10, TEST_TTL);
-        h.push(1, t0, 1u64, 1);
-        h.push(2, t0 + Duration::from_secs(60), 2, 1);
+        let mut h = History::pushed(10, t0, &[(0, 1), (60, 1)]);
         assert_eq!(h.expire(t0 + TEST_TTL - Duration::from_millis(1)), 0);
         assert_eq!(h.expire(t0 + TEST_TTL), 1);
         assert_eq!(h.latest(10), vec![2]);

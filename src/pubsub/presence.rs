@@ -334,6 +334,16 @@ mod tests {
         p
     }
 
+    /// Presence (lists of at most 10) after these joins, each `(connection, channel,
+    /// asks for joins)`.
+    fn joined(joins: &[(ConnId, &str, bool)]) -> Presence {
+        let mut p = Presence::in_memory(10);
+        for &(conn, ch, joins) in joins {
+            p.join(conn, ch, joins);
+        }
+        p
+    }
+
     #[test]
     fn a_join_goes_to_watchers_other_than_the_joiner() {
         let mut p = Presence::in_memory(10);
@@ -351,9 +361,7 @@ mod tests {
 
     #[test]
     fn a_leave_goes_to_the_remaining_watchers_and_stops_the_leavers_joins() {
-        let mut p = Presence::in_memory(10);
-        p.join(1, "a", true);
-        p.join(2, "a", true);
+        let mut p = joined(&[(1, "a", true), (2, "a", true)]);
         assert_eq!(p.leave(1, "a").to, vec![2]);
         assert!(p.join(3, "a", false).to == vec![2]);
         assert!(p.leave(2, "a").to.is_empty());
@@ -442,10 +450,7 @@ mod tests {
 
     #[test]
     fn watchers_are_the_subscribers_that_asked_for_joins() {
-        let mut p = Presence::in_memory(10);
-        p.join(1, "a", true);
-        p.join(2, "a", false);
-        p.join(3, "a", true);
+        let p = joined(&[(1, "a", true), (2, "a", false), (3, "a", true)]);
         assert_eq!(p.watchers("a").collect::<Vec<_>>(), vec![1, 3]);
         assert_eq!(p.watchers("b").count(), 0);
     }
@@ -453,10 +458,7 @@ mod tests {
     #[test]
     fn the_store_lists_each_channel_with_its_own_members() {
         // What a node refreshes in the Redis engine: its members, channel by channel.
-        let mut p = Presence::in_memory(10);
-        p.join(1, "a", false);
-        p.join(2, "a", false);
-        p.join(2, "b", false);
+        let p = joined(&[(1, "a", false), (2, "a", false), (2, "b", false)]);
         let store = p.store();
         assert_eq!(store.channel_count(), 2);
         assert!(store.contains("a", 1) && store.contains("b", 2));

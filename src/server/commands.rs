@@ -66,6 +66,22 @@ pub(crate) struct ConnCommand {
     pub presence_any: bool,
 }
 
+impl ConnCommand {
+    /// The rule both engines apply before listing presence: a `presence` of a channel
+    /// this connection is not subscribed to (`subscribed` asks the engine's
+    /// subscriptions) is error 3, forbidden, unless the authorizer lets it list any
+    /// channel. Every other command passes.
+    pub(crate) fn check_presence(&self, subscribed: impl FnOnce(&str) -> bool) -> Result<(), ErrorBody> {
+        match &self.request.command {
+            Command::Presence { ch } if !self.presence_any && !subscribed(ch) => Err(ErrorBody::new(
+                ErrorCode::Forbidden,
+                format!("presence of {ch} is for its subscribers"),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// A publication through [`Hub::publish`](crate::Hub::publish).
 #[derive(Debug)]
 pub(crate) struct ApiPublish {
@@ -104,15 +120,13 @@ impl Hubside<'_> {
     /// Executes one command and offers its reply (and, for `pub`, the pushes). The hub
     /// has dropped the commands of connections that are gone.
     pub(crate) fn execute(&mut self, cmd: ConnCommand, now: Instant) {
-        let ConnCommand {
-            conn,
-            request,
-            identity,
-            presence_any,
-        } = cmd;
-        let id = request.id;
-        let reply = match request.command {
-            Command::Hello { .. } => self.hello(conn, id, identity),
+        let (conn, id) = (cmd.conn, cmd.request.id);
+        if let Err(e) = cmd.check_presence(|ch| self.channels.is_subscribed(conn, ch)) {
+            self.send(conn, encode::reply(&Reply::<Empty>::err(Some(id), e)));
+            return;
+        }
+        let reply = match cmd.request.command {
+            Command::Hello { .. } => self.hello(conn, id, cmd.identity),
             Command::Sub { ch, since, joins } => {
                 match self.channels.subscribe(conn, &ch, since.as_ref(), now) {
                     Ok(snap) => {
@@ -136,17 +150,7 @@ impl Hubside<'_> {
                 }
                 Err(e) => encode::reply(&Reply::<Empty>::err(Some(id), e)),
             },
-            Command::Presence { ch } => {
-                if presence_any || self.channels.is_subscribed(conn, &ch) {
-                    encode::reply(&Reply::ok(id, self.presence.list(&ch)))
-                } else {
-                    let e = ErrorBody::new(
-                        ErrorCode::Forbidden,
-                        format!("presence of {ch} is for its subscribers"),
-                    );
-                    encode::reply(&Reply::<Empty>::err(Some(id), e))
-                }
-            }
+            Command::Presence { ch } => encode::reply(&Reply::ok(id, self.presence.list(&ch))),
             Command::Pub { ch, data, key } => {
                 let p = Publish {
                     ch: &ch,

@@ -389,11 +389,6 @@ impl Config {
         if self.max_connections == 0 {
             return Err(ConfigError::new("max connections must be at least 1"));
         }
-        if self.max_message_size == 0 || self.max_frame_size == 0 {
-            return Err(ConfigError::new(
-                "message and frame size limits must be at least 1 byte",
-            ));
-        }
         if self.max_inbox_bytes == 0 || self.max_queue_bytes == 0 {
             return Err(ConfigError::new(
                 "inbox and queue byte limits must be at least 1 byte",
@@ -549,6 +544,22 @@ mod tests {
                 ..Config::default()
             };
             assert!(config.validate().is_err(), "{key:?}");
+        }
+    }
+
+    #[test]
+    fn zero_message_or_frame_sizes_are_rejected() {
+        for (message, frame) in [(0, 1024), (1024, 0)] {
+            let config = Config {
+                max_message_size: message,
+                max_frame_size: frame,
+                ..Config::default()
+            };
+            let err = config.validate().unwrap_err().to_string();
+            assert!(
+                err.contains("message and frame size limits must be at least 1 byte"),
+                "{err}"
+            );
         }
     }
 

@@ -34,30 +34,32 @@ pub fn parse_addr(text: &str) -> Result<SocketAddr, String> {
 /// assert!(parse_duration("soon").is_err());
 /// ```
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
+    let (num, unit) = number_and_unit(text, |c| c.is_ascii_digit() || c == '.');
     if num.is_empty() {
         return Err(format!("invalid duration {text:?} (examples: 500ms, 2s, 1m, 30)"));
     }
-    let scale = match unit.trim() {
-        "" | "s" | "sec" | "secs" => 1.0,
-        "ms" => 0.001,
-        "m" | "min" => 60.0,
-        "h" => 3600.0,
-        other => {
-            return Err(format!(
-                "unknown duration unit {other:?} in {text:?} (use ms, s, m or h)"
-            ));
-        }
+    let Some(scale) = scale_of(DURATION_UNITS, unit) else {
+        return Err(format!(
+            "unknown duration unit {unit:?} in {text:?} (use ms, s, m or h)"
+        ));
     };
     let value: f64 = num
         .parse()
         .map_err(|_| format!("invalid duration {text:?} (examples: 500ms, 2s, 1m, 30)"))?;
     Duration::try_from_secs_f64(value * scale).map_err(|_| format!("duration {text:?} is out of range"))
 }
+
+/// The units of a duration, as written (case matters: `m` is a minute), in seconds.
+const DURATION_UNITS: &[(&str, f64)] = &[
+    ("", 1.0),
+    ("s", 1.0),
+    ("sec", 1.0),
+    ("secs", 1.0),
+    ("ms", 0.001),
+    ("m", 60.0),
+    ("min", 60.0),
+    ("h", 3600.0),
+];
 
 /// Parses a switch as the CLI writes it: `on`/`off` (also `true`/`false`, `yes`/`no`).
 pub fn parse_switch(text: &str) -> Result<bool, String> {
@@ -77,22 +79,11 @@ pub fn parse_switch(text: &str) -> Result<bool, String> {
 /// assert!(parse_size("lots").is_err());
 /// ```
 pub fn parse_size(text: &str) -> Result<usize, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kib" => 1 << 10,
-        "m" | "mib" => 1 << 20,
-        "g" | "gib" => 1 << 30,
-        "kb" => 1000,
-        "mb" => 1_000_000,
-        "gb" => 1_000_000_000,
-        _ => {
-            return Err(format!(
-                "unknown size unit in {text:?} (examples: 512, 64KiB, 16MiB)"
-            ));
-        }
+    let (num, unit) = number_and_unit(text, |c| c.is_ascii_digit());
+    let Some(scale) = scale_of(SIZE_UNITS, &unit.to_ascii_lowercase()) else {
+        return Err(format!(
+            "unknown size unit in {text:?} (examples: 512, 64KiB, 16MiB)"
+        ));
     };
     let value: u64 = num
         .parse()
@@ -101,6 +92,38 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
         .checked_mul(scale)
         .and_then(|v| usize::try_from(v).ok())
         .ok_or_else(|| format!("size {text:?} is too large"))
+}
+
+/// The units of a size, in lower case (any case is accepted), in bytes.
+const SIZE_UNITS: &[(&str, u64)] = &[
+    ("", 1),
+    ("b", 1),
+    ("k", 1 << 10),
+    ("kib", 1 << 10),
+    ("m", 1 << 20),
+    ("mib", 1 << 20),
+    ("g", 1 << 30),
+    ("gib", 1 << 30),
+    ("kb", 1000),
+    ("mb", 1_000_000),
+    ("gb", 1_000_000_000),
+];
+
+/// A number and its unit, as the flags write durations and sizes: the text (trimmed) up
+/// to the first character `in_number` refuses, and the rest (trimmed), which may be
+/// empty.
+fn number_and_unit(text: &str, in_number: fn(char) -> bool) -> (&str, &str) {
+    let t = text.trim();
+    let (num, unit) = t.split_at(t.find(|c: char| !in_number(c)).unwrap_or(t.len()));
+    (num, unit.trim())
+}
+
+/// The scale of `unit` in a table of units, or `None` when it is not one of them.
+fn scale_of<S: Copy>(units: &[(&str, S)], unit: &str) -> Option<S> {
+    units
+        .iter()
+        .find(|(name, _)| *name == unit)
+        .map(|&(_, scale)| scale)
 }
 
 /// A secret from the flag, else from the file (trimmed), else none.
@@ -162,6 +185,71 @@ mod tests {
         assert_eq!(parse_size("123"), Ok(123));
         for bad in ["", "1.5MiB", "99999999999999999999", "18446744073709551615GiB"] {
             assert!(parse_size(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn duration_units_are_case_sensitive_and_may_stand_apart() {
+        assert_eq!(parse_duration(" 3 sec "), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration("2min"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("10secs"), Ok(Duration::from_secs(10)));
+        assert!(
+            parse_duration("5MS")
+                .unwrap_err()
+                .contains("unknown duration unit \"MS\"")
+        );
+    }
+
+    #[test]
+    fn size_units_are_case_insensitive_and_may_stand_apart() {
+        assert_eq!(parse_size(" 2 K "), Ok(2048));
+        assert_eq!(parse_size("512B"), Ok(512));
+        assert_eq!(parse_size("3MB"), Ok(3_000_000));
+        assert_eq!(parse_size("1Gb"), Ok(1_000_000_000));
+    }
+
+    #[test]
+    fn duration_errors_say_what_is_wrong_with_the_text() {
+        for (text, err) in [
+            ("soon", r#"invalid duration "soon" (examples: 500ms, 2s, 1m, 30)"#),
+            ("", r#"invalid duration "" (examples: 500ms, 2s, 1m, 30)"#),
+            ("5x", r#"unknown duration unit "x" in "5x" (use ms, s, m or h)"#),
+            (
+                "1.2.3s",
+                r#"invalid duration "1.2.3s" (examples: 500ms, 2s, 1m, 30)"#,
+            ),
+            (
+                "1e999",
+                r#"unknown duration unit "e999" in "1e999" (use ms, s, m or h)"#,
+            ),
+            (
+                "99999999999999999999999h",
+                r#"duration "99999999999999999999999h" is out of range"#,
+            ),
+        ] {
+            assert_eq!(parse_duration(text), Err(err.to_owned()), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn size_errors_say_what_is_wrong_with_the_text() {
+        for (text, err) in [
+            (
+                "lots",
+                r#"unknown size unit in "lots" (examples: 512, 64KiB, 16MiB)"#,
+            ),
+            ("KiB", r#"invalid size "KiB" (examples: 512, 64KiB, 16MiB)"#),
+            (
+                "1.5MiB",
+                r#"unknown size unit in "1.5MiB" (examples: 512, 64KiB, 16MiB)"#,
+            ),
+            (
+                "99999999999999999999",
+                r#"invalid size "99999999999999999999" (examples: 512, 64KiB, 16MiB)"#,
+            ),
+            ("20000000000GiB", r#"size "20000000000GiB" is too large"#),
+        ] {
+            assert_eq!(parse_size(text), Err(err.to_owned()), "{text:?}");
         }
     }
 }

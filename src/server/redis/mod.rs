@@ -381,26 +381,15 @@ impl RedisSide {
     /// Executes a `/ws` command of a connection still registered (the hub drops the
     /// others').
     pub(crate) fn execute(&mut self, cmd: ConnCommand, out: &mut Out<'_>) {
-        let ConnCommand {
-            conn,
-            request,
-            presence_any,
-            ..
-        } = cmd;
-        let id = request.id;
-        let done = match request.command {
+        let (conn, id) = (cmd.conn, cmd.request.id);
+        if let Err(e) = cmd.check_presence(|ch| self.subs.is_subscribed(conn, ch)) {
+            self.offer(out, conn, encode::reply(&Reply::<Empty>::err(Some(id), e)));
+            return;
+        }
+        let done = match cmd.request.command {
             // The hub answers `hello` itself, with either engine.
             Command::Hello { .. } => Ok(None),
-            Command::Presence { ch } => {
-                if presence_any || self.subs.is_subscribed(conn, &ch) {
-                    self.job(Job::Presence { ch, conn, id }).map(|()| None)
-                } else {
-                    Err(ErrorBody::new(
-                        ErrorCode::Forbidden,
-                        format!("presence of {ch} is for its subscribers"),
-                    ))
-                }
-            }
+            Command::Presence { ch } => self.job(Job::Presence { ch, conn, id }).map(|()| None),
             Command::Sub { ch, since, joins } => self.sub(conn, id, ch, since, joins),
             Command::Unsub { ch } => {
                 if self.subs.is_subscribed(conn, &ch) {

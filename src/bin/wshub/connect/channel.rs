@@ -67,7 +67,7 @@ pub fn run(
         return ExitCode::from(1);
     }
     let mut printer = Printer {
-        log: ConnectionLog::new(url, args),
+        log: ConnectionLog::new(url, args, input.ended),
         channel: channel.to_owned(),
         json: args.json,
         listen: args.listen,
@@ -76,7 +76,7 @@ pub fn run(
         printed: None,
         subscribed: false,
     };
-    let status = printer.run(&client, interrupt, &input.ended, &done_rx);
+    let status = printer.run(&client, interrupt, &done_rx);
     client.close();
     status
 }
@@ -148,15 +148,8 @@ struct Printer {
 }
 
 impl Printer {
-    fn run(
-        &mut self,
-        client: &ChannelClient,
-        interrupt: &Receiver<()>,
-        stdin_ended: &Receiver<()>,
-        done: &Receiver<Done>,
-    ) -> ExitCode {
+    fn run(&mut self, client: &ChannelClient, interrupt: &Receiver<()>, done: &Receiver<Done>) -> ExitCode {
         let stdout = io::stdout();
-        let mut ended = stdin_ended.clone();
         let mut done = done.clone();
         loop {
             let grace = match &self.awaiting {
@@ -176,10 +169,7 @@ impl Printer {
                     self.log.interrupted = true;
                     break;
                 }
-                recv(ended) -> _ => {
-                    self.log.patience.stdin_ended = true;
-                    ended = never();
-                }
+                recv(self.log.stdin()) -> _ => self.log.stdin_ended(),
                 recv(done) -> last => {
                     done = never();
                     if !self.listen {
@@ -195,7 +185,7 @@ impl Printer {
                 break;
             }
         }
-        self.log.exit_status(stdin_ended)
+        self.log.exit_status()
     }
 
     /// The sender is done and what it published last has been printed (or it published

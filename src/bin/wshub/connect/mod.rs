@@ -24,7 +24,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::args::parse_duration;
-use crossbeam_channel::{Receiver, TryRecvError, bounded};
+use crossbeam_channel::{Receiver, TryRecvError, bounded, never};
 use wshub::Message;
 use wshub::client::backoff::BackoffConfig;
 use wshub::client::{ClientConfig, ClientError, CloseFrame, Event, ReconnectConfig, WsUrl};
@@ -171,8 +171,8 @@ fn start_failed(e: &ClientError) -> ExitCode {
     ExitCode::from(if e.is_fatal() { USAGE } else { 1 })
 }
 
-/// The connection's story on stderr, shared by both modes, and the exit status it
-/// leads to.
+/// The connection's story on stderr, shared by both modes, with the end of stdin that
+/// the main thread waits on, and the exit status they lead to.
 struct ConnectionLog {
     url: WsUrl,
     no_reconnect: bool,
@@ -184,10 +184,13 @@ struct ConnectionLog {
     last_error: Option<String>,
     gave_up: bool,
     patience: Patience,
+    /// Disconnects when stdin has ended ([`input::Input::ended`]); `never()` once the
+    /// main thread has taken that, so its `select!` wakes for it once.
+    stdin: Receiver<()>,
 }
 
 impl ConnectionLog {
-    fn new(url: WsUrl, args: &Args) -> Self {
+    fn new(url: WsUrl, args: &Args, stdin_ended: Receiver<()>) -> Self {
         ConnectionLog {
             url,
             no_reconnect: args.no_reconnect,
@@ -199,7 +202,21 @@ impl ConnectionLog {
                 listen: args.listen,
                 ..Patience::default()
             },
+            stdin: stdin_ended,
         }
+    }
+
+    /// What the main thread's `select!` waits on for the end of stdin; when it fires,
+    /// [`stdin_ended`](Self::stdin_ended).
+    fn stdin(&self) -> &Receiver<()> {
+        &self.stdin
+    }
+
+    /// stdin has ended: the patience rule knows, and [`stdin`](Self::stdin) never wakes
+    /// again.
+    fn stdin_ended(&mut self) {
+        self.patience.stdin_ended = true;
+        self.stdin = never();
     }
 
     /// We asked for the close that may follow (Ctrl-C, or stdin ended without `--listen`).
@@ -265,12 +282,12 @@ impl ConnectionLog {
 
     /// The exit status once the session has ended: success for the close we asked for
     /// (EOF, Ctrl-C) on a session that connected, or, without reconnecting, a server that
-    /// ended the session normally (1000). `stdin_ended` is looked at once more: the
-    /// session may have ended (on the close that EOF led to) before the main thread
-    /// took the end of stdin.
-    fn exit_status(&mut self, stdin_ended: &Receiver<()>) -> ExitCode {
-        if stdin_ended.try_recv() == Err(TryRecvError::Disconnected) {
-            self.patience.stdin_ended = true;
+    /// ended the session normally (1000). stdin is looked at once more: the session may
+    /// have ended (on the close that EOF led to) before the main thread took the end of
+    /// stdin.
+    fn exit_status(&mut self) -> ExitCode {
+        if self.stdin.try_recv() == Err(TryRecvError::Disconnected) {
+            self.stdin_ended();
         }
         let asked = self.interrupted || self.patience.stdin_ended;
         let normal_end = self.gave_up && self.no_reconnect && self.closed_normally;

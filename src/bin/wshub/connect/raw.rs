@@ -21,7 +21,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::thread;
 
-use crossbeam_channel::{Receiver, Sender, bounded, never, select};
+use crossbeam_channel::{Receiver, Sender, bounded, select};
 use wshub::Message;
 use wshub::client::{ClientError, Event, ReconnectConfig, ReconnectingClient, WsUrl};
 
@@ -47,10 +47,10 @@ pub fn run(
         return ExitCode::from(1);
     }
     let mut printer = Printer {
-        log: ConnectionLog::new(url, args),
+        log: ConnectionLog::new(url, args, input.ended),
         connected: connected_tx,
     };
-    let status = printer.run(&session, interrupt, &input.ended);
+    let status = printer.run(&session, interrupt);
     session.stop(); // returns at once if the session has ended on its own
     status
 }
@@ -112,14 +112,8 @@ struct Printer {
 }
 
 impl Printer {
-    fn run(
-        &mut self,
-        session: &ReconnectingClient,
-        interrupt: &Receiver<()>,
-        stdin_ended: &Receiver<()>,
-    ) -> ExitCode {
+    fn run(&mut self, session: &ReconnectingClient, interrupt: &Receiver<()>) -> ExitCode {
         let stdout = io::stdout();
-        let mut ended = stdin_ended.clone();
         loop {
             select! {
                 recv(session.events()) -> event => match event {
@@ -144,15 +138,12 @@ impl Printer {
                     self.log.interrupted = true;
                     let _ = session.close(1000, "");
                 }
-                recv(ended) -> _ => {
-                    self.log.patience.stdin_ended = true;
-                    ended = never();
-                }
+                recv(self.log.stdin()) -> _ => self.log.stdin_ended(),
             }
             if let Some(status) = self.log.exhausted() {
                 return status;
             }
         }
-        self.log.exit_status(stdin_ended)
+        self.log.exit_status()
     }
 }
