@@ -380,6 +380,23 @@ mod tests {
     }
 
     #[test]
+    fn a_sub_of_up_to_255_bytes_is_the_user_and_a_longer_one_is_error_7() {
+        let longest = "u".repeat(MAX_USER_LEN);
+        let t = issue_token(SECRET, &longest, None, None, None, now());
+        assert_eq!(check(&t).unwrap().user, longest);
+        let t = issue_token(SECRET, &"u".repeat(MAX_USER_LEN + 1), None, None, None, now());
+        let e = check(&t).unwrap_err();
+        assert_eq!(e.code, ErrorCode::Unauthorized);
+        assert!(e.msg.contains("sub is longer than 255 bytes"), "{}", e.msg);
+    }
+
+    #[test]
+    fn a_jwt_authorizer_s_debug_form_names_it_and_hides_the_secret() {
+        let shown = format!("{:?}", JwtAuthorizer::new(SECRET));
+        assert_eq!(shown, "JwtAuthorizer(<secret redacted>)");
+    }
+
+    #[test]
     fn patterns_are_prefixes_with_a_star_else_exact() {
         assert!(pattern_matches("room:*", "room:"));
         assert!(pattern_matches("room:*", "room:42"));
