@@ -1,11 +1,12 @@
 //! The accept thread, and the overflow thread that turns away clients past the limit.
 //!
-//! **Owns** the `TcpListener`, the next connection id and the `JoinHandle` of every
-//! connection thread it spawned. **Woken** by the kernel when a client connects: a
+//! **Owns** the `TcpListener` and the next connection id; it spawns each connection
+//! thread through [`ConnThreads`], which keeps the thread's `JoinHandle` until the thread
+//! is joined (by the next connection thread to end, or by the drain). **Woken** by the kernel when a client connects: a
 //! blocking `accept()`, no polling, so an idle server uses no CPU and a client is
 //! accepted at once. **Ends** when the drain sets the stop flag and connects to the
 //! listener itself to wake `accept()` (tiny_http's `unblock()`); dropping the listener
-//! then refuses new connections. It hands its `JoinHandle`s to the drain, which joins them.
+//! then refuses new connections.
 //!
 //! Each accepted client gets its own reader thread ([`crate::server::connection`]) at once, so
 //! a slow handshake never delays the next `accept()`. Past `max_connections` a client
@@ -32,6 +33,7 @@ use log::{debug, warn};
 
 use crate::server::connection::{self, Shared, SlotGuard};
 use crate::server::hub::HubMsg;
+use crate::server::threads::ConnThreads;
 use crate::ws::handshake::{StatusCode, http_response};
 
 /// Refused clients (already answered) whose socket the overflow thread keeps open at
@@ -49,14 +51,12 @@ const REFUSED_LINGER: Duration = Duration::from_millis(100);
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
-/// Prune finished `JoinHandle`s when the list doubles, so a long-running server that
-/// has seen millions of connections holds handles only for the live ones.
-const PRUNE_AT_LEAST: usize = 64;
-
 /// Everything the accept thread owns.
 pub(crate) struct Acceptor {
     pub listener: TcpListener,
     pub shared: Arc<Shared>,
+    /// Where each connection thread's handle goes.
+    pub threads: Arc<ConnThreads>,
     pub stop: Arc<AtomicBool>,
     /// Never sent on; disconnected by the drain to cut an error back-off short.
     pub wake: Receiver<()>,
@@ -87,10 +87,8 @@ pub(crate) fn classify_accept_error(e: &io::Error) -> AcceptError {
 }
 
 impl Acceptor {
-    /// Runs the accept loop until stopped; returns the connection threads' handles.
-    pub(crate) fn run(self) -> Vec<JoinHandle<()>> {
-        let mut handles: Vec<JoinHandle<()>> = Vec::new();
-        let mut prune_at = PRUNE_AT_LEAST;
+    /// Runs the accept loop until stopped.
+    pub(crate) fn run(self) {
         let mut next_id: u64 = 0;
         let mut backoff = ACCEPT_BACKOFF_MIN;
         let config = &self.shared.config;
@@ -138,24 +136,18 @@ impl Acceptor {
                 sock: sock.clone(),
             });
             let shared = self.shared.clone();
-            let spawned = thread::Builder::new()
+            let builder = thread::Builder::new()
                 .name("wshub-reader".into())
-                .stack_size(config.thread_stack_size)
-                .spawn(move || connection::run(sock, id, shared, slot));
-            match spawned {
-                Ok(h) => handles.push(h),
+                .stack_size(config.thread_stack_size);
+            let spawned = self
+                .threads
+                .spawn(id, builder, move || connection::run(sock, id, shared, slot));
+            if let Err(e) = spawned {
                 // The closure (socket and slot) is dropped: the client sees the close.
-                Err(e) => {
-                    warn!("cannot spawn a connection thread: {e}");
-                    let _ = self.shared.hub.send(HubMsg::Unregister(id));
-                }
-            }
-            if handles.len() >= prune_at {
-                handles.retain(|h| !h.is_finished());
-                prune_at = (handles.len() * 2).max(PRUNE_AT_LEAST);
+                warn!("cannot spawn a connection thread: {e}");
+                let _ = self.shared.hub.send(HubMsg::Unregister(id));
             }
         }
-        handles
     }
 }
 
@@ -184,7 +176,7 @@ pub(crate) fn run_overflow(rx: Receiver<(TcpStream, Instant)>) {
 /// `accept_thread` has finished or `deadline` passes. Returns whether it finished.
 pub(crate) fn unblock(
     addr: SocketAddr,
-    accept_thread: &JoinHandle<Vec<JoinHandle<()>>>,
+    accept_thread: &JoinHandle<()>,
     deadline: Instant,
 ) -> bool {
     let target = match addr {

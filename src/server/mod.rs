@@ -1,7 +1,8 @@
 //! The server's threads and the state each one owns: the accept thread
 //! ([`accept`](self)), one reader per connection (`connection`), a writer per
 //! connection (`writer`, fed by `queue`), the hub (`hub`, owning the `registry`), and
-//! the drain (`shutdown`). `handler` is what a route does with a connection, `config`
+//! the drain (`shutdown`); `threads` holds the connection threads' handles until each
+//! is joined. `handler` is what a route does with a connection, `config`
 //! and `capacity` what the server may use, `start` puts it together.
 //!
 //! Every blocking call here has an exit: a socket timeout, a shutdown of the socket
@@ -27,6 +28,7 @@ mod redis;
 mod registry;
 mod shutdown;
 mod start;
+mod threads;
 mod writer;
 
 pub use config::{ApiKey, Config, Engine, TokenSecret};

@@ -31,6 +31,7 @@ use log::{debug, warn};
 
 use crate::server::accept;
 use crate::server::hub::{DrainTally, Hub, HubMsg};
+use crate::server::threads::ConnThreads;
 
 /// After the cut, how long beyond the handshake timeout to wait for connection threads
 /// before giving up on them (only a handler stuck in user code can take that long).
@@ -83,7 +84,9 @@ pub(crate) struct Running {
     pub local_addr: SocketAddr,
     pub stop: Arc<AtomicBool>,
     pub wake: Sender<()>,
-    pub accept: JoinHandle<Vec<JoinHandle<()>>>,
+    pub accept: JoinHandle<()>,
+    /// The connection threads' handles; the drain takes them once accepting has stopped.
+    pub threads: Arc<ConnThreads>,
     pub overflow: JoinHandle<()>,
     pub hub: Hub,
     pub hub_thread: JoinHandle<DrainTally>,
@@ -100,12 +103,14 @@ pub(crate) fn drain(r: Running) -> DrainReport {
     // 1. Stop accepting.
     r.stop.store(true, Ordering::Release);
     drop(r.wake);
-    let mut handles = Vec::new();
     if accept::unblock(r.local_addr, &r.accept, deadline) {
-        handles = r.accept.join().unwrap_or_default();
+        let _ = r.accept.join();
     } else {
         warn!("the accept thread did not wake up before the drain deadline");
     }
+    // Threads that ended before this were joined as they ended, all but the last one;
+    // from here on, no thread is spawned and every handle left is the drain's to join.
+    let handles = r.threads.take_all();
 
     // 2. Close 1001 to every connection, after what is queued for it.
     let (reply_tx, reply_rx) = bounded(1);

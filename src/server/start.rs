@@ -15,6 +15,7 @@ use log::{info, warn};
 
 use crate::pubsub::auth::{Authorizer, JwtAuthorizer, Open};
 use crate::server::accept::{self, Acceptor};
+use crate::server::threads::ConnThreads;
 use crate::server::capacity::{self, SystemLimits};
 use crate::server::config::Engine;
 use crate::server::config::{Config, DEFAULT_MAX_CONNECTIONS};
@@ -173,8 +174,10 @@ impl ServerBuilder {
             },
             metrics.clone(),
         ));
+        let threads = Arc::new(ConnThreads::default());
         let acceptor = Acceptor {
             listener,
+            threads: threads.clone(),
             shared: Arc::new(Shared {
                 config,
                 routes,
@@ -203,6 +206,7 @@ impl ServerBuilder {
                 stop,
                 wake: wake_tx,
                 accept,
+                threads,
                 overflow,
                 hub,
                 hub_thread,
