@@ -45,8 +45,14 @@ fn a_burst_of_connections_that_has_left_leaves_no_stacks_mapped() {
             ws.close(None).unwrap();
             while ws.read().is_ok() {}
         }
-        assert_eq!(wait_for_count(0, Duration::from_secs(20), || server.connections()), 0);
-        assert_eq!(wait_for_threads(threads_before, Duration::from_secs(20)), threads_before);
+        assert_eq!(
+            wait_for_count(0, Duration::from_secs(20), || server.connections()),
+            0
+        );
+        assert_eq!(
+            wait_for_threads(threads_before, Duration::from_secs(20)),
+            threads_before
+        );
 
         let maps_after = mappings();
         eprintln!("mappings: {maps_before} before, {maps_open} with {BURST} open, {maps_after} after");

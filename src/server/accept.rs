@@ -174,11 +174,7 @@ pub(crate) fn run_overflow(rx: Receiver<(TcpStream, Instant)>) {
 
 /// Wakes a thread blocked in `accept()` on `addr` by connecting to it, retrying until
 /// `accept_thread` has finished or `deadline` passes. Returns whether it finished.
-pub(crate) fn unblock(
-    addr: SocketAddr,
-    accept_thread: &JoinHandle<()>,
-    deadline: Instant,
-) -> bool {
+pub(crate) fn unblock(addr: SocketAddr, accept_thread: &JoinHandle<()>, deadline: Instant) -> bool {
     let target = match addr {
         SocketAddr::V4(a) if a.ip().is_unspecified() => SocketAddr::from(([127, 0, 0, 1], a.port())),
         SocketAddr::V6(a) if a.ip().is_unspecified() => {

@@ -15,7 +15,6 @@ use log::{info, warn};
 
 use crate::pubsub::auth::{Authorizer, JwtAuthorizer, Open};
 use crate::server::accept::{self, Acceptor};
-use crate::server::threads::ConnThreads;
 use crate::server::capacity::{self, SystemLimits};
 use crate::server::config::Engine;
 use crate::server::config::{Config, DEFAULT_MAX_CONNECTIONS};
@@ -28,6 +27,7 @@ use crate::server::handler::{Handler, Routes};
 use crate::server::hub::{self, Hub, HubConfig};
 use crate::server::metrics::Metrics;
 use crate::server::shutdown::{self, DrainReport, Running, ShutdownHandle};
+use crate::server::threads::ConnThreads;
 use crate::server::writer::{WriterTimers, Writers};
 
 /// Adds routes before starting a [`Server`]. Built-in routes: `/echo`, `/chat`, `/ws`

@@ -174,7 +174,11 @@ mod tests {
         for _ in 0..200 {
             done.recv().unwrap();
         }
-        assert_eq!(wait_until_held_at_most(&threads, 1), 1, "ended threads kept their handles");
+        assert_eq!(
+            wait_until_held_at_most(&threads, 1),
+            1,
+            "ended threads kept their handles"
+        );
         assert_eq!(threads.take_all().len(), 1);
     }
 
@@ -204,7 +208,11 @@ mod tests {
             h.join().unwrap();
         }
         assert_eq!(done.len(), 10);
-        assert_eq!(threads.held(), 0, "a thread ending after the drain kept its handle");
+        assert_eq!(
+            threads.held(),
+            0,
+            "a thread ending after the drain kept its handle"
+        );
     }
 
     #[test]
