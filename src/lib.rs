@@ -219,6 +219,7 @@ pub use server::{
 };
 pub use tungstenite::Message;
 pub use ws::handshake::{MAX_REQUEST_HEAD, Request};
+pub use ws::limits::ConnectionLimits;
 
 /// The request-head parser, the handshake decision, the close policy and the reader's
 /// UTF-8 screening,

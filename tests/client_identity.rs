@@ -44,7 +44,7 @@ fn the_client_says_hello_with_its_token_before_resubscribing_after_a_restart() {
         let server = start(config.clone());
         let addr = server.local_addr();
         let token = issue_token(b"s", "ann", None, None, None, SystemTime::now());
-        let c = client(addr, |c| c.token = Some(token));
+        let c = client(addr, |c| c.hello.token = Some(token));
         c.subscribe("room").unwrap();
         let welcome = wait_for(&c, "welcome", |e| matches!(e, ChannelEvent::Welcome { .. }));
         assert!(matches!(welcome, ChannelEvent::Welcome { ref user, .. } if user == "ann"));
@@ -71,7 +71,7 @@ fn a_refused_hello_is_an_event() {
         config.token_secret = Some("s".into());
         let server = start(config);
         let forged = issue_token(b"wrong", "ann", None, None, None, SystemTime::now());
-        let c = client(server.local_addr(), |c| c.token = Some(forged));
+        let c = client(server.local_addr(), |c| c.hello.token = Some(forged));
         wait_for(&c, "the refusal", |e| matches!(e, ChannelEvent::HelloRefused(_)));
         c.close();
     });
@@ -83,12 +83,12 @@ fn the_client_reports_joins_and_leaves_and_counts_presence() {
         let server = start(test_config());
         let addr = server.local_addr();
         let watcher = client(addr, |c| {
-            c.user = Some("wendy".into());
+            c.hello.user = Some("wendy".into());
             c.joins = true;
         });
         watcher.subscribe("room").unwrap();
         subscribed(&watcher, "room");
-        let ann = client(addr, |c| c.user = Some("ann".into()));
+        let ann = client(addr, |c| c.hello.user = Some("ann".into()));
         ann.subscribe("room").unwrap();
         subscribed(&ann, "room");
         match wait_for(&watcher, "the join", |e| matches!(e, ChannelEvent::Join(_))) {

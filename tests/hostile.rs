@@ -490,8 +490,8 @@ fn fragmented_message_over_max_message_size_gets_1009() {
     let _serial = serial();
     watchdog(LIMIT, || {
         let mut config = test_config();
-        config.max_message_size = 64 * 1024;
-        config.max_frame_size = 16 * 1024;
+        config.limits.max_message_size = 64 * 1024;
+        config.limits.max_frame_size = 16 * 1024;
         let case = Case::start(config);
         let mut raw = Raw::connect(case.addr, "/echo");
         // Four 16 KiB fragments reach the limit exactly: nothing to object to yet.
@@ -537,7 +537,7 @@ fn frame_over_max_frame_size_gets_1009_from_its_header_alone() {
     let _serial = serial();
     watchdog(LIMIT, || {
         let mut config = test_config();
-        config.max_frame_size = 16 * 1024;
+        config.limits.max_frame_size = 16 * 1024;
         let case = Case::start(config);
         // One byte over the frame limit (the message limit is the default 1 MiB).
         let mut raw = Raw::connect(case.addr, "/echo");

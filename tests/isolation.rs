@@ -107,7 +107,7 @@ fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
 fn cut_slow_consumers_leave_no_unsent_data_in_the_kernel() {
     watchdog(Duration::from_secs(90), || {
         let mut config = test_config();
-        config.queue_size = 8;
+        config.limits.queue_size = 8;
         let server = start(config);
         let addr = server.local_addr();
         let port = addr.port();
@@ -152,7 +152,7 @@ fn a_client_that_does_not_read_cannot_make_the_kernel_buffer_megabytes() {
         let mut config = test_config();
         // Room for everything in the queue: the connection is not cut, so the kernel's
         // send buffer is what fills.
-        config.queue_size = 4096;
+        config.limits.queue_size = 4096;
         config.max_queue_bytes = 1 << 30;
         let send_buffer = config.send_buffer_size;
         assert!(send_buffer > 0, "the default bounds the send buffer");
@@ -349,7 +349,7 @@ fn a_flooding_publisher_slows_only_itself() {
         // The in-flight bound alone: no publication rate limit, and queues that hold a
         // flood, so nobody is cut and the flood goes on.
         config.max_publish_rate = 0;
-        config.queue_size = 1 << 20;
+        config.limits.queue_size = 1 << 20;
         config.max_queue_bytes = 1 << 30;
         let server = start(config);
         let addr = server.local_addr();
@@ -518,7 +518,7 @@ fn a_publisher_over_its_rate_waits_and_loses_nothing() {
 fn a_slow_consumer_is_cut_by_its_queue_bytes_before_its_queue_length() {
     watchdog(Duration::from_secs(60), || {
         let mut config = test_config();
-        config.queue_size = 1000;
+        config.limits.queue_size = 1000;
         config.max_queue_bytes = 256 * 1024;
         let server = start(config);
         let addr = server.local_addr();
@@ -623,7 +623,7 @@ fn a_flooding_publisher_on_ws_cannot_stall_other_channels() {
         let mut config = test_config();
         // The in-flight bound alone, as for /chat: no rate limit, queues that hold a flood.
         config.max_publish_rate = 0;
-        config.queue_size = 1 << 20;
+        config.limits.queue_size = 1 << 20;
         config.max_queue_bytes = 1 << 30;
         let server = start(config);
         let addr = server.local_addr();

@@ -193,7 +193,7 @@ fn the_list_is_capped_by_max_presence_list_but_the_counts_are_exact() {
 fn a_slow_consumer_cut_produces_exactly_one_leave() {
     watchdog(LIMIT, || {
         let mut c = test_config();
-        c.queue_size = 2;
+        c.limits.queue_size = 2;
         let server = start(c);
         let addr = server.local_addr();
         let (mut watcher, _) = hello(addr, "wendy");

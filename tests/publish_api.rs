@@ -17,7 +17,7 @@ const KEY: &str = "test-key-123";
 fn server_with_key() -> support::Server {
     let mut config = test_config();
     config.api_key = Some(KEY.into());
-    config.max_message_size = 1024;
+    config.limits.max_message_size = 1024;
     start(config)
 }
 

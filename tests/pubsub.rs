@@ -589,7 +589,7 @@ fn a_connection_that_goes_away_leaves_its_subscriptions() {
 #[test]
 fn a_subscriber_that_does_not_read_is_cut_and_the_others_carry_on() {
     watchdog(LIMIT, || {
-        let server = server_with(|c| c.queue_size = 4);
+        let server = server_with(|c| c.limits.queue_size = 4);
         let addr = server.local_addr();
         let mut reader = Peer::connect(addr);
         reader.ok(json!({"op":"sub","ch":"c"}));

@@ -96,7 +96,7 @@ fn chat_broadcast_has_one_total_order_and_per_sender_order() {
 fn slow_consumer_is_evicted_while_others_receive_every_message() {
     watchdog(LIMIT, || {
         let mut config = test_config();
-        config.queue_size = 16;
+        config.limits.queue_size = 16;
         // If the hub ever waited on the slow client, the others would stall this long.
         config.write_timeout = Duration::from_secs(60);
         let server = start(config);
@@ -202,7 +202,7 @@ fn a_pong_overtakes_broadcasts_queued_for_a_client_that_is_not_reading() {
         const QUEUED: usize = 2000;
         const SIZE: usize = 16 * 1024;
         let mut config = test_config();
-        config.queue_size = QUEUED + 16;
+        config.limits.queue_size = QUEUED + 16;
         config.max_queue_bytes = usize::MAX; // the count bound only
         config.write_timeout = Duration::from_secs(20);
         let server = start(config);
@@ -280,7 +280,7 @@ const WRITER_BATCH: usize = 64;
 fn the_hubs_pings_queue_in_order_for_a_client_that_is_not_reading() {
     watchdog(LIMIT, || {
         let mut config = test_config();
-        config.queue_size = 1000;
+        config.limits.queue_size = 1000;
         config.max_queue_bytes = usize::MAX; // the count bound only: 200 x 64 KiB queue
         config.ping_interval = Duration::from_millis(100);
         config.idle_timeout = Duration::from_secs(5);
@@ -595,7 +595,7 @@ fn a_write_blocked_for_the_write_timeout_disconnects_the_client() {
         config.write_timeout = Duration::from_millis(500);
         // Room for everything: this client is not cut as a slow consumer, only by the
         // write timeout.
-        config.queue_size = 1000;
+        config.limits.queue_size = 1000;
         config.max_queue_bytes = usize::MAX;
         let server = start(config);
         let mut stuck = Raw::connect(server.local_addr(), "/chat");
@@ -624,7 +624,7 @@ fn send_to_a_client_that_reads_too_slowly_returns_slow_consumer_and_cuts_it() {
     watchdog(LIMIT, || {
         const FRAME: usize = 8 << 20;
         let mut config = test_config();
-        config.queue_size = 4;
+        config.limits.queue_size = 4;
         config.max_queue_bytes = usize::MAX; // four 8 MiB frames
         config.write_timeout = Duration::from_secs(2);
         let (tx, rx) = mpsc::channel();

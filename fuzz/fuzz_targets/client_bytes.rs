@@ -60,7 +60,7 @@ impl Write for Pipe<'_> {
 
 /// The configuration `connection::serve` gives tungstenite, from wshub's defaults.
 fn server_config(tiny: bool) -> WebSocketConfig {
-    let c = wshub::Config::default();
+    let c = wshub::Config::default().limits;
     let (message, frame) = if tiny {
         (64, 32)
     } else {

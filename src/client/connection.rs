@@ -39,7 +39,7 @@ use tungstenite::handshake::HandshakeError;
 use tungstenite::handshake::client::Request;
 use tungstenite::http::{HeaderName, HeaderValue};
 use tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
-use tungstenite::protocol::{CloseFrame, WebSocket, WebSocketConfig};
+use tungstenite::protocol::{CloseFrame, WebSocket};
 use tungstenite::{Error as WsError, Message};
 
 use crate::ws::close_policy::{self, PROTOCOL_ERROR, ReadEnd};
@@ -363,12 +363,8 @@ fn start(
         head_end: 0,
         echo_close: None,
     };
-    let ws_config = WebSocketConfig::default()
-        .read_buffer_size(config.read_buffer_size)
-        // What tungstenite writes (Pong and Close replies) goes to the writer at once.
-        .write_buffer_size(0)
-        .max_message_size(Some(config.max_message_size))
-        .max_frame_size(Some(config.max_frame_size.min(config.max_message_size)));
+    // What tungstenite writes (Pong and Close replies) goes to the writer at once.
+    let ws_config = config.limits.websocket_config();
     let mut ws = match tungstenite::client::client_with_config(request, stream, Some(ws_config)) {
         Ok((ws, _response)) => ws,
         Err(HandshakeError::Interrupted(_)) => {
@@ -390,7 +386,7 @@ fn start(
     }
 
     let shared = Arc::new(Shared::default());
-    let (data_tx, data_rx) = bounded(config.queue_size);
+    let (data_tx, data_rx) = bounded(config.limits.queue_size);
     let (close_tx, close_rx) = bounded(1);
     let (events_tx, events_rx) = bounded(EVENT_QUEUE_SIZE);
     let (done_tx, done_rx) = bounded::<()>(0);

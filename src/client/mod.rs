@@ -79,6 +79,7 @@ use std::time::Duration;
 
 use tungstenite::Message;
 
+pub use crate::ws::limits::ConnectionLimits;
 use crate::ws::limits::{self, ConnectionSettings};
 pub use tungstenite::protocol::CloseFrame;
 
@@ -174,15 +175,11 @@ pub struct ClientConfig {
     /// `Upgrade`, `Connection`, `Sec-WebSocket-Key`, `-Version`, `-Extensions`) are
     /// refused with [`ClientError::InvalidHeader`].
     pub headers: Vec<(String, String)>,
-    /// Messages queued for the writer before [`Client::send`] blocks. Default
-    /// 256.
-    pub queue_size: usize,
-    /// Largest message accepted from the server. Default 16 MiB (a server may send more than it accepts).
-    pub max_message_size: usize,
-    /// Largest frame accepted from the server. Default 16 MiB.
-    pub max_frame_size: usize,
-    /// Bytes read from the socket at a time. Default 16 KiB.
-    pub read_buffer_size: usize,
+    /// The bounds on the connection that the server has too: messages queued for the
+    /// writer before [`Client::send`] blocks, the largest message and frame accepted
+    /// from the server, bytes read at a time. Defaults: 256 messages, 16 MiB, 16 MiB,
+    /// 16 KiB.
+    pub limits: ConnectionLimits,
 }
 
 impl Default for ClientConfig {
@@ -196,10 +193,12 @@ impl Default for ClientConfig {
             idle_timeout: Some(Duration::from_secs(60)),
             origin: None,
             headers: Vec::new(),
-            queue_size: DEFAULT_QUEUE_SIZE,
-            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
-            max_frame_size: DEFAULT_MAX_FRAME_SIZE,
-            read_buffer_size: DEFAULT_READ_BUFFER_SIZE,
+            limits: ConnectionLimits {
+                queue_size: DEFAULT_QUEUE_SIZE,
+                max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+                max_frame_size: DEFAULT_MAX_FRAME_SIZE,
+                read_buffer_size: DEFAULT_READ_BUFFER_SIZE,
+            },
         }
     }
 }
@@ -209,20 +208,15 @@ impl ClientConfig {
     /// the client may set. [`Client::connect`] and [`ReconnectingClient::start`] call it.
     pub fn validate(&self) -> Result<(), ClientError> {
         limits::check(&ConnectionSettings {
-            timeouts: &[
-                ("connect timeout", Some(self.connect_timeout)),
-                ("handshake timeout", Some(self.handshake_timeout)),
-                ("write timeout", Some(self.write_timeout)),
-                ("close timeout", Some(self.close_timeout)),
-                ("ping interval", self.ping_interval),
-                ("idle timeout", self.idle_timeout),
-            ],
+            limits: &self.limits,
             ping_interval: self.ping_interval,
             idle_timeout: self.idle_timeout,
-            queue_size: self.queue_size,
-            max_message_size: self.max_message_size,
-            max_frame_size: self.max_frame_size,
-            read_buffer_size: self.read_buffer_size,
+            timeouts: &[
+                ("connect timeout", self.connect_timeout),
+                ("handshake timeout", self.handshake_timeout),
+                ("write timeout", self.write_timeout),
+                ("close timeout", self.close_timeout),
+            ],
         })
         .map_err(ClientError::InvalidConfig)?;
         connection::check_headers(self)
@@ -510,12 +504,19 @@ mod tests {
     }
 
     #[test]
-    fn zero_timeouts_are_refused() {
-        let c = ClientConfig {
-            close_timeout: Duration::ZERO,
-            ..ClientConfig::default()
-        };
-        assert!(c.validate().is_err());
+    fn every_timeout_must_be_greater_than_zero() {
+        limits::assert_every_timeout_is_checked(
+            &ClientConfig::default(),
+            ClientConfig::validate,
+            &[
+                ("ping interval", |c| c.ping_interval = Some(Duration::ZERO)),
+                ("idle timeout", |c| c.idle_timeout = Some(Duration::ZERO)),
+                ("connect timeout", |c| c.connect_timeout = Duration::ZERO),
+                ("handshake timeout", |c| c.handshake_timeout = Duration::ZERO),
+                ("write timeout", |c| c.write_timeout = Duration::ZERO),
+                ("close timeout", |c| c.close_timeout = Duration::ZERO),
+            ],
+        );
     }
 
     #[test]

@@ -4,17 +4,16 @@
 //! maps each flag onto one field and adds nothing of its own), checked by
 //! [`Config::validate`] when the server starts, and then copied into each thread that
 //! needs it. Every timeout is its own named [`Duration`] (as ureq's `Timeouts` does) and
-//! every bound is a named constant below with the reason for its size.
-//!
-//! The parsers [`parse_duration`] and [`parse_size`] are shared by the CLI for the
-//! server and for the client, so `500ms`, `2s`, `1m`, `64KiB` read the same everywhere.
+//! every bound is a named constant below with the reason for its size. The bounds the
+//! client puts on a connection too sit together in one [`ConnectionLimits`], the type
+//! both configurations hold, checked by the same rules (`ws::limits`).
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::pubsub::Limits;
 use crate::server::error::ConfigError;
-use crate::ws::limits::{self, ConnectionSettings};
+use crate::ws::limits::{self, ConnectionLimits, ConnectionSettings};
 
 /// Messages a client's outbound queue holds before the client counts as a slow consumer
 /// and is disconnected. 256 frames absorb a burst of broadcasts while the writer is
@@ -53,7 +52,7 @@ pub(crate) const DEFAULT_THREAD_STACK_SIZE: usize = 128 * 1024;
 
 /// Publications each channel on `/ws` keeps for recovery. 100 covers a client that was
 /// away for a few seconds on a busy channel or minutes on a quiet one; history holds at
-/// most this many times `max_message_size` bytes per channel.
+/// most this many times `limits.max_message_size` bytes per channel.
 pub(crate) const DEFAULT_HISTORY_SIZE: usize = 100;
 
 /// How long a publication stays in a channel's history: 5 minutes, long enough for a
@@ -69,7 +68,7 @@ pub(crate) const DEFAULT_IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(300)
 pub(crate) const DEFAULT_MAX_SUBSCRIPTIONS: usize = 128;
 
 /// Channels whose state may exist at once. Bounds the hub's memory: each channel holds
-/// at most `history_size x max_message_size` bytes of history.
+/// at most `history_size x limits.max_message_size` bytes of history.
 pub(crate) const DEFAULT_MAX_CHANNELS: usize = 10_000;
 
 /// The kernel's send buffer for each connection's socket (`SO_SNDBUF`; Linux doubles
@@ -181,9 +180,6 @@ pub struct Config {
     ///
     /// [`Server::local_addr`]: crate::Server::local_addr
     pub addr: SocketAddr,
-    /// Messages queued per client before it is disconnected as a slow consumer.
-    /// Default 256.
-    pub queue_size: usize,
     /// Time a client has to send a complete HTTP request head. Default 5 s: a slowloris
     /// client holds a thread for at most this long.
     pub handshake_timeout: Duration,
@@ -220,12 +216,12 @@ pub struct Config {
     /// Allowed `Origin` header values. Empty: any origin. Otherwise a handshake whose
     /// `Origin` is missing from the list gets `403` (cross-site WebSocket hijacking).
     pub allowed_origins: Vec<String>,
-    /// Largest message a client may send, in bytes; bigger gets Close 1009.
-    /// Default 1 MiB.
-    pub max_message_size: usize,
-    /// Largest frame payload a client may send, in bytes; bigger gets Close 1009.
-    /// Default 1 MiB. Clamped to `max_message_size`.
-    pub max_frame_size: usize,
+    /// The bounds on each connection that the client has too: messages queued for its
+    /// writer (past them the client is disconnected as a slow consumer), the largest
+    /// message and frame it may send (past them, Close 1009; the message size also
+    /// bounds a `POST /api/publish` body), bytes read at a time. Defaults: 256 messages,
+    /// 1 MiB, 1 MiB, 1 KiB.
+    pub limits: ConnectionLimits,
     /// Messages per second one connection may send, pings and pongs included; over it
     /// gets Close 1008. `None` (the default): no limit.
     pub max_message_rate: Option<u32>,
@@ -237,12 +233,10 @@ pub struct Config {
     /// Bytes of broadcasts the hub's inbox may hold in all; past it, publishers wait.
     /// Default 64 MiB.
     pub max_inbox_bytes: usize,
-    /// Bytes one connection's outbound queue may hold; past it (or past `queue_size`
-    /// messages) the client is a slow consumer and is cut. A single message larger than
-    /// this still goes to an empty queue. Default 4 MiB.
+    /// Bytes one connection's outbound queue may hold; past it (or past
+    /// `limits.queue_size` messages) the client is a slow consumer and is cut. A single
+    /// message larger than this still goes to an empty queue. Default 4 MiB.
     pub max_queue_bytes: usize,
-    /// Bytes read from a socket at a time. Default 1 KiB.
-    pub read_buffer_size: usize,
     /// Stack size of every connection thread. Default 128 KiB.
     pub thread_stack_size: usize,
     /// Serve the demo page at `GET /`. Default `true`. (`GET /wshub.js`, the browser
@@ -323,7 +317,12 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            queue_size: DEFAULT_QUEUE_SIZE,
+            limits: ConnectionLimits {
+                queue_size: DEFAULT_QUEUE_SIZE,
+                max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+                max_frame_size: DEFAULT_MAX_FRAME_SIZE,
+                read_buffer_size: DEFAULT_READ_BUFFER_SIZE,
+            },
             handshake_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(60),
             ping_interval: Duration::from_secs(30),
@@ -332,13 +331,10 @@ impl Default for Config {
             writer_idle: Duration::from_secs(1),
             max_connections: DEFAULT_MAX_CONNECTIONS,
             allowed_origins: Vec::new(),
-            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
-            max_frame_size: DEFAULT_MAX_FRAME_SIZE,
             max_message_rate: None,
             max_publish_rate: DEFAULT_MAX_PUBLISH_RATE,
             max_inbox_bytes: DEFAULT_MAX_INBOX_BYTES,
             max_queue_bytes: DEFAULT_MAX_QUEUE_BYTES,
-            read_buffer_size: DEFAULT_READ_BUFFER_SIZE,
             thread_stack_size: DEFAULT_THREAD_STACK_SIZE,
             demo: true,
             metrics: true,
@@ -365,25 +361,20 @@ impl Config {
     /// running server would otherwise break in a confusing way.
     pub fn validate(&self) -> Result<(), ConfigError> {
         limits::check(&ConnectionSettings {
-            timeouts: &[
-                ("handshake timeout", Some(self.handshake_timeout)),
-                ("idle timeout", Some(self.idle_timeout)),
-                ("ping interval", Some(self.ping_interval)),
-                ("write timeout", Some(self.write_timeout)),
-                ("drain timeout", Some(self.drain_timeout)),
-                ("writer idle", Some(self.writer_idle)),
-                ("history TTL", Some(self.history_ttl)),
-                ("idempotency window", Some(self.idempotency_window)),
-                ("engine timeout", Some(self.engine_timeout)),
-                ("presence TTL", Some(self.presence_ttl)),
-                ("presence refresh", Some(self.presence_refresh)),
-            ],
+            limits: &self.limits,
             ping_interval: Some(self.ping_interval),
             idle_timeout: Some(self.idle_timeout),
-            queue_size: self.queue_size,
-            max_message_size: self.max_message_size,
-            max_frame_size: self.max_frame_size,
-            read_buffer_size: self.read_buffer_size,
+            timeouts: &[
+                ("handshake timeout", self.handshake_timeout),
+                ("write timeout", self.write_timeout),
+                ("drain timeout", self.drain_timeout),
+                ("writer idle", self.writer_idle),
+                ("history TTL", self.history_ttl),
+                ("idempotency window", self.idempotency_window),
+                ("engine timeout", self.engine_timeout),
+                ("presence TTL", self.presence_ttl),
+                ("presence refresh", self.presence_refresh),
+            ],
         })
         .map_err(ConfigError::new)?;
         if self.max_connections == 0 {
@@ -450,7 +441,7 @@ impl Config {
             idempotency_window: self.idempotency_window,
             max_subscriptions: self.max_subscriptions,
             max_channels: self.max_channels,
-            max_publication_size: self.max_message_size,
+            max_publication_size: self.limits.max_message_size,
         }
     }
 }
@@ -550,11 +541,9 @@ mod tests {
     #[test]
     fn zero_message_or_frame_sizes_are_rejected() {
         for (message, frame) in [(0, 1024), (1024, 0)] {
-            let config = Config {
-                max_message_size: message,
-                max_frame_size: frame,
-                ..Config::default()
-            };
+            let mut config = Config::default();
+            config.limits.max_message_size = message;
+            config.limits.max_frame_size = frame;
             let err = config.validate().unwrap_err().to_string();
             assert!(
                 err.contains("message and frame size limits must be at least 1 byte"),
@@ -564,11 +553,23 @@ mod tests {
     }
 
     #[test]
-    fn zero_timeouts_are_rejected() {
-        let config = Config {
-            write_timeout: Duration::ZERO,
-            ..Config::default()
-        };
-        assert!(config.validate().is_err());
+    fn every_timeout_must_be_greater_than_zero() {
+        limits::assert_every_timeout_is_checked(
+            &Config::default(),
+            Config::validate,
+            &[
+                ("ping interval", |c| c.ping_interval = Duration::ZERO),
+                ("idle timeout", |c| c.idle_timeout = Duration::ZERO),
+                ("handshake timeout", |c| c.handshake_timeout = Duration::ZERO),
+                ("write timeout", |c| c.write_timeout = Duration::ZERO),
+                ("drain timeout", |c| c.drain_timeout = Duration::ZERO),
+                ("writer idle", |c| c.writer_idle = Duration::ZERO),
+                ("history TTL", |c| c.history_ttl = Duration::ZERO),
+                ("idempotency window", |c| c.idempotency_window = Duration::ZERO),
+                ("engine timeout", |c| c.engine_timeout = Duration::ZERO),
+                ("presence TTL", |c| c.presence_ttl = Duration::ZERO),
+                ("presence refresh", |c| c.presence_refresh = Duration::ZERO),
+            ],
+        );
     }
 }

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, bounded};
 use log::{debug, error, info};
 use tungstenite::Message;
-use tungstenite::protocol::{Role, WebSocket, WebSocketConfig};
+use tungstenite::protocol::{Role, WebSocket};
 
 use crate::server::config::Config;
 use crate::server::flow;
@@ -182,7 +182,7 @@ struct WriterQueues {
 #[inline(never)]
 fn writer_queues(config: &Config) -> WriterQueues {
     WriterQueues {
-        data: outbound(config.queue_size, config.max_queue_bytes),
+        data: outbound(config.limits.queue_size, config.max_queue_bytes),
         ctrl: ctrl_channel(),
     }
 }
@@ -614,13 +614,9 @@ fn open_websocket(
     leftover: Vec<u8>,
     config: &Config,
 ) -> Box<WebSocket<Screened<ReaderStream>>> {
-    let ws_config = WebSocketConfig::default()
-        .read_buffer_size(config.read_buffer_size)
-        // Every frame tungstenite writes (a Pong, a Close reply) goes to `ReaderStream`
-        // at once, whole.
-        .write_buffer_size(0)
-        .max_message_size(Some(config.max_message_size))
-        .max_frame_size(Some(config.max_frame_size.min(config.max_message_size)));
+    // Every frame tungstenite writes (a Pong, a Close reply) goes to `ReaderStream` at
+    // once, whole.
+    let ws_config = config.limits.websocket_config();
     let (stream, leftover) = Screened::new(
         ReaderStream {
             side: side.clone(),

@@ -172,6 +172,18 @@ impl Flow {
     pub(crate) fn bytes(&self) -> usize {
         lock(&self.state).bytes
     }
+
+    /// Senders waiting now, for bytes or for their connection's turn.
+    #[cfg(test)]
+    pub(crate) fn waiting(&self) -> usize {
+        let st = lock(&self.state);
+        let for_slots: usize = st
+            .slot_waiters
+            .values()
+            .map(|s| s.waiting.load(Ordering::Relaxed))
+            .sum();
+        st.waiting + for_slots
+    }
 }
 
 impl Slot {
@@ -220,8 +232,60 @@ impl Drop for Credit {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::mpsc::{self, Receiver, TryRecvError};
     use std::thread;
     use std::time::Duration;
+
+    /// How long a test waits for what must happen before it calls it a failure.
+    const WATCHDOG: Duration = Duration::from_secs(10);
+
+    /// A sender on a thread of its own, started by [`waiting_sender`].
+    struct Waiter(Receiver<usize>);
+
+    impl Waiter {
+        /// Still waiting: not admitted yet.
+        fn is_waiting(&self) -> bool {
+            matches!(self.0.try_recv(), Err(TryRecvError::Empty))
+        }
+
+        /// Waits, within the watchdog, until the sender is admitted; the bytes of its
+        /// credit (which it has given back by then).
+        fn admitted(self) -> usize {
+            self.0
+                .recv_timeout(WATCHDOG)
+                .expect("the sender was never admitted")
+        }
+    }
+
+    /// Starts a sender of `bytes` (for `conn`) on a thread of its own and returns once it
+    /// waits in [`Flow::admit`]. Fails the test if the sender is admitted instead, or does
+    /// not wait within the watchdog.
+    fn waiting_sender(flow: &Arc<Flow>, bytes: usize, conn: Option<&InFlight>) -> Waiter {
+        let before = flow.waiting();
+        let (f, c) = (flow.clone(), conn.cloned());
+        let (done, admitted) = mpsc::channel();
+        thread::spawn(move || {
+            let credit = f.admit(bytes, c.as_ref());
+            let bytes = credit.bytes;
+            drop(credit);
+            done.send(bytes)
+        });
+        let waiter = Waiter(admitted);
+        let deadline = Instant::now() + WATCHDOG;
+        while flow.waiting() <= before {
+            assert!(waiter.is_waiting(), "admitted without waiting");
+            assert!(Instant::now() < deadline, "the sender never waited");
+            thread::yield_now();
+        }
+        waiter
+    }
+
+    /// A flow of `budget` bytes, all of them held by the credit returned with it.
+    fn spent(budget: usize) -> (Arc<Flow>, Credit) {
+        let flow = Flow::new(budget);
+        let held = flow.admit(budget, None);
+        (flow, held)
+    }
 
     #[test]
     fn a_credit_gives_its_bytes_back_when_dropped() {
@@ -234,22 +298,19 @@ mod tests {
 
     #[test]
     fn a_sender_waits_while_the_byte_budget_is_spent() {
-        let flow = Flow::new(100);
-        let first = flow.admit(80, None);
-        let f = flow.clone();
-        let waiter = thread::spawn(move || f.admit(40, None).bytes);
-        thread::sleep(Duration::from_millis(50));
-        assert!(!waiter.is_finished(), "admitted past the budget");
-        drop(first);
-        assert_eq!(waiter.join().unwrap(), 40);
+        let (flow, held) = spent(100);
+        let waiter = waiting_sender(&flow, 40, None);
+        drop(held);
+        assert_eq!(waiter.admitted(), 40);
     }
 
     #[test]
     fn a_message_larger_than_the_budget_passes_alone() {
         let flow = Flow::new(100);
-        let big = flow.admit(1000, None);
-        assert_eq!(flow.bytes(), 1000);
-        drop(big);
+        let small = flow.admit(1, None);
+        let big = waiting_sender(&flow, 1000, None);
+        drop(small);
+        assert_eq!(big.admitted(), 1000);
     }
 
     #[test]
@@ -259,41 +320,21 @@ mod tests {
         let held: Vec<Credit> = (0..IN_FLIGHT_PER_CONNECTION)
             .map(|_| flow.admit(1, Some(&flooder)))
             .collect();
-        let (f, c) = (flow.clone(), flooder.clone());
-        let waiter = thread::spawn(move || drop(f.admit(1, Some(&c))));
-        thread::sleep(Duration::from_millis(50));
-        assert!(!waiter.is_finished(), "the flooder got past its bound");
+        let waiter = waiting_sender(&flow, 1, Some(&flooder));
         // Another connection is not held up by the flooder.
         let other: InFlight = Arc::default();
         drop(flow.admit(1, Some(&other)));
         drop(held);
-        waiter.join().unwrap();
+        waiter.admitted();
         assert_eq!(flooder.count(), 0);
     }
 
     #[test]
     fn closing_the_flow_wakes_every_waiter() {
-        let flow = Flow::new(10);
-        let _held = flow.admit(10, None);
-        let f = flow.clone();
-        let waiter = thread::spawn(move || drop(f.admit(10, None)));
-        thread::sleep(Duration::from_millis(50));
+        let (flow, _held) = spent(10);
+        let waiter = waiting_sender(&flow, 10, None);
         flow.close();
-        waiter.join().unwrap();
-    }
-
-    /// Waits, within a bound, until `n` senders wait on `slots` together.
-    fn until_waiting(slots: &[InFlight], n: usize) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while slots
-            .iter()
-            .map(|s| s.waiting.load(Ordering::Relaxed))
-            .sum::<usize>()
-            < n
-        {
-            assert!(Instant::now() < deadline, "the senders never waited");
-            thread::yield_now();
-        }
+        waiter.admitted();
     }
 
     #[test]
@@ -303,29 +344,24 @@ mod tests {
         // Every connection has its one message in the inbox and a sender waiting to send
         // its next.
         let mut held: Vec<Credit> = slots.iter().map(|s| flow.admit(1, Some(s))).collect();
-        let waiters: Vec<_> = slots
-            .iter()
-            .map(|s| {
-                let (f, s) = (flow.clone(), s.clone());
-                thread::spawn(move || drop(f.admit(1, Some(&s))))
-            })
-            .collect();
-        until_waiting(&slots, slots.len());
+        let waiters: Vec<Waiter> = slots.iter().map(|s| waiting_sender(&flow, 1, Some(s))).collect();
         let before = flow.wakeups.load(Ordering::Relaxed);
 
         // The hub handles the first connection's message.
         drop(held.remove(0));
         let mut waiters = waiters.into_iter();
-        waiters.next().unwrap().join().unwrap();
+        waiters.next().unwrap().admitted();
 
         assert_eq!(
             flow.wakeups.load(Ordering::Relaxed) - before,
             1,
             "one handled message woke the senders of other connections"
         );
-        assert!(waiters.as_slice().iter().all(|w| !w.is_finished()));
+        assert!(waiters.as_slice().iter().all(Waiter::is_waiting));
         drop(held);
-        waiters.for_each(|w| w.join().unwrap());
+        for waiter in waiters {
+            waiter.admitted();
+        }
     }
 
     #[test]
@@ -334,15 +370,8 @@ mod tests {
         let conn = InFlight::default();
         // Its message stays in an inbox the hub will never read again.
         let _stuck = flow.admit(1, Some(&conn));
-        let (f, c) = (flow.clone(), conn.clone());
-        let (done, admitted) = std::sync::mpsc::channel();
-        thread::spawn(move || done.send(f.admit(1, Some(&c)).bytes));
-        until_waiting(std::slice::from_ref(&conn), 1);
+        let waiter = waiting_sender(&flow, 1, Some(&conn));
         flow.close();
-        assert_eq!(
-            admitted.recv_timeout(Duration::from_secs(10)),
-            Ok(1),
-            "the sender still waits"
-        );
+        assert_eq!(waiter.admitted(), 1, "the sender still waits");
     }
 }

@@ -132,7 +132,7 @@ pub(crate) fn publish(
     let Ok(length) = length.trim().parse::<usize>() else {
         return api_error(StatusCode::BAD_REQUEST, 1, "Content-Length is not a number");
     };
-    if length > config.max_message_size {
+    if length > config.limits.max_message_size {
         return api_error(
             StatusCode::PAYLOAD_TOO_LARGE,
             4,

@@ -1,7 +1,8 @@
 //! The WebSocket rules, free of I/O: what a request head must say, which close code
 //! answers which failure, how text is screened for UTF-8, how a frame is laid out on
-//! the wire, when a connection is due a ping and whether a sender is over its rate, and
-//! which code a peer's Close really carried.
+//! the wire, what bounds a connection on both ends and which settings make sense, when
+//! a connection is due a ping and whether a sender is over its rate, and which code a
+//! peer's Close really carried.
 //!
 //! **Owns** nothing and spawns nothing. Every function here takes the time, the bytes or
 //! the peer it decides about as an argument, so each rule is unit-tested without a

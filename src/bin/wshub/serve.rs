@@ -156,7 +156,7 @@ impl Args {
     fn into_config(self) -> Result<Config, String> {
         let mut c = Config::default();
         c.addr = self.addr;
-        c.queue_size = self.queue_size;
+        c.limits.queue_size = self.queue_size;
         c.handshake_timeout = self.handshake_timeout;
         c.idle_timeout = self.idle_timeout;
         c.ping_interval = self.ping_interval;
@@ -165,10 +165,10 @@ impl Args {
         c.writer_idle = self.writer_idle;
         c.max_connections = self.max_connections;
         c.allowed_origins = self.allowed_origins;
-        c.max_message_size = self.max_message_size;
-        c.max_frame_size = self.max_frame_size;
+        c.limits.max_message_size = self.max_message_size;
+        c.limits.max_frame_size = self.max_frame_size;
         c.max_message_rate = self.max_message_rate;
-        c.read_buffer_size = self.read_buffer_size;
+        c.limits.read_buffer_size = self.read_buffer_size;
         c.thread_stack_size = self.thread_stack_size;
         c.demo = !self.no_demo;
         c.metrics = self.metrics;

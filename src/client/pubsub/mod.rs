@@ -12,8 +12,8 @@
 //! position; if the connection is lost before the ack, the same `pub`, with the same
 //! idempotency key, is sent again on the next connection, and the server applies it once.
 //!
-//! **Identity and presence.** With [`ChannelConfig::token`] (a server in token mode) or
-//! [`ChannelConfig::user`], every connection starts with `hello`, before the
+//! **Identity and presence.** With a [`ChannelConfig::hello`] (a token for a server in
+//! token mode, or a user), every connection starts with `hello`, before the
 //! subscriptions are sent again, and the answer is [`ChannelEvent::Welcome`] or
 //! [`ChannelEvent::HelloRefused`]. [`ChannelClient::presence`] lists a channel's
 //! subscribers; with [`ChannelConfig::joins`], [`ChannelEvent::Join`] and
@@ -101,20 +101,36 @@ pub struct ChannelConfig {
     /// How long [`ChannelClient::history`] and [`ChannelClient::presence`] wait for
     /// their reply, across reconnects. Default 10 s.
     pub history_timeout: Duration,
-    /// A token for `hello` (a server in token mode needs one). Default none.
-    pub token: Option<String>,
-    /// The user for `hello` (open mode). Default none.
-    pub user: Option<String>,
-    /// Presence info for `hello`: a JSON object of at most 1 KiB. Default none.
-    pub info: Option<Value>,
+    /// Who this client says it is: sent as `hello`, first on every connection, when any
+    /// of it is set. Default: nothing set, no `hello`.
+    pub hello: Hello,
     /// Ask every subscription for joins and leaves ([`ChannelEvent::Join`],
     /// [`ChannelEvent::Leave`]). Default `false`.
     pub joins: bool,
 }
 
-impl ChannelConfig {
-    /// The `hello` sent first on every connection: when a token, user or info is set.
-    fn hello(&self) -> Option<Command> {
+/// What a [`ChannelClient`] says in its `hello` (protocol v1): who it is, and what its
+/// presence entry carries.
+///
+/// ```
+/// let mut config = wshub::client::pubsub::ChannelConfig::default();
+/// config.hello.user = Some("ann".into());
+/// config.hello.info = Some(serde_json::json!({"status": "away"}));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct Hello {
+    /// A signed token (JWT); a server in token mode needs one. Default none.
+    pub token: Option<String>,
+    /// The user name, for a server in open mode. Default none.
+    pub user: Option<String>,
+    /// Presence info: a JSON object of at most 1 KiB. Default none.
+    pub info: Option<Value>,
+}
+
+impl Hello {
+    /// The command to send first on every connection: none while nothing is set.
+    fn command(&self) -> Option<Command> {
         (self.token.is_some() || self.user.is_some() || self.info.is_some()).then(|| Command::Hello {
             token: self.token.clone(),
             user: self.user.clone(),
@@ -129,9 +145,7 @@ impl Default for ChannelConfig {
             reconnect: ReconnectConfig::default(),
             publish_timeout: Duration::from_secs(10),
             history_timeout: Duration::from_secs(10),
-            token: None,
-            user: None,
-            info: None,
+            hello: Hello::default(),
             joins: false,
         }
     }
@@ -194,7 +208,7 @@ pub enum ChannelEvent {
         reason: String,
     },
     /// The server accepted this connection's `hello` (sent first on every connection
-    /// when [`ChannelConfig`] has a token, user or info).
+    /// when [`ChannelConfig::hello`] has a token, user or info).
     Welcome {
         /// This connection's id on the server.
         client: String,
@@ -342,8 +356,8 @@ impl ChannelClient {
         let (calls_tx, calls_rx) = bounded(CALL_QUEUE_SIZE);
         let (events_tx, events_rx) = bounded(EVENT_QUEUE_SIZE);
         let (closing_tx, closing_rx) = bounded(0);
-        let state =
-            state::State::with_identity(config.hello(), config.joins).with_retry(config.reconnect.backoff);
+        let state = state::State::with_identity(config.hello.command(), config.joins)
+            .with_retry(config.reconnect.backoff);
         let protocol = Protocol::new(session.clone(), calls_rx, events_tx, closing_rx, state);
         let handle = super::spawn("wshub-channels", move || protocol.run())?;
         Ok(ChannelClient {
@@ -520,4 +534,25 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// 128 random bits in hex. Keep it to retry a [`publish_with_key`](ChannelClient::publish_with_key).
 pub fn random_key() -> String {
     format!("{:032x}", rand::rng().random::<u128>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hello_goes_out_when_any_of_it_is_set_and_only_then() {
+        let mut hello = Hello::default();
+        assert_eq!(hello.command(), None);
+        hello.info = Some(serde_json::json!({"status": "away"}));
+        let info = hello.info.clone();
+        assert_eq!(
+            hello.command(),
+            Some(Command::Hello {
+                token: None,
+                user: None,
+                info
+            })
+        );
+    }
 }

@@ -46,8 +46,8 @@ pub fn run(
     let mut config = ChannelConfig::default();
     config.reconnect = reconnect;
     config.publish_timeout = args.publish_timeout;
-    config.token = args.token.clone();
-    config.user = args.user.clone();
+    config.hello.token = args.token.clone();
+    config.hello.user = args.user.clone();
     config.joins = args.joins;
     let client = match ChannelClient::start(&url.to_string(), config) {
         Ok(c) => Arc::new(c),
