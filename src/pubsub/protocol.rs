@@ -397,8 +397,9 @@ pub enum ServerFrame {
 }
 
 /// A frame the server could not take as a command: what to answer. `id` is `None` when
-/// the frame had no valid id (answered `{"err":..}`); the code is always
-/// [`ErrorCode::BadRequest`] (a field over a size limit included).
+/// the frame had no valid id (answered `{"err":..}`); the code is
+/// [`ErrorCode::BadRequest`] (a channel, key or user over its size limit included), but
+/// for a `hello` `info` over [`MAX_INFO_LEN`], which is [`ErrorCode::LimitExceeded`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejected {
     /// The command's id, when it had a valid one.
@@ -620,6 +621,54 @@ mod tests {
             MAX_ID
         );
         assert_eq!(parse(json!({"id":1,"op":"unsub","ch":"a"})).unwrap().id, 1);
+    }
+
+    #[test]
+    fn the_largest_id_is_9007199254740991() {
+        // Literal numbers: bounds computed from `MAX_ID` would move with it.
+        assert_eq!(
+            parse(json!({"id":9_007_199_254_740_991_u64,"op":"unsub","ch":"a"}))
+                .unwrap()
+                .id,
+            9_007_199_254_740_991
+        );
+        let r = parse(json!({"id":9_007_199_254_740_992_u64,"op":"unsub","ch":"a"})).unwrap_err();
+        assert_eq!(r.id, None);
+    }
+
+    #[test]
+    fn a_hello_user_of_255_bytes_is_taken_and_one_of_256_is_error_1() {
+        let longest = "u".repeat(255);
+        let Command::Hello { user, .. } = parse(json!({"id":1,"op":"hello","user":longest}))
+            .unwrap()
+            .command
+        else {
+            panic!("not a hello");
+        };
+        assert_eq!(user.as_deref(), Some(longest.as_str()));
+        let r = parse(json!({"id":2,"op":"hello","user":"u".repeat(256)})).unwrap_err();
+        assert_eq!((r.id, r.err.code), (Some(2), ErrorCode::BadRequest));
+        assert!(
+            r.err.msg.contains("\"user\" must be at most 255 bytes"),
+            "{}",
+            r.err.msg
+        );
+    }
+
+    #[test]
+    fn a_hello_info_of_1024_bytes_of_json_is_taken_and_one_of_1025_is_error_4() {
+        // `{"x":"` and `"}` are 8 bytes of the JSON text.
+        let exactly = json!({"x": "y".repeat(1024 - 8)});
+        assert_eq!(serde_json::to_string(&exactly).unwrap().len(), 1024);
+        assert!(parse(json!({"id":1,"op":"hello","info":exactly})).is_ok());
+        let over = json!({"x": "y".repeat(1025 - 8)});
+        let r = parse(json!({"id":2,"op":"hello","info":over})).unwrap_err();
+        assert_eq!((r.id, r.err.code), (Some(2), ErrorCode::LimitExceeded));
+        assert!(
+            r.err.msg.contains("at most 1024 bytes of JSON, got 1025"),
+            "{}",
+            r.err.msg
+        );
     }
 
     #[test]
