@@ -1,7 +1,7 @@
 //! The accept thread, and the overflow thread that turns away clients past the limit.
 //!
 //! **Owns** the `TcpListener` and the next connection id; it spawns each connection
-//! thread through [`ConnThreads`], which keeps the thread's `JoinHandle` until the thread
+//! thread through [`ConnThreads`](crate::server::threads::ConnThreads), which keeps the thread's `JoinHandle` until the thread
 //! is joined (by the next connection thread to end, or by the drain). **Woken** by the kernel when a client connects: a
 //! blocking `accept()`, no polling, so an idle server uses no CPU and a client is
 //! accepted at once. **Ends** when the drain sets the stop flag and connects to the
@@ -33,7 +33,6 @@ use log::{debug, warn};
 
 use crate::server::connection::{self, Shared, SlotGuard};
 use crate::server::hub::HubMsg;
-use crate::server::threads::ConnThreads;
 use crate::ws::handshake::{StatusCode, http_response};
 
 /// Refused clients (already answered) whose socket the overflow thread keeps open at
@@ -55,8 +54,6 @@ const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 pub(crate) struct Acceptor {
     pub listener: TcpListener,
     pub shared: Arc<Shared>,
-    /// Where each connection thread's handle goes.
-    pub threads: Arc<ConnThreads>,
     pub stop: Arc<AtomicBool>,
     /// Never sent on; disconnected by the drain to cut an error back-off short.
     pub wake: Receiver<()>,
@@ -140,6 +137,7 @@ impl Acceptor {
                 .name("wshub-reader".into())
                 .stack_size(config.thread_stack_size);
             let spawned = self
+                .shared
                 .threads
                 .spawn(id, builder, move || connection::run(sock, id, shared, slot));
             if let Err(e) = spawned {

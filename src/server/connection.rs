@@ -21,6 +21,7 @@
 //! [`crate::server::writer`] keeps one writer at a time).
 
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -41,6 +42,7 @@ use crate::server::hub::{Hub, HubMsg, PeerHandle};
 use crate::server::metrics::Metrics;
 use crate::server::queue::{OutboundRx, OutboundTx, outbound};
 use crate::server::registry::ConnId;
+use crate::server::threads::ConnThreads;
 use crate::server::writer::{self, CTRL_QUEUE, Ctrl, Receivers, WriteSide, WriterEnd, Writers};
 use crate::ws::close_policy::{self, GOING_AWAY, INTERNAL_ERROR, POLICY_VIOLATION, ReadEnd};
 use crate::ws::handshake::MAX_REQUEST_HEAD;
@@ -79,6 +81,8 @@ pub(crate) struct Shared {
     pub metrics: Arc<Metrics>,
     /// The on-demand writers' budget and settings.
     pub writers: Arc<Writers>,
+    /// The connection threads' handles; each thread hands its own on as it ends.
+    pub threads: Arc<ConnThreads>,
 }
 
 /// Held by a connection thread for its whole life: gives the connection slot back and
@@ -98,10 +102,28 @@ impl Drop for SlotGuard {
 /// The stream tungstenite runs over: reads from the socket, writes through the fast path
 /// or a writer. tungstenite gets it wrapped in [`Screened`], which checks text messages
 /// for invalid UTF-8 as they arrive (RFC 6455 §8.1).
+///
+/// A frame it cannot write at once is queued for a writer, but the writer is not woken
+/// (possibly spawned) here, deep inside tungstenite's `read`: a thread spawn there would
+/// take a reader's stack past its two pages for the rest of its life. The read loop
+/// wakes it as soon as `read` returns ([`ReaderStream::wake_if_owed`]), and makes
+/// tungstenite write its Pong right away rather than at the start of the next, blocking,
+/// `read`.
 struct ReaderStream {
     side: Arc<WriteSide>,
     data: OutboundTx,
     ctrl: Sender<Ctrl>,
+    /// A frame was queued and the writer not yet woken for it.
+    wake_owed: Cell<bool>,
+}
+
+impl ReaderStream {
+    /// Wakes the writer for what `write` queued, if anything.
+    fn wake_if_owed(&self) {
+        if self.wake_owed.replace(false) {
+            self.side.wake();
+        }
+    }
 }
 
 impl Read for ReaderStream {
@@ -126,10 +148,12 @@ impl Write for ReaderStream {
         }
         // Blocks while the control channel is full; a full channel has a writer, which
         // always drains it or ends (write timeout), and its end disconnects the channel.
+        // (tungstenite writes at most a Pong and a Close reply between two returns of
+        // `read`, each of which wakes the writer: far fewer than the channel holds.)
         self.ctrl
             .send(Ctrl::Raw(buf.to_vec()))
             .map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))?;
-        self.side.wake();
+        self.wake_owed.set(true);
         Ok(buf.len())
     }
 
@@ -142,11 +166,17 @@ impl Write for ReaderStream {
 ///
 /// The two phases run in sibling frames, so that nothing the HTTP phase and the writer's
 /// spawn put on the stack sits under the WebSocket phase's reads.
-pub(crate) fn run(sock: Arc<TcpStream>, id: ConnId, shared: Arc<Shared>, _slot: SlotGuard) {
+pub(crate) fn run(sock: Arc<TcpStream>, id: ConnId, shared: Arc<Shared>, slot: SlotGuard) {
     match upgrade_phase(&sock, id, &shared) {
         Some((upgrade, writer)) => serve(sock, id, upgrade, writer, &shared),
         None => leave_hub(&shared, id),
     }
+    drop(slot);
+    // Last, and a plain call rather than a guard held across the phases: anything this
+    // frame keeps sits under every read, and the reader's stack must stay within two
+    // pages. A panic escaping the phases (a bug: a handler's panics are caught) skips
+    // it; that thread's handle then waits for the drain, which joins it.
+    shared.threads.ended(id);
 }
 
 /// The HTTP phase, then the write side's making; `Some` when the connection was upgraded.
@@ -622,6 +652,7 @@ fn open_websocket(
             side: side.clone(),
             data: data.clone(),
             ctrl: ctrl.clone(),
+            wake_owed: Cell::new(false),
         },
         leftover,
     );
@@ -649,7 +680,19 @@ fn read_loop(
         .map(|r| RateLimiter::new(r, Instant::now()));
     let mut control = RateLimiter::new(CONTROL_FRAMES_PER_SECOND, Instant::now());
     loop {
-        match ws.read() {
+        let read = ws.read();
+        if let Ok(msg) = &read {
+            if matches!(msg, Message::Ping(_)) {
+                // tungstenite would send the Pong at the start of the next `read`, which
+                // then blocks: send it now. An error here shows again on that `read`.
+                let _ = ws.flush();
+            }
+            // Wake a writer for what tungstenite queued during `read` or `flush` (see
+            // `ReaderStream`). After an error the reader ends, and its last writer
+            // (run on this thread when none is running) writes what is queued.
+            ws.get_ref().get_ref().wake_if_owed();
+        }
+        match read {
             Ok(msg) => {
                 if matches!(msg, Message::Ping(_) | Message::Pong(_)) {
                     flow::pace(&mut control);

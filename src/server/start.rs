@@ -177,7 +177,6 @@ impl ServerBuilder {
         let threads = Arc::new(ConnThreads::default());
         let acceptor = Acceptor {
             listener,
-            threads: threads.clone(),
             shared: Arc::new(Shared {
                 config,
                 routes,
@@ -185,6 +184,7 @@ impl ServerBuilder {
                 hub: hub.clone(),
                 metrics,
                 writers,
+                threads: threads.clone(),
             }),
             stop: stop.clone(),
             wake: wake_rx,

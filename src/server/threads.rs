@@ -1,7 +1,7 @@
 //! The connection threads' `JoinHandle`s, and who joins each one.
 //!
-//! **Owns** the handle of every connection thread that is still running, and the handle of
-//! at most one that has ended but is not joined yet. It is a lock, not a thread: the
+//! **Owns** the handle of every connection thread that is still running, and the handles
+//! of the last few ([`UNJOINED`]) that have ended but are not joined yet. It is a lock, not a thread: the
 //! accept thread inserts under it, each connection thread takes itself out under it as it
 //! ends, and the drain takes what is left. **Ends** with the drain, which joins (or, for a
 //! thread stuck in user code, gives up on) every handle it finds here.
@@ -10,20 +10,31 @@
 //! second mapping) until someone joins or detaches it. A server that kept every handle
 //! until the drain would hold one stack per connection it ever served; one that pruned
 //! only when new connections arrived would hold the stacks of a burst that has left. Here
-//! each ending thread hands its own handle to the next one that ends, and joins the one it
-//! was handed: at any moment at most one ended thread is waiting to be joined, however
-//! many connections came and went. A handle is never dropped unjoined, so the drain can
+//! each ending thread puts its own handle at the back of a short queue and joins the one
+//! at its front, which ended [`UNJOINED`] threads earlier: at any moment at most that many
+//! ended threads wait to be joined, however many connections came and went. Why not the
+//! thread that ended just before: that one may still be on its way out (dropping its last
+//! values, glibc's exit), and joining it would put the ending thread to sleep until the
+//! scheduler has run it, a context switch per connection; the one at the front has had
+//! the time of several connections to go. A handle is never dropped unjoined, so the drain can
 //! still wait for every connection thread, and count the ones it gave up on.
 //!
-//! Order, to close the race: the accept thread spawns and inserts while holding the lock,
-//! so a thread that ends at once finds its own handle when it takes the lock at its end.
-//! A thread ending after the drain took the handles finds nothing and joins nothing; the
-//! drain joins it.
+//! The race between a spawn and its end: the accept thread inserts a new thread's handle
+//! after the spawn (not holding the lock across it, which would make ending threads wait
+//! for a system call), so a thread may end before its handle is there. It then leaves its
+//! id in `early`, and the accept thread, finding it there, queues the handle as ended. A
+//! thread ending after the drain took the handles finds nothing and joins nothing; the
+//! drain joins it. The drain takes the handles only after the accept thread has ended,
+//! so no spawn comes after.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
+
+/// Ended connection threads left unjoined at most: each ending thread joins the one that
+/// ended this many threads before it.
+pub(crate) const UNJOINED: usize = 4;
 
 /// Identifies one connection thread; the accept thread's connection id.
 pub(crate) type ThreadId = u64;
@@ -38,8 +49,11 @@ pub(crate) struct ConnThreads {
 struct Handles {
     /// Threads not yet at their end.
     running: HashMap<ThreadId, JoinHandle<()>>,
-    /// The last thread to end; the next one to end joins it.
-    ended: Option<JoinHandle<()>>,
+    /// The last threads to end, oldest first; at most [`UNJOINED`] once their enders
+    /// have joined the excess.
+    ended: VecDeque<JoinHandle<()>>,
+    /// Threads that ended before the accept thread had inserted their handle.
+    early: HashSet<ThreadId>,
     /// Set by [`ConnThreads::take_all`]: no spawn after the drain took the handles.
     closed: bool,
 }
@@ -50,40 +64,52 @@ impl ConnThreads {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Spawns `f` on `builder`'s thread as connection thread `id` and keeps its handle.
-    /// When `f` returns (or unwinds), the thread joins the thread that ended before it.
-    /// Fails when the thread cannot be created, or the drain has already taken the
-    /// handles; `f` is then dropped without running.
-    pub(crate) fn spawn<F>(self: &Arc<Self>, id: ThreadId, builder: thread::Builder, f: F) -> io::Result<()>
+    /// Spawns `f` on `builder`'s thread as connection thread `id` and keeps its handle
+    /// (called by one thread only, the accept thread).
+    /// `f` calls [`ConnThreads::ended`] with `id` as the last thing it does (a plain call
+    /// at its end, not a guard or a wrapper, whose frame would sit under every read of a
+    /// reader, whose stack must stay within two pages). Fails when the thread cannot be
+    /// created, or the drain has already taken the handles; `f` is then dropped without
+    /// running.
+    pub(crate) fn spawn<F>(&self, id: ThreadId, builder: thread::Builder, f: F) -> io::Result<()>
     where
         F: FnOnce() + Send + 'static,
     {
-        let mut handles = self.lock();
-        if handles.closed {
+        if self.lock().closed {
             return Err(io::Error::other("the server is draining"));
         }
-        let me = Arc::clone(self);
-        let handle = builder.spawn(move || {
-            let _end = EndGuard { threads: me, id };
-            f();
-        })?;
-        handles.running.insert(id, handle);
+        let handle = builder.spawn(f)?;
+        let mut handles = self.lock();
+        if handles.early.remove(&id) {
+            handles.ended.push_back(handle); // joined by a later ender, or the drain
+        } else {
+            handles.running.insert(id, handle);
+        }
         Ok(())
     }
 
-    /// Called by thread `id` as it ends: keeps its own handle for the next thread to end,
-    /// and joins the previous one (outside the lock; that thread has finished its work
-    /// and is at most returning from this same call).
-    fn ended(&self, id: ThreadId) {
-        let previous = {
+    /// Called by thread `id` as the last thing it does: queues its own handle, and joins
+    /// the oldest ended thread when more than [`UNJOINED`] are queued (outside the lock;
+    /// that thread has finished its work, and has almost always exited by now). A thread
+    /// that never calls it (it panicked) keeps its handle here until the drain joins it.
+    pub(crate) fn ended(&self, id: ThreadId) {
+        let mut oldest = Vec::new();
+        {
             let mut handles = self.lock();
             match handles.running.remove(&id) {
-                Some(me) => handles.ended.replace(me),
-                None => None, // the drain has taken the handles, and joins this thread
+                Some(me) => handles.ended.push_back(me),
+                // Not inserted yet: the accept thread queues it when it is.
+                None if !handles.closed => {
+                    handles.early.insert(id);
+                }
+                None => {} // the drain has taken the handles, and joins this thread
             }
-        };
-        if let Some(previous) = previous {
-            let _ = previous.join();
+            while handles.ended.len() > UNJOINED {
+                oldest.extend(handles.ended.pop_front());
+            }
+        }
+        for thread in oldest {
+            let _ = thread.join();
         }
     }
 
@@ -93,28 +119,15 @@ impl ConnThreads {
         let mut handles = self.lock();
         handles.closed = true;
         let mut all: Vec<JoinHandle<()>> = handles.running.drain().map(|(_, h)| h).collect();
-        all.extend(handles.ended.take());
+        all.extend(handles.ended.drain(..));
         all
     }
 
-    /// Handles held now: running threads, plus at most one ended thread.
+    /// Handles held now: running threads, plus at most [`UNJOINED`] ended ones.
     #[cfg(test)]
     fn held(&self) -> usize {
         let handles = self.lock();
-        handles.running.len() + usize::from(handles.ended.is_some())
-    }
-}
-
-/// Runs [`ConnThreads::ended`] when a connection thread's work is over, also when it
-/// unwinds.
-struct EndGuard {
-    threads: Arc<ConnThreads>,
-    id: ThreadId,
-}
-
-impl Drop for EndGuard {
-    fn drop(&mut self) {
-        self.threads.ended(self.id);
+        handles.running.len() + handles.ended.len()
     }
 }
 
@@ -122,6 +135,7 @@ impl Drop for EndGuard {
 mod tests {
     use super::*;
     use crossbeam_channel::{Receiver, bounded};
+    use std::sync::Arc;
     use std::time::{Duration, Instant};
 
     /// Spawns `n` threads that each wait for `go` to disconnect, then tell `done`.
@@ -130,10 +144,12 @@ mod tests {
         for id in 0..n {
             let go = go.clone();
             let done = done_tx.clone();
+            let t = threads.clone();
             threads
                 .spawn(id, thread::Builder::new(), move || {
                     let _ = go.recv();
                     let _ = done.send(());
+                    t.ended(id);
                 })
                 .unwrap();
         }
@@ -166,7 +182,7 @@ mod tests {
     }
 
     #[test]
-    fn threads_that_ended_leave_at_most_one_handle_unjoined() {
+    fn threads_that_ended_leave_at_most_a_few_handles_unjoined() {
         let threads = Arc::new(ConnThreads::default());
         let (go_tx, go_rx) = bounded::<()>(0);
         let done = spawn_waiting(&threads, 200, &go_rx);
@@ -175,24 +191,33 @@ mod tests {
             done.recv().unwrap();
         }
         assert_eq!(
-            wait_until_held_at_most(&threads, 1),
-            1,
+            wait_until_held_at_most(&threads, UNJOINED),
+            UNJOINED,
             "ended threads kept their handles"
         );
-        assert_eq!(threads.take_all().len(), 1);
+        assert_eq!(threads.take_all().len(), UNJOINED);
     }
 
     #[test]
-    fn a_thread_that_panics_still_hands_its_handle_on() {
+    fn a_thread_that_panics_before_its_end_is_left_for_the_drain_to_join() {
         let threads = Arc::new(ConnThreads::default());
         threads
-            .spawn(1, thread::Builder::new(), || panic!("a handler bug"))
+            .spawn(1, thread::Builder::new(), || panic!("a bug"))
             .unwrap();
-        threads.spawn(2, thread::Builder::new(), || {}).unwrap();
-        assert_eq!(wait_until_held_at_most(&threads, 1), 1);
-        for h in threads.take_all() {
-            let _ = h.join();
-        }
+        let t = threads.clone();
+        threads
+            .spawn(2, thread::Builder::new(), move || t.ended(2))
+            .unwrap();
+        // Thread 2's handle waits for the next thread to end; thread 1's for the drain.
+        assert_eq!(wait_until_held_at_most(&threads, 2), 2);
+        let taken = threads.take_all();
+        assert_eq!(taken.len(), 2);
+        let panicked = taken
+            .into_iter()
+            .map(|h| h.join().is_err())
+            .filter(|p| *p)
+            .count();
+        assert_eq!(panicked, 1, "the drain joins the thread that panicked");
     }
 
     #[test]
@@ -213,6 +238,26 @@ mod tests {
             0,
             "a thread ending after the drain kept its handle"
         );
+    }
+
+    #[test]
+    fn a_thread_that_ends_before_its_handle_is_in_is_queued_as_ended() {
+        let threads = ConnThreads::default();
+        threads.ended(7); // thread 7's end, before the accept thread inserted its handle
+        let (ran_tx, ran_rx) = bounded(1);
+        threads
+            .spawn(7, thread::Builder::new(), move || ran_tx.send(()).unwrap())
+            .unwrap();
+        ran_rx.recv().unwrap();
+        {
+            let handles = threads.lock();
+            assert!(handles.running.is_empty(), "an ended thread was filed as running");
+            assert_eq!(handles.ended.len(), 1);
+            assert!(handles.early.is_empty());
+        }
+        for h in threads.take_all() {
+            h.join().unwrap();
+        }
     }
 
     #[test]
