@@ -1,10 +1,10 @@
 //! The accept thread, and the overflow thread that turns away clients past the limit.
 //!
 //! **Owns** the `TcpListener` and the next connection id; it spawns each connection
-//! thread through [`ConnThreads`](crate::server::threads::ConnThreads), which keeps the thread's `JoinHandle` until the thread
-//! is joined (by the next connection thread to end, or by the drain). **Woken** by the kernel when a client connects: a
-//! blocking `accept()`, no polling, so an idle server uses no CPU and a client is
-//! accepted at once. **Ends** when the drain sets the stop flag and connects to the
+//! thread through [`ConnThreads`](crate::server::threads::ConnThreads), which keeps the
+//! thread's `JoinHandle` until it is joined (by a connection thread that ends later, or
+//! by the drain). **Woken** by the kernel when a client connects: a blocking `accept()`,
+//! no polling, so an idle server uses no CPU and a client is accepted at once. **Ends** when the drain sets the stop flag and connects to the
 //! listener itself to wake `accept()` (tiny_http's `unblock()`); dropping the listener
 //! then refuses new connections.
 //!

@@ -108,8 +108,8 @@ pub(crate) fn drain(r: Running) -> DrainReport {
     } else {
         warn!("the accept thread did not wake up before the drain deadline");
     }
-    // Threads that ended before this were joined as they ended, all but the last one;
-    // from here on, no thread is spawned and every handle left is the drain's to join.
+    // Threads that ended before this were joined as later ones ended, all but the last
+    // few; from here on, no thread is spawned and every handle left is the drain's to join.
     let handles = r.threads.take_all();
 
     // 2. Close 1001 to every connection, after what is queued for it.
