@@ -1,31 +1,31 @@
 //! The connection threads' `JoinHandle`s, and who joins each one.
 //!
-//! **Owns** the handle of every connection thread that is still running, and the handles
-//! of the last few ([`UNJOINED`]) that have ended but are not joined yet. It is a lock, not a thread: the
-//! accept thread inserts under it, each connection thread takes itself out under it as it
-//! ends, and the drain takes what is left. **Ends** with the drain, which joins (or, for a
-//! thread stuck in user code, gives up on) every handle it finds here.
+//! **Owns** the handle of every connection thread that is still running, and the handles of
+//! the last few ([`UNJOINED`]) that have ended but are not joined yet. It is a lock, not a
+//! thread: the accept thread inserts under it, each connection thread takes itself out
+//! under it as it ends, and the drain takes what is left. **Ends** with the drain, which
+//! joins (or, for a thread stuck in user code, gives up on) every handle it finds here.
 //!
 //! Why it exists: a thread that has ended keeps its stack mapped (and its guard page, a
 //! second mapping) until someone joins or detaches it. A server that kept every handle
-//! until the drain would hold one stack per connection it ever served; one that pruned
-//! only when new connections arrived would hold the stacks of a burst that has left. Here
-//! each ending thread puts its own handle at the back of a short queue and joins the one
-//! at its front, which ended [`UNJOINED`] threads earlier: at any moment at most that many
-//! ended threads wait to be joined, however many connections came and went. Why not the
-//! thread that ended just before: that one may still be on its way out (dropping its last
-//! values, glibc's exit), and joining it would put the ending thread to sleep until the
-//! scheduler has run it, a context switch per connection; the one at the front has had
-//! the time of several connections to go. A handle is never dropped unjoined, so the drain can
-//! still wait for every connection thread, and count the ones it gave up on.
+//! until the drain would hold one stack per connection it ever served; one that pruned only
+//! when new connections arrived would hold the stacks of a burst that has left. Here each
+//! ending thread puts its own handle at the back of a short queue and joins the one at its
+//! front, which ended [`UNJOINED`] threads earlier: at any moment at most that many ended
+//! threads wait to be joined, however many connections came and went. Why not the thread
+//! that ended just before: that one may still be on its way out (dropping its last values,
+//! glibc's exit), and joining it would put the ending thread to sleep until the scheduler
+//! has run it, a context switch per connection; the one at the front has had the time of
+//! several connections to go. A handle is never dropped unjoined, so the drain can still
+//! wait for every connection thread, and count the ones it gave up on.
 //!
 //! The race between a spawn and its end: the accept thread inserts a new thread's handle
 //! after the spawn (not holding the lock across it, which would make ending threads wait
 //! for a system call), so a thread may end before its handle is there. It then leaves its
 //! id in `early`, and the accept thread, finding it there, queues the handle as ended. A
 //! thread ending after the drain took the handles finds nothing and joins nothing; the
-//! drain joins it. The drain takes the handles only after the accept thread has ended,
-//! so no spawn comes after.
+//! drain joins it. The drain takes the handles only after the accept thread has ended, so
+//! no spawn comes after.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
@@ -65,12 +65,11 @@ impl ConnThreads {
     }
 
     /// Spawns `f` on `builder`'s thread as connection thread `id` and keeps its handle
-    /// (called by one thread only, the accept thread).
-    /// `f` calls [`ConnThreads::ended`] with `id` as the last thing it does (a plain call
-    /// at its end, not a guard or a wrapper, whose frame would sit under every read of a
-    /// reader, whose stack must stay within two pages). Fails when the thread cannot be
-    /// created, or the drain has already taken the handles; `f` is then dropped without
-    /// running.
+    /// (called by one thread only, the accept thread). `f` calls [`ConnThreads::ended`]
+    /// with `id` as the last thing it does: a plain call at its end, not a guard or a
+    /// wrapper, whose frame would sit under every read of a reader, whose stack must stay
+    /// within two pages. Fails when the thread cannot be created, or the drain has already
+    /// taken the handles; `f` is then dropped without running.
     pub(crate) fn spawn<F>(&self, id: ThreadId, builder: thread::Builder, f: F) -> io::Result<()>
     where
         F: FnOnce() + Send + 'static,
