@@ -580,6 +580,12 @@ mod tests {
         ));
     }
 
+    /// `r` answers the command with id `id` with error `code`, and its message says `text`.
+    fn assert_rejected(r: &Rejected, id: Option<u64>, code: ErrorCode, text: &str) {
+        assert_eq!((r.id, r.err.code), (id, code), "{}", r.err.msg);
+        assert!(r.err.msg.contains(text), "{text:?} not in {:?}", r.err.msg);
+    }
+
     #[test]
     fn unknown_fields_are_ignored() {
         assert!(parse(json!({"id":1,"op":"unsub","ch":"a","extra":true})).is_ok());
@@ -588,9 +594,7 @@ mod tests {
     #[test]
     fn malformed_json_has_no_id() {
         let r = parse_request("{\"id\":1,").unwrap_err();
-        assert_eq!(r.id, None);
-        assert_eq!(r.err.code, ErrorCode::BadRequest);
-        assert!(r.err.msg.contains("malformed JSON"), "{}", r.err.msg);
+        assert_rejected(&r, None, ErrorCode::BadRequest, "malformed JSON");
     }
 
     #[test]
@@ -647,11 +651,11 @@ mod tests {
         };
         assert_eq!(user.as_deref(), Some(longest.as_str()));
         let r = parse(json!({"id":2,"op":"hello","user":"u".repeat(256)})).unwrap_err();
-        assert_eq!((r.id, r.err.code), (Some(2), ErrorCode::BadRequest));
-        assert!(
-            r.err.msg.contains("\"user\" must be at most 255 bytes"),
-            "{}",
-            r.err.msg
+        assert_rejected(
+            &r,
+            Some(2),
+            ErrorCode::BadRequest,
+            "\"user\" must be at most 255 bytes",
         );
     }
 
@@ -663,20 +667,18 @@ mod tests {
         assert!(parse(json!({"id":1,"op":"hello","info":exactly})).is_ok());
         let over = json!({"x": "y".repeat(1025 - 8)});
         let r = parse(json!({"id":2,"op":"hello","info":over})).unwrap_err();
-        assert_eq!((r.id, r.err.code), (Some(2), ErrorCode::LimitExceeded));
-        assert!(
-            r.err.msg.contains("at most 1024 bytes of JSON, got 1025"),
-            "{}",
-            r.err.msg
+        assert_rejected(
+            &r,
+            Some(2),
+            ErrorCode::LimitExceeded,
+            "at most 1024 bytes of JSON, got 1025",
         );
     }
 
     #[test]
     fn unknown_op_keeps_the_id() {
         let r = parse(json!({"id":9,"op":"dance","ch":"a"})).unwrap_err();
-        assert_eq!(r.id, Some(9));
-        assert_eq!(r.err.code, ErrorCode::BadRequest);
-        assert!(r.err.msg.contains("unknown op"), "{}", r.err.msg);
+        assert_rejected(&r, Some(9), ErrorCode::BadRequest, "unknown op");
         let r = parse(json!({"id":9,"ch":"a"})).unwrap_err();
         assert_eq!(r.id, Some(9));
     }
@@ -713,9 +715,7 @@ mod tests {
     #[test]
     fn a_bad_channel_name_is_error_1_with_the_id() {
         let r = parse(json!({"id":3,"op":"pub","ch":"no spaces","data":1})).unwrap_err();
-        assert_eq!(r.id, Some(3));
-        assert_eq!(r.err.code, ErrorCode::BadRequest);
-        assert!(r.err.msg.contains("channel name"), "{}", r.err.msg);
+        assert_rejected(&r, Some(3), ErrorCode::BadRequest, "channel name");
     }
 
     #[test]
