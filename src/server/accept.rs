@@ -9,7 +9,8 @@
 //! then refuses new connections.
 //!
 //! Each accepted client gets its own reader thread ([`crate::server::connection`]) at once, so
-//! a slow handshake never delays the next `accept()`. Past `max_connections` a client
+//! a slow handshake never delays the next `accept()`: a spare one if one is waiting
+//! ([`crate::server::spare`]), else a new one. Past `max_connections` a client
 //! gets its `503` at once, from the accept thread, without waiting for its request (one
 //! non-blocking send: the answer fits in a fresh socket's buffer); the single overflow
 //! thread then keeps the socket open for a moment, reading what the client sends, so
@@ -33,6 +34,7 @@ use log::{debug, warn};
 
 use crate::server::connection::{self, Shared, SlotGuard};
 use crate::server::hub::HubMsg;
+use crate::server::spare::{Accepted, SpareSender};
 use crate::ws::handshake::{StatusCode, http_response};
 
 /// Refused clients (already answered) whose socket the overflow thread keeps open at
@@ -61,6 +63,9 @@ pub(crate) struct Acceptor {
     pub alive: Sender<()>,
     /// Refused sockets, answered already, and when to close each.
     pub overflow: Sender<(TcpStream, Instant)>,
+    /// Hands accepted sockets to spare connection threads; dropped when this thread
+    /// ends, which sends the spares away.
+    pub spare: SpareSender,
 }
 
 /// What one `accept()` error calls for.
@@ -132,6 +137,14 @@ impl Acceptor {
                 id,
                 sock: sock.clone(),
             });
+            // A spare thread if one is waiting, else a new one.
+            let job = match self.spare.offer(Accepted { sock, id, slot }) {
+                Ok(()) => {
+                    self.shared.metrics.reader_reuses.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                Err(job) => job,
+            };
             let shared = self.shared.clone();
             let builder = thread::Builder::new()
                 .name("wshub-reader".into())
@@ -139,7 +152,7 @@ impl Acceptor {
             let spawned = self
                 .shared
                 .threads
-                .spawn(id, builder, move || connection::run(sock, id, shared, slot));
+                .spawn(id, builder, move || connection::run(job, shared));
             if let Err(e) = spawned {
                 // The closure (socket and slot) is dropped: the client sees the close.
                 warn!("cannot spawn a connection thread: {e}");

@@ -5,7 +5,9 @@
 //! guard page, and the alternate signal stack Rust gives every thread, with its guard
 //! page). Writer threads are started only while frames wait for a client's socket (see
 //! [`crate::server::writer`]), and each costs the same again: the ceiling reserves room for
-//! [`writer_budget`] of them (one per 16 connections), and a server may run as many as
+//! [`writer_budget`] of them (one per 16 connections) and for the spare connection threads
+//! that wait between two connections (`Config::spare_readers`, see
+//! [`crate::server::spare`]), and a server may run as many as
 //! [`writers_allowed`] (all the room its limits leave beside its readers) at once. When the kernel refuses a
 //! mapping, the damage is worse than a refused client: a new thread whose signal stack
 //! cannot be mapped aborts the whole process. So `max_connections` is lowered at start to
@@ -42,14 +44,15 @@ pub fn writer_budget(max_connections: usize) -> usize {
     max_connections.div_ceil(CONNECTIONS_PER_WRITER).max(MIN_WRITERS)
 }
 
-/// Writer threads a server of `connections` (at most its [`ceiling`]) may run at once: all
-/// the room the limits leave beside its readers, never less than [`writer_budget`] and
-/// never more than one per connection (with the budget's floor). A default server of
-/// 10 000 connections at the default `vm.max_map_count` may so run about 6 000 writers,
-/// not just the 625 the ceiling reserves.
-pub fn writers_allowed(l: &SystemLimits, connections: usize) -> usize {
+/// Writer threads a server of `connections` (at most its [`ceiling`]) with `spare` spare
+/// readers may run at once: all the room the limits leave beside its readers, never less
+/// than [`writer_budget`] and never more than one per connection (with the budget's
+/// floor). A default server of 10 000 connections at the default `vm.max_map_count` may
+/// so run about 6 000 writers, not just the 625 the ceiling reserves.
+pub fn writers_allowed(l: &SystemLimits, connections: usize, spare: usize) -> usize {
     let floor = writer_budget(connections);
-    let room = threads_within(l).map_or(usize::MAX, |t| t.saturating_sub(connections));
+    let readers = connections.saturating_add(spare);
+    let room = threads_within(l).map_or(usize::MAX, |t| t.saturating_sub(readers));
     room.min(connections.max(floor)).max(floor)
 }
 
@@ -87,15 +90,16 @@ pub struct SystemLimits {
     pub threads_in_use: u64,
 }
 
-/// The most connections the limits allow, with their writer budget, and the name of the
-/// tightest limit.
-pub fn ceiling(l: &SystemLimits) -> Option<(usize, &'static str)> {
+/// The most connections the limits allow, with their writer budget and `spare` spare
+/// readers (connection threads between two connections, see
+/// [`crate::server::spare`]), and the name of the tightest limit.
+pub fn ceiling(l: &SystemLimits, spare: usize) -> Option<(usize, &'static str)> {
     // Threads the limit leaves, and the most connections whose readers and writer budget
     // fit in them.
     let by = |limit: Option<u64>, used: u64, margin: u64, per_thread: u64, name: &'static str| {
         limit.map(|max| {
             let threads = max.saturating_sub(used).saturating_sub(margin) / per_thread;
-            (connections_within(threads), name)
+            (connections_within(threads.saturating_sub(spare as u64)), name)
         })
     };
     [
@@ -206,11 +210,13 @@ mod tests {
     #[test]
     fn the_default_map_count_allows_fifteen_thousand_connections() {
         let l = DEFAULT_MAP_COUNT;
-        let (n, limit) = ceiling(&l).unwrap();
+        let spare = crate::server::config::DEFAULT_SPARE_READERS;
+        let (n, limit) = ceiling(&l, spare).unwrap();
         assert_eq!(limit, "vm.max_map_count");
         assert!(n >= 15_000, "{n}");
-        // And it is the most that fits: readers plus the writer budget, four maps each.
-        let maps = |n: usize| (n + writer_budget(n)) as u64 * MAPS_PER_THREAD;
+        // And it is the most that fits: readers, the spares and the writer budget, four
+        // maps each.
+        let maps = |n: usize| (n + spare + writer_budget(n)) as u64 * MAPS_PER_THREAD;
         assert!(maps(n) <= 65530 - 300 - MAP_MARGIN);
         assert!(maps(n + 1) > 65530 - 300 - MAP_MARGIN);
     }
@@ -227,16 +233,17 @@ mod tests {
     fn writers_get_the_room_the_limits_leave_beside_the_readers() {
         let l = DEFAULT_MAP_COUNT;
         let threads = (65530 - 300 - MAP_MARGIN as usize) / MAPS_PER_THREAD as usize;
-        assert_eq!(writers_allowed(&l, 10_000), threads - 10_000);
+        assert_eq!(writers_allowed(&l, 10_000, 0), threads - 10_000);
+        assert_eq!(writers_allowed(&l, 10_000, 64), threads - 10_064);
         // At the ceiling, what the ceiling reserved.
-        let (n, _) = ceiling(&l).unwrap();
-        assert!(writers_allowed(&l, n) >= writer_budget(n));
-        assert!(n + writers_allowed(&l, n) <= threads);
+        let (n, _) = ceiling(&l, 64).unwrap();
+        assert!(writers_allowed(&l, n, 64) >= writer_budget(n));
+        assert!(n + 64 + writers_allowed(&l, n, 64) <= threads);
         // Never more than one per connection; the floor for a small server.
-        assert_eq!(writers_allowed(&l, 100), 100);
-        assert_eq!(writers_allowed(&l, 10), MIN_WRITERS);
+        assert_eq!(writers_allowed(&l, 100, 64), 100);
+        assert_eq!(writers_allowed(&l, 10, 64), MIN_WRITERS);
         // No known limit: one per connection.
-        assert_eq!(writers_allowed(&SystemLimits::default(), 20_000), 20_000);
+        assert_eq!(writers_allowed(&SystemLimits::default(), 20_000, 64), 20_000);
     }
 
     #[test]
@@ -257,19 +264,32 @@ mod tests {
             threads_in_use: 4,
         };
         assert_eq!(
-            ceiling(&l),
+            ceiling(&l, 0),
             Some((connections_within(32768 - 4 - 64), "the thread limit"))
         );
         let l = SystemLimits {
             max_map_count: Some(65530),
             ..l
         };
-        assert_eq!(ceiling(&l).map(|c| c.1), Some("vm.max_map_count"));
+        assert_eq!(ceiling(&l, 0).map(|c| c.1), Some("vm.max_map_count"));
+    }
+
+    #[test]
+    fn the_ceiling_leaves_room_for_the_spare_readers() {
+        let l = SystemLimits {
+            max_threads: Some(10_000),
+            ..SystemLimits::default()
+        };
+        let (without, _) = ceiling(&l, 0).unwrap();
+        let (with, _) = ceiling(&l, 500).unwrap();
+        assert_eq!(without, connections_within(10_000 - THREAD_MARGIN));
+        assert_eq!(with, connections_within(10_000 - THREAD_MARGIN - 500));
+        assert!(with < without);
     }
 
     #[test]
     fn no_known_limit_means_no_ceiling() {
-        assert_eq!(ceiling(&SystemLimits::default()), None);
+        assert_eq!(ceiling(&SystemLimits::default(), 64), None);
     }
 
     #[test]
@@ -279,7 +299,7 @@ mod tests {
             threads_in_use: 20,
             ..SystemLimits::default()
         };
-        assert_eq!(ceiling(&l).map(|c| c.0), Some(0));
+        assert_eq!(ceiling(&l, 64).map(|c| c.0), Some(0));
     }
 
     const LIMITS: &str = "Limit                     Soft Limit           Hard Limit           Units     \n\
@@ -304,6 +324,6 @@ mod tests {
         let l = SystemLimits::read();
         assert!(l.maps_in_use > 0);
         assert!(l.threads_in_use >= 1);
-        assert!(ceiling(&l).is_some());
+        assert!(ceiling(&l, 64).is_some());
     }
 }

@@ -50,6 +50,9 @@ pub(crate) const DEFAULT_READ_BUFFER_SIZE: usize = 1024;
 /// handler's moderate recursion. Raise it with `--thread-stack-size` for handlers that need more.
 pub(crate) const DEFAULT_THREAD_STACK_SIZE: usize = 128 * 1024;
 
+/// Default [`Config::spare_readers`].
+pub(crate) const DEFAULT_SPARE_READERS: usize = 64;
+
 /// Publications each channel on `/ws` keeps for recovery. 100 covers a client that was
 /// away for a few seconds on a busy channel or minutes on a quiet one; history holds at
 /// most this many times `limits.max_message_size` bytes per channel.
@@ -206,6 +209,17 @@ pub struct Config {
     /// whoever sends them); this is the price of a slow reader: a longer wait saves
     /// spawns for clients that lag often, a shorter one gives the thread back sooner.
     pub writer_idle: Duration,
+    /// How long a connection thread whose connection has ended waits for the accept
+    /// thread to hand it the next one before it exits (a spare, see `spare_readers`).
+    /// Default 1 s: a burst's threads are given back a second after it, and steady
+    /// traffic reuses them.
+    pub spare_reader_idle: Duration,
+    /// Connection threads that may wait as spares at once. A new connection goes to a
+    /// waiting spare instead of a new thread, which saves a thread's start and exit
+    /// (most of what a short connection costs the server); each spare holds a thread, its
+    /// stack's touched pages and four memory mappings while it waits. `0`: every
+    /// connection gets a new thread, which ends with it. Default 64.
+    pub spare_readers: usize,
     /// How long a shutdown waits for clients to answer Close 1001 before forcing the
     /// rest closed. Also the time a connection waits for the peer's Close reply after
     /// sending its own. Default 10 s.
@@ -329,6 +343,8 @@ impl Default for Config {
             write_timeout: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(10),
             writer_idle: Duration::from_secs(1),
+            spare_reader_idle: Duration::from_secs(1),
+            spare_readers: DEFAULT_SPARE_READERS,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             allowed_origins: Vec::new(),
             max_message_rate: None,
@@ -369,6 +385,7 @@ impl Config {
                 ("write timeout", self.write_timeout),
                 ("drain timeout", self.drain_timeout),
                 ("writer idle", self.writer_idle),
+                ("spare reader idle", self.spare_reader_idle),
                 ("history TTL", self.history_ttl),
                 ("idempotency window", self.idempotency_window),
                 ("engine timeout", self.engine_timeout),
@@ -564,6 +581,7 @@ mod tests {
                 ("write timeout", |c| c.write_timeout = Duration::ZERO),
                 ("drain timeout", |c| c.drain_timeout = Duration::ZERO),
                 ("writer idle", |c| c.writer_idle = Duration::ZERO),
+                ("spare reader idle", |c| c.spare_reader_idle = Duration::ZERO),
                 ("history TTL", |c| c.history_ttl = Duration::ZERO),
                 ("idempotency window", |c| c.idempotency_window = Duration::ZERO),
                 ("engine timeout", |c| c.engine_timeout = Duration::ZERO),

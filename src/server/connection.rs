@@ -3,13 +3,16 @@
 //! **Owns** one client socket's read side, its tungstenite `WebSocket` (the protocol
 //! state) and its rate limiter; it is the connection's one thread for its whole life (a
 //! writer thread joins it only while frames wait for the socket, see
-//! [`crate::server::writer`]). Spawned by the accept thread, one per accepted client.
+//! [`crate::server::writer`]). Spawned by the accept thread for an accepted client when
+//! no spare thread is waiting; once its connection has ended it waits a moment as a spare
+//! for the next one ([`crate::server::spare`]), so a thread serves one connection at a
+//! time, possibly several in turn.
 //! **Woken** only by the socket: bytes, EOF, the socket read timeout (first the handshake
 //! deadline, then the idle timeout), or a `shutdown(2)` from a writer, the hub or the
 //! drain, which makes the blocked `read` return at once. **Ends** when the read side
 //! ends; it then queues its Close and `Finish`, joins the writer thread if one runs (else
 //! writes those last frames itself), leaves the hub, and gives its connection slot back.
-//! No thread outlives its connection.
+//! No thread outlives its last connection by more than `spare_reader_idle`.
 //!
 //! The steps: read the request head under the handshake deadline ([`crate::ws::handshake`]
 //! decides the answer); on an upgrade, make the writer's channels and park them in the
@@ -42,6 +45,7 @@ use crate::server::hub::{Hub, HubMsg, PeerHandle};
 use crate::server::metrics::Metrics;
 use crate::server::queue::{OutboundRx, OutboundTx, outbound};
 use crate::server::registry::ConnId;
+use crate::server::spare::{Accepted, Spares};
 use crate::server::threads::ConnThreads;
 use crate::server::writer::{self, CTRL_QUEUE, Ctrl, Receivers, WriteSide, WriterEnd, Writers};
 use crate::ws::close_policy::{self, GOING_AWAY, INTERNAL_ERROR, POLICY_VIOLATION, ReadEnd};
@@ -83,10 +87,12 @@ pub(crate) struct Shared {
     pub writers: Arc<Writers>,
     /// The connection threads' handles; each thread hands its own on as it ends.
     pub threads: Arc<ConnThreads>,
+    /// Where a thread whose connection ended waits for the next one.
+    pub spares: Spares,
 }
 
-/// Held by a connection thread for its whole life: gives the connection slot back and
-/// tells the drain this thread is done, when dropped.
+/// Held by a connection thread for its connection's whole life: gives the connection
+/// slot back and tells the drain this connection is done, when dropped.
 pub(crate) struct SlotGuard {
     pub live: Arc<AtomicUsize>,
     /// Never sent on; the drain waits for every clone to be dropped.
@@ -162,21 +168,34 @@ impl Write for ReaderStream {
     }
 }
 
+/// A connection thread's life: serves `first`, then each connection the accept thread
+/// hands it while it waits as a spare ([`Spares::wait`]), one at a time, and ends when
+/// none comes.
+pub(crate) fn run(first: Accepted, shared: Arc<Shared>) {
+    let thread = first.id;
+    let mut next = Some(first);
+    while let Some(Accepted { sock, id, slot }) = next {
+        run_one(sock, id, &shared, slot);
+        next = shared.spares.wait();
+    }
+    // Last, and a plain call rather than a guard held across the connections: anything
+    // this frame keeps sits under every read, and the reader's stack must stay within
+    // two pages. A panic escaping a connection (a bug: a handler's panics are caught)
+    // skips it; that thread's handle then waits for the drain, which joins it.
+    shared.threads.ended(thread);
+}
+
 /// Runs one connection from its first byte to its end. See the module docs.
 ///
 /// The two phases run in sibling frames, so that nothing the HTTP phase and the writer's
 /// spawn put on the stack sits under the WebSocket phase's reads.
-pub(crate) fn run(sock: Arc<TcpStream>, id: ConnId, shared: Arc<Shared>, slot: SlotGuard) {
-    match upgrade_phase(&sock, id, &shared) {
-        Some((upgrade, writer)) => serve(sock, id, upgrade, writer, &shared),
-        None => leave_hub(&shared, id),
+#[inline(never)]
+fn run_one(sock: Arc<TcpStream>, id: ConnId, shared: &Shared, slot: SlotGuard) {
+    match upgrade_phase(&sock, id, shared) {
+        Some((upgrade, writer)) => serve(sock, id, upgrade, writer, shared),
+        None => leave_hub(shared, id),
     }
     drop(slot);
-    // Last, and a plain call rather than a guard held across the phases: anything this
-    // frame keeps sits under every read, and the reader's stack must stay within two
-    // pages. A panic escaping the phases (a bug: a handler's panics are caught) skips
-    // it; that thread's handle then waits for the drain, which joins it.
-    shared.threads.ended(id);
 }
 
 /// The HTTP phase, then the write side's making; `Some` when the connection was upgraded.

@@ -72,6 +72,7 @@ pub(crate) fn get(resource: Resource, head: bool, shared: &Shared) -> Vec<u8> {
                 shared.hub.inbox_depth(),
                 stats,
                 shared.hub.engine_health().errors(),
+                shared.spares.waiting(),
             );
             response(
                 StatusCode::OK,

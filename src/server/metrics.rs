@@ -122,6 +122,9 @@ pub(crate) struct Metrics {
     /// Connections cut because no writer thread could be started for them (the writer
     /// budget was in use, or the system refused the thread).
     pub writer_spawns_refused: AtomicU64,
+    /// Connections handed to a spare connection thread (one whose earlier connection had
+    /// ended) instead of a new thread.
+    pub reader_reuses: AtomicU64,
     /// Broadcasts the hub fanned out.
     pub broadcasts: AtomicU64,
     /// Publications sequenced on channels (protocol v1 and the HTTP API).
@@ -191,12 +194,14 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric, with `inbox` (the hub's inbox
     /// depth now), the hub's `stats` (left out when the hub did not answer), the channel
-    /// engine's failures so far and the process's thread count read at this moment.
+    /// engine's failures so far, the spare connection threads waiting now and the
+    /// process's thread count read at this moment.
     pub(crate) fn render(
         self: &Arc<Self>,
         inbox: usize,
         stats: Option<HubStats>,
         engine_errors: u64,
+        spare_readers: usize,
     ) -> String {
         let mut registry = Registry::with_prefix("wshub");
         registry.register_collector(Box::new(Scrape {
@@ -204,6 +209,7 @@ impl Metrics {
             inbox,
             stats,
             engine_errors,
+            spare_readers,
             threads: process_threads(),
         }));
         let mut out = String::with_capacity(8 * 1024);
@@ -231,6 +237,7 @@ struct Scrape {
     inbox: usize,
     stats: Option<HubStats>,
     engine_errors: u64,
+    spare_readers: usize,
     threads: i64,
 }
 
@@ -351,6 +358,12 @@ fn encode_all(s: &Scrape, mut e: DescriptorEncoder<'_>) -> Result<(), fmt::Error
     )?;
     counter(
         &mut e,
+        "reader_reuses",
+        "Connections served by a spare connection thread instead of a new one",
+        load(&m.reader_reuses),
+    )?;
+    counter(
+        &mut e,
         "broadcasts",
         "Broadcasts fanned out by the hub",
         load(&m.broadcasts),
@@ -409,6 +422,12 @@ fn encode_all(s: &Scrape, mut e: DescriptorEncoder<'_>) -> Result<(), fmt::Error
     }
     gauge(
         &mut e,
+        "spare_readers",
+        "Connection threads waiting for the next connection",
+        s.spare_readers as i64,
+    )?;
+    gauge(
+        &mut e,
         "process_threads",
         "Threads of the server process",
         s.threads,
@@ -451,7 +470,7 @@ mod tests {
         m.closed(1000);
         m.closed(4000);
         m.sent(3, 10);
-        let text = m.render(7, None, 0);
+        let text = m.render(7, None, 0, 0);
         assert_eq!(
             line(&text, "wshub_connections_rejected_total{status=\"404\"}"),
             "wshub_connections_rejected_total{status=\"404\"} 2"
@@ -474,7 +493,7 @@ mod tests {
         let m = Arc::new(Metrics::default());
         m.fanout.observe(Duration::from_micros(30));
         m.fanout.observe(Duration::from_secs(1));
-        let text = m.render(0, None, 0);
+        let text = m.render(0, None, 0, 0);
         assert!(
             text.contains("wshub_fanout_duration_seconds_bucket{le=\"2.5e-05\"} 0\n"),
             "{text}"

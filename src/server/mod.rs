@@ -1,5 +1,6 @@
 //! The server's threads and the state each one owns: the accept thread
-//! ([`accept`](self)), one reader per connection (`connection`), a writer per
+//! ([`accept`](self)), one reader per connection (`connection`, kept a moment as a spare
+//! for the next connection by `spare`), a writer per
 //! connection (`writer`, fed by `queue`), the hub (`hub`, owning the `registry`), and
 //! the drain (`shutdown`); `threads` holds the connection threads' handles until each
 //! is joined. `handler` is what a route does with a connection, `config`
@@ -27,6 +28,7 @@ mod queue;
 mod redis;
 mod registry;
 mod shutdown;
+mod spare;
 mod start;
 mod threads;
 mod writer;

@@ -27,6 +27,7 @@ use crate::server::handler::{Handler, Routes};
 use crate::server::hub::{self, Hub, HubConfig};
 use crate::server::metrics::Metrics;
 use crate::server::shutdown::{self, DrainReport, Running, ShutdownHandle};
+use crate::server::spare;
 use crate::server::threads::ConnThreads;
 use crate::server::writer::{WriterTimers, Writers};
 
@@ -99,7 +100,7 @@ impl ServerBuilder {
         })?;
         widen_backlog(&listener);
         let limits = SystemLimits::read();
-        if let Some((ceiling, limit)) = capacity::ceiling(&limits) {
+        if let Some((ceiling, limit)) = capacity::ceiling(&limits, config.spare_readers) {
             if ceiling < config.max_connections {
                 let ceiling = ceiling.max(1);
                 // On a stock kernel this is the normal case, not a fault: say it plainly.
@@ -107,8 +108,9 @@ impl ServerBuilder {
                 let msg = format!(
                     "serving at most {ceiling} connections: {limit} leaves room for no more \
                      (each connection needs 1 thread and 4 memory mappings, plus room for one \
-                     writer thread per {} connections; {})",
+                     writer thread per {} connections and {} spare connection threads; {})",
                     capacity::CONNECTIONS_PER_WRITER,
+                    config.spare_readers,
                     capacity::how_to_raise(limit)
                 );
                 if config.max_connections == DEFAULT_MAX_CONNECTIONS {
@@ -166,7 +168,7 @@ impl ServerBuilder {
         let drain_timeout = config.drain_timeout;
         let handshake_timeout = config.handshake_timeout;
         let writers = Arc::new(Writers::new(
-            capacity::writers_allowed(&limits, config.max_connections),
+            capacity::writers_allowed(&limits, config.max_connections, config.spare_readers),
             config.thread_stack_size,
             WriterTimers {
                 close_timeout: config.drain_timeout,
@@ -175,6 +177,7 @@ impl ServerBuilder {
             metrics.clone(),
         ));
         let threads = Arc::new(ConnThreads::default());
+        let (spare_tx, spares) = spare::spares(config.spare_readers, config.spare_reader_idle);
         let acceptor = Acceptor {
             listener,
             shared: Arc::new(Shared {
@@ -185,12 +188,14 @@ impl ServerBuilder {
                 metrics,
                 writers,
                 threads: threads.clone(),
+                spares,
             }),
             stop: stop.clone(),
             wake: wake_rx,
             live: live.clone(),
             alive: alive_tx,
             overflow: overflow_tx,
+            spare: spare_tx,
         };
         let accept = spawn("wshub-accept", move || acceptor.run())?;
 

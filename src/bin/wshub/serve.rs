@@ -40,6 +40,12 @@ pub struct Args {
     /// End a connection's writer thread after it has had nothing to write this long.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     writer_idle: Duration,
+    /// A connection thread whose connection ended waits this long for the next one.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    spare_reader_idle: Duration,
+    /// Connection threads that may wait for the next connection at once (0: none).
+    #[arg(long, default_value_t = 64)]
+    spare_readers: usize,
     /// On shutdown, wait this long for clients to answer Close 1001.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     drain_timeout: Duration,
@@ -163,6 +169,8 @@ impl Args {
         c.write_timeout = self.write_timeout;
         c.drain_timeout = self.drain_timeout;
         c.writer_idle = self.writer_idle;
+        c.spare_reader_idle = self.spare_reader_idle;
+        c.spare_readers = self.spare_readers;
         c.max_connections = self.max_connections;
         c.allowed_origins = self.allowed_origins;
         c.limits.max_message_size = self.max_message_size;
