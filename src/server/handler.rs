@@ -58,6 +58,12 @@ use crate::ws::wire::WireFrame;
 ///
 /// A panic in any method closes only this connection, with 1011, and is logged with the
 /// connection's id; the server and every other connection carry on.
+///
+/// The methods run on the connection's own thread, which serves this one connection until
+/// it ends, and may then serve later connections in turn (it waits as a spare for the
+/// next one, see [`Config::spare_readers`](crate::Config::spare_readers)): keep
+/// per-connection state keyed by [`Connection::id`] or in the handler's own maps, not in
+/// thread-locals.
 pub trait Handler: Send + Sync + 'static {
     /// The upgrade is done and the connection is registered with the hub.
     fn on_open(&self, conn: &Connection) {
