@@ -23,7 +23,7 @@
 
 use std::net::TcpStream;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
@@ -46,9 +46,6 @@ pub(crate) struct Spares {
     waiting: AtomicUsize,
     max: usize,
     idle: Duration,
-    /// Set when the sender is dropped: a thread ending during the drain then exits
-    /// without touching the channel (its lock), as thousands may at once.
-    closed: Arc<AtomicBool>,
 }
 
 /// The accept thread's side. Dropping it (the accept thread ending) wakes every waiting
@@ -56,27 +53,18 @@ pub(crate) struct Spares {
 #[derive(Debug)]
 pub(crate) struct SpareSender {
     tx: Sender<Accepted>,
-    closed: Arc<AtomicBool>,
-}
-
-impl Drop for SpareSender {
-    fn drop(&mut self) {
-        self.closed.store(true, Ordering::Release);
-    }
 }
 
 /// The two sides: at most `max` threads wait at once, each for at most `idle`.
 pub(crate) fn spares(max: usize, idle: Duration) -> (SpareSender, Spares) {
     let (tx, rx) = bounded(0);
-    let closed = Arc::new(AtomicBool::new(false));
     let spares = Spares {
         rx,
         waiting: AtomicUsize::new(0),
         max,
         idle,
-        closed: closed.clone(),
     };
-    (SpareSender { tx, closed }, spares)
+    (SpareSender { tx }, spares)
 }
 
 impl SpareSender {
@@ -97,9 +85,6 @@ impl Spares {
     /// the stack, and nothing of it may sit under the next connection's reads.
     #[inline(never)]
     pub(crate) fn wait(&self) -> Option<Accepted> {
-        if self.closed.load(Ordering::Acquire) {
-            return None;
-        }
         if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.max {
             self.waiting.fetch_sub(1, Ordering::AcqRel);
             return None;
