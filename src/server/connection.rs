@@ -171,11 +171,23 @@ impl Write for ReaderStream {
 /// A connection thread's life: serves `first`, then each connection the accept thread
 /// hands it while it waits as a spare ([`Spares::wait`]), one at a time, and ends when
 /// none comes.
+///
+/// Each connection's phases run in sibling frames called from here, so that nothing the
+/// HTTP phase, the write side's making or the writer's spawn put on the stack sits under
+/// the WebSocket phase's reads; and in no frame of their own under this one, which would
+/// sit under every read.
 pub(crate) fn run(first: Accepted, shared: Arc<Shared>) {
     let thread = first.id;
     let mut next = Some(first);
     while let Some(Accepted { sock, id, slot }) = next {
-        run_one(sock, id, &shared, slot);
+        match handshake_phase(&sock, id, &shared) {
+            Some(upgrade) => match open_write_side(&sock, &shared) {
+                Some(writer) => serve(sock, id, upgrade, writer, &shared),
+                None => leave_hub(&shared, id),
+            },
+            None => leave_hub(&shared, id),
+        }
+        drop(slot);
         next = shared.spares.wait();
     }
     // Last, and a plain call rather than a guard held across the connections: anything
@@ -185,31 +197,19 @@ pub(crate) fn run(first: Accepted, shared: Arc<Shared>) {
     shared.threads.ended(thread);
 }
 
-/// Runs one connection from its first byte to its end. See the module docs.
-///
-/// The two phases run in sibling frames, so that nothing the HTTP phase and the writer's
-/// spawn put on the stack sits under the WebSocket phase's reads.
+/// The write side of an upgraded connection, with its idle timeout set; `None` when the
+/// socket is already gone.
 #[inline(never)]
-fn run_one(sock: Arc<TcpStream>, id: ConnId, shared: &Shared, slot: SlotGuard) {
-    match upgrade_phase(&sock, id, shared) {
-        Some((upgrade, writer)) => serve(sock, id, upgrade, writer, shared),
-        None => leave_hub(shared, id),
-    }
-    drop(slot);
-}
-
-/// The HTTP phase, then the write side's making; `Some` when the connection was upgraded.
-#[inline(never)]
-fn upgrade_phase(sock: &Arc<TcpStream>, id: ConnId, shared: &Shared) -> Option<(Upgrade, WriterLink)> {
-    let upgrade = handshake_phase(sock, id, shared)?;
+fn open_write_side(sock: &Arc<TcpStream>, shared: &Shared) -> Option<WriterLink> {
     let config = &shared.config;
     // RFC 6455 §5.1 and the idle timeout: a read that sees nothing for this long ends.
     sock.set_read_timeout(Some(config.idle_timeout)).ok()?;
     // Made in this shallow frame rather than in `serve`, and the channels in a frame of
     // their own beside it, not under it: crossbeam builds each channel on the stack
-    // before boxing it, and every page a reader's stack touches stays resident.
+    // (aligned to 128 bytes) before boxing it, the deepest the reader's stack goes, and
+    // every page a reader's stack touches stays resident.
     let queues = writer_queues(config);
-    Some((upgrade, link_writer(sock, &shared.writers, queues)))
+    Some(link_writer(sock, &shared.writers, queues))
 }
 
 /// The senders of the writer's two channels, and the write side that holds its
@@ -275,7 +275,7 @@ struct Upgrade {
 /// touches stays resident for its life, so the HTTP phase's frames must not sit on top
 /// of the WebSocket phase's for ten thousand idle readers.
 #[inline(never)]
-fn handshake_phase(sock: &TcpStream, id: ConnId, shared: &Shared) -> Option<Upgrade> {
+fn handshake_phase(sock: &TcpStream, id: ConnId, shared: &Shared) -> Option<Box<Upgrade>> {
     let config = &shared.config;
     // Small frames should leave at once: Nagle's delay would add up to 40 ms to an echo.
     let _ = sock.set_nodelay(true);
@@ -345,11 +345,11 @@ fn handshake_phase(sock: &TcpStream, id: ConnId, shared: &Shared) -> Option<Upgr
             (&*sock)
                 .write_all(&handshake::upgrade_response(&accept, protocol))
                 .ok()?;
-            Some(Upgrade {
+            Some(Box::new(Upgrade {
                 request,
                 leftover,
                 handler,
-            })
+            }))
         }
     }
 }
@@ -451,14 +451,16 @@ pub(crate) fn linger_until(sock: &TcpStream, deadline: Instant) -> bool {
 ///
 /// Its own frame holds only what lives across the read loop: joining the hub and winding
 /// up run in frames of their own ([`join_hub`], [`wind_up`]), so that their temporaries
-/// (the connection's state, the hub's messages) are not under every `read`.
+/// (the connection's state, the hub's messages) are not under every `read`. The upgrade
+/// arrives boxed for the same reason: [`run`] holds it while it calls this.
 #[inline(never)]
-fn serve(sock: Arc<TcpStream>, id: ConnId, upgrade: Upgrade, writer: WriterLink, shared: &Shared) {
+#[allow(clippy::boxed_local)]
+fn serve(sock: Arc<TcpStream>, id: ConnId, upgrade: Box<Upgrade>, writer: WriterLink, shared: &Shared) {
     let Upgrade {
         request,
         leftover,
         handler,
-    } = upgrade;
+    } = *upgrade;
     let WriterLink {
         data: data_tx,
         ctrl: ctrl_tx,

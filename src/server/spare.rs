@@ -1,8 +1,9 @@
 //! Spare connection threads: a thread whose connection has ended waits a moment for the
 //! next accepted one instead of exiting.
 //!
-//! **Owns** nothing but a count: the channel's one sender is the accept thread's, and
-//! each waiting thread owns the connection it is handed. **Woken** by the accept thread
+//! **Owns** the list of waiting threads, under a lock that the accept thread and the
+//! waiting threads each hold for a push or a pop; each waiting thread owns the connection
+//! it is handed. **Woken** by the accept thread
 //! handing over an accepted socket ([`SpareSender::offer`]), or by its own timeout
 //! ([`Config::spare_reader_idle`](crate::Config::spare_reader_idle)). **Ends**: a thread
 //! that times out, finds [`Config::spare_readers`](crate::Config::spare_readers) threads
@@ -16,17 +17,25 @@
 //! outlives its last connection by at most `spare_reader_idle`. This is the spare-thread
 //! rule of thread-per-connection servers such as Apache's worker MPM (`MaxSpareThreads`).
 //!
-//! The hand-over is a zero-capacity channel: [`SpareSender::offer`] succeeds only when a
-//! thread is waiting in [`Spares::wait`] at that moment, and never blocks; otherwise the
-//! accept thread spawns a thread as it always did. A timeout racing an offer is settled
-//! by the channel: the socket is either received or handed back, never lost.
+//! The hand-over: each waiting thread puts the sending end of a one-slot channel of its
+//! own on the list; [`SpareSender::offer`] pops the thread that began waiting last (its
+//! stack and caches are the warmest; the ones waiting longest time out first, so the
+//! spares shrink to what the traffic needs) and sends into its channel, which never
+//! blocks; with nobody on the list, the accept thread spawns a thread as it always did.
+//! The job is in the channel before the thread wakes. (Not a zero-capacity channel: it
+//! wakes the receiver before the sender has written the job, and on a busy core the woken
+//! thread then yields, over and over, until the accept thread runs again, while the next
+//! accepts wait behind it; docs/benchmarks.md has the handshake latencies of both.) A
+//! timeout racing an offer is settled under the lock: a thread that finds itself still
+//! on the list takes itself off and exits, one that does not receives the job that is
+//! on its way. Nothing is lost either way.
 
 use std::net::TcpStream;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
+use crossbeam_channel::{RecvTimeoutError, Sender, bounded};
 
 use crate::server::connection::SlotGuard;
 use crate::server::registry::ConnId;
@@ -41,70 +50,120 @@ pub(crate) struct Accepted {
 /// The waiting side, shared by every connection thread.
 #[derive(Debug)]
 pub(crate) struct Spares {
-    rx: Receiver<Accepted>,
-    /// Threads in [`Spares::wait`] now.
-    waiting: AtomicUsize,
+    board: Arc<Board>,
     max: usize,
     idle: Duration,
 }
 
-/// The accept thread's side. Dropping it (the accept thread ending) wakes every waiting
-/// thread, which then exits.
+/// The accept thread's side. Dropping it (the accept thread ending) sends every waiting
+/// thread away, and no thread waits after it.
 #[derive(Debug)]
 pub(crate) struct SpareSender {
-    tx: Sender<Accepted>,
+    board: Arc<Board>,
+}
+
+/// The threads waiting now, each by the sending end of its own one-slot channel, the
+/// latest last; and whether the accept thread has gone.
+#[derive(Debug, Default)]
+struct Board {
+    waiting: Mutex<Waiting>,
+    tickets: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Waiting {
+    threads: Vec<(u64, Sender<Accepted>)>,
+    closed: bool,
+}
+
+impl Board {
+    fn lock(&self) -> MutexGuard<'_, Waiting> {
+        // Nothing panics while holding the lock; the list stays consistent either way.
+        self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// The two sides: at most `max` threads wait at once, each for at most `idle`.
 pub(crate) fn spares(max: usize, idle: Duration) -> (SpareSender, Spares) {
-    let (tx, rx) = bounded(0);
+    let board = Arc::new(Board::default());
     let spares = Spares {
-        rx,
-        waiting: AtomicUsize::new(0),
+        board: board.clone(),
         max,
         idle,
     };
-    (SpareSender { tx }, spares)
+    (SpareSender { board }, spares)
 }
 
 impl SpareSender {
-    /// Hands `job` to a waiting thread, or gives it back when none is waiting. Never
-    /// blocks.
+    /// Hands `job` to the thread that began waiting last, or gives it back when none is
+    /// waiting. Never blocks: the job goes into that thread's own one-slot channel, which
+    /// nothing else sends on, before the thread is woken, so a thread that runs at once
+    /// finds it there and the accept thread is never left holding a hand-over half done.
     pub(crate) fn offer(&self, job: Accepted) -> Result<(), Accepted> {
-        match self.tx.try_send(job) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => Err(job),
-        }
+        let Some((_, thread)) = self.board.lock().threads.pop() else {
+            return Err(job);
+        };
+        // Cannot fail: a waiting thread keeps its receiver until it has received, or has
+        // taken itself off the list (then it was not there to pop).
+        thread.send(job).map_err(|e| e.into_inner())
+    }
+}
+
+impl Drop for SpareSender {
+    fn drop(&mut self) {
+        let mut waiting = self.board.lock();
+        waiting.closed = true;
+        // Dropping their senders wakes every waiting thread, which then exits.
+        waiting.threads.clear();
     }
 }
 
 impl Spares {
     /// Called by a connection thread whose connection has ended: waits for the next
     /// accepted connection; `None` means exit (timed out, enough threads waiting, or the
-    /// accept thread is gone). Kept out of line: the channel's wait builds its state on
-    /// the stack, and nothing of it may sit under the next connection's reads.
+    /// accept thread is gone). Kept out of line: nothing of the wait may sit under the
+    /// next connection's reads.
     #[inline(never)]
     pub(crate) fn wait(&self) -> Option<Accepted> {
-        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.max {
-            self.waiting.fetch_sub(1, Ordering::AcqRel);
-            return None;
+        let (tx, rx) = bounded(1);
+        let ticket = self.board.tickets.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut waiting = self.board.lock();
+            if waiting.closed || waiting.threads.len() >= self.max {
+                return None;
+            }
+            waiting.threads.push((ticket, tx));
         }
-        let next = self.rx.recv_timeout(self.idle).ok();
-        self.waiting.fetch_sub(1, Ordering::AcqRel);
-        next
+        match rx.recv_timeout(self.idle) {
+            Ok(job) => Some(job),
+            // The accept thread has gone (the drain).
+            Err(RecvTimeoutError::Disconnected) => None,
+            Err(RecvTimeoutError::Timeout) => {
+                let mut waiting = self.board.lock();
+                if let Some(at) = waiting.threads.iter().position(|(t, _)| *t == ticket) {
+                    waiting.threads.remove(at);
+                    return None;
+                }
+                drop(waiting);
+                // The accept thread took this thread off the list just now: its send is
+                // under way and cannot block, or it has gone and the channel disconnects.
+                rx.recv_timeout(self.idle).ok()
+            }
+        }
     }
 
     /// Threads waiting now.
     pub(crate) fn waiting(&self) -> usize {
-        self.waiting.load(Ordering::Acquire)
+        self.board.lock().threads.len()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crossbeam_channel::unbounded;
+    use crossbeam_channel::{Receiver, unbounded};
     use std::net::TcpListener;
+    use std::sync::atomic::AtomicUsize;
     use std::thread;
     use std::time::Instant;
 
@@ -219,5 +278,80 @@ mod tests {
         let start = Instant::now();
         assert!(spares.wait().is_none());
         assert!(start.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn the_thread_that_began_waiting_last_is_handed_the_job() {
+        let (tx, spares) = spares(4, Duration::from_secs(30));
+        let spares = Arc::new(spares);
+        let first = {
+            let s = spares.clone();
+            thread::spawn(move || s.wait().map(|j| j.id))
+        };
+        until_waiting(&spares, 1);
+        let second = {
+            let s = spares.clone();
+            thread::spawn(move || s.wait().map(|j| j.id))
+        };
+        until_waiting(&spares, 2);
+        let (j, _gone) = job(1);
+        assert!(tx.offer(j).is_ok());
+        assert_eq!(second.join().unwrap(), Some(1));
+        assert_eq!(spares.waiting(), 1);
+        drop(tx);
+        assert_eq!(first.join().unwrap(), None);
+    }
+
+    #[test]
+    fn offers_racing_timeouts_lose_no_job() {
+        // Waits of a millisecond, so that offers keep meeting threads as they time out:
+        // every job the offer kept must reach a thread, and every other come back.
+        let (tx, spares) = spares(8, Duration::from_millis(1));
+        let spares = Arc::new(spares);
+        let received = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let waiters: Vec<_> = (0..4)
+            .map(|_| {
+                let (s, received, stop) = (spares.clone(), received.clone(), stop.clone());
+                thread::spawn(move || {
+                    while !stop.load(Ordering::Acquire) {
+                        if s.wait().is_some() {
+                            received.fetch_add(1, Ordering::AcqRel);
+                        }
+                    }
+                })
+            })
+            .collect();
+        let mut kept = 0;
+        for id in 0..2000 {
+            let (j, _gone) = job(id);
+            if tx.offer(j).is_ok() {
+                kept += 1;
+            }
+        }
+        stop.store(true, Ordering::Release);
+        drop(tx); // wakes any thread still waiting
+        for w in waiters {
+            w.join().unwrap();
+        }
+        assert!(kept > 0, "no offer met a waiting thread");
+        assert_eq!(received.load(Ordering::Acquire), kept);
+    }
+
+    #[test]
+    fn a_thread_taken_off_the_list_as_it_times_out_still_receives_its_job() {
+        let (_tx, spares) = spares(4, Duration::from_millis(300));
+        let spares = Arc::new(spares);
+        let s = spares.clone();
+        let waiter = thread::spawn(move || s.wait().map(|j| j.id));
+        until_waiting(&spares, 1);
+        // What `offer` does, split in two: take the thread off the list now...
+        let (_, thread) = spares.board.lock().threads.pop().unwrap();
+        // ...and send only after the thread's wait has timed out (300 ms), within the
+        // second wait it then owes the job.
+        thread::sleep(Duration::from_millis(450));
+        let (j, _gone) = job(5);
+        assert!(thread.send(j).is_ok(), "the thread gave up on its job");
+        assert_eq!(waiter.join().unwrap(), Some(5));
     }
 }
