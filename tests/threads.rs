@@ -50,6 +50,14 @@ fn until_spares_wait(server: &wshub::Server, n: usize, what: &str) {
     );
 }
 
+/// A server with `spares` spare readers that each wait `idle` (the defaults otherwise).
+fn start_with_spares(spares: usize, idle: Duration) -> wshub::Server {
+    let mut config = test_config();
+    config.spare_readers = spares;
+    config.spare_reader_idle = idle;
+    start(config)
+}
+
 /// One echo on a fresh `/echo` connection, then a clean close, until the server's side
 /// has ended.
 fn echo_once(server: &wshub::Server) {
@@ -121,10 +129,7 @@ fn threads_return_to_baseline_after_200_mixed_connections() {
 fn a_new_connection_is_served_by_the_thread_of_one_that_ended() {
     let _turn = one_at_a_time();
     watchdog(Duration::from_secs(60), || {
-        let mut config = test_config();
-        config.spare_readers = 4;
-        config.spare_reader_idle = Duration::from_secs(60);
-        let server = start(config);
+        let server = start_with_spares(4, Duration::from_secs(60));
         echo_once(&server);
         until_spares_wait(&server, 1, "the ended connection's thread waits as a spare");
         // The next connection, of whatever kind, takes that thread: no new one starts.
@@ -163,9 +168,7 @@ fn a_new_connection_is_served_by_the_thread_of_one_that_ended() {
 fn a_spare_thread_ends_after_the_spare_idle_time() {
     let _turn = one_at_a_time();
     watchdog(Duration::from_secs(60), || {
-        let mut config = test_config();
-        config.spare_reader_idle = Duration::from_millis(200);
-        let server = start(config);
+        let server = start_with_spares(4, Duration::from_millis(200));
         let baseline = thread_count();
         echo_once(&server);
         let ended = Instant::now();
@@ -183,10 +186,7 @@ fn a_spare_thread_ends_after_the_spare_idle_time() {
 fn no_more_than_spare_readers_threads_wait() {
     let _turn = one_at_a_time();
     watchdog(Duration::from_secs(60), || {
-        let mut config = test_config();
-        config.spare_readers = 2;
-        config.spare_reader_idle = Duration::from_secs(60);
-        let server = start(config);
+        let server = start_with_spares(2, Duration::from_secs(60));
         let baseline = thread_count();
         let addr = server.local_addr();
         // Six open at once, so six threads; then all end.
@@ -215,9 +215,7 @@ fn the_drain_sends_waiting_spares_away_at_once() {
     let _turn = one_at_a_time();
     watchdog(Duration::from_secs(60), || {
         let before = thread_count();
-        let mut config = test_config();
-        config.spare_reader_idle = Duration::from_secs(60);
-        let server = start(config);
+        let server = start_with_spares(4, Duration::from_secs(60));
         let baseline = thread_count();
         for _ in 0..3 {
             thread::scope(|s| {
@@ -243,10 +241,7 @@ fn the_drain_sends_waiting_spares_away_at_once() {
 fn with_no_spares_a_thread_ends_with_its_connection() {
     let _turn = one_at_a_time();
     watchdog(Duration::from_secs(60), || {
-        let mut config = test_config();
-        config.spare_readers = 0;
-        config.spare_reader_idle = Duration::from_secs(60);
-        let server = start(config);
+        let server = start_with_spares(0, Duration::from_secs(60));
         let baseline = thread_count();
         for _ in 0..5 {
             echo_once(&server);

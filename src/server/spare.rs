@@ -183,6 +183,16 @@ mod tests {
         (accepted, gone)
     }
 
+    /// `n` threads in `wait`, each returning whether it was sent away (no job).
+    fn waiters(spares: &Arc<Spares>, n: usize) -> Vec<thread::JoinHandle<bool>> {
+        (0..n)
+            .map(|_| {
+                let s = spares.clone();
+                thread::spawn(move || s.wait().is_none())
+            })
+            .collect()
+    }
+
     /// Waits (with a watchdog) until `n` threads are in `wait`.
     fn until_waiting(spares: &Spares, n: usize) {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -233,20 +243,15 @@ mod tests {
 
     #[test]
     fn no_more_than_max_threads_wait() {
-        let (_tx, spares) = spares(2, Duration::from_secs(30));
+        let (tx, spares) = spares(2, Duration::from_secs(30));
         let spares = Arc::new(spares);
-        let waiters: Vec<_> = (0..2)
-            .map(|_| {
-                let s = spares.clone();
-                thread::spawn(move || s.wait().is_none())
-            })
-            .collect();
+        let two = waiters(&spares, 2);
         until_waiting(&spares, 2);
         let start = Instant::now();
         assert!(spares.wait().is_none(), "a third thread must not wait");
         assert!(start.elapsed() < Duration::from_secs(5), "it returned at once");
-        drop(_tx); // wakes the two
-        for w in waiters {
+        drop(tx); // wakes the two
+        for w in two {
             assert!(w.join().unwrap());
         }
     }
@@ -255,16 +260,11 @@ mod tests {
     fn dropping_the_sender_wakes_every_waiting_thread_at_once() {
         let (tx, spares) = spares(8, Duration::from_secs(30));
         let spares = Arc::new(spares);
-        let waiters: Vec<_> = (0..3)
-            .map(|_| {
-                let s = spares.clone();
-                thread::spawn(move || s.wait().is_none())
-            })
-            .collect();
+        let three = waiters(&spares, 3);
         until_waiting(&spares, 3);
         let start = Instant::now();
         drop(tx);
-        for w in waiters {
+        for w in three {
             assert!(w.join().unwrap());
         }
         // And a thread whose connection ends later does not wait at all.
