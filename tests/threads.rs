@@ -1,8 +1,8 @@
 //! No thread outlives its connection by more than the spare time: after clients come and
 //! go, the process's thread count is back at its baseline once `spare_reader_idle` has
 //! passed; and while it has not, a new connection is served by a waiting spare thread
-//! instead of a new one. Alone in this test binary, so that no other test's threads
-//! disturb the count; the tests here take turns ([`one_at_a_time`]) for the same reason.
+//! instead of a new one. The tests count the connection threads, by name, and take
+//! turns ([`one_at_a_time`]) so that no other test's server disturbs the count.
 
 mod support;
 
@@ -19,17 +19,33 @@ fn one_at_a_time() -> MutexGuard<'static, ()> {
     TURN.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// The server's connection threads (named `wshub-reader`), each with whether it is
-/// asleep (state `S` in `/proc`).
-fn readers() -> Vec<bool> {
+/// This process's threads (their `/proc/self/task/TID` directories) whose name is one of
+/// `names`.
+fn threads_named(names: &[&str]) -> Vec<std::path::PathBuf> {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return Vec::new();
     };
     tasks
         .flatten()
-        .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == "wshub-reader"))
+        .map(|t| t.path())
+        .filter(|t| std::fs::read_to_string(t.join("comm")).is_ok_and(|c| names.contains(&c.trim())))
+        .collect()
+}
+
+/// The server's connection threads: readers and writers, by name. Counting only these,
+/// not the whole process, keeps out the test harness's own threads, which it starts
+/// while earlier tests still hold their turn, and the server's other threads, which name
+/// themselves a moment after the server starts.
+fn connection_threads() -> usize {
+    threads_named(&["wshub-reader", "wshub-writer"]).len()
+}
+
+/// The server's readers, each with whether it is asleep (state `S` in `/proc`).
+fn readers() -> Vec<bool> {
+    threads_named(&["wshub-reader"])
+        .iter()
         .map(|t| {
-            let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+            let stat = std::fs::read_to_string(t.join("stat")).unwrap_or_default();
             // The state follows the parenthesised name: "tid (name) S ...".
             stat.rsplit_once(") ")
                 .is_some_and(|(_, rest)| rest.starts_with('S'))
@@ -82,7 +98,7 @@ fn threads_return_to_baseline_after_200_mixed_connections() {
         config.ping_interval = Duration::from_millis(300);
         let server = start(config);
         let addr = server.local_addr();
-        let baseline = thread_count();
+        let baseline = connection_threads();
         // 20 rounds of 10 connections: clean close, abrupt drop, idle timeout, handshake
         // timeout, and an HTTP request, all at once.
         for _ in 0..20 {
@@ -119,7 +135,7 @@ fn threads_return_to_baseline_after_200_mixed_connections() {
                 t.join().unwrap();
             }
         }
-        let now = wait_for_threads(baseline, Duration::from_secs(10));
+        let now = wait_for_count(baseline, Duration::from_secs(10), connection_threads);
         assert_eq!(now, baseline, "connection threads left behind");
         assert_eq!(server.connections(), 0);
     });
@@ -169,10 +185,13 @@ fn a_spare_thread_ends_after_the_spare_idle_time() {
     let _turn = one_at_a_time();
     watchdog(Duration::from_secs(60), || {
         let server = start_with_spares(4, Duration::from_millis(200));
-        let baseline = thread_count();
+        let baseline = connection_threads();
         echo_once(&server);
         let ended = Instant::now();
-        assert_eq!(wait_for_threads(baseline, Duration::from_secs(10)), baseline);
+        assert_eq!(
+            wait_for_count(baseline, Duration::from_secs(10), connection_threads),
+            baseline
+        );
         assert!(
             ended.elapsed() < Duration::from_secs(5),
             "took {:?}",
@@ -187,7 +206,7 @@ fn no_more_than_spare_readers_threads_wait() {
     let _turn = one_at_a_time();
     watchdog(Duration::from_secs(60), || {
         let server = start_with_spares(2, Duration::from_secs(60));
-        let baseline = thread_count();
+        let baseline = connection_threads();
         let addr = server.local_addr();
         // Six open at once, so six threads; then all end.
         let mut clients: Vec<Client> = (0..6).map(|_| connect(addr, "/echo")).collect();
@@ -195,7 +214,7 @@ fn no_more_than_spare_readers_threads_wait() {
             ws.send(Message::text("hi")).unwrap();
             assert_eq!(next_data(ws), Message::text("hi"));
         }
-        assert_eq!(thread_count(), baseline + 6);
+        assert_eq!(connection_threads(), baseline + 6);
         for mut ws in clients {
             ws.close(None).unwrap();
             while ws.read().is_ok() {}
@@ -205,7 +224,7 @@ fn no_more_than_spare_readers_threads_wait() {
         });
         // Two wait (for a minute); the other four have ended.
         until_spares_wait(&server, 2, "two spares, no more");
-        assert_eq!(thread_count(), baseline + 2);
+        assert_eq!(connection_threads(), baseline + 2);
         server.shutdown();
     });
 }
@@ -214,9 +233,9 @@ fn no_more_than_spare_readers_threads_wait() {
 fn the_drain_sends_waiting_spares_away_at_once() {
     let _turn = one_at_a_time();
     watchdog(Duration::from_secs(60), || {
-        let before = thread_count();
+        let before = connection_threads();
         let server = start_with_spares(4, Duration::from_secs(60));
-        let baseline = thread_count();
+        let baseline = connection_threads();
         for _ in 0..3 {
             thread::scope(|s| {
                 for _ in 0..3 {
@@ -224,7 +243,7 @@ fn the_drain_sends_waiting_spares_away_at_once() {
                 }
             });
         }
-        assert!(thread_count() > baseline, "spares wait");
+        assert!(connection_threads() > baseline, "spares wait");
         let start = Instant::now();
         server.shutdown();
         // Not the minute the spares would otherwise wait.
@@ -233,7 +252,10 @@ fn the_drain_sends_waiting_spares_away_at_once() {
             "the drain took {:?}",
             start.elapsed()
         );
-        assert_eq!(wait_for_threads(before, Duration::from_secs(10)), before);
+        assert_eq!(
+            wait_for_count(before, Duration::from_secs(10), connection_threads),
+            before
+        );
     });
 }
 
@@ -242,10 +264,13 @@ fn with_no_spares_a_thread_ends_with_its_connection() {
     let _turn = one_at_a_time();
     watchdog(Duration::from_secs(60), || {
         let server = start_with_spares(0, Duration::from_secs(60));
-        let baseline = thread_count();
+        let baseline = connection_threads();
         for _ in 0..5 {
             echo_once(&server);
-            assert_eq!(wait_for_threads(baseline, Duration::from_secs(5)), baseline);
+            assert_eq!(
+                wait_for_count(baseline, Duration::from_secs(5), connection_threads),
+                baseline
+            );
         }
         assert_eq!(metric(server.local_addr(), "wshub_reader_reuses_total"), 0.0);
         server.shutdown();

@@ -31,7 +31,6 @@
 //! on its way. Nothing is lost either way.
 
 use std::net::TcpStream;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -62,24 +61,25 @@ pub(crate) struct SpareSender {
     board: Arc<Board>,
 }
 
-/// The threads waiting now, each by the sending end of its own one-slot channel, the
-/// latest last; and whether the accept thread has gone.
+/// The threads waiting now, under one lock.
 #[derive(Debug, Default)]
-struct Board {
-    waiting: Mutex<Waiting>,
-    tickets: AtomicU64,
-}
+struct Board(Mutex<Waiting>);
 
 #[derive(Debug, Default)]
 struct Waiting {
+    /// Each waiting thread by its ticket and the sending end of its own one-slot
+    /// channel, the latest last.
     threads: Vec<(u64, Sender<Accepted>)>,
+    /// The next thread's ticket.
+    next_ticket: u64,
+    /// The accept thread has gone.
     closed: bool,
 }
 
 impl Board {
     fn lock(&self) -> MutexGuard<'_, Waiting> {
         // Nothing panics while holding the lock; the list stays consistent either way.
-        self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -125,15 +125,19 @@ impl Spares {
     /// next connection's reads.
     #[inline(never)]
     pub(crate) fn wait(&self) -> Option<Accepted> {
-        let (tx, rx) = bounded(1);
-        let ticket = self.board.tickets.fetch_add(1, Ordering::Relaxed);
-        {
+        let (ticket, rx) = {
             let mut waiting = self.board.lock();
+            // Checked first: a thread ending during the drain, or past the cap, makes no
+            // channel.
             if waiting.closed || waiting.threads.len() >= self.max {
                 return None;
             }
+            let (tx, rx) = bounded(1);
+            let ticket = waiting.next_ticket;
+            waiting.next_ticket += 1;
             waiting.threads.push((ticket, tx));
-        }
+            (ticket, rx)
+        };
         match rx.recv_timeout(self.idle) {
             Ok(job) => Some(job),
             // The accept thread has gone (the drain).
@@ -163,7 +167,7 @@ mod tests {
     use super::*;
     use crossbeam_channel::{Receiver, unbounded};
     use std::net::TcpListener;
-    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::thread;
     use std::time::Instant;
 
@@ -181,6 +185,12 @@ mod tests {
             slot,
         };
         (accepted, gone)
+    }
+
+    /// A thread in `wait`, returning the id of the job it was handed, if any.
+    fn waiter(spares: &Arc<Spares>) -> thread::JoinHandle<Option<ConnId>> {
+        let s = spares.clone();
+        thread::spawn(move || s.wait().map(|j| j.id))
     }
 
     /// `n` threads in `wait`, each returning whether it was sent away (no job).
@@ -214,21 +224,12 @@ mod tests {
     fn a_waiting_thread_receives_the_offered_job() {
         let (tx, spares) = spares(4, Duration::from_secs(10));
         let spares = Arc::new(spares);
-        let s = spares.clone();
-        let waiter = thread::spawn(move || s.wait().map(|j| j.id));
+        let one = waiter(&spares);
         until_waiting(&spares, 1);
         let (j, _gone) = job(9);
-        // The waiter is counted just before it blocks in the channel: retry until the
-        // channel pairs the two.
-        let mut j = j;
-        loop {
-            match tx.offer(j) {
-                Ok(()) => break,
-                Err(back) => j = back,
-            }
-            thread::yield_now();
-        }
-        assert_eq!(waiter.join().unwrap(), Some(9));
+        // On the list means ready: the job waits in its channel if it has not blocked yet.
+        assert!(tx.offer(j).is_ok());
+        assert_eq!(one.join().unwrap(), Some(9));
         assert_eq!(spares.waiting(), 0);
     }
 
@@ -284,15 +285,9 @@ mod tests {
     fn the_thread_that_began_waiting_last_is_handed_the_job() {
         let (tx, spares) = spares(4, Duration::from_secs(30));
         let spares = Arc::new(spares);
-        let first = {
-            let s = spares.clone();
-            thread::spawn(move || s.wait().map(|j| j.id))
-        };
+        let first = waiter(&spares);
         until_waiting(&spares, 1);
-        let second = {
-            let s = spares.clone();
-            thread::spawn(move || s.wait().map(|j| j.id))
-        };
+        let second = waiter(&spares);
         until_waiting(&spares, 2);
         let (j, _gone) = job(1);
         assert!(tx.offer(j).is_ok());
@@ -309,7 +304,7 @@ mod tests {
         let (tx, spares) = spares(8, Duration::from_millis(1));
         let spares = Arc::new(spares);
         let received = Arc::new(AtomicUsize::new(0));
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
         let waiters: Vec<_> = (0..4)
             .map(|_| {
                 let (s, received, stop) = (spares.clone(), received.clone(), stop.clone());
@@ -342,8 +337,7 @@ mod tests {
     fn a_thread_taken_off_the_list_as_it_times_out_still_receives_its_job() {
         let (_tx, spares) = spares(4, Duration::from_millis(300));
         let spares = Arc::new(spares);
-        let s = spares.clone();
-        let waiter = thread::spawn(move || s.wait().map(|j| j.id));
+        let one = waiter(&spares);
         until_waiting(&spares, 1);
         // What `offer` does, split in two: take the thread off the list now...
         let (_, thread) = spares.board.lock().threads.pop().unwrap();
@@ -352,6 +346,6 @@ mod tests {
         thread::sleep(Duration::from_millis(450));
         let (j, _gone) = job(5);
         assert!(thread.send(j).is_ok(), "the thread gave up on its job");
-        assert_eq!(waiter.join().unwrap(), Some(5));
+        assert_eq!(one.join().unwrap(), Some(5));
     }
 }
