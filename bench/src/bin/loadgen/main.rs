@@ -968,9 +968,16 @@ async fn drain(cli: &Cli, n: usize, settle: f64, timeout_s: f64, path: &str) -> 
     }
     let exit_poll = async {
         loop {
-            match procfs::state(pid) {
-                None | Some('Z') | Some('X') => return Some(tokio::time::Instant::now()),
-                _ => {}
+            // Gone, or a zombie none of whose threads is still exiting: a thread-group
+            // leader shows 'Z' as soon as it has exited itself, while the others may
+            // still be on their way out.
+            let exited = match procfs::state(pid) {
+                None | Some('X') => true,
+                Some('Z') => procfs::status_field(&pid.to_string(), "Threads").is_none_or(|n| n <= 1),
+                _ => false,
+            };
+            if exited {
+                return Some(tokio::time::Instant::now());
             }
             if tokio::time::Instant::now() >= deadline {
                 return None;
