@@ -151,7 +151,9 @@
 //!
 //! To stop from a signal or another thread, keep a [`ShutdownHandle`] and call
 //! [`Server::wait`] on the thread that should do the draining; `examples/embed.rs` is a
-//! complete program.
+//! complete program. A program that exits as soon as the drain is over, as `wshub serve`
+//! does, can call [`Server::wait_before_exit`] instead, which leaves the stacks of the
+//! threads that served the connections to the exit rather than joining them one by one.
 //!
 //! ## Channels: `/ws`
 //!

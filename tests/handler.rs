@@ -131,6 +131,56 @@ fn on_close_runs_for_every_connection_the_drain_closes_before_shutdown_returns()
     });
 }
 
+/// A handler that greets on open, and whose `on_close` takes a while, then records the
+/// connection.
+struct SlowClose {
+    closed: mpsc::Sender<u64>,
+}
+
+impl Handler for SlowClose {
+    fn on_open(&self, conn: &Connection) {
+        conn.send(Message::text("welcome")).unwrap();
+    }
+
+    fn on_message(&self, _conn: &Connection, _msg: Message) {}
+
+    fn on_close(&self, conn: &Connection) {
+        std::thread::sleep(Duration::from_millis(200));
+        self.closed.send(conn.id()).unwrap();
+    }
+}
+
+#[test]
+fn wait_before_exit_returns_only_after_every_connections_on_close() {
+    watchdog(LIMIT, || {
+        let (tx, closed) = mpsc::channel();
+        let server = Server::builder(test_config())
+            .route("/slow", SlowClose { closed: tx })
+            .start()
+            .unwrap();
+        let clients: Vec<Client> = (0..3)
+            .map(|_| {
+                let mut ws = connect(server.local_addr(), "/slow");
+                assert_eq!(next_data(&mut ws), Message::text("welcome"));
+                ws
+            })
+            .collect();
+        let readers: Vec<_> = clients
+            .into_iter()
+            .map(|mut ws| std::thread::spawn(move || while ws.read().is_ok() {}))
+            .collect();
+        server.shutdown_handle().shutdown();
+        // Not joining the threads that served them does not mean not waiting for them:
+        // every `on_close` has run when it returns.
+        let report = server.wait_before_exit();
+        assert_eq!((report.connections, report.closed, report.cut), (3, 3, 0));
+        assert_eq!(closed.try_iter().count(), 3, "an on_close was still running");
+        for r in readers {
+            r.join().unwrap();
+        }
+    });
+}
+
 /// A handler whose `on_open`, `on_message` or `on_close` panics, as `which` says; it
 /// echoes otherwise.
 struct Fragile {

@@ -19,6 +19,9 @@
 //!    which wakes any blocked read or write at once.
 //! 5. **Join** every connection thread, then stop and join the hub, then the overflow
 //!    thread (whose refused sockets have had their `503` already, so nothing waited on it).
+//!    Before the process exits ([`Server::wait_before_exit`](crate::Server::wait_before_exit),
+//!    as `wshub serve` does), connection threads whose connections have all ended are not
+//!    joined: the exit hands their stacks back at once, rather than one system call each.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -75,7 +78,8 @@ pub struct DrainReport {
     /// Connection threads still running when the drain gave up on them (a handler stuck
     /// in user code); 0 in every normal shutdown.
     pub abandoned_threads: usize,
-    /// From the start of the drain until every thread was joined.
+    /// From the start of the drain until every thread was joined (before an exit: until
+    /// every connection had ended, and the hub's thread was joined).
     pub elapsed: Duration,
 }
 
@@ -95,8 +99,17 @@ pub(crate) struct Running {
     pub handshake_timeout: Duration,
 }
 
+/// What the drain does with a connection thread once its connection has ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EndedThreads {
+    /// Join it: its stack is handed back before the drain returns.
+    Join,
+    /// Leave it to the process's exit, which comes right after the drain returns.
+    LeaveToExit,
+}
+
 /// Runs the shutdown sequence. See the module docs.
-pub(crate) fn drain(r: Running) -> DrainReport {
+pub(crate) fn drain(r: Running, ended: EndedThreads) -> DrainReport {
     let start = Instant::now();
     let deadline = start + r.drain_timeout;
 
@@ -136,13 +149,21 @@ pub(crate) fn drain(r: Running) -> DrainReport {
 
     debug!("connections ended after {:.2?}", start.elapsed());
 
-    // 5. Join.
+    // 5. Join. Before an exit, threads whose connections have all ended are left to it:
+    // each has done its work (a connection's slot goes after its `on_close`), and what
+    // joining would add is handing its stack back, one `munmap` per thread, where the
+    // exit unmaps every stack at once. Forgotten, not dropped: dropping a handle detaches
+    // its thread, which hands the stack back just the same.
     let mut abandoned_threads = 0;
-    for h in handles {
-        if all_done || h.is_finished() {
-            let _ = h.join();
-        } else {
-            abandoned_threads += 1;
+    if all_done && ended == EndedThreads::LeaveToExit {
+        std::mem::forget(handles);
+    } else {
+        for h in handles {
+            if all_done || h.is_finished() {
+                let _ = h.join();
+            } else {
+                abandoned_threads += 1;
+            }
         }
     }
     if abandoned_threads > 0 {

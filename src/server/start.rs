@@ -26,7 +26,7 @@ use crate::server::error::Error;
 use crate::server::handler::{Handler, Routes};
 use crate::server::hub::{self, Hub, HubConfig};
 use crate::server::metrics::Metrics;
-use crate::server::shutdown::{self, DrainReport, Running, ShutdownHandle};
+use crate::server::shutdown::{self, DrainReport, EndedThreads, Running, ShutdownHandle};
 use crate::server::spare;
 use crate::server::threads::ConnThreads;
 use crate::server::writer::{WriterTimers, Writers};
@@ -365,16 +365,34 @@ impl Server {
         self.drain()
     }
 
+    /// [`Server::wait`] for a process that exits as soon as it returns, as `wshub serve`
+    /// does: the same drain, but once every connection has ended (its close handshake
+    /// done, its `on_close` run) it does not join the threads that served them. Joining
+    /// hands each thread's stack back with a system call of its own; the process's exit
+    /// hands them all back at once. A program that goes on running after the drain should
+    /// call [`Server::wait`]: here every ended connection thread's stack stays mapped
+    /// until the process ends.
+    pub fn wait_before_exit(mut self) -> DrainReport {
+        let _ = self.trigger_rx.recv();
+        self.running
+            .take()
+            .map(|r| shutdown::drain(r, EndedThreads::LeaveToExit))
+            .unwrap_or_default()
+    }
+
     fn drain(&mut self) -> DrainReport {
         // `running` is only taken here and in `drop`, and both consume the server.
-        self.running.take().map(shutdown::drain).unwrap_or_default()
+        self.running
+            .take()
+            .map(|r| shutdown::drain(r, EndedThreads::Join))
+            .unwrap_or_default()
     }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
         if let Some(r) = self.running.take() {
-            shutdown::drain(r);
+            shutdown::drain(r, EndedThreads::Join);
         }
     }
 }

@@ -1,9 +1,11 @@
 //! `wshub serve`: flags map one-to-one onto [`wshub::Config`]; this file adds nothing of
 //! its own but the signal handling.
 //!
-//! The main thread starts the server and then blocks in [`Server::wait`]. The ctrlc
-//! handler thread (SIGINT and SIGTERM) triggers the drain on the first signal and exits
-//! at once, with status 130, on the second.
+//! The main thread starts the server and then blocks in [`Server::wait_before_exit`]: the
+//! process exits as soon as it returns, so the threads that served the connections are
+//! left to the exit rather than joined one by one. The ctrlc handler thread (SIGINT and
+//! SIGTERM) triggers the drain on the first signal and exits at once, with status 130, on
+//! the second.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -241,7 +243,7 @@ pub fn run(args: Args) -> ExitCode {
     // Logged only once the handler is in place, so a signal sent by whoever waits for
     // this line always drains instead of killing the process.
     info!("listening on {}", server.local_addr());
-    let report = server.wait();
+    let report = server.wait_before_exit();
     let how = match report.cut {
         0 => format!("{} closed cleanly", report.closed),
         cut => format!("{} closed cleanly, {cut} cut at the deadline", report.closed),
