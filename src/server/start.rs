@@ -355,14 +355,14 @@ impl Server {
     /// Blocks until a [`ShutdownHandle`] asks for shutdown, then drains and stops.
     pub fn wait(mut self) -> DrainReport {
         let _ = self.trigger_rx.recv();
-        self.drain()
+        self.drain(EndedThreads::Join)
     }
 
     /// Drains and stops now: stop accepting, send every client what is queued for it and
     /// then Close 1001, wait for their replies up to the drain timeout, cut the rest,
     /// join every thread.
     pub fn shutdown(mut self) -> DrainReport {
-        self.drain()
+        self.drain(EndedThreads::Join)
     }
 
     /// [`Server::wait`] for a process that exits as soon as it returns, as `wshub serve`
@@ -374,17 +374,14 @@ impl Server {
     /// until the process ends.
     pub fn wait_before_exit(mut self) -> DrainReport {
         let _ = self.trigger_rx.recv();
-        self.running
-            .take()
-            .map(|r| shutdown::drain(r, EndedThreads::LeaveToExit))
-            .unwrap_or_default()
+        self.drain(EndedThreads::LeaveToExit)
     }
 
-    fn drain(&mut self) -> DrainReport {
+    fn drain(&mut self, ended: EndedThreads) -> DrainReport {
         // `running` is only taken here and in `drop`, and both consume the server.
         self.running
             .take()
-            .map(|r| shutdown::drain(r, EndedThreads::Join))
+            .map(|r| shutdown::drain(r, ended))
             .unwrap_or_default()
     }
 }
