@@ -29,6 +29,9 @@ const CLIENTS: usize = 48;
 const ENOUGH_REFUSALS: usize = 5;
 /// How long the server has to serve again once the clients left.
 const RECOVER_WITHIN: Duration = Duration::from_secs(10);
+/// How long the server has to give back the last client's thread and fd once it is
+/// served: wshub's default `--spare-reader-idle` (1 s), and the time to notice.
+const SETTLE_WITHIN: Duration = Duration::from_secs(3);
 /// The unprivileged user the nproc scenario runs the server as (nobody).
 const NOBODY: &str = "65534";
 
@@ -153,8 +156,17 @@ fn scenario(name: &str, bin: &str, wrap: &[String], dir: &Path) -> Result<String
             log.display()
         ));
     }
-    thread::sleep(Duration::from_secs(1));
-    let after = server::probe(pid).unwrap_or_default();
+    // The last client's thread outlives its connection by up to `--spare-reader-idle`
+    // (1 s), waiting as a spare for the next one: poll until the server is back to its
+    // baseline, and judge what it holds at the deadline.
+    let settle = Instant::now() + SETTLE_WITHIN;
+    let after = loop {
+        let now = server::probe(pid).unwrap_or_default();
+        if (now.0 <= base_threads && now.1 <= base.1) || Instant::now() > settle {
+            break now;
+        }
+        thread::sleep(Duration::from_millis(100));
+    };
     let code = srv.terminate();
     if code != Some(0) {
         return Err(format!(
