@@ -20,8 +20,9 @@ use std::time::{Duration, Instant};
 /// The fd limit of the nofile scenario: a few above what an idle server uses.
 const NOFILE: u32 = 32;
 /// The thread limit (RLIMIT_NPROC, for the unprivileged user) of the nproc scenario:
-/// the server keeps 64 threads spare and needs 2 a connection, so this leaves it room
-/// for about 15 connections.
+/// the server keeps a margin of 64 threads and room for its 64 spare readers, and needs
+/// one a connection and a writer budget beside it, so this leaves it room for about one
+/// connection.
 const NPROC: u32 = 100;
 /// Clients each scenario opens: well past what either limit allows.
 const CLIENTS: usize = 48;
@@ -29,8 +30,11 @@ const CLIENTS: usize = 48;
 const ENOUGH_REFUSALS: usize = 5;
 /// How long the server has to serve again once the clients left.
 const RECOVER_WITHIN: Duration = Duration::from_secs(10);
+/// wshub's default `--spare-reader-idle`: how long a thread whose connection ended waits
+/// for the next one before it ends.
+const SPARE_IDLE: Duration = Duration::from_secs(1);
 /// How long the server has to give back the last client's thread and fd once it is
-/// served: wshub's default `--spare-reader-idle` (1 s), and the time to notice.
+/// served: the spare's idle time, and room to notice.
 const SETTLE_WITHIN: Duration = Duration::from_secs(3);
 /// The unprivileged user the nproc scenario runs the server as (nobody).
 const NOBODY: &str = "65534";
@@ -102,7 +106,10 @@ fn scenario(name: &str, bin: &str, wrap: &[String], dir: &Path) -> Result<String
     );
     let log = dir.join(format!("fault-{name}.log"));
     let mut srv = Server::start(&cmd, addr, &log)?;
-    thread::sleep(Duration::from_millis(300));
+    // The readiness check's connection leaves its thread waiting as a spare for up to
+    // `--spare-reader-idle` (1 s): the baseline is taken once it has ended, so that a
+    // thread kept after the clients leave cannot hide behind it.
+    thread::sleep(SPARE_IDLE + Duration::from_millis(300));
     let base = server::probe(srv.pid()).ok_or("cannot read the server's /proc")?;
     // Pile on: every client subscribes, so it holds its threads and its fd.
     let mut held: Vec<Ws> = Vec::new();
