@@ -30,8 +30,8 @@ const CLIENTS: usize = 48;
 const ENOUGH_REFUSALS: usize = 5;
 /// How long the server has to serve again once the clients left.
 const RECOVER_WITHIN: Duration = Duration::from_secs(10);
-/// wshub's default `--spare-reader-idle`: how long a thread whose connection ended waits
-/// for the next one before it ends.
+/// The server's `--spare-reader-idle` (its default, passed explicitly): how long a thread
+/// whose connection ended waits for the next one before it ends.
 const SPARE_IDLE: Duration = Duration::from_secs(1);
 /// How long the server has to give back the last client's thread and fd once it is
 /// served: the spare's idle time, and room to notice.
@@ -104,10 +104,14 @@ fn scenario(name: &str, bin: &str, wrap: &[String], dir: &Path) -> Result<String
         .iter()
         .map(|s| s.to_string()),
     );
+    cmd.extend([
+        "--spare-reader-idle".to_string(),
+        format!("{}ms", SPARE_IDLE.as_millis()),
+    ]);
     let log = dir.join(format!("fault-{name}.log"));
     let mut srv = Server::start(&cmd, addr, &log)?;
     // The readiness check's connection leaves its thread waiting as a spare for up to
-    // `--spare-reader-idle` (1 s): the baseline is taken once it has ended, so that a
+    // `SPARE_IDLE`: the baseline is taken once it has ended, so that a
     // thread kept after the clients leave cannot hide behind it.
     thread::sleep(SPARE_IDLE + Duration::from_millis(300));
     let base = server::probe(srv.pid()).ok_or("cannot read the server's /proc")?;
@@ -163,8 +167,8 @@ fn scenario(name: &str, bin: &str, wrap: &[String], dir: &Path) -> Result<String
             log.display()
         ));
     }
-    // The last client's thread outlives its connection by up to `--spare-reader-idle`
-    // (1 s), waiting as a spare for the next one: poll until the server is back to its
+    // The last client's thread outlives its connection by up to `SPARE_IDLE`, waiting as
+    // a spare for the next one: poll until the server is back to its
     // baseline, and judge what it holds at the deadline.
     let settle = Instant::now() + SETTLE_WITHIN;
     let after = loop {
